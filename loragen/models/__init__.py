@@ -1,0 +1,1 @@
+"""LightningModules (``LoRAGenModule``) and their plain ``nn.Module`` components."""

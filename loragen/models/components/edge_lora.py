@@ -1,0 +1,163 @@
+"""Putting generated LoRA into the edge model: functionally in training, merged in deployment.
+
+Training (``EdgeLoRA.routing``): every sample in a batch carries its own gates. A forward hook on each
+target linear adds ``s · Σ_{e∈TopK} g_e · B_e (A_e x)`` computed with the selected experts gathered per
+sample — ``u = x·A_selᵀ`` (b×t×k·r), scaled by the gates, then ``B_sel`` — so no per-sample ``ΔW``
+(b×out×in) is ever built. Hooks keep the edge model's module names and state dict untouched, so the
+same edge object can be merged, saved, or wrapped by PEFT.
+
+Deployment (``EdgeLoRA.merge``): one prompt's ``ΔW`` is materialized once and added to the weights.
+The original tensors are kept, so ``unmerge`` restores them bit for bit; a merge whose result is not
+finite is refused before any weight changes, and merging twice is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from loragen import LoRAGenError
+from loragen.models.components.expert_pool import ExpertPool, GeneratedLoRA, TargetSite
+
+
+class EdgeLoRA:
+    """Hooks an ``ExpertPool`` into an edge model. Not an ``nn.Module``: it owns no parameters.
+
+    The hooks hold references to the pool's parameters, so gradients reach ``A`` and ``B`` (and
+    through the gates, the router and the cloud side); the edge model itself stays frozen.
+    """
+
+    def __init__(self, edge: nn.Module, pool: ExpertPool) -> None:
+        self.edge, self.pool = edge, pool
+        modules = dict(edge.named_modules())
+        self._modules: dict[str, nn.Linear] = {site.path: modules[site.path] for site in pool.sites}
+        self._routing: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._originals: dict[str, torch.Tensor] | None = None
+        self._handles = [self._modules[site.path].register_forward_hook(self._make_hook(site))
+                         for site in pool.sites]
+
+    def detach_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    # ------------------------------------------------------------------ functional (training) path
+
+    @contextlib.contextmanager
+    def routing(self, indices: torch.Tensor, weights: torch.Tensor) -> Iterator[None]:
+        """Within this context the edge forward adds each sample's generated LoRA.
+
+        ``indices`` and ``weights`` have shape (batch, L, k): the selected experts and their gates.
+        """
+        if self._originals is not None:
+            raise LoRAGenError("the edge model has a merged LoRA: unmerge it before a functional forward")
+        self._routing = (indices, weights)
+        try:
+            yield
+        finally:
+            self._routing = None
+
+    def _make_hook(self, site: TargetSite) -> Any:
+        pool = self.pool
+
+        def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+            if self._routing is None:
+                return output
+            indices, weights = self._routing
+            a_all, b_all = pool.factors(site)  # (n, r, in), (n, out, r)
+            idx, w = indices[:, site.layer], weights[:, site.layer]  # (b, k)
+            batch, k = idx.shape
+            r = pool.rank
+            x = inputs[0].to(a_all.dtype)
+            a_sel = a_all[idx].reshape(batch, k * r, -1)  # (b, k·r, in)
+            b_sel = b_all[idx].transpose(-1, -2).reshape(batch, k * r, -1)  # (b, k·r, out)
+            scale = (w.to(a_all.dtype) * pool.scale).repeat_interleave(r, dim=-1)  # (b, k·r)
+            u = torch.bmm(x.reshape(batch, -1, x.shape[-1]), a_sel.transpose(1, 2)) * scale[:, None, :]
+            delta = torch.bmm(u, b_sel).reshape(output.shape)
+            return output + delta.to(output.dtype)
+
+        return hook
+
+    # ------------------------------------------------------------------ merge / unmerge (deployment)
+
+    @property
+    def merged(self) -> bool:
+        return self._originals is not None
+
+    @torch.no_grad()
+    def merge(self, lora: GeneratedLoRA) -> None:
+        """Add ``ΔW`` of one generated LoRA into the edge weights (refuses double or non-finite merges)."""
+        if self._originals is not None:
+            raise LoRAGenError("a generated LoRA is already merged into the edge model: call unmerge() first")
+        merged: dict[str, torch.Tensor] = {}
+        for path, module in self._modules.items():
+            weight = module.weight
+            new = weight.float() + lora.delta_weight(path).to(weight.device)
+            if not torch.isfinite(new).all():
+                raise LoRAGenError(f"merging the generated LoRA makes {path} non-finite: the generator state is "
+                                   "corrupt or diverged; nothing was merged")
+            merged[path] = new.to(weight.dtype)
+        self._originals = {}
+        for path, module in self._modules.items():
+            self._originals[path] = module.weight.detach().clone()
+            module.weight.copy_(merged[path])
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Restore the exact original weights (copied back, never subtracted)."""
+        if self._originals is None:
+            return
+        for path, module in self._modules.items():
+            module.weight.copy_(self._originals[path])
+        self._originals = None
+
+    @contextlib.contextmanager
+    def merged_lora(self, lora: GeneratedLoRA) -> Iterator[None]:
+        self.merge(lora)
+        try:
+            yield
+        finally:
+            self.unmerge()
+
+
+def save_peft_adapter(lora: GeneratedLoRA, directory: str | os.PathLike[str], *,
+                      base_model_name_or_path: str | None = None, overwrite: bool = False) -> Path:
+    """Write ``lora`` as a standard PEFT LoRA adapter (rank k·r, ``lora_alpha = s·k·r``).
+
+    Written to a temporary directory beside ``directory`` and moved into place only when complete.
+    """
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    target = Path(directory)
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise LoRAGenError(f"output directory {target} exists and is not empty: choose another or pass overwrite")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        config = LoraConfig(r=lora.rank, lora_alpha=lora.scale * lora.rank, lora_dropout=0.0, bias="none",
+                            target_modules=list(lora.targets), task_type="CAUSAL_LM",
+                            base_model_name_or_path=base_model_name_or_path)
+        config.save_pretrained(str(tmp))
+        tensors = {}
+        for path, (a, b) in lora.factors.items():
+            tensors[f"base_model.model.{path}.lora_A.weight"] = a.detach().float().contiguous().cpu()
+            tensors[f"base_model.model.{path}.lora_B.weight"] = b.detach().float().contiguous().cpu()
+        save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (tmp / "loragen_gates.json").write_text(json.dumps({"gates": lora.gates.float().cpu().tolist()}))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

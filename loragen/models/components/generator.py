@@ -1,0 +1,123 @@
+"""The cloud side of LoRA-Gen: a (frozen) cloud LM reading ``[system prompt ; meta tokens]``.
+
+One learnable meta token per edge layer is appended after each tokenized system prompt; the cloud's
+final hidden states at those positions, ``H ∈ R^{L×d_cloud}``, are what the router turns into gates.
+
+Sequences are right-padded: the prompt sits at positions ``0..n-1``, its meta tokens at ``n..n+L-1``
+and padding after them. Under causal attention padding can then never influence a meta position, so
+a prompt alone and inside a padded batch give the same states.
+
+Identical system prompts in a batch run through the cloud once. When nothing on the cloud side is
+trainable (frozen cloud, frozen meta tokens), a prompt's states are constant: they are computed
+without autograd and cached by token ids, so training costs one cloud pass per distinct prompt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class CloudGenerator(nn.Module):
+    """Cloud LM + meta tokens → ``H`` of shape ``(batch, num_meta, d_cloud)``.
+
+    Args:
+        cloud: a Hugging Face causal LM (frozen by the caller).
+        num_meta: number of meta tokens (= number of edge layers).
+        train_meta_tokens: learn the meta-token embeddings (gradients flow through the frozen cloud).
+        cloud_lora_rank: if > 0, wrap the cloud with a PEFT LoRA of this rank and train it.
+        cloud_lora_targets: module names for the cloud LoRA.
+        cache_states: cache constant meta-token states across steps when nothing cloud-side trains.
+        seed: seed for the meta-token initialisation.
+    """
+
+    def __init__(
+        self,
+        cloud: nn.Module,
+        num_meta: int,
+        *,
+        train_meta_tokens: bool = False,
+        cloud_lora_rank: int = 0,
+        cloud_lora_targets: tuple[str, ...] = ("q_proj", "v_proj"),
+        cache_states: bool = True,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        embed = cloud.get_input_embeddings()
+        std = float(embed.weight.detach().float().std())
+        gen = torch.Generator().manual_seed(seed)
+        init = torch.randn(num_meta, embed.embedding_dim, generator=gen) * std
+        self.meta_tokens = nn.Parameter(init.to(embed.weight.dtype), requires_grad=train_meta_tokens)
+        self.num_meta = num_meta
+        self.cloud_lora_rank = cloud_lora_rank
+        if cloud_lora_rank > 0:
+            from peft import LoraConfig, get_peft_model
+
+            config = LoraConfig(r=cloud_lora_rank, lora_alpha=2 * cloud_lora_rank, lora_dropout=0.0,
+                                target_modules=list(cloud_lora_targets))
+            cloud = get_peft_model(cloud, config)
+        self.cloud = cloud
+        self.cache_states = cache_states
+        self._cache: dict[bytes, torch.Tensor] = {}
+        self.cloud_passes = 0  # rows actually run through the cloud (for tests and efficiency logs)
+        # Loaded meta tokens make cached states stale.
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.clear_cache())
+
+    @property
+    def trains_cloud_side(self) -> bool:
+        return self.meta_tokens.requires_grad or self.cloud_lora_rank > 0
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.meta_tokens.shape[-1])
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    def forward(self, system_ids: torch.Tensor, system_mask: torch.Tensor) -> torch.Tensor:
+        """Meta-token states for each row of a (right- or left-) padded batch of system prompts."""
+        rows = [ids[mask.bool()] for ids, mask in zip(system_ids, system_mask, strict=True)]
+        keys = [r.cpu().numpy().tobytes() for r in rows]
+        first: dict[bytes, torch.Tensor] = {}  # distinct prompts, in order of first appearance
+        for key, row in zip(keys, rows, strict=True):
+            first.setdefault(key, row)
+        slot = {key: i for i, key in enumerate(first)}
+        index = torch.tensor([slot[k] for k in keys], device=system_ids.device)
+        if self.cache_states and not self.trains_cloud_side:
+            missing = [k for k in first if k not in self._cache]
+            if missing:
+                with torch.no_grad():
+                    states = self._run_cloud([first[k] for k in missing])
+                self._cache.update({k: s.detach() for k, s in zip(missing, states, strict=True)})
+            out = torch.stack([self._cache[k] for k in first]).to(self.meta_tokens.device)
+        else:
+            out = self._run_cloud(list(first.values()))
+        return out[index]
+
+    def _run_cloud(self, rows: list[torch.Tensor]) -> torch.Tensor:
+        """Run ``[prompt ; meta]`` for each row (right-padded) and gather the meta positions."""
+        embed = self.cloud.get_input_embeddings()
+        lengths = [int(r.numel()) for r in rows]
+        total = max(lengths) + self.num_meta
+        batch, dim = len(rows), self.meta_tokens.shape[-1]
+        meta = self.meta_tokens.to(embed.weight.dtype)
+        inputs = meta.new_zeros(batch, total, dim)
+        mask = torch.zeros(batch, total, dtype=torch.long, device=meta.device)
+        positions = torch.empty(batch, self.num_meta, dtype=torch.long, device=meta.device)
+        for b, (row, n) in enumerate(zip(rows, lengths, strict=True)):
+            if n:
+                inputs[b, :n] = embed(row.to(meta.device))
+            inputs[b, n:n + self.num_meta] = meta
+            mask[b, : n + self.num_meta] = 1
+            positions[b] = torch.arange(n, n + self.num_meta, device=meta.device)
+        self.cloud_passes += batch
+        hidden = self._decoder()(inputs_embeds=inputs, attention_mask=mask, use_cache=False).last_hidden_state
+        return torch.gather(hidden, 1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+    def _decoder(self) -> Any:
+        model = self.cloud
+        if hasattr(model, "get_base_model"):  # PEFT wrapper: LoRA layers are injected in place
+            model = model.get_base_model()
+        return model.get_decoder()

@@ -1,0 +1,116 @@
+"""The router: meta-token states ``H[l]`` → sparse top-k gates over the expert pool.
+
+``z[l] = MLP(H[l] (+ layer embedding))``; in training, noise is added before top-k
+(noisy top-k: ``z + ε·softplus(W_noise h)``, ε Gaussian or Gumbel); gates are a softmax over the
+k selected logits and zero elsewhere. Evaluation is noise-free, so a prompt's LoRA is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NOISE_KINDS = ("none", "gaussian", "gumbel")
+AUX_KINDS = ("cv2", "switch", "none")
+
+
+@dataclass
+class Routing:
+    """Gates for a batch: ``gates`` (b, L, n) dense with zeros; ``indices``/``weights`` (b, L, k)."""
+
+    gates: torch.Tensor
+    indices: torch.Tensor
+    weights: torch.Tensor
+    logits: torch.Tensor  # clean logits (b, L, n), before noise
+
+    def select(self, rows: torch.Tensor | slice) -> Routing:
+        return Routing(self.gates[rows], self.indices[rows], self.weights[rows], self.logits[rows])
+
+
+class Router(nn.Module):
+    """Shared MLP router over meta-token states.
+
+    Args:
+        in_features: cloud hidden size.
+        num_experts: experts per (layer, module) in the pool.
+        top_k: experts mixed per layer.
+        num_layers: edge layers (= meta tokens); used by the optional layer embedding.
+        hidden: MLP hidden width (0 = a single linear layer).
+        layer_embedding: add a learned per-layer embedding to ``H[l]`` before the MLP.
+        noise: training noise, ``none | gaussian | gumbel``.
+    """
+
+    def __init__(self, in_features: int, num_experts: int, top_k: int, num_layers: int, *,
+                 hidden: int = 256, layer_embedding: bool = True, noise: str = "gaussian") -> None:
+        super().__init__()
+        if not 1 <= top_k <= num_experts:
+            raise ValueError(f"top_k={top_k} must be between 1 and num_experts={num_experts}")
+        if noise not in NOISE_KINDS:
+            raise ValueError(f"router noise {noise!r} is unknown: choose one of {list(NOISE_KINDS)}")
+        self.num_experts, self.top_k, self.noise = num_experts, top_k, noise
+        self.norm = nn.LayerNorm(in_features)
+        self.layer_embedding = nn.Embedding(num_layers, in_features) if layer_embedding else None
+        if self.layer_embedding is not None:
+            nn.init.zeros_(self.layer_embedding.weight)
+        if hidden > 0:
+            self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, num_experts))
+        else:
+            self.mlp = nn.Linear(in_features, num_experts)
+        self.noise_proj = nn.Linear(in_features, num_experts) if noise != "none" else None
+        if self.noise_proj is not None:
+            nn.init.zeros_(self.noise_proj.weight)
+            nn.init.zeros_(self.noise_proj.bias)
+
+    def forward(self, states: torch.Tensor) -> Routing:
+        h = self.norm(states.to(self.norm.weight.dtype))
+        if self.layer_embedding is not None:
+            h = h + self.layer_embedding.weight[: h.shape[1]]
+        logits = self.mlp(h)
+        noisy = logits
+        if self.training and self.noise_proj is not None:
+            scale = F.softplus(self.noise_proj(h))
+            if self.noise == "gaussian":
+                eps = torch.randn_like(logits)
+            else:
+                u = torch.rand_like(logits).clamp_(1e-9, 1 - 1e-9)
+                eps = -torch.log(-torch.log(u))
+            noisy = logits + eps * scale
+        top_vals, top_idx = noisy.topk(self.top_k, dim=-1)
+        weights = top_vals.softmax(dim=-1)
+        gates = torch.zeros_like(noisy).scatter(-1, top_idx, weights)
+        return Routing(gates=gates, indices=top_idx, weights=weights, logits=logits)
+
+
+def cv_squared(values: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    """Squared coefficient of variation ``(std/mean)^2`` (0 for a single value)."""
+    values = values.float()
+    if values.numel() <= 1:
+        return values.new_zeros(())
+    return values.var(unbiased=False) / (values.mean() ** 2 + eps)
+
+
+def importance_loss(gates: torch.Tensor) -> torch.Tensor:
+    """``CV(I)^2`` with ``I_e = Σ_{batch, layer} g[·, l, e]`` — the paper's balance loss."""
+    return cv_squared(gates.reshape(-1, gates.shape[-1]).sum(0))
+
+
+def switch_load_loss(routing: Routing) -> torch.Tensor:
+    """Switch-Transformer load loss ``n · Σ_e f_e · P_e`` (1 when perfectly balanced)."""
+    n = routing.logits.shape[-1]
+    probs = routing.logits.float().softmax(-1).reshape(-1, n).mean(0)
+    counts = F.one_hot(routing.indices, n).float().reshape(-1, n).sum(0)
+    frac = counts / counts.sum().clamp_min(1)
+    return n * (frac * probs).sum()
+
+
+def auxiliary_loss(routing: Routing, kind: str = "cv2") -> torch.Tensor:
+    if kind == "cv2":
+        return importance_loss(routing.gates)
+    if kind == "switch":
+        return switch_load_loss(routing)
+    if kind == "none":
+        return routing.gates.new_zeros(())
+    raise ValueError(f"auxiliary loss {kind!r} is unknown: choose one of {list(AUX_KINDS)}")
