@@ -1,0 +1,80 @@
+"""The ``loragen`` command: LightningCLI with ``fit | validate | test | predict``.
+
+Every component is configurable from YAML (``class_path`` / ``init_args``) and from flags; model and
+data stay consistent because the data's ``cloud``/``edge`` tokenizer sources are linked from the
+model. Heavy libraries are imported only after the top-level ``--help`` has been answered.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+TOP_HELP = """usage: loragen {fit,validate,test,predict} [--config FILE] [--print_config] [options]
+
+loragen trains LoRA-Gen generators: a cloud LM reads a task's system prompt once (plus one meta
+token per edge layer), a router mixes LoRA experts, and the LoRA is merged into the edge LM, which
+then answers without the system prompt.
+
+subcommands:
+  fit        train a generator (resume with --ckpt_path last)
+  validate   evaluate on data.val_files
+  test       evaluate on data.test_files; writes results.json / results.md in the run directory
+  predict    write the specialized edge model's answers as JSONL (merged LoRA, no system prompt)
+
+common options:
+  --config FILE           YAML config (see configs/; e.g. configs/quickstart.yaml)
+  --print_config          print the fully resolved config and exit
+  --ckpt_path PATH|last   checkpoint to resume from or evaluate
+  --model.*, --data.*, --trainer.*   any field, e.g. --model.num_experts 4 --trainer.max_steps 50
+
+Run `loragen SUBCOMMAND --help` for every option of a subcommand.
+"""
+
+
+def _cli_class() -> type:
+    from lightning.pytorch.cli import LightningCLI
+
+    class LoRAGenCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
+            parser.link_arguments("model.init_args.cloud", "data.init_args.cloud")
+            parser.link_arguments("model.init_args.edge", "data.init_args.edge")
+
+    return LoRAGenCLI
+
+
+def run(args: list[str] | None = None) -> object:
+    """Run the CLI (``args`` as on the command line); returns the LightningCLI object."""
+    os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    # Frozen backbones are in eval mode on purpose; Lightning's notice about it is noise here.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    import lightning as L
+
+    from loragen import LoRAGenError
+    from loragen.data.datamodule import RecordDataModule
+    from loragen.models.lora_gen_module import LoRAGenModule
+
+    cli_class = _cli_class()
+    try:
+        return cli_class(LoRAGenModule, RecordDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                         args=args, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
+                         trainer_class=L.Trainer, auto_configure_optimizers=False)
+    except LoRAGenError as err:
+        print(f"loragen: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(TOP_HELP)
+        return
+    run(None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Records, tokenization and DataModules. ``quickstart/`` holds a small shipped multi-task set."""

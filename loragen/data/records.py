@@ -1,0 +1,108 @@
+"""The generic record format every user can write, and its loader.
+
+One record per JSONL line (or one item of a JSON array):
+
+    {"system": "task instruction + few-shot examples", "input": "user input", "output": "answer",
+     "task": "optional task name", "options": ["optional", "choices"], "label": 0}
+
+``system`` goes to the cloud (once per distinct prompt); ``input`` + ``output`` go to the edge.
+``options`` + ``label`` (both or neither) enable multiple-choice accuracy by option log-likelihood.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loragen import LoRAGenError
+
+
+@dataclass
+class Record:
+    system: str
+    input: str
+    output: str
+    task: str = "default"
+    options: tuple[str, ...] | None = None
+    label: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+class RecordError(LoRAGenError):
+    """A malformed record (reported with file and line)."""
+
+
+def parse_record(obj: Any, where: str, default_task: str = "default") -> Record:
+    if not isinstance(obj, dict):
+        raise RecordError(f"{where}: a record must be a JSON object with system/input/output, got {type(obj).__name__}")
+    for key in ("system", "output"):
+        if key not in obj:
+            raise RecordError(f"{where}: record has no {key!r} field; every record needs system, input and output")
+    values = {k: obj.get(k, "") for k in ("system", "input", "output")}
+    for key, value in values.items():
+        if not isinstance(value, str):
+            raise RecordError(f"{where}: field {key!r} must be a string, got {type(value).__name__}")
+    options, label = obj.get("options"), obj.get("label")
+    if (options is None) != (label is None):
+        raise RecordError(f"{where}: 'options' and 'label' go together; give both or neither")
+    if options is not None:
+        if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
+            raise RecordError(f"{where}: 'options' must be a list of at least two strings")
+        if not isinstance(label, int) or not 0 <= label < len(options):
+            raise RecordError(f"{where}: label {label!r} is outside the {len(options)} options")
+        options = tuple(options)
+    extra = {k: v for k, v in obj.items() if k not in ("system", "input", "output", "task", "options", "label")}
+    return Record(values["system"], values["input"], values["output"], str(obj.get("task") or default_task),
+                  options, label, extra)
+
+
+def load_records(path: str | Path, *, strict: bool = False, task: str | None = None) -> list[Record]:
+    """Load a JSONL or JSON-array file of records.
+
+    Malformed records are reported with file and line and skipped (with a count), or stop the
+    run when ``strict``. A missing or empty file is an error either way.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise LoRAGenError(f"data file {path} does not exist: check the path in your config (data.*_files)")
+    default_task = task or path.name.split(".")[0]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        text = None
+    items: list[tuple[str, Any]] = []
+    problems: list[str] = []
+    if text is not None and text.lstrip().startswith("["):
+        try:
+            items = [(f"{path}:item {i}", obj) for i, obj in enumerate(json.loads(text))]
+        except json.JSONDecodeError as err:
+            raise LoRAGenError(f"{path}: invalid JSON ({err.msg} at line {err.lineno}): fix the file") from err
+    else:
+        with open(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                if not raw.strip():
+                    continue
+                where = f"{path}:{lineno}"
+                try:
+                    items.append((where, json.loads(raw.decode("utf-8"))))
+                except UnicodeDecodeError:
+                    problems.append(f"{where}: line is not valid UTF-8")
+                except json.JSONDecodeError as err:
+                    problems.append(f"{where}: invalid JSON ({err.msg})")
+    records = []
+    for where, obj in items:
+        try:
+            records.append(parse_record(obj, where, default_task))
+        except RecordError as err:
+            problems.append(str(err))
+    if problems:
+        if strict:
+            raise RecordError(problems[0] + f" ({len(problems)} malformed record(s); fix them or drop data.strict)")
+        shown = "; ".join(problems[:3])
+        warnings.warn(f"skipped {len(problems)} malformed record(s) in {path}: {shown}", stacklevel=2)
+    if not records:
+        raise LoRAGenError(f"data file {path} has no usable records: each line needs system, input and output")
+    return records

@@ -1,0 +1,133 @@
+"""Turning records into token ids for the cloud and the edge, and padding them into batches.
+
+Edge text: ``prompt = input`` for LoRA-Gen (the system prompt never reaches the edge) or
+``system + "\\n\\n" + input`` for the system-prompted reference; the answer is ``" " + output``.
+
+Truncation policy (stated, counted, never a crash): a system prompt keeps its first
+``max_system_tokens`` (the task description comes first); a user input keeps its last
+``max_input_tokens`` (the question's end and the answer cue); an answer keeps its first
+``max_output_tokens``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from loragen.data.records import Record
+
+IGNORE = -100
+
+
+@dataclass
+class Limits:
+    max_system_tokens: int = 1024
+    max_input_tokens: int = 256
+    max_output_tokens: int = 64
+    truncated: Counter = field(default_factory=Counter)
+
+    def head(self, ids: list[int], limit: int, what: str) -> list[int]:
+        if len(ids) > limit:
+            self.truncated[what] += 1
+            return ids[:limit]
+        return ids
+
+    def tail(self, ids: list[int], limit: int, what: str) -> list[int]:
+        if len(ids) > limit:
+            self.truncated[what] += 1
+            return ids[-limit:]
+        return ids
+
+
+def edge_prompt(record: Record, with_system: bool) -> str:
+    if with_system and record.system:
+        return f"{record.system}\n\n{record.input}"
+    return record.input
+
+
+class RecordTokenizer:
+    """Tokenizes records for training (gold answer) and evaluation (every option)."""
+
+    def __init__(self, cloud_tokenizer: Any, edge_tokenizer: Any, limits: Limits) -> None:
+        self.cloud, self.edge, self.limits = cloud_tokenizer, edge_tokenizer, limits
+        self._system_cache: dict[str, list[int]] = {}
+
+    def system_ids(self, text: str) -> list[int]:
+        if text not in self._system_cache:
+            ids = self.cloud(text, add_special_tokens=True)["input_ids"]
+            self._system_cache[text] = self.limits.head(ids, self.limits.max_system_tokens, "system prompt")
+        return self._system_cache[text]
+
+    def prompt_ids(self, record: Record, with_system: bool) -> list[int]:
+        ids = self.edge(edge_prompt(record, with_system), add_special_tokens=True)["input_ids"]
+        limit = self.limits.max_input_tokens + (self.limits.max_system_tokens if with_system else 0)
+        return self.limits.tail(ids, limit, "user input")
+
+    def answer_ids(self, answer: str, eos: bool) -> list[int]:
+        ids = self.edge(" " + answer, add_special_tokens=False)["input_ids"]
+        ids = self.limits.head(ids, self.limits.max_output_tokens, "answer")
+        if eos and self.edge.eos_token_id is not None:
+            ids = ids + [self.edge.eos_token_id]
+        return ids
+
+    def train_example(self, record: Record) -> dict[str, Any]:
+        prompt, answer = self.prompt_ids(record, False), self.answer_ids(record.output, eos=True)
+        return {"system_ids": self.system_ids(record.system), "input_ids": prompt + answer,
+                "labels": [IGNORE] * len(prompt) + answer, "task": record.task}
+
+    def eval_example(self, record: Record, reference: bool) -> dict[str, Any]:
+        example = self.train_example(record)
+        example["label"] = record.label if record.label is not None else -1
+        options = [self.answer_ids(o, eos=False) for o in record.options or ()]
+        modes = [("", False)] + ([("ref_", True)] if reference else [])
+        for prefix, with_system in modes:
+            prompt = self.prompt_ids(record, with_system)
+            example[f"{prefix}prompt_tokens"] = len(prompt)
+            example[f"{prefix}choices"] = [(prompt + o, [IGNORE] * len(prompt) + o) for o in options]
+        example["record"] = record
+        return example
+
+
+def pad(rows: list[list[int]], value: int) -> torch.Tensor:
+    width = max((len(r) for r in rows), default=0)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long).reshape(len(rows), width)
+
+
+class Collator:
+    """Pads examples into a batch; right padding everywhere (see ``CloudGenerator`` for why)."""
+
+    def __init__(self, cloud_pad_id: int, edge_pad_id: int) -> None:
+        self.cloud_pad, self.edge_pad = cloud_pad_id, edge_pad_id
+
+    def _edge(self, rows: list[list[int]], labels: list[list[int]], prefix: str) -> dict[str, torch.Tensor]:
+        ids = pad(rows, self.edge_pad)
+        mask = pad([[1] * len(r) for r in rows], 0)
+        return {f"{prefix}input_ids": ids, f"{prefix}attention_mask": mask, f"{prefix}labels": pad(labels, IGNORE)}
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        systems = [e["system_ids"] for e in examples]
+        batch: dict[str, Any] = {
+            "system_ids": pad(systems, self.cloud_pad),
+            "system_mask": pad([[1] * len(s) for s in systems], 0),
+            "task": [e["task"] for e in examples],
+        }
+        batch.update(self._edge([e["input_ids"] for e in examples], [e["labels"] for e in examples], ""))
+        if "choices" in examples[0]:
+            batch["label"] = torch.tensor([e["label"] for e in examples])
+            batch["prompt_tokens"] = torch.tensor([e["prompt_tokens"] for e in examples])
+            batch["records"] = [e["record"] for e in examples]
+            for prefix in ("", "ref_"):
+                key = f"{prefix}choices"
+                if key not in examples[0]:
+                    continue
+                rows = [c for e in examples for c in e[key]]
+                if rows:
+                    batch.update(self._edge([r[0] for r in rows], [r[1] for r in rows], f"{prefix}choice_"))
+                if prefix:
+                    batch["ref_prompt_tokens"] = torch.tensor([e["ref_prompt_tokens"] for e in examples])
+            batch["choice_item"] = torch.tensor([i for i, e in enumerate(examples) for _ in e["choices"]],
+                                                dtype=torch.long)
+        return batch

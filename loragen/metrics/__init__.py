@@ -1,0 +1,1 @@
+"""Accuracy summaries (mean, harmonic mean), token counts and results files."""

@@ -1,0 +1,53 @@
+"""Per-task accuracy summaries and the results files (``results.json`` / ``results.md``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def harmonic_mean(values: list[float]) -> float:
+    if not values or any(v <= 0 for v in values):
+        return 0.0
+    return len(values) / sum(1.0 / v for v in values)
+
+
+def summarize(per_task: dict[str, float]) -> dict[str, float]:
+    values = list(per_task.values())
+    return {"mean": sum(values) / len(values) if values else 0.0, "hmean": harmonic_mean(values)}
+
+
+def results_markdown(results: dict[str, Any]) -> str:
+    """A table with one row per evaluated edge setting (LoRA-Gen merged, system-prompted reference)."""
+    tasks = results["tasks"]
+    header = ["setting", *tasks, "mean", "hmean", "edge tokens/request", "ms/request"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in results["rows"]:
+        cells = [row["setting"]] + [f"{100 * row['accuracy'].get(t, float('nan')):.1f}" for t in tasks]
+        cells += [f"{100 * row['mean']:.1f}", f"{100 * row['hmean']:.1f}", f"{row['tokens_per_request']:.1f}",
+                  f"{row['ms_per_request']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    if "compression_ratio" in results:
+        lines.append("")
+        lines.append(f"Context compression ratio (prompted ÷ LoRA-Gen edge tokens): {results['compression_ratio']:.2f}x")
+    lines.append(f"Items: {results['items']} · accuracy by {results['scoring']}")
+    return "\n".join(lines)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_results(results: dict[str, Any], directory: str | Path) -> tuple[Path, Path]:
+    directory = Path(directory)
+    json_path, md_path = directory / "results.json", directory / "results.md"
+    write_atomic(json_path, json.dumps(results, indent=2))
+    write_atomic(md_path, results_markdown(results) + "\n")
+    return json_path, md_path

@@ -1,0 +1,350 @@
+"""``LoRAGenModule``: the LightningModule that trains and evaluates LoRA-Gen.
+
+Training runs the functional path (each sample's generated LoRA applied by hooks, DESIGN §1.5);
+validation and test are deployment-faithful by default: for each distinct system prompt in a batch
+the generated LoRA is merged into the edge weights, the items are scored *without* the system
+prompt, and the exact original weights are restored. With ``reference=True`` the plain edge model
+is also scored with the full system prompt on the same items, so every results table carries it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from loragen import LoRAGenError
+from loragen.models.components.expert_pool import DEFAULT_TARGETS
+from loragen.models.components.router import AUX_KINDS, NOISE_KINDS
+from loragen.models.scoring import answer_cross_entropy, option_logprobs, pick_options
+
+SETTINGS = {"loragen": "LoRA-Gen (merged, no system prompt)", "prompted": "edge + full system prompt"}
+
+
+class LoRAGenModule(L.LightningModule):
+    """LoRA-Gen for one cloud/edge pair.
+
+    Args:
+        cloud: cloud model source (``bundled:…``, ``tiny:…``, hub id, local directory, ``.gguf``).
+        edge: edge model source.
+        num_experts: experts per (edge layer, target module).
+        top_k: experts mixed per layer.
+        rank: LoRA rank of each expert.
+        lora_alpha: LoRA alpha (scale = lora_alpha / rank).
+        target_modules: edge linears that receive LoRA.
+        router_hidden: router MLP width (0 = linear router).
+        layer_embedding: learned per-layer embedding in the router.
+        router_noise: training noise, ``none | gaussian | gumbel``.
+        aux_loss: balance loss, ``cv2`` (paper) ``| switch | none``.
+        aux_coef: its coefficient α.
+        train_meta_tokens: learn the meta-token embeddings (backprop through the frozen cloud).
+        cloud_lora_rank: > 0 trains a PEFT LoRA of this rank on the cloud.
+        lr / weight_decay / warmup_steps / min_lr_ratio: AdamW with linear warmup and cosine decay.
+        eval_path: ``merged`` (deployment-faithful) or ``functional`` (hooks, no merge).
+        reference: also score the edge model given the full system prompt.
+        length_normalize: option scoring by mean (not summed) token log-likelihood.
+        max_new_tokens: answer length for ``loragen predict``.
+        seed: initialisation seed of meta tokens, router and pool.
+    """
+
+    def __init__(self, cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
+                 num_experts: int = 8, top_k: int = 2, rank: int = 8, lora_alpha: float = 16.0,
+                 target_modules: list[str] = list(DEFAULT_TARGETS), router_hidden: int = 256,
+                 layer_embedding: bool = True, router_noise: str = "gaussian", aux_loss: str = "cv2",
+                 aux_coef: float = 0.01, train_meta_tokens: bool = False, cloud_lora_rank: int = 0,
+                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 10, min_lr_ratio: float = 0.1,
+                 eval_path: str = "merged", reference: bool = True, length_normalize: bool = True,
+                 max_new_tokens: int = 32, seed: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        _validate(self.hparams)
+        from loragen.models.components.backbones import load_backbone, validate_source
+        from loragen.models.components.lora_gen import LoRAGen
+
+        validate_source(cloud)
+        validate_source(edge)
+        cloud_bb = load_backbone(cloud)
+        share = cloud == edge and cloud_lora_rank == 0  # one frozen copy serves both roles
+        edge_bb = cloud_bb if share else load_backbone(edge)
+        self.model = LoRAGen(cloud_bb, edge_bb, num_experts=num_experts, top_k=top_k, rank=rank,
+                             lora_alpha=lora_alpha, target_modules=tuple(target_modules),
+                             router_hidden=router_hidden, layer_embedding=layer_embedding,
+                             router_noise=router_noise, train_meta_tokens=train_meta_tokens,
+                             cloud_lora_rank=cloud_lora_rank, seed=seed)
+        self.strict_loading = False  # checkpoints hold only trained weights, not the backbones
+        from torchmetrics import MaxMetric, SumMetric
+
+        self._sum_metric = SumMetric
+        self.eval_sums = nn.ModuleDict()
+        self.best_val_acc = MaxMetric()
+        self._step_start = 0.0
+        self.last_results: dict[str, Any] | None = None
+
+    def train(self, mode: bool = True) -> LoRAGenModule:
+        """Backbones stay in eval mode (frozen, no dropout) whatever Lightning asks for."""
+        super().train(mode)
+        self.model.edge.eval()
+        self.model.generator.cloud.eval()
+        return self
+
+    # ------------------------------------------------------------------ training
+
+    def forward(self, batch: dict[str, Any]) -> tuple[Any, Any]:
+        return self.model(batch["system_ids"], batch["system_mask"], batch["input_ids"], batch["attention_mask"])
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        from loragen.models.components.router import auxiliary_loss
+
+        out, routing = self(batch)
+        ce = answer_cross_entropy(out.logits, batch["labels"])
+        aux = auxiliary_loss(routing, self.hparams.aux_loss)
+        loss = ce + self.hparams.aux_coef * aux
+        size = batch["input_ids"].shape[0]
+        self.log_dict({"train/loss": loss, "train/ce": ce, "train/aux": aux}, prog_bar=True, batch_size=size)
+        return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        elapsed = max(time.perf_counter() - self._step_start, 1e-9)
+        size = batch["input_ids"].shape[0]
+        self.log_dict({"train/samples_per_s": size / elapsed,
+                       "train/edge_tokens_per_s": float(batch["attention_mask"].sum()) / elapsed,
+                       "train/lr": self.optimizers().param_groups[0]["lr"]}, batch_size=size)
+
+    def configure_optimizers(self) -> Any:
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            plain = param.dim() < 2 or "norm" in name or "meta_tokens" in name or "layer_embedding" in name
+            (no_decay if plain else decay).append(param)
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer else 1
+        warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------------ evaluation
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _add(self, stage: str, setting: str, task: str, quantity: str, value: float) -> None:
+        key = f"{stage}|{setting}|{task}|{quantity}"
+        if key not in self.eval_sums:
+            self.eval_sums[key] = self._sum_metric().to(self.device)
+        self.eval_sums[key].update(torch.tensor(float(value), device=self.device))
+
+    def _score(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.model.edge(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        return option_logprobs(logits, labels, self.hparams.length_normalize)
+
+    @torch.no_grad()
+    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
+        size = batch["input_ids"].shape[0]
+        out, _ = self(batch)
+        self.log(f"{stage}/ce", answer_cross_entropy(out.logits, batch["labels"]), batch_size=size)
+        if "choice_input_ids" not in batch:
+            return
+        tasks, item = batch["task"], batch["choice_item"]
+        groups = _distinct_rows(batch["system_ids"], batch["system_mask"])
+        firsts = torch.tensor([g[0] for g in groups], device=self.device)
+        loras = self.model.generate(batch["system_ids"][firsts], batch["system_mask"][firsts])
+        predictions = torch.full((size,), -1, dtype=torch.long, device=self.device)
+        for members, lora in zip(groups, loras, strict=True):
+            rows = torch.isin(item, torch.tensor(members, device=self.device)).nonzero().flatten()
+            start = time.perf_counter()
+            args = (batch["choice_input_ids"][rows], batch["choice_attention_mask"][rows], batch["choice_labels"][rows])
+            if self.hparams.eval_path == "merged":
+                with self.model.edge_lora.merged_lora(lora):
+                    scores = self._score(*args)
+            else:  # functional path: the same LoRA applied by hooks to every row of the group
+                n = rows.numel()
+                idx, weights = routing_indices(lora), routing_weights(lora)
+                with self.model.edge_lora.routing(idx.expand(n, -1, -1), weights.expand(n, -1, -1)):
+                    scores = self._score(*args)
+            elapsed = (time.perf_counter() - start) / len(members)
+            local = pick_options(scores, _expand_rows(item[rows], members), len(members))
+            predictions[torch.tensor(members, device=self.device)] = local
+            for m in members:
+                self._add(stage, "loragen", tasks[m], "ms", 1000 * elapsed)
+        self._tally(stage, "loragen", batch, predictions, batch["prompt_tokens"])
+        if self.hparams.reference and "ref_choice_input_ids" in batch:
+            start = time.perf_counter()
+            scores = self._score(batch["ref_choice_input_ids"], batch["ref_choice_attention_mask"],
+                                 batch["ref_choice_labels"])
+            elapsed = (time.perf_counter() - start) / size
+            for i in range(size):
+                self._add(stage, "prompted", tasks[i], "ms", 1000 * elapsed)
+            self._tally(stage, "prompted", batch, pick_options(scores, item, size), batch["ref_prompt_tokens"])
+
+    def _tally(self, stage: str, setting: str, batch: dict[str, Any], pred: torch.Tensor,
+               tokens: torch.Tensor) -> None:
+        for i, task in enumerate(batch["task"]):
+            self._add(stage, setting, task, "correct", float(pred[i] == batch["label"][i]))
+            self._add(stage, setting, task, "count", 1.0)
+            self._add(stage, setting, task, "tokens", float(tokens[i]))
+
+    def on_validation_epoch_end(self) -> None:
+        results = self._collect("val")
+        if results:
+            mean = torch.tensor(results["rows"][0]["mean"])
+            self.best_val_acc.update(mean)
+            self.log("val/acc_mean_best", self.best_val_acc.compute())
+
+    def on_test_epoch_end(self) -> None:
+        results = self._collect("test")
+        if results is None or self.trainer.sanity_checking:
+            return
+        self.last_results = results
+        if self.trainer.is_global_zero:
+            from loragen.metrics.results import results_markdown, write_results
+
+            directory = self.trainer.log_dir or self.trainer.default_root_dir
+            json_path, md_path = write_results(results, directory)
+            print("\n" + results_markdown(results) + f"\n\nResults written to {json_path} and {md_path}\n")
+            for logger in self.loggers:
+                if hasattr(logger, "log_table"):
+                    header = ["setting", *results["tasks"], "mean", "hmean", "tokens_per_request", "ms_per_request"]
+                    data = [[r["setting"], *[r["accuracy"][t] for t in results["tasks"]], r["mean"], r["hmean"],
+                             r["tokens_per_request"], r["ms_per_request"]] for r in results["rows"]]
+                    logger.log_table(key="test/results", columns=header, data=data)
+
+    def _collect(self, stage: str) -> dict[str, Any] | None:
+        from loragen.metrics.results import summarize
+
+        values: dict[tuple[str, str, str], dict[str, float]] = {}
+        for key in list(self.eval_sums.keys()):
+            st, setting, task, quantity = key.split("|")
+            if st != stage:
+                continue
+            values.setdefault((setting, task, quantity), {})["v"] = float(self.eval_sums[key].compute())
+            self.eval_sums[key].reset()
+        if not values:
+            return None
+        tasks = sorted({t for (_, t, _) in values})
+        rows = []
+        for setting in [s for s in SETTINGS if any(k[0] == s for k in values)]:
+            def get(task: str, quantity: str, setting: str = setting) -> float:
+                return values.get((setting, task, quantity), {}).get("v", 0.0)
+
+            accuracy = {t: get(t, "correct") / max(get(t, "count"), 1.0) for t in tasks}
+            count = sum(get(t, "count") for t in tasks)
+            row = {"setting": SETTINGS[setting], "key": setting, "accuracy": accuracy, **summarize(accuracy),
+                   "tokens_per_request": sum(get(t, "tokens") for t in tasks) / max(count, 1.0),
+                   "ms_per_request": sum(get(t, "ms") for t in tasks) / max(count, 1.0)}
+            rows.append(row)
+            suffix = "" if setting == "loragen" else f"_{setting}"
+            for t in tasks:
+                self.log(f"{stage}/acc{suffix}/{t}", accuracy[t])
+            self.log(f"{stage}/acc_mean{suffix}", row["mean"], prog_bar=setting == "loragen")
+            self.log(f"{stage}/acc_hmean{suffix}", row["hmean"])
+            self.log(f"{stage}/tokens_per_request{suffix}", row["tokens_per_request"])
+        results = {"stage": stage, "tasks": tasks, "rows": rows, "items": int(sum(
+            values.get(("loragen", t, "count"), {}).get("v", 0.0) for t in tasks)),
+            "scoring": "option log-likelihood" + (" (length-normalised)" if self.hparams.length_normalize else ""),
+            "eval_path": self.hparams.eval_path, "fingerprint": self.model.fingerprint.to_dict()}
+        if len(rows) == 2 and rows[0]["tokens_per_request"] > 0:
+            results["compression_ratio"] = rows[1]["tokens_per_request"] / rows[0]["tokens_per_request"]
+        return results
+
+    # ------------------------------------------------------------------ predict
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Greedy answers of the specialized edge model: merged LoRA, no system prompt."""
+        groups = _distinct_rows(batch["system_ids"], batch["system_mask"])
+        firsts = torch.tensor([g[0] for g in groups], device=self.device)
+        loras = self.model.generate(batch["system_ids"][firsts], batch["system_mask"][firsts])
+        tok = self.trainer.datamodule._tokenizer().edge if self.trainer and self.trainer.datamodule else None
+        outputs: list[dict[str, Any]] = [{} for _ in range(batch["input_ids"].shape[0])]
+        for members, lora in zip(groups, loras, strict=True):
+            with self.model.edge_lora.merged_lora(lora):
+                for m in members:
+                    prompt = batch["input_ids"][m, : int(batch["prompt_tokens"][m])].unsqueeze(0)
+                    generated = self.model.edge.generate(
+                        input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                        max_new_tokens=self.hparams.max_new_tokens, pad_token_id=tok.pad_token_id if tok else None)
+                    new = generated[0, prompt.shape[1]:]
+                    record = batch["records"][m]
+                    outputs[m] = {"task": record.task, "input": record.input,
+                                  "prediction": tok.decode(new, skip_special_tokens=True).strip() if tok else new.tolist(),
+                                  "reference": record.output, "edge_prompt_tokens": int(prompt.shape[1])}
+        return outputs
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = {f"model.{k}" for k in self.model.trainable_state_dict()}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if k in keep or k.startswith("best_val_acc")}
+        checkpoint["loragen"] = {"fingerprint": self.model.fingerprint.to_dict(), "format": 1}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from loragen.models.components.fingerprint import PairFingerprint
+
+        stored = checkpoint.get("loragen", {}).get("fingerprint")
+        if stored is None:
+            raise LoRAGenError("this checkpoint has no loragen pair fingerprint: it was not written by loragen")
+        PairFingerprint.from_dict(stored).check_compatible(self.model.fingerprint)
+        expected = {f"model.{k}" for k in self.model.trainable_state_dict()}
+        missing = sorted(expected - set(checkpoint["state_dict"]))
+        if missing:
+            raise LoRAGenError(f"checkpoint lacks trained weights {missing[:3]}: it is incomplete or for other settings")
+
+
+def _validate(hp: Any) -> None:
+    """Reject impossible settings before any model is loaded."""
+    if not 1 <= hp.top_k <= hp.num_experts:
+        raise LoRAGenError(f"top_k={hp.top_k} must be between 1 and num_experts={hp.num_experts}")
+    if hp.rank < 1:
+        raise LoRAGenError(f"rank={hp.rank} must be >= 1")
+    if hp.router_noise not in NOISE_KINDS:
+        raise LoRAGenError(f"router_noise={hp.router_noise!r} is unknown: choose one of {list(NOISE_KINDS)}")
+    if hp.aux_loss not in AUX_KINDS:
+        raise LoRAGenError(f"aux_loss={hp.aux_loss!r} is unknown: choose one of {list(AUX_KINDS)}")
+    if hp.eval_path not in ("merged", "functional"):
+        raise LoRAGenError(f"eval_path={hp.eval_path!r} is unknown: choose merged or functional")
+    if not hp.target_modules:
+        raise LoRAGenError("target_modules is empty: name at least one edge linear, e.g. q_proj")
+
+
+def _distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    """Group batch rows by identical (unpadded) system prompt, in order of first appearance."""
+    groups: dict[bytes, list[int]] = {}
+    for i, (row, m) in enumerate(zip(ids, mask, strict=True)):
+        groups.setdefault(row[m.bool()].cpu().numpy().tobytes(), []).append(i)
+    return list(groups.values())
+
+
+def _expand_rows(items: torch.Tensor, members: list[int]) -> torch.Tensor:
+    """Map batch item ids of choice rows to positions within ``members``."""
+    lookup = {m: j for j, m in enumerate(members)}
+    return torch.tensor([lookup[int(i)] for i in items], device=items.device)
+
+
+def routing_indices(lora: Any) -> torch.Tensor:
+    k = int((lora.gates[0] != 0).sum())
+    return lora.gates.topk(k, -1).indices
+
+
+def routing_weights(lora: Any) -> torch.Tensor:
+    k = int((lora.gates[0] != 0).sum())
+    return lora.gates.topk(k, -1).values
