@@ -7,6 +7,7 @@ model. Heavy libraries are imported only after the top-level ``--help`` has been
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -39,6 +40,18 @@ def _cli_class() -> type:
         def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
             parser.link_arguments("model.init_args.cloud", "data.init_args.cloud")
             parser.link_arguments("model.init_args.edge", "data.init_args.edge")
+
+        def before_instantiate_classes(self) -> None:
+            """Check model and data settings (cheaply) before any model is loaded."""
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            for key in ("model", "data"):
+                section = config.get(key)
+                if section is None or not section.get("class_path"):
+                    continue
+                module_name, _, class_name = section["class_path"].rpartition(".")
+                cls = getattr(importlib.import_module(module_name), class_name)
+                if hasattr(cls, "check_config"):
+                    cls.check_config(**dict(section.get("init_args") or {}))
 
     return LoRAGenCLI
 

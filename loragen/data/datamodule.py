@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Sampler
 
 from loragen import LoRAGenError
 from loragen.data.records import Record, load_records
@@ -37,6 +38,26 @@ def resolve_files(spec: str | list[str] | None) -> list[Path]:
     return files
 
 
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles with a generator seeded by (seed, epoch): the same order after a resume."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+        self.skip_once = 0  # samples already consumed in this epoch before a resume
+
+    def set_epoch(self, epoch: int) -> None:  # called by Lightning at every epoch start
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):  # noqa: ANN204
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.size, generator=gen).tolist()
+        skip, self.skip_once = self.skip_once, 0
+        return iter(order[skip:])
+
+
 class RecordDataModule(L.LightningDataModule):
     """Batches of tokenized system prompts (cloud tokenizer) and user input + answer (edge tokenizer).
 
@@ -46,10 +67,12 @@ class RecordDataModule(L.LightningDataModule):
         cloud / edge: model sources; normally linked from the model config by the CLI.
         batch_size: training batch size; eval_batch_size: items per evaluation batch.
         max_system_tokens / max_input_tokens / max_output_tokens: truncation limits (see ``tokenize``).
-        limit_per_task: keep at most this many eval/predict records per task (None = all).
+        limit_per_task: keep at most this many test/predict records per task (None = all).
+        val_limit_per_task: the same for validation (default: ``limit_per_task``).
         reference: also prepare the edge-with-system-prompt reference for evaluation.
         strict: stop on the first malformed record instead of skipping it with a warning.
         num_workers: DataLoader workers.
+        seed: shuffling seed (the order of epoch e depends only on seed and e, so resumes repeat it).
     """
 
     def __init__(self, train_files: str | list[str] | None = None, val_files: str | list[str] | None = None,
@@ -57,18 +80,42 @@ class RecordDataModule(L.LightningDataModule):
                  cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
                  batch_size: int = 8, eval_batch_size: int = 8, max_system_tokens: int = 1024,
                  max_input_tokens: int = 256, max_output_tokens: int = 64, limit_per_task: int | None = None,
-                 reference: bool = True, strict: bool = False, num_workers: int = 0) -> None:
+                 val_limit_per_task: int | None = None,
+                 reference: bool = True, strict: bool = False, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if batch_size < 1 or eval_batch_size < 1:
-            raise LoRAGenError("data.batch_size and data.eval_batch_size must be >= 1")
+        self.check_config(**self.hparams)
         self.files = {stage: resolve_files(spec) for stage, spec in
                       (("train", train_files), ("val", val_files), ("test", test_files), ("predict", predict_files))}
-        if not any(self.files.values()):
-            raise LoRAGenError("no data files given: set data.train_files (and val/test files) in your config")
         self.records: dict[str, list[Record]] = {}
         self.examples: dict[str, list[dict[str, Any]]] = {}
         self._tok: RecordTokenizer | None = None
+        self._resume: dict[str, int] | None = None
+
+    # Mid-epoch resume: Lightning stores this in checkpoints; a resumed run skips the batches the
+    # interrupted run already trained on instead of replaying the epoch from its start.
+    def state_dict(self) -> dict[str, Any]:
+        if self.trainer is None:
+            return {}
+        progress = self.trainer.fit_loop.epoch_loop.batch_progress
+        if progress.is_last_batch:  # the epoch is finished: a resume starts the next one from its start
+            return {"epoch": self.trainer.current_epoch + 1, "batches_done": 0}
+        return {"epoch": self.trainer.current_epoch, "batches_done": progress.current.processed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = dict(state) if state else None
+
+    @staticmethod
+    def check_config(**kw: Any) -> None:
+        """Fail on missing files or impossible sizes before any model or tokenizer is loaded."""
+        for key in ("batch_size", "eval_batch_size"):
+            if kw.get(key) is not None and kw[key] < 1:
+                raise LoRAGenError(f"data.{key} must be >= 1, got {kw[key]}")
+        specs = [kw.get(f"{s}_files") for s in ("train", "val", "test", "predict")]
+        if not any(specs):
+            raise LoRAGenError("no data files given: set data.train_files (and val/test files) in your config")
+        for spec in specs:
+            resolve_files(spec)
 
     # ----------------------------------------------------------------------------- setup
 
@@ -86,11 +133,14 @@ class RecordDataModule(L.LightningDataModule):
     def load(self, stage: str) -> list[Record]:
         if stage not in self.records:
             records = [r for f in self.files[stage] for r in load_records(f, strict=self.hparams.strict)]
-            if stage != "train" and self.hparams.limit_per_task:
+            limit = self.hparams.limit_per_task
+            if stage == "val" and self.hparams.val_limit_per_task is not None:
+                limit = self.hparams.val_limit_per_task
+            if stage != "train" and limit:
                 per_task: dict[str, list[Record]] = {}
                 for record in records:
                     per_task.setdefault(record.task, []).append(record)
-                records = [r for group in per_task.values() for r in group[: self.hparams.limit_per_task]]
+                records = [r for group in per_task.values() for r in group[:limit]]
             if stage != "train":  # group by task so evaluation batches share system prompts
                 records = sorted(records, key=lambda r: r.task)
             self.records[stage] = records
@@ -130,8 +180,16 @@ class RecordDataModule(L.LightningDataModule):
         tok = self._tokenizer()
         collate = Collator(tok.cloud.pad_token_id, tok.edge.pad_token_id)
         size = self.hparams.batch_size if stage == "train" else self.hparams.eval_batch_size
-        return DataLoader(self.examples[stage], batch_size=size, shuffle=shuffle, collate_fn=collate,
-                          num_workers=self.hparams.num_workers)
+        sampler = EpochShuffleSampler(len(self.examples[stage]), self.hparams.seed) if shuffle else None
+        if sampler is not None and self._resume:
+            sampler.set_epoch(self._resume["epoch"])
+            sampler.skip_once = self._resume["batches_done"] * size
+            self._resume = None
+        # Its own generator: creating an iterator must not draw from the global RNG (router noise),
+        # or a resumed run would see different noise than an uninterrupted one.
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        return DataLoader(self.examples[stage], batch_size=size, sampler=sampler, collate_fn=collate,
+                          num_workers=self.hparams.num_workers, generator=generator)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -73,8 +73,7 @@ def load_records(path: str | Path, *, strict: bool = False, task: str | None = N
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         text = None
-    items: list[tuple[str, Any]] = []
-    problems: list[str] = []
+    items: list[tuple[str, Any]] = []  # (where, parsed JSON or the problem found on that line)
     if text is not None and text.lstrip().startswith("["):
         try:
             items = [(f"{path}:item {i}", obj) for i, obj in enumerate(json.loads(text))]
@@ -89,12 +88,15 @@ def load_records(path: str | Path, *, strict: bool = False, task: str | None = N
                 try:
                     items.append((where, json.loads(raw.decode("utf-8"))))
                 except UnicodeDecodeError:
-                    problems.append(f"{where}: line is not valid UTF-8")
+                    items.append((where, RecordError(f"{where}: line is not valid UTF-8")))
                 except json.JSONDecodeError as err:
-                    problems.append(f"{where}: invalid JSON ({err.msg})")
-    records = []
+                    items.append((where, RecordError(f"{where}: invalid JSON ({err.msg})")))
+    records: list[Record] = []
+    problems: list[str] = []
     for where, obj in items:
         try:
+            if isinstance(obj, RecordError):
+                raise obj
             records.append(parse_record(obj, where, default_task))
         except RecordError as err:
             problems.append(str(err))

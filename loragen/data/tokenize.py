@@ -79,14 +79,13 @@ class RecordTokenizer:
                 "labels": [IGNORE] * len(prompt) + answer, "task": record.task}
 
     def eval_example(self, record: Record, reference: bool) -> dict[str, Any]:
+        """Gold sequence plus, for multiple choice, the prompt (per edge setting) and each option's ids."""
         example = self.train_example(record)
         example["label"] = record.label if record.label is not None else -1
-        options = [self.answer_ids(o, eos=False) for o in record.options or ()]
-        modes = [("", False)] + ([("ref_", True)] if reference else [])
-        for prefix, with_system in modes:
-            prompt = self.prompt_ids(record, with_system)
-            example[f"{prefix}prompt_tokens"] = len(prompt)
-            example[f"{prefix}choices"] = [(prompt + o, [IGNORE] * len(prompt) + o) for o in options]
+        example["options"] = [self.answer_ids(o, eos=False) for o in record.options or ()]
+        example["prompt"] = self.prompt_ids(record, with_system=False)
+        if reference:
+            example["ref_prompt"] = self.prompt_ids(record, with_system=True)
         example["record"] = record
         return example
 
@@ -115,19 +114,10 @@ class Collator:
             "task": [e["task"] for e in examples],
         }
         batch.update(self._edge([e["input_ids"] for e in examples], [e["labels"] for e in examples], ""))
-        if "choices" in examples[0]:
+        if "options" in examples[0]:  # evaluation: ragged lists, scored item by item with a shared prefix
             batch["label"] = torch.tensor([e["label"] for e in examples])
-            batch["prompt_tokens"] = torch.tensor([e["prompt_tokens"] for e in examples])
+            for key in ("options", "prompt", "ref_prompt"):
+                if key in examples[0]:
+                    batch[key] = [e[key] for e in examples]
             batch["records"] = [e["record"] for e in examples]
-            for prefix in ("", "ref_"):
-                key = f"{prefix}choices"
-                if key not in examples[0]:
-                    continue
-                rows = [c for e in examples for c in e[key]]
-                if rows:
-                    batch.update(self._edge([r[0] for r in rows], [r[1] for r in rows], f"{prefix}choice_"))
-                if prefix:
-                    batch["ref_prompt_tokens"] = torch.tensor([e["ref_prompt_tokens"] for e in examples])
-            batch["choice_item"] = torch.tensor([i for i, e in enumerate(examples) for _ in e["choices"]],
-                                                dtype=torch.long)
         return batch

@@ -9,6 +9,7 @@ is also scored with the full system prompt on the same items, so every results t
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from typing import Any
@@ -20,7 +21,7 @@ from torch import nn
 from loragen import LoRAGenError
 from loragen.models.components.expert_pool import DEFAULT_TARGETS
 from loragen.models.components.router import AUX_KINDS, NOISE_KINDS
-from loragen.models.scoring import answer_cross_entropy, option_logprobs, pick_options
+from loragen.models.scoring import answer_loss, score_options
 
 SETTINGS = {"loragen": "LoRA-Gen (merged, no system prompt)", "prompted": "edge + full system prompt"}
 
@@ -61,12 +62,10 @@ class LoRAGenModule(L.LightningModule):
                  max_new_tokens: int = 32, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
-        _validate(self.hparams)
-        from loragen.models.components.backbones import load_backbone, validate_source
+        self.check_config(**self.hparams)
+        from loragen.models.components.backbones import load_backbone
         from loragen.models.components.lora_gen import LoRAGen
 
-        validate_source(cloud)
-        validate_source(edge)
         cloud_bb = load_backbone(cloud)
         share = cloud == edge and cloud_lora_rank == 0  # one frozen copy serves both roles
         edge_bb = cloud_bb if share else load_backbone(edge)
@@ -91,16 +90,31 @@ class LoRAGenModule(L.LightningModule):
         self.model.generator.cloud.eval()
         return self
 
+    @staticmethod
+    def check_config(**hp: Any) -> None:
+        """Reject impossible settings before any model is loaded (also called by the CLI)."""
+        from types import SimpleNamespace
+
+        from loragen.models.components.backbones import validate_source
+
+        defaults = {k: v.default for k, v in inspect.signature(LoRAGenModule.__init__).parameters.items()
+                    if v.default is not inspect.Parameter.empty}
+        _validate(SimpleNamespace(**{**defaults, **hp}))
+        validate_source(hp.get("cloud", defaults["cloud"]))
+        validate_source(hp.get("edge", defaults["edge"]))
+
     # ------------------------------------------------------------------ training
 
-    def forward(self, batch: dict[str, Any]) -> tuple[Any, Any]:
-        return self.model(batch["system_ids"], batch["system_mask"], batch["input_ids"], batch["attention_mask"])
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        """Edge hidden states with each sample's generated LoRA applied, and the routing."""
+        return self.model.hidden_states(batch["system_ids"], batch["system_mask"], batch["input_ids"],
+                                        batch["attention_mask"])
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         from loragen.models.components.router import auxiliary_loss
 
-        out, routing = self(batch)
-        ce = answer_cross_entropy(out.logits, batch["labels"])
+        hidden, routing = self(batch)
+        ce = answer_loss(self.model.edge, hidden, batch["labels"])
         aux = auxiliary_loss(routing, self.hparams.aux_loss)
         loss = ce + self.hparams.aux_coef * aux
         size = batch["input_ids"].shape[0]
@@ -152,53 +166,44 @@ class LoRAGenModule(L.LightningModule):
             self.eval_sums[key] = self._sum_metric().to(self.device)
         self.eval_sums[key].update(torch.tensor(float(value), device=self.device))
 
-    def _score(self, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.model.edge(input_ids=ids, attention_mask=mask, use_cache=False).logits
-        return option_logprobs(logits, labels, self.hparams.length_normalize)
+    def _score(self, prompt: list[int], options: list[list[int]]) -> int:
+        scores = score_options(self.model.edge, prompt, options, self.hparams.length_normalize)
+        return int(scores.argmax())
 
     @torch.no_grad()
     def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
         size = batch["input_ids"].shape[0]
-        out, _ = self(batch)
-        self.log(f"{stage}/ce", answer_cross_entropy(out.logits, batch["labels"]), batch_size=size)
-        if "choice_input_ids" not in batch:
+        if "options" not in batch or not batch["options"][0]:  # free-form records: answer loss only
+            hidden, _ = self(batch)
+            self.log(f"{stage}/ce", answer_loss(self.model.edge, hidden, batch["labels"]), batch_size=size)
             return
-        tasks, item = batch["task"], batch["choice_item"]
+        tasks = batch["task"]
         groups = _distinct_rows(batch["system_ids"], batch["system_mask"])
         firsts = torch.tensor([g[0] for g in groups], device=self.device)
         loras = self.model.generate(batch["system_ids"][firsts], batch["system_mask"][firsts])
-        predictions = torch.full((size,), -1, dtype=torch.long, device=self.device)
+        predictions = [-1] * size
         for members, lora in zip(groups, loras, strict=True):
-            rows = torch.isin(item, torch.tensor(members, device=self.device)).nonzero().flatten()
-            start = time.perf_counter()
-            args = (batch["choice_input_ids"][rows], batch["choice_attention_mask"][rows], batch["choice_labels"][rows])
             if self.hparams.eval_path == "merged":
-                with self.model.edge_lora.merged_lora(lora):
-                    scores = self._score(*args)
-            else:  # functional path: the same LoRA applied by hooks to every row of the group
-                n = rows.numel()
-                idx, weights = routing_indices(lora), routing_weights(lora)
-                with self.model.edge_lora.routing(idx.expand(n, -1, -1), weights.expand(n, -1, -1)):
-                    scores = self._score(*args)
-            elapsed = (time.perf_counter() - start) / len(members)
-            local = pick_options(scores, _expand_rows(item[rows], members), len(members))
-            predictions[torch.tensor(members, device=self.device)] = local
-            for m in members:
-                self._add(stage, "loragen", tasks[m], "ms", 1000 * elapsed)
-        self._tally(stage, "loragen", batch, predictions, batch["prompt_tokens"])
-        if self.hparams.reference and "ref_choice_input_ids" in batch:
-            start = time.perf_counter()
-            scores = self._score(batch["ref_choice_input_ids"], batch["ref_choice_attention_mask"],
-                                 batch["ref_choice_labels"])
-            elapsed = (time.perf_counter() - start) / size
+                context = self.model.edge_lora.merged_lora(lora)
+            else:  # functional path: the same LoRA applied by hooks, for parity checks
+                context = self.model.edge_lora.routing(routing_indices(lora)[None], routing_weights(lora)[None])
+            with context:
+                for m in members:
+                    start = time.perf_counter()
+                    predictions[m] = self._score(batch["prompt"][m], batch["options"][m])
+                    self._add(stage, "loragen", tasks[m], "ms", 1000 * (time.perf_counter() - start))
+        self._tally(stage, "loragen", batch, predictions, [len(p) for p in batch["prompt"]])
+        if self.hparams.reference and "ref_prompt" in batch:
+            reference = []
             for i in range(size):
-                self._add(stage, "prompted", tasks[i], "ms", 1000 * elapsed)
-            self._tally(stage, "prompted", batch, pick_options(scores, item, size), batch["ref_prompt_tokens"])
+                start = time.perf_counter()
+                reference.append(self._score(batch["ref_prompt"][i], batch["options"][i]))
+                self._add(stage, "prompted", tasks[i], "ms", 1000 * (time.perf_counter() - start))
+            self._tally(stage, "prompted", batch, reference, [len(p) for p in batch["ref_prompt"]])
 
-    def _tally(self, stage: str, setting: str, batch: dict[str, Any], pred: torch.Tensor,
-               tokens: torch.Tensor) -> None:
+    def _tally(self, stage: str, setting: str, batch: dict[str, Any], pred: list[int], tokens: list[int]) -> None:
         for i, task in enumerate(batch["task"]):
-            self._add(stage, setting, task, "correct", float(pred[i] == batch["label"][i]))
+            self._add(stage, setting, task, "correct", float(pred[i] == int(batch["label"][i])))
             self._add(stage, setting, task, "count", 1.0)
             self._add(stage, setting, task, "tokens", float(tokens[i]))
 
@@ -278,7 +283,7 @@ class LoRAGenModule(L.LightningModule):
         for members, lora in zip(groups, loras, strict=True):
             with self.model.edge_lora.merged_lora(lora):
                 for m in members:
-                    prompt = batch["input_ids"][m, : int(batch["prompt_tokens"][m])].unsqueeze(0)
+                    prompt = torch.tensor([batch["prompt"][m]], device=self.device)
                     generated = self.model.edge.generate(
                         input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
                         max_new_tokens=self.hparams.max_new_tokens, pad_token_id=tok.pad_token_id if tok else None)
@@ -295,7 +300,8 @@ class LoRAGenModule(L.LightningModule):
         keep = {f"model.{k}" for k in self.model.trainable_state_dict()}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if k in keep or k.startswith("best_val_acc")}
-        checkpoint["loragen"] = {"fingerprint": self.model.fingerprint.to_dict(), "format": 1}
+        checkpoint["loragen"] = {"fingerprint": self.model.fingerprint.to_dict(), "format": 1,
+                                 "rng": _rng_state()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from loragen.models.components.fingerprint import PairFingerprint
@@ -304,6 +310,8 @@ class LoRAGenModule(L.LightningModule):
         if stored is None:
             raise LoRAGenError("this checkpoint has no loragen pair fingerprint: it was not written by loragen")
         PairFingerprint.from_dict(stored).check_compatible(self.model.fingerprint)
+        if "rng" in checkpoint["loragen"]:  # router noise continues exactly where it stopped
+            _set_rng_state(checkpoint["loragen"]["rng"])
         expected = {f"model.{k}" for k in self.model.trainable_state_dict()}
         missing = sorted(expected - set(checkpoint["state_dict"]))
         if missing:
@@ -326,18 +334,30 @@ def _validate(hp: Any) -> None:
         raise LoRAGenError("target_modules is empty: name at least one edge linear, e.g. q_proj")
 
 
+def _rng_state() -> dict[str, Any]:
+    import random
+
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import random
+
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 def _distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
     """Group batch rows by identical (unpadded) system prompt, in order of first appearance."""
     groups: dict[bytes, list[int]] = {}
     for i, (row, m) in enumerate(zip(ids, mask, strict=True)):
         groups.setdefault(row[m.bool()].cpu().numpy().tobytes(), []).append(i)
     return list(groups.values())
-
-
-def _expand_rows(items: torch.Tensor, members: list[int]) -> torch.Tensor:
-    """Map batch item ids of choice rows to positions within ``members``."""
-    lookup = {m: j for j, m in enumerate(members)}
-    return torch.tensor([lookup[int(i)] for i in items], device=items.device)
 
 
 def routing_indices(lora: Any) -> torch.Tensor:

@@ -229,7 +229,12 @@ def _bundled_cache_dir(name: str) -> Path:
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model.save_pretrained(tmp, safe_serialization=True)
+        # The weights are already dequantized to float; drop the GGUF quantizer marker so transformers
+        # will serialize them (it refuses to save "quantized" models).
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            delattr(model.config, "quantization_config")
+        model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         files = {}
         for fpath in sorted(p for p in tmp.iterdir() if p.is_file()):

@@ -56,7 +56,8 @@ class EdgeLoRA:
     def routing(self, indices: torch.Tensor, weights: torch.Tensor) -> Iterator[None]:
         """Within this context the edge forward adds each sample's generated LoRA.
 
-        ``indices`` and ``weights`` have shape (batch, L, k): the selected experts and their gates.
+        ``indices`` and ``weights`` have shape (batch, L, k): the selected experts and their gates;
+        a batch of 1 applies to every row of the forward.
         """
         if self._originals is not None:
             raise LoRAGenError("the edge model has a merged LoRA: unmerge it before a functional forward")
@@ -75,7 +76,9 @@ class EdgeLoRA:
             indices, weights = self._routing
             a_all, b_all = pool.factors(site)  # (n, r, in), (n, out, r)
             idx, w = indices[:, site.layer], weights[:, site.layer]  # (b, k)
-            batch, k = idx.shape
+            batch, k = inputs[0].shape[0], idx.shape[1]
+            if idx.shape[0] != batch:  # one routing for the whole batch (e.g. options of one item)
+                idx, w = idx.expand(batch, -1), w.expand(batch, -1)
             r = pool.rank
             x = inputs[0].to(a_all.dtype)
             a_sel = a_all[idx].reshape(batch, k * r, -1)  # (b, k·r, in)

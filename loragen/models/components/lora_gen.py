@@ -45,6 +45,8 @@ class LoRAGen(nn.Module):
 
     def route(self, system_ids: torch.Tensor, system_mask: torch.Tensor) -> Routing:
         """Gates for each row of a batch of tokenized system prompts."""
+        if self.edge_lora.merged and self.generator.cloud is self.edge:
+            raise RuntimeError("cloud and edge share weights and a LoRA is merged: unmerge before routing")
         return self.router(self.generator(system_ids, system_mask))
 
     def forward(self, system_ids: torch.Tensor, system_mask: torch.Tensor, input_ids: torch.Tensor,
@@ -54,6 +56,15 @@ class LoRAGen(nn.Module):
         with self.edge_lora.routing(routing.indices, routing.weights):
             out = self.edge(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out, routing
+
+    def hidden_states(self, system_ids: torch.Tensor, system_mask: torch.Tensor, input_ids: torch.Tensor,
+                      attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Routing]:
+        """Functional path up to the edge's final hidden states (the caller applies the LM head
+        only where logits are needed)."""
+        routing = self.route(system_ids, system_mask)
+        with self.edge_lora.routing(routing.indices, routing.weights):
+            out = self.edge.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state, routing
 
     @torch.no_grad()
     def generate(self, system_ids: torch.Tensor, system_mask: torch.Tensor) -> list[GeneratedLoRA]:

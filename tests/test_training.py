@@ -1,0 +1,215 @@
+"""LoRAGenModule + RecordDataModule under a real Lightning Trainer (tiny models)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from loragen import LoRAGenError
+from loragen.data.datamodule import RecordDataModule
+from loragen.data.records import load_records
+from loragen.models.lora_gen_module import LoRAGenModule
+
+TINY = {"cloud": "tiny:qwen2", "edge": "tiny:llama", "num_experts": 4, "top_k": 2, "rank": 4, "router_hidden": 16,
+        "lr": 0.01, "warmup_steps": 1}
+
+
+def _data(**kw):
+    args = {"train_files": "quickstart:train", "val_files": "quickstart:val", "test_files": "quickstart:test",
+            "cloud": "tiny:qwen2", "edge": "tiny:llama", "batch_size": 4, "eval_batch_size": 8,
+            "max_system_tokens": 192, "max_input_tokens": 96, "limit_per_task": 3}
+    return RecordDataModule(**{**args, **kw})
+
+
+def _trainer(tmp_path, **kw):
+    args = {"max_steps": 4, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
+            "default_root_dir": str(tmp_path), "limit_val_batches": 0, "deterministic": True,
+            "enable_checkpointing": False}
+    return L.Trainer(**{**args, **kw})
+
+
+def _trained(module):
+    return {k: v.detach().clone() for k, v in module.model.trainable_state_dict().items()}
+
+
+def test_batches_mask_everything_but_the_answer(tiny):
+    dm = _data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    tok = tiny("llama").tokenizer
+    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
+        answer = tok.decode(ids[labels != -100])
+        assert answer.endswith(tok.eos_token) and len(answer) < 200
+        assert (labels[mask == 0] == -100).all()
+    assert batch["system_ids"].shape[0] == batch["input_ids"].shape[0]
+
+
+def test_loss_decreases_and_only_generator_weights_change(tmp_path, tiny):
+    L.seed_everything(0)
+    module = LoRAGenModule(**TINY)
+    dm = _data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    frozen = {k: v.clone() for k, v in module.model.edge.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=0.01)
+    losses = []
+    for _ in range(8):
+        opt.zero_grad()
+        loss = _loss(module, batch)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 0.1
+    assert all(torch.equal(v, module.model.edge.state_dict()[k]) for k, v in frozen.items())
+
+
+def _loss(module, batch):
+    from loragen.models.scoring import answer_loss
+
+    hidden, _ = module(batch)
+    return answer_loss(module.model.edge, hidden, batch["labels"])
+
+
+def test_resume_matches_uninterrupted_training(tmp_path):
+    """N steps + resume + N steps == 2N steps: global step, optimizer state, trained weights."""
+    class StopAt(L.Callback):  # an interruption after N steps, with the same schedule as the full run
+        def __init__(self, step):
+            self.step = step
+
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == self.step:
+                trainer.should_stop = True
+
+    def run(root, stop=None, ckpt=None, batches=3):
+        L.seed_everything(0)
+        module = LoRAGenModule(**TINY)
+        ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=1)
+        callbacks = [ckpt_cb] + ([StopAt(stop)] if stop else [])
+        trainer = _trainer(root, max_steps=6, limit_train_batches=batches, enable_checkpointing=True,
+                           callbacks=callbacks)
+        trainer.fit(module, _data(), ckpt_path=ckpt)
+        return trainer, module
+
+    # Interrupted mid-epoch (step 2 of a 3-batch epoch) and resumed: the data order, learning-rate
+    # schedule and router noise continue as if nothing happened.
+    straight_trainer, straight = run(tmp_path / "a")
+    run(tmp_path / "b", stop=2)
+    resumed_trainer, resumed = run(tmp_path / "b", ckpt=str(tmp_path / "b" / "last.ckpt"))
+    assert resumed_trainer.global_step == straight_trainer.global_step == 6
+    a, b = _trained(straight), _trained(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    opt_a = straight_trainer.optimizers[0].state_dict()["state"]
+    opt_b = resumed_trainer.optimizers[0].state_dict()["state"]
+    for i in opt_a:
+        assert torch.allclose(opt_a[i]["exp_avg"], opt_b[i]["exp_avg"], atol=1e-6)
+        assert float(opt_a[i]["step"]) == float(opt_b[i]["step"]) == 6
+
+
+def test_checkpoint_holds_only_trained_weights_and_the_fingerprint(tmp_path):
+    module = LoRAGenModule(**TINY)
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.fit(module, _data())
+    path = tmp_path / "x.ckpt"
+    trainer.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=False)
+    assert set(ckpt["state_dict"]) - {"best_val_acc.value"} == {f"model.{k}" for k in module.model.trainable_state_dict()}
+    assert not any(k.startswith(("model.edge.", "model.generator.cloud.")) for k in ckpt["state_dict"])
+    assert ckpt["loragen"]["fingerprint"]["edge"] == "tiny:llama"
+    loaded = LoRAGenModule.load_from_checkpoint(path)
+    for k, v in module.model.trainable_state_dict().items():
+        assert torch.equal(v, loaded.model.trainable_state_dict()[k])
+    ckpt["hyper_parameters"]["edge"] = "tiny:gemma"
+    torch.save(ckpt, path)
+    with pytest.raises(LoRAGenError, match="edge_arch"):
+        LoRAGenModule.load_from_checkpoint(path)
+
+
+def test_interrupted_checkpoint_write_leaves_no_file(tmp_path, monkeypatch):
+    module = LoRAGenModule(**TINY)
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.fit(module, _data())
+
+    def broken_write(*args, **kwargs):
+        raise OSError("disk full")
+
+    import fsspec.implementations.local as local
+
+    monkeypatch.setattr(local.LocalFileOpener, "write", broken_write)
+    with pytest.raises(OSError):
+        trainer.save_checkpoint(tmp_path / "partial.ckpt")
+    assert not (tmp_path / "partial.ckpt").exists()
+
+
+def test_merged_evaluation_equals_functional_and_restores_weights(tmp_path):
+    L.seed_everything(0)
+    module = LoRAGenModule(**TINY)
+    from tests.conftest import randomize_pool
+
+    randomize_pool(module.model.pool, std=0.2)
+    before = {k: v.clone() for k, v in module.model.edge.state_dict().items()}
+    results = {}
+    for path in ("merged", "functional"):
+        module.hparams.eval_path = path
+        _trainer(tmp_path).test(module, _data())
+        results[path] = module.last_results
+    for row_m, row_f in zip(results["merged"]["rows"], results["functional"]["rows"], strict=True):
+        assert row_m["accuracy"] == row_f["accuracy"]
+    assert all(torch.equal(v, module.model.edge.state_dict()[k]) for k, v in before.items())
+    out = json.loads((Path(tmp_path) / "results.json").read_text())
+    assert [r["key"] for r in out["rows"]] == ["loragen", "prompted"]
+    assert out["compression_ratio"] > 1.5  # the system prompt is most of the prompted context
+    assert (Path(tmp_path) / "results.md").read_text().startswith("| setting |")
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [("", "no usable records"), ('{"system": "s", "input": "i"}\n', "no usable records"),
+     ('{"system": "s", "input": "i", "output": "o", "options": ["a", "b"], "label": 5}\n', "no usable")],
+)
+def test_bad_data_files_stop_with_one_line(tmp_path, content, fragment):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(LoRAGenError, match=fragment) as err:
+        with pytest.warns(UserWarning) if content else _nullcontext():
+            load_records(path)
+    assert "\n" not in str(err.value)
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def test_malformed_records_are_reported_by_line_or_stop_when_strict(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b'{"system": "s", "input": "i", "output": "o"}\n{"system": "s"}\n\xff\xfe\n')
+    with pytest.warns(UserWarning, match=r"skipped 2 malformed record\(s\).*mixed.jsonl:2.*'output'"):
+        assert len(load_records(path)) == 1
+    with pytest.raises(LoRAGenError, match=r"mixed.jsonl:2"):
+        load_records(path, strict=True)
+    with pytest.raises(LoRAGenError, match="does not exist"):
+        RecordDataModule(train_files=str(tmp_path / "missing.jsonl"))
+
+
+def test_truncation_is_counted_in_a_warning_not_a_crash():
+    dm = _data(max_input_tokens=8, max_output_tokens=2)
+    with pytest.warns(UserWarning, match=r"truncated \d+ sequence"):
+        dm.setup("fit")
+    assert max(len(e["input_ids"]) for e in dm.examples["train"]) <= 8 + 3
+
+
+def test_impossible_settings_fail_before_any_model_loads(monkeypatch):
+    import loragen.models.components.backbones as backbones
+
+    monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(LoRAGenError, match="top_k"):
+        LoRAGenModule(**{**TINY, "top_k": 5})
+    with pytest.raises(LoRAGenError, match="unknown model source scheme"):
+        LoRAGenModule(**{**TINY, "cloud": "hf://x"})
