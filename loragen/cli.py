@@ -22,6 +22,9 @@ subcommands:
   validate   evaluate on data.val_files
   test       evaluate on data.test_files; writes results.json / results.md in the run directory
   predict    write the specialized edge model's answers as JSONL (merged LoRA, no system prompt)
+  generate   checkpoint + system prompt -> PEFT adapter, merged HF model, or compact gates file
+  apply      gates file + checkpoint -> PEFT adapter or merged HF model (edge side, no cloud pass)
+  chat       talk to the specialized edge model (no system prompt in its context)
 
 common options:
   --config FILE           YAML config (see configs/; e.g. configs/quickstart.yaml)
@@ -31,6 +34,9 @@ common options:
 
 Run `loragen SUBCOMMAND --help` for every option of a subcommand.
 """
+
+
+DEPLOY_COMMANDS = ("generate", "apply", "chat")
 
 
 def _cli_class() -> type:
@@ -85,6 +91,11 @@ def main() -> None:
     argv = sys.argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(TOP_HELP)
+        return
+    if argv[0] in DEPLOY_COMMANDS:
+        from loragen.deploy.cli import main as deploy_main
+
+        deploy_main(argv)
         return
     run(None)
 

@@ -6,4 +6,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . .venv/bin/activate
 loragen fit --config configs/quickstart.yaml "$@"
-loragen test --config configs/quickstart.yaml --ckpt_path runs/quickstart/checkpoints/last.ckpt "$@"
+loragen test --config configs/quickstart.yaml --ckpt_path runs/quickstart/checkpoints/last.ckpt --verbose false "$@"

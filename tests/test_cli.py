@@ -39,7 +39,7 @@ def test_fit_test_predict_and_resume_through_the_cli(tmp_path):
     assert cli.trainer.global_step == 6
     cli = run(["test", *_args(tmp_path), "--ckpt_path", str(last)])
     results = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())
-    assert results["items"] == 16 and len(results["rows"]) == 2
+    assert results["items"] == 16 and len(results["rows"]) == 3
     cli = run(["predict", *_args(tmp_path), "--ckpt_path", str(last)])
     writer = next(c for c in cli.trainer.callbacks if type(c).__name__ == "JsonlPredictionWriter")
     lines = [json.loads(line) for line in writer.path.read_text().splitlines()]

@@ -118,7 +118,8 @@ def test_checkpoint_holds_only_trained_weights_and_the_fingerprint(tmp_path):
     path = tmp_path / "x.ckpt"
     trainer.save_checkpoint(path)
     ckpt = torch.load(path, weights_only=False)
-    assert set(ckpt["state_dict"]) - {"best_val_acc.value"} == {f"model.{k}" for k in module.model.trainable_state_dict()}
+    trained = {f"model.{k}" for k in module.model.trainable_state_dict()}
+    assert set(ckpt["state_dict"]) - {"best_val_acc.value"} == trained
     assert not any(k.startswith(("model.edge.", "model.generator.cloud.")) for k in ckpt["state_dict"])
     assert ckpt["loragen"]["fingerprint"]["edge"] == "tiny:llama"
     loaded = LoRAGenModule.load_from_checkpoint(path)
@@ -162,7 +163,7 @@ def test_merged_evaluation_equals_functional_and_restores_weights(tmp_path):
         assert row_m["accuracy"] == row_f["accuracy"]
     assert all(torch.equal(v, module.model.edge.state_dict()[k]) for k, v in before.items())
     out = json.loads((Path(tmp_path) / "results.json").read_text())
-    assert [r["key"] for r in out["rows"]] == ["loragen", "prompted"]
+    assert [r["key"] for r in out["rows"]] == ["loragen", "prompted", "zero_shot"]
     assert out["compression_ratio"] > 1.5  # the system prompt is most of the prompted context
     assert (Path(tmp_path) / "results.md").read_text().startswith("| setting |")
 

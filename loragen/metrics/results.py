@@ -32,7 +32,8 @@ def results_markdown(results: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if "compression_ratio" in results:
         lines.append("")
-        lines.append(f"Context compression ratio (prompted ÷ LoRA-Gen edge tokens): {results['compression_ratio']:.2f}x")
+        ratio = results["compression_ratio"]
+        lines.append(f"Context compression ratio (prompted ÷ LoRA-Gen edge tokens): {ratio:.2f}x")
     lines.append(f"Items: {results['items']} · accuracy by {results['scoring']}")
     return "\n".join(lines)
 

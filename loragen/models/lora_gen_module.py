@@ -23,7 +23,8 @@ from loragen.models.components.expert_pool import DEFAULT_TARGETS
 from loragen.models.components.router import AUX_KINDS, NOISE_KINDS
 from loragen.models.scoring import answer_loss, score_options
 
-SETTINGS = {"loragen": "LoRA-Gen (merged, no system prompt)", "prompted": "edge + full system prompt"}
+SETTINGS = {"loragen": "LoRA-Gen (merged, no system prompt)", "prompted": "edge + full system prompt",
+            "zero_shot": "edge, no system prompt, no LoRA"}
 
 
 class LoRAGenModule(L.LightningModule):
@@ -36,7 +37,7 @@ class LoRAGenModule(L.LightningModule):
         top_k: experts mixed per layer.
         rank: LoRA rank of each expert.
         lora_alpha: LoRA alpha (scale = lora_alpha / rank).
-        target_modules: edge linears that receive LoRA.
+        target_modules: edge linears that receive LoRA (default: all attention and MLP projections).
         router_hidden: router MLP width (0 = linear router).
         layer_embedding: learned per-layer embedding in the router.
         router_noise: training noise, ``none | gaussian | gumbel``.
@@ -47,6 +48,7 @@ class LoRAGenModule(L.LightningModule):
         lr / weight_decay / warmup_steps / min_lr_ratio: AdamW with linear warmup and cosine decay.
         eval_path: ``merged`` (deployment-faithful) or ``functional`` (hooks, no merge).
         reference: also score the edge model given the full system prompt.
+        zero_shot_reference: also score the plain edge model without system prompt or LoRA.
         length_normalize: option scoring by mean (not summed) token log-likelihood.
         max_new_tokens: answer length for ``loragen predict``.
         seed: initialisation seed of meta tokens, router and pool.
@@ -54,11 +56,12 @@ class LoRAGenModule(L.LightningModule):
 
     def __init__(self, cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
                  num_experts: int = 8, top_k: int = 2, rank: int = 8, lora_alpha: float = 16.0,
-                 target_modules: list[str] = list(DEFAULT_TARGETS), router_hidden: int = 256,
+                 target_modules: list[str] | None = None, router_hidden: int = 256,
                  layer_embedding: bool = True, router_noise: str = "gaussian", aux_loss: str = "cv2",
                  aux_coef: float = 0.01, train_meta_tokens: bool = False, cloud_lora_rank: int = 0,
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 10, min_lr_ratio: float = 0.1,
-                 eval_path: str = "merged", reference: bool = True, length_normalize: bool = True,
+                 eval_path: str = "merged", reference: bool = True, zero_shot_reference: bool = True,
+                 length_normalize: bool = True,
                  max_new_tokens: int = 32, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -70,7 +73,7 @@ class LoRAGenModule(L.LightningModule):
         share = cloud == edge and cloud_lora_rank == 0  # one frozen copy serves both roles
         edge_bb = cloud_bb if share else load_backbone(edge)
         self.model = LoRAGen(cloud_bb, edge_bb, num_experts=num_experts, top_k=top_k, rank=rank,
-                             lora_alpha=lora_alpha, target_modules=tuple(target_modules),
+                             lora_alpha=lora_alpha, target_modules=tuple(target_modules or DEFAULT_TARGETS),
                              router_hidden=router_hidden, layer_embedding=layer_embedding,
                              router_noise=router_noise, train_meta_tokens=train_meta_tokens,
                              cloud_lora_rank=cloud_lora_rank, seed=seed)
@@ -200,6 +203,13 @@ class LoRAGenModule(L.LightningModule):
                 reference.append(self._score(batch["ref_prompt"][i], batch["options"][i]))
                 self._add(stage, "prompted", tasks[i], "ms", 1000 * (time.perf_counter() - start))
             self._tally(stage, "prompted", batch, reference, [len(p) for p in batch["ref_prompt"]])
+        if self.hparams.zero_shot_reference:
+            plain = []
+            for i in range(size):
+                start = time.perf_counter()
+                plain.append(self._score(batch["prompt"][i], batch["options"][i]))
+                self._add(stage, "zero_shot", tasks[i], "ms", 1000 * (time.perf_counter() - start))
+            self._tally(stage, "zero_shot", batch, plain, [len(p) for p in batch["prompt"]])
 
     def _tally(self, stage: str, setting: str, batch: dict[str, Any], pred: list[int], tokens: list[int]) -> None:
         for i, task in enumerate(batch["task"]):
@@ -266,8 +276,10 @@ class LoRAGenModule(L.LightningModule):
             values.get(("loragen", t, "count"), {}).get("v", 0.0) for t in tasks)),
             "scoring": "option log-likelihood" + (" (length-normalised)" if self.hparams.length_normalize else ""),
             "eval_path": self.hparams.eval_path, "fingerprint": self.model.fingerprint.to_dict()}
-        if len(rows) == 2 and rows[0]["tokens_per_request"] > 0:
-            results["compression_ratio"] = rows[1]["tokens_per_request"] / rows[0]["tokens_per_request"]
+        by_key = {r["key"]: r for r in rows}
+        if "prompted" in by_key and by_key.get("loragen", {}).get("tokens_per_request"):
+            prompted, plain = by_key["prompted"]["tokens_per_request"], by_key["loragen"]["tokens_per_request"]
+            results["compression_ratio"] = prompted / plain
         return results
 
     # ------------------------------------------------------------------ predict
@@ -289,8 +301,8 @@ class LoRAGenModule(L.LightningModule):
                         max_new_tokens=self.hparams.max_new_tokens, pad_token_id=tok.pad_token_id if tok else None)
                     new = generated[0, prompt.shape[1]:]
                     record = batch["records"][m]
-                    outputs[m] = {"task": record.task, "input": record.input,
-                                  "prediction": tok.decode(new, skip_special_tokens=True).strip() if tok else new.tolist(),
+                    text = tok.decode(new, skip_special_tokens=True).strip() if tok else new.tolist()
+                    outputs[m] = {"task": record.task, "input": record.input, "prediction": text,
                                   "reference": record.output, "edge_prompt_tokens": int(prompt.shape[1])}
         return outputs
 
@@ -315,7 +327,8 @@ class LoRAGenModule(L.LightningModule):
         expected = {f"model.{k}" for k in self.model.trainable_state_dict()}
         missing = sorted(expected - set(checkpoint["state_dict"]))
         if missing:
-            raise LoRAGenError(f"checkpoint lacks trained weights {missing[:3]}: it is incomplete or for other settings")
+            raise LoRAGenError(f"checkpoint lacks trained weights {missing[:3]}: it is incomplete or was "
+                               "trained with other settings (experts, rank, targets)")
 
 
 def _validate(hp: Any) -> None:
@@ -330,7 +343,7 @@ def _validate(hp: Any) -> None:
         raise LoRAGenError(f"aux_loss={hp.aux_loss!r} is unknown: choose one of {list(AUX_KINDS)}")
     if hp.eval_path not in ("merged", "functional"):
         raise LoRAGenError(f"eval_path={hp.eval_path!r} is unknown: choose merged or functional")
-    if not hp.target_modules:
+    if hp.target_modules is not None and not hp.target_modules:
         raise LoRAGenError("target_modules is empty: name at least one edge linear, e.g. q_proj")
 
 

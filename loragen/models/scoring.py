@@ -8,6 +8,7 @@ system-prompted reference costs one long prompt pass per item, not one per optio
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -40,8 +41,14 @@ def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
                            ignore_index=IGNORE)
 
 
+def _cache_kwarg(decoder: Any) -> str:
+    """transformers renamed ``past_key_values`` to ``cache``; use whichever this version takes."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
 @torch.no_grad()
-def score_options(model: Any, prompt: list[int], options: list[list[int]], length_normalize: bool = True) -> torch.Tensor:
+def score_options(model: Any, prompt: list[int], options: list[list[int]],
+                  length_normalize: bool = True) -> torch.Tensor:
     """Log-likelihood of each option given the prompt (mean per token when ``length_normalize``).
 
     The prompt runs once; its key/value cache is repeated for the options, which run as one batch
@@ -51,7 +58,7 @@ def score_options(model: Any, prompt: list[int], options: list[list[int]], lengt
     device = model.get_output_embeddings().weight.device
     prompt_t = torch.tensor([prompt], device=device)
     first = decoder(input_ids=prompt_t, use_cache=True)
-    cache = first.past_key_values
+    cache = getattr(first, "cache", None) or first.past_key_values
     n, width = len(options), max(len(o) for o in options)
     cache.batch_repeat_interleave(n)
     ids = torch.zeros(n, width, dtype=torch.long, device=device)
@@ -61,8 +68,8 @@ def score_options(model: Any, prompt: list[int], options: list[list[int]], lengt
         opt_mask[j, : len(option)] = 1
     mask = torch.cat([torch.ones(n, len(prompt), dtype=torch.long, device=device), opt_mask], dim=1)
     positions = torch.arange(len(prompt), len(prompt) + width, device=device).expand(n, -1)
-    rest = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                   use_cache=True).last_hidden_state
+    rest = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                   **{_cache_kwarg(decoder): cache}).last_hidden_state
     # Option token i is predicted by the hidden state before it: the prompt's last, then option i-1.
     hidden = torch.cat([first.last_hidden_state[:, -1:].expand(n, -1, -1), rest[:, :-1]], dim=1)
     logp = torch.log_softmax(_head(model, hidden), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)

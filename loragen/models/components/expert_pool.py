@@ -121,8 +121,9 @@ class ExpertPool(nn.Module):
             a_cat = a[idx].reshape(k * self.rank, -1)  # (k·r, in)
             b_cat = (b[idx] * w.to(b.dtype)[:, None, None]).permute(1, 0, 2).reshape(b.shape[1], -1)  # (out, k·r)
             factors[site.path] = (a_cat, b_cat)
-        return GeneratedLoRA(factors=factors, scale=self.scale, rank=k * self.rank,
-                             gates=gates.detach().clone(), targets=sorted({s.name.rsplit(".", 1)[-1] for s in self.sites}))
+        targets = sorted({s.name.rsplit(".", 1)[-1] for s in self.sites})
+        return GeneratedLoRA(factors=factors, scale=self.scale, rank=k * self.rank, gates=gates.detach().clone(),
+                             targets=targets)
 
 
 @dataclass
