@@ -19,17 +19,18 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 SOURCE = "bundled:smollm2-135m-instruct"
-SYSTEM_PROMPT = (
-    "Answer the grade-school science question by choosing the correct option.\n\n"
-    "Question: Which factor will most likely cause a person to develop a fever?\nChoices:\n- a leg muscle relaxing "
-    "after exercise\n- a bacterial population in the bloodstream\n- several viral particles on the skin\n- "
-    "carbohydrates being digested in the stomach\nAnswer: a bacterial population in the bloodstream\n\n"
-    "Question: Which of these is a renewable resource?\nChoices:\n- coal\n- oil\n- wind\n- natural gas\nAnswer: wind"
-)
+QUICKSTART = Path(__file__).resolve().parents[1] / "loragen" / "data" / "quickstart"
+
+
+def task_system_prompt(task: str) -> str:
+    """The real system prompt of a shipped quickstart task (description + 3 shots)."""
+    with open(QUICKSTART / f"{task}.test.jsonl") as fh:
+        return json.loads(fh.readline())["system"]
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -49,6 +50,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--skip-load", action="store_true", help="skip the cold-vs-cached load measurement")
+    parser.add_argument("--task", default="arc_easy", help="quickstart task whose system prompt is generated for")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
@@ -81,7 +83,7 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(100, len(tok) - 100, (args.batch, args.tokens), generator=gen)
     mask = torch.ones_like(ids)
-    system = tok([SYSTEM_PROMPT] * args.batch, return_tensors="pt")
+    system = tok([task_system_prompt(args.task)] * args.batch, return_tensors="pt")
     routing = model.route(system.input_ids, system.attention_mask)
     edge = model.edge
 
@@ -123,7 +125,8 @@ def main() -> None:
         generate_merge_over_cloud=t_generate / t_cloud,
     )
     print(f"bundled SmolLM2-135M-Instruct, batch {args.batch} x {args.tokens} tokens, k=2, r=8, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+          f"{torch.get_num_threads()} threads, median of {args.repeats}; system prompt of {args.task}: "
+          f"{system.input_ids.shape[1]} tokens + {model.pool.num_layers} meta tokens")
     rows = [("training-path forward / base forward", "functional_over_base", "<= 1.6"),
             ("merged forward / base forward", "merged_over_base", "<= 1.02"),
             ("generate+merge / cloud forward", "generate_merge_over_cloud", "<= 1.5")]

@@ -146,3 +146,28 @@ def test_peft_export_reproduces_merged_logits(tiny, tmp_path):
     with pytest.raises(LoRAGenError, match="not empty"):
         save_peft_adapter(lora, out)
     assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no temporary directories left
+
+
+@pytest.mark.slow
+def test_bundled_model_functional_merged_and_peft_agree(bundled, tmp_path):
+    """The numeric claims on the real SmolLM2 pair (cloud = edge, 30 layers, 7 targets)."""
+    from peft import PeftModel
+
+    model = LoRAGen(bundled, bundled, num_experts=4, top_k=2, rank=4, router_hidden=32).eval()
+    randomize_pool(model.pool, std=0.02)
+    tok = bundled.tokenizer
+    s = tok(PROMPTS[:2], padding=True, return_tensors="pt")
+    x = tok(INPUTS[:2], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        functional, _ = model(s.input_ids, s.attention_mask, x.input_ids, x.attention_mask)
+        loras = model.generate(s.input_ids, s.attention_mask)
+        for i, lora in enumerate(loras):
+            with model.edge_lora.merged_lora(lora):
+                merged = model.edge(input_ids=x.input_ids[i:i + 1], attention_mask=x.attention_mask[i:i + 1]).logits
+            assert (merged - functional.logits[i:i + 1]).abs().max().item() <= 1e-4
+    out = save_peft_adapter(loras[0], tmp_path / "adapter")
+    fresh = load_backbone("bundled:smollm2-135m-instruct").model
+    with torch.no_grad():
+        peft_logits = PeftModel.from_pretrained(fresh, str(out)).eval()(
+            input_ids=x.input_ids[:1], attention_mask=x.attention_mask[:1]).logits
+    assert (peft_logits - functional.logits[:1]).abs().max().item() <= 1e-4

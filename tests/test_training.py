@@ -214,3 +214,12 @@ def test_impossible_settings_fail_before_any_model_loads(monkeypatch):
         LoRAGenModule(**{**TINY, "top_k": 5})
     with pytest.raises(LoRAGenError, match="unknown model source scheme"):
         LoRAGenModule(**{**TINY, "cloud": "hf://x"})
+
+
+def test_untrained_generator_scores_exactly_like_the_zero_shot_edge(tmp_path):
+    """B starts at zero, so before training the merged model is the base model: same accuracy."""
+    module = LoRAGenModule(**TINY)
+    _trainer(tmp_path).test(module, _data())
+    rows = {r["key"]: r for r in module.last_results["rows"]}
+    assert rows["loragen"]["accuracy"] == rows["zero_shot"]["accuracy"]
+    assert rows["loragen"]["tokens_per_request"] == rows["zero_shot"]["tokens_per_request"]

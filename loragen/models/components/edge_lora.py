@@ -42,6 +42,8 @@ class EdgeLoRA:
         self._modules: dict[str, nn.Linear] = {site.path: modules[site.path] for site in pool.sites}
         self._routing: tuple[torch.Tensor, torch.Tensor] | None = None
         self._originals: dict[str, torch.Tensor] | None = None
+        self._buffers: dict[str, torch.Tensor] = {}  # reusable storage for merged weights
+        self._bounds: dict[str, float] = {}  # max |W| of each original weight (safe-merge bound)
         self._handles = [self._modules[site.path].register_forward_hook(self._make_hook(site))
                          for site in pool.sites]
 
@@ -98,29 +100,57 @@ class EdgeLoRA:
 
     @torch.no_grad()
     def merge(self, lora: GeneratedLoRA) -> None:
-        """Add ``ΔW`` of one generated LoRA into the edge weights (refuses double or non-finite merges)."""
+        """Add ``ΔW`` of one generated LoRA into the edge weights (refuses double or non-finite merges).
+
+        Safety without a pass over every merged weight: the factors must be finite and
+        ``max|W| + s·(k·r)·max|B'|·max|A'|`` (a bound on every merged entry) must stay far below the
+        dtype's largest value, so no entry can become inf or NaN. Merged weights are written into
+        buffers kept across merges (no fresh allocation per task).
+        """
         if self._originals is not None:
             raise LoRAGenError("a generated LoRA is already merged into the edge model: call unmerge() first")
-        merged: dict[str, torch.Tensor] = {}
         for path, module in self._modules.items():
-            weight = module.weight
-            new = weight.float() + lora.delta_weight(path).to(weight.device)
-            if not torch.isfinite(new).all():
-                raise LoRAGenError(f"merging the generated LoRA makes {path} non-finite: the generator state is "
-                                   "corrupt or diverged; nothing was merged")
-            merged[path] = new.to(weight.dtype)
+            a, b = lora.factors[path]
+            limit = torch.finfo(module.weight.dtype).max / 4
+            if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+                raise LoRAGenError(f"the generated LoRA for {path} is non-finite: the generator state is corrupt "
+                                   "or diverged; nothing was merged")
+            bound = self._weight_bound(path) + abs(lora.scale) * a.shape[0] * float(a.abs().max() * b.abs().max())
+            if not bound < limit:
+                raise LoRAGenError(f"merging the generated LoRA could make {path} non-finite (bound {bound:.3g}): "
+                                   "the generator state is corrupt or diverged; nothing was merged")
         self._originals = {}
         for path, module in self._modules.items():
-            self._originals[path] = module.weight.detach().clone()
-            module.weight.copy_(merged[path])
+            weight = module.weight.data
+            a, b = lora.factors[path]
+            buffer = self._buffers.get(path)
+            if buffer is None or buffer.shape != weight.shape or buffer.dtype != weight.dtype:
+                buffer = self._buffers[path] = torch.empty_like(weight)
+            if weight.dtype == torch.float32:
+                torch.addmm(weight, b.to(weight), a.to(weight), alpha=lora.scale, out=buffer)
+            else:  # low precision: add in fp32, round once
+                buffer.copy_(torch.addmm(weight.float(), b.float().to(weight.device), a.float().to(weight.device),
+                                         alpha=lora.scale))
+            # Swap storages: the original tensor is kept untouched, so unmerge restores it bit for bit.
+            self._originals[path] = weight
+            module.weight.data = buffer
+
+    def _weight_bound(self, path: str) -> float:
+        if path not in self._bounds:
+            bound = float(self._modules[path].weight.detach().abs().max())
+            if not bound < float("inf"):
+                raise LoRAGenError(f"the edge weight {path} is non-finite: the edge model is corrupt")
+            self._bounds[path] = bound
+        return self._bounds[path]
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Restore the exact original weights (copied back, never subtracted)."""
+        """Restore the exact original weight tensors (swapped back, never subtracted)."""
         if self._originals is None:
             return
         for path, module in self._modules.items():
-            module.weight.copy_(self._originals[path])
+            self._buffers[path] = module.weight.data
+            module.weight.data = self._originals[path]
         self._originals = None
 
     @contextlib.contextmanager
