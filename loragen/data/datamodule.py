@@ -130,9 +130,18 @@ class RecordDataModule(L.LightningDataModule):
             self._tok = RecordTokenizer(cloud_tok, edge_tok, limits)
         return self._tok
 
+    def has_stage(self, stage: str) -> bool:
+        """Whether data is configured for ``stage`` (train / val / test / predict)."""
+        return bool(self.files[stage])
+
+    def read_records(self, stage: str) -> list[Record]:
+        """The raw records of a stage; subclasses (e.g. task-registry DataModules) override this."""
+        return [r for f in self.files[stage] for r in load_records(f, strict=self.hparams.strict)]
+
     def load(self, stage: str) -> list[Record]:
+        """Records of a stage after per-task limits, grouped by task for evaluation (cached)."""
         if stage not in self.records:
-            records = [r for f in self.files[stage] for r in load_records(f, strict=self.hparams.strict)]
+            records = self.read_records(stage)
             limit = self.hparams.limit_per_task
             if stage == "val" and self.hparams.val_limit_per_task is not None:
                 limit = self.hparams.val_limit_per_task
@@ -148,7 +157,7 @@ class RecordDataModule(L.LightningDataModule):
 
     @property
     def tasks(self) -> list[str]:
-        names = {r.task for stage in ("val", "test") if self.files[stage] for r in self.load(stage)}
+        names = {r.task for stage in ("val", "test") if self.has_stage(stage) for r in self.load(stage)}
         return sorted(names)
 
     def setup(self, stage: str | None = None) -> None:
@@ -156,7 +165,7 @@ class RecordDataModule(L.LightningDataModule):
         stages = wanted.get(stage or "fit", ("train", "val", "test", "predict"))
         tok = self._tokenizer()
         for name in stages:
-            if name in self.examples or not self.files[name]:
+            if name in self.examples or not self.has_stage(name):
                 continue
             records = self.load(name)
             before = dict(tok.limits.truncated)
@@ -174,8 +183,8 @@ class RecordDataModule(L.LightningDataModule):
     # ----------------------------------------------------------------------------- loaders
 
     def _loader(self, stage: str, shuffle: bool) -> DataLoader:
-        if not self.files[stage]:
-            raise LoRAGenError(f"no {stage} data: set data.{stage}_files in your config")
+        if not self.has_stage(stage):
+            raise LoRAGenError(f"no {stage} data: set data.{stage}_files (or the {stage} tasks) in your config")
         self.setup({"train": "fit", "val": "validate"}.get(stage, stage))
         tok = self._tokenizer()
         collate = Collator(tok.cloud.pad_token_id, tok.edge.pad_token_id)
