@@ -1,5 +1,6 @@
 """Lightning callbacks shipped with loragen (importable as ``callbacks.*`` next to ``loragen``)."""
 
 from callbacks.prediction_writer import JsonlPredictionWriter
+from callbacks.router_stats import RouterCollapseWarning, RouterStatistics
 
-__all__ = ["JsonlPredictionWriter"]
+__all__ = ["JsonlPredictionWriter", "RouterCollapseWarning", "RouterStatistics"]

@@ -25,6 +25,7 @@ subcommands:
   generate   checkpoint + system prompt -> PEFT adapter, merged HF model, or compact gates file
   apply      gates file + checkpoint -> PEFT adapter or merged HF model (edge side, no cloud pass)
   chat       talk to the specialized edge model (no system prompt in its context)
+  sweep      offline grid of fit + test (e.g. num_experts x aux_coef), resumable, table + plot
 
 common options:
   --config FILE           YAML config (see configs/; e.g. configs/quickstart.yaml)
@@ -91,6 +92,11 @@ def main() -> None:
     argv = sys.argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(TOP_HELP)
+        return
+    if argv[0] == "sweep":
+        from loragen.sweep import main as sweep_main
+
+        sweep_main(argv[1:])
         return
     if argv[0] in DEPLOY_COMMANDS:
         from loragen.deploy.cli import main as deploy_main

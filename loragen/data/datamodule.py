@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 from loragen import LoRAGenError
 from loragen.data.records import Record, load_records
@@ -38,24 +38,32 @@ def resolve_files(spec: str | list[str] | None) -> list[Path]:
     return files
 
 
-class EpochShuffleSampler(Sampler[int]):
-    """Shuffles with a generator seeded by (seed, epoch): the same order after a resume."""
+class EpochShuffleSampler(DistributedSampler):
+    """Shuffles with a generator seeded by (seed, epoch) and shards the order across processes.
 
-    def __init__(self, size: int, seed: int = 0) -> None:
+    The order of epoch e depends only on (seed, e), so a resumed run repeats it, and process r of
+    w takes ``order[r::w]``: the union of the w per-process batches of a step is exactly the batch
+    a single process with a w-times larger batch would see. Being a ``DistributedSampler``,
+    Lightning leaves it in place under DDP instead of wrapping it.
+    """
+
+    def __init__(self, size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0) -> None:
         self.size, self.seed, self.epoch = size, seed, 0
-        self.skip_once = 0  # samples already consumed in this epoch before a resume
+        self.num_replicas, self.rank = num_replicas, rank
+        self.skip_once = 0  # samples (of the global order) already consumed in this epoch before a resume
 
     def set_epoch(self, epoch: int) -> None:  # called by Lightning at every epoch start
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.size
+        return self.size // self.num_replicas
 
     def __iter__(self):  # noqa: ANN204
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.size, generator=gen).tolist()
+        order = order[: len(self) * self.num_replicas]  # equal shards (drop the remainder)
         skip, self.skip_once = self.skip_once, 0
-        return iter(order[skip:])
+        return iter(order[skip:][self.rank::self.num_replicas])
 
 
 class RecordDataModule(L.LightningDataModule):
@@ -189,11 +197,14 @@ class RecordDataModule(L.LightningDataModule):
         tok = self._tokenizer()
         collate = Collator(tok.cloud.pad_token_id, tok.edge.pad_token_id)
         size = self.hparams.batch_size if stage == "train" else self.hparams.eval_batch_size
-        sampler = EpochShuffleSampler(len(self.examples[stage]), self.hparams.seed) if shuffle else None
-        if sampler is not None and self._resume:
-            sampler.set_epoch(self._resume["epoch"])
-            sampler.skip_once = self._resume["batches_done"] * size
-            self._resume = None
+        sampler = None
+        if shuffle:
+            world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+            sampler = EpochShuffleSampler(len(self.examples[stage]), self.hparams.seed, world, rank)
+            if self._resume:
+                sampler.set_epoch(self._resume["epoch"])
+                sampler.skip_once = self._resume["batches_done"] * size * world
+                self._resume = None
         # Its own generator: creating an iterator must not draw from the global RNG (router noise),
         # or a resumed run would see different noise than an uninterrupted one.
         generator = torch.Generator().manual_seed(self.hparams.seed)

@@ -85,6 +85,7 @@ class LoRAGenModule(L.LightningModule):
         self.best_val_acc = MaxMetric()
         self._step_start = 0.0
         self.last_results: dict[str, Any] | None = None
+        self.last_routing: tuple[torch.Tensor, list[str]] | None = None
 
     def train(self, mode: bool = True) -> LoRAGenModule:
         """Backbones stay in eval mode (frozen, no dropout) whatever Lightning asks for."""
@@ -122,6 +123,7 @@ class LoRAGenModule(L.LightningModule):
         loss = ce + self.hparams.aux_coef * aux
         size = batch["input_ids"].shape[0]
         self.log_dict({"train/loss": loss, "train/ce": ce, "train/aux": aux}, prog_bar=True, batch_size=size)
+        self.last_routing = (routing.gates.detach(), list(batch["task"]))  # read by router-statistics callbacks
         return loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -189,7 +191,7 @@ class LoRAGenModule(L.LightningModule):
             if self.hparams.eval_path == "merged":
                 context = self.model.edge_lora.merged_lora(lora)
             else:  # functional path: the same LoRA applied by hooks, for parity checks
-                context = self.model.edge_lora.routing(routing_indices(lora)[None], routing_weights(lora)[None])
+                context = self.model.edge_lora.routing(lora.indices[None], lora.weights[None])
             with context:
                 for m in members:
                     start = time.perf_counter()
@@ -322,10 +324,15 @@ class LoRAGenModule(L.LightningModule):
         if stored is None:
             raise LoRAGenError("this checkpoint has no loragen pair fingerprint: it was not written by loragen")
         PairFingerprint.from_dict(stored).check_compatible(self.model.fingerprint)
-        if "rng" in checkpoint["loragen"]:  # router noise continues exactly where it stopped
+        resuming = self._trainer is not None and self.trainer.state.fn == "fit"
+        if resuming and "rng" in checkpoint["loragen"]:  # router noise continues exactly where it stopped
             _set_rng_state(checkpoint["loragen"]["rng"])
         expected = {f"model.{k}" for k in self.model.trainable_state_dict()}
         missing = sorted(expected - set(checkpoint["state_dict"]))
+        if not missing:  # the frozen backbones are not stored: fill them in (references, no copies) so
+            # loading reports no missing keys
+            for name, tensor in self.state_dict(keep_vars=True).items():
+                checkpoint["state_dict"].setdefault(name, tensor.detach())
         if missing:
             raise LoRAGenError(f"checkpoint lacks trained weights {missing[:3]}: it is incomplete or was "
                                "trained with other settings (experts, rank, targets)")
@@ -371,13 +378,3 @@ def _distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
     for i, (row, m) in enumerate(zip(ids, mask, strict=True)):
         groups.setdefault(row[m.bool()].cpu().numpy().tobytes(), []).append(i)
     return list(groups.values())
-
-
-def routing_indices(lora: Any) -> torch.Tensor:
-    k = int((lora.gates[0] != 0).sum())
-    return lora.gates.topk(k, -1).indices
-
-
-def routing_weights(lora: Any) -> torch.Tensor:
-    k = int((lora.gates[0] != 0).sum())
-    return lora.gates.topk(k, -1).values

@@ -20,7 +20,6 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
@@ -44,7 +43,7 @@ class EdgeLoRA:
         self._originals: dict[str, torch.Tensor] | None = None
         self._buffers: dict[str, torch.Tensor] = {}  # reusable storage for merged weights
         self._bounds: dict[str, float] = {}  # max |W| of each original weight (safe-merge bound)
-        self._handles = [self._modules[site.path].register_forward_hook(self._make_hook(site))
+        self._handles = [self._modules[site.path].register_forward_hook(_SiteHook(self, site))
                          for site in pool.sites]
 
     def detach_hooks(self) -> None:
@@ -68,29 +67,6 @@ class EdgeLoRA:
             yield
         finally:
             self._routing = None
-
-    def _make_hook(self, site: TargetSite) -> Any:
-        pool = self.pool
-
-        def hook(_module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
-            if self._routing is None:
-                return output
-            indices, weights = self._routing
-            a_all, b_all = pool.factors(site)  # (n, r, in), (n, out, r)
-            idx, w = indices[:, site.layer], weights[:, site.layer]  # (b, k)
-            batch, k = inputs[0].shape[0], idx.shape[1]
-            if idx.shape[0] != batch:  # one routing for the whole batch (e.g. options of one item)
-                idx, w = idx.expand(batch, -1), w.expand(batch, -1)
-            r = pool.rank
-            x = inputs[0].to(a_all.dtype)
-            a_sel = a_all[idx].reshape(batch, k * r, -1)  # (b, k·r, in)
-            b_sel = b_all[idx].transpose(-1, -2).reshape(batch, k * r, -1)  # (b, k·r, out)
-            scale = (w.to(a_all.dtype) * pool.scale).repeat_interleave(r, dim=-1)  # (b, k·r)
-            u = torch.bmm(x.reshape(batch, -1, x.shape[-1]), a_sel.transpose(1, 2)) * scale[:, None, :]
-            delta = torch.bmm(u, b_sel).reshape(output.shape)
-            return output + delta.to(output.dtype)
-
-        return hook
 
     # ------------------------------------------------------------------ merge / unmerge (deployment)
 
@@ -162,6 +138,33 @@ class EdgeLoRA:
             self.unmerge()
 
 
+class _SiteHook:
+    """Forward hook of one target linear (a class, not a closure, so models can be pickled for
+    multi-process strategies such as ``ddp_spawn``)."""
+
+    def __init__(self, owner: EdgeLoRA, site: TargetSite) -> None:
+        self.owner, self.site = owner, site
+
+    def __call__(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        if self.owner._routing is None:
+            return output
+        indices, weights = self.owner._routing
+        pool, site = self.owner.pool, self.site
+        a_all, b_all = pool.factors(site)  # (n, r, in), (n, out, r)
+        idx, w = indices[:, site.layer], weights[:, site.layer]  # (b, k)
+        batch, k = inputs[0].shape[0], idx.shape[1]
+        if idx.shape[0] != batch:  # one routing for the whole batch (e.g. options of one item)
+            idx, w = idx.expand(batch, -1), w.expand(batch, -1)
+        r = pool.rank
+        x = inputs[0].to(a_all.dtype)
+        a_sel = a_all[idx].reshape(batch, k * r, -1)  # (b, k·r, in)
+        b_sel = b_all[idx].transpose(-1, -2).reshape(batch, k * r, -1)  # (b, k·r, out)
+        scale = (w.to(a_all.dtype) * pool.scale).repeat_interleave(r, dim=-1)  # (b, k·r)
+        u = torch.bmm(x.reshape(batch, -1, x.shape[-1]), a_sel.transpose(1, 2)) * scale[:, None, :]
+        delta = torch.bmm(u, b_sel).reshape(output.shape)
+        return output + delta.to(output.dtype)
+
+
 def save_peft_adapter(lora: GeneratedLoRA, directory: str | os.PathLike[str], *,
                       base_model_name_or_path: str | None = None, overwrite: bool = False) -> Path:
     """Write ``lora`` as a standard PEFT LoRA adapter (rank k·r, ``lora_alpha = s·k·r``).
@@ -176,6 +179,7 @@ def save_peft_adapter(lora: GeneratedLoRA, directory: str | os.PathLike[str], *,
         raise LoRAGenError(f"output directory {target} exists and is not empty: choose another or pass overwrite")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the adapter is an ordinary output directory
     try:
         config = LoraConfig(r=lora.rank, lora_alpha=lora.scale * lora.rank, lora_dropout=0.0, bias="none",
                             target_modules=list(lora.targets), task_type="CAUSAL_LM",

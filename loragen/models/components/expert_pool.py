@@ -71,17 +71,20 @@ class ExpertPool(nn.Module):
         num_experts: experts per (layer, module).
         rank: LoRA rank ``r`` of each expert.
         lora_alpha: LoRA alpha; the scale is ``s = lora_alpha / rank``.
+        top_k: experts per layer in an assembled LoRA (the router's k); None infers it from the gates.
         seed: seed for the ``A`` initialisation.
     """
 
     def __init__(self, edge: nn.Module, target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGETS, *,
-                 num_experts: int = 8, rank: int = 8, lora_alpha: float = 16.0, seed: int = 0) -> None:
+                 num_experts: int = 8, rank: int = 8, lora_alpha: float = 16.0, top_k: int | None = None,
+                 seed: int = 0) -> None:
         super().__init__()
         if num_experts < 1 or rank < 1:
             raise ValueError(f"num_experts ({num_experts}) and rank ({rank}) must be >= 1")
         self.sites = find_target_sites(edge, tuple(target_modules))
         self.num_layers = len(decoder_layers(edge)[1])
         self.num_experts, self.rank, self.lora_alpha = num_experts, rank, float(lora_alpha)
+        self.top_k = top_k
         self.scale = self.lora_alpha / rank
         shapes: dict[str, tuple[int, int]] = {}
         for site in self.sites:
@@ -111,8 +114,9 @@ class ExpertPool(nn.Module):
         """The LoRA for one prompt from its gates ``(L, n)`` (k non-zeros per layer)."""
         if gates.dim() != 2 or gates.shape != (self.num_layers, self.num_experts):
             raise ValueError(f"gates must have shape ({self.num_layers}, {self.num_experts}), got {tuple(gates.shape)}")
-        counts = (gates != 0).sum(-1)
-        k = int(counts.max())
+        # k is fixed by the router, not read off the gates: a gate that underflows to 0 must not change
+        # the rank of the exported adapter.
+        k = self.top_k or int((gates != 0).sum(-1).max())
         weights, indices = gates.topk(k, dim=-1)
         factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for site in self.sites:
@@ -123,7 +127,7 @@ class ExpertPool(nn.Module):
             factors[site.path] = (a_cat, b_cat)
         targets = sorted({s.name.rsplit(".", 1)[-1] for s in self.sites})
         return GeneratedLoRA(factors=factors, scale=self.scale, rank=k * self.rank, gates=gates.detach().clone(),
-                             targets=targets)
+                             targets=targets, indices=indices, weights=weights)
 
 
 @dataclass
@@ -135,6 +139,8 @@ class GeneratedLoRA:
     rank: int
     gates: torch.Tensor  # (L, n)
     targets: list[str]
+    indices: torch.Tensor | None = None  # (L, k) selected experts
+    weights: torch.Tensor | None = None  # (L, k) their gates
 
     def delta_weight(self, path: str) -> torch.Tensor:
         a, b = self.factors[path]
@@ -142,4 +148,6 @@ class GeneratedLoRA:
 
     def detach(self) -> GeneratedLoRA:
         factors = {p: (a.detach(), b.detach()) for p, (a, b) in self.factors.items()}
-        return GeneratedLoRA(factors, self.scale, self.rank, self.gates.detach(), list(self.targets))
+        return GeneratedLoRA(factors, self.scale, self.rank, self.gates.detach(), list(self.targets),
+                             None if self.indices is None else self.indices.detach(),
+                             None if self.weights is None else self.weights.detach())

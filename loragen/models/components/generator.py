@@ -63,7 +63,7 @@ class CloudGenerator(nn.Module):
         self._cache: dict[bytes, torch.Tensor] = {}
         self.cloud_passes = 0  # rows actually run through the cloud (for tests and efficiency logs)
         # Loaded meta tokens make cached states stale.
-        self.register_load_state_dict_post_hook(lambda module, _keys: module.clear_cache())
+        self.register_load_state_dict_post_hook(_clear_cache_after_load)
 
     @property
     def trains_cloud_side(self) -> bool:
@@ -121,3 +121,7 @@ class CloudGenerator(nn.Module):
         if hasattr(model, "get_base_model"):  # PEFT wrapper: LoRA layers are injected in place
             model = model.get_base_model()
         return model.get_decoder()
+
+
+def _clear_cache_after_load(module: CloudGenerator, _incompatible_keys: object) -> None:
+    module.clear_cache()  # a module-level function, so the generator stays picklable (ddp_spawn)

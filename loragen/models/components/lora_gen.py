@@ -35,7 +35,7 @@ class LoRAGen(nn.Module):
         self.cloud_backbone, self.edge_backbone = cloud, edge
         self.edge = edge.model
         self.pool = ExpertPool(edge.model, target_modules, num_experts=num_experts, rank=rank,
-                               lora_alpha=lora_alpha, seed=seed)
+                               lora_alpha=lora_alpha, top_k=top_k, seed=seed)
         self.generator = CloudGenerator(cloud.model, self.pool.num_layers, train_meta_tokens=train_meta_tokens,
                                         cloud_lora_rank=cloud_lora_rank, seed=seed)
         self.router = Router(self.generator.hidden_size, num_experts, top_k, self.pool.num_layers,

@@ -1,0 +1,110 @@
+"""Files written by deployment: hashes, ``loragen_meta.json`` and atomic output directories.
+
+An output directory is built in a temporary directory beside the target and moved into place only
+when complete, so an interrupted or failed write leaves no output directory (and no partial one).
+``--overwrite`` replaces only an empty directory or a previous loragen output (one with a
+``loragen_meta.json``), never an arbitrary directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from loragen import LoRAGenError
+
+META_FILE = "loragen_meta.json"
+META_FORMAT = 1
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def dir_bytes(directory: Path, exclude: tuple[str, ...] = (META_FILE,)) -> int:
+    """Bytes on disk of the files under ``directory`` (recursively), except ``exclude`` names."""
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file() and p.name not in exclude)
+
+
+def check_output_dir(target: Path, overwrite: bool) -> None:
+    """Refuse a target we must not replace; called before any work starts."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise LoRAGenError(f"output {target} exists and is not a directory: choose another --output")
+    if not any(target.iterdir()):
+        return
+    if not overwrite:
+        raise LoRAGenError(f"output directory {target} exists and is not empty: choose another or pass --overwrite")
+    if not (target / META_FILE).is_file():
+        raise LoRAGenError(f"output directory {target} is not a loragen output (no {META_FILE}): refusing to "
+                           "replace it even with --overwrite; choose another --output")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(target: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary directory beside ``target``; on success it replaces ``target``."""
+    target = Path(target)
+    check_output_dir(target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    old: Path | None = None
+    try:
+        yield tmp
+        _normal_permissions(tmp)
+        if target.exists():  # empty, or a previous loragen output with --overwrite: keep it until the swap
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.replace(target, old / "d")
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if old is not None:
+                os.replace(old / "d", target)
+            raise
+    finally:
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _normal_permissions(directory: Path) -> None:
+    """``mkdtemp`` (and some writers) create owner-only entries; give the output the usual umask modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a loragen JSON file, or the ``loragen_meta.json`` of an output directory."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / META_FILE
+    if not path.is_file():
+        raise LoRAGenError(f"{path} does not exist: give a gates file or an output directory of `loragen generate`")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LoRAGenError(f"{path} is not valid JSON ({err.__class__.__name__}): regenerate it") from err
+    if not isinstance(data, dict):
+        raise LoRAGenError(f"{path} is not a loragen gates/metadata file: regenerate it with `loragen generate`")
+    return data

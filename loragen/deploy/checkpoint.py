@@ -1,0 +1,113 @@
+"""Read a loragen checkpoint; load the full generator or only its edge side.
+
+The edge side (edge model + expert pool) is all that assembling and merging a LoRA from gates
+needs: ``loragen apply`` and cache hits never load the cloud model.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loragen import LoRAGenError
+from loragen.deploy.artifacts import sha256_file
+
+if TYPE_CHECKING:
+    from loragen.models.components.backbones import Backbone
+    from loragen.models.components.edge_lora import EdgeLoRA
+    from loragen.models.components.expert_pool import ExpertPool
+    from loragen.models.lora_gen_module import LoRAGenModule
+
+_MISSING_KEYS = "Found keys that are in the model state dict but not in the checkpoint"  # backbones: expected
+
+
+@dataclass
+class CheckpointInfo:
+    path: Path
+    sha256: str
+    fingerprint: dict[str, Any]
+    hparams: dict[str, Any]  # LoRAGenModule.__init__ arguments (defaults filled in)
+    data_hparams: dict[str, Any]
+    pool_state: dict[str, Any]  # ExpertPool state dict (A.*, B.*)
+
+
+@dataclass
+class EdgeSide:
+    """What the edge side needs: the edge backbone, the trained expert pool and its merge helper."""
+
+    backbone: Backbone
+    pool: ExpertPool
+    edge_lora: EdgeLoRA
+
+
+def read_checkpoint(path: str | Path) -> CheckpointInfo:
+    """Hash and read a checkpoint (one-line errors for a missing file or a file loragen did not write)."""
+    import torch
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LoRAGenError(f"checkpoint {path} does not exist or is not a file: give a .ckpt of `loragen fit`")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # any unpickling failure means "not a checkpoint"
+        raise LoRAGenError(f"{path} is not a readable checkpoint ({err.__class__.__name__}): give the .ckpt "
+                           "written by `loragen fit`") from err
+    if not isinstance(ckpt, dict) or "fingerprint" not in ckpt.get("loragen", {}):
+        raise LoRAGenError(f"{path} has no loragen pair fingerprint: it was not written by loragen")
+    from loragen.models.lora_gen_module import LoRAGenModule
+
+    defaults = {k: v.default for k, v in inspect.signature(LoRAGenModule.__init__).parameters.items()
+                if v.default is not inspect.Parameter.empty}
+    prefix = "model.pool."
+    pool_state = {k[len(prefix):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
+    return CheckpointInfo(path=path, sha256=sha256_file(path), fingerprint=dict(ckpt["loragen"]["fingerprint"]),
+                          hparams={**defaults, **dict(ckpt.get("hyper_parameters", {}))},
+                          data_hparams=dict(ckpt.get("datamodule_hyper_parameters", {})), pool_state=pool_state)
+
+
+def load_module(info: CheckpointInfo, cloud: str | None = None, edge: str | None = None) -> LoRAGenModule:
+    """The full LoRAGenModule (cloud + edge), in eval mode; overrides are checked against the fingerprint."""
+    from loragen.models.lora_gen_module import LoRAGenModule
+
+    overrides = {k: v for k, v in (("cloud", cloud), ("edge", edge)) if v is not None}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_MISSING_KEYS)
+        module = LoRAGenModule.load_from_checkpoint(info.path, map_location="cpu", weights_only=False, **overrides)
+    return module.eval()
+
+
+def edge_side_of(module: LoRAGenModule) -> EdgeSide:
+    model = module.model
+    return EdgeSide(backbone=model.edge_backbone, pool=model.pool, edge_lora=model.edge_lora)
+
+
+def load_edge_side(info: CheckpointInfo, edge: str | None = None) -> EdgeSide:
+    """Edge model + trained expert pool only (no cloud model); the edge is checked against the fingerprint."""
+    from loragen.models.components.backbones import load_backbone
+    from loragen.models.components.edge_lora import EdgeLoRA
+    from loragen.models.components.expert_pool import DEFAULT_TARGETS, ExpertPool, find_target_sites
+    from loragen.models.components.fingerprint import PairFingerprint
+
+    hp = info.hparams
+    source = edge or info.fingerprint["edge"]
+    backbone = load_backbone(source)
+    targets = tuple(hp["target_modules"] or DEFAULT_TARGETS)
+    try:
+        shapes = {s.name: [s.out_features, s.in_features] for s in find_target_sites(backbone.model, targets)}
+    except LoRAGenError:
+        shapes = {}
+    given = {**info.fingerprint, "edge": source, "edge_arch": str(backbone.model.config.model_type),
+             "edge_layers": backbone.num_layers, "edge_hidden": backbone.hidden_size,
+             "edge_vocab": len(backbone.tokenizer), "target_shapes": dict(sorted(shapes.items()))}
+    PairFingerprint.from_dict(info.fingerprint).check_compatible(PairFingerprint.from_dict(given))
+    pool = ExpertPool(backbone.model, targets, num_experts=hp["num_experts"], rank=hp["rank"],
+                      lora_alpha=hp["lora_alpha"], seed=hp["seed"])
+    try:
+        pool.load_state_dict(info.pool_state)
+    except RuntimeError as err:
+        raise LoRAGenError(f"checkpoint {info.path} has an incomplete or mismatched expert pool: "
+                           f"{str(err).splitlines()[0]}") from err
+    return EdgeSide(backbone=backbone, pool=pool, edge_lora=EdgeLoRA(backbone.model, pool))

@@ -1,0 +1,122 @@
+"""``Deployment``: a checkpoint ready to turn system prompts into LoRAs for its edge model.
+
+Loading is lazy: the cloud model is loaded only for a system prompt whose gates are not cached;
+cache hits and gates files need only the edge side. Whatever the path, the LoRA is assembled from
+the (float32) gates by the checkpoint's expert pool, so a cached, applied or freshly generated
+LoRA for the same prompt and checkpoint is bit-identical.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loragen import LoRAGenError
+from loragen.deploy.artifacts import sha256_text
+from loragen.deploy.cache import GatesCache
+from loragen.deploy.checkpoint import EdgeSide, edge_side_of, load_edge_side, load_module, read_checkpoint
+from loragen.deploy.gates import GatesRecord
+
+if TYPE_CHECKING:
+    from loragen.models.components.expert_pool import GeneratedLoRA
+
+
+def check_system_prompt(text: str | None) -> str:
+    """Refuse an empty system prompt before any model is loaded."""
+    if text is None or not text.strip():
+        raise LoRAGenError("the system prompt is empty: give the task's instruction with --system_prompt "
+                           "or --system_prompt_file")
+    return text
+
+
+class Deployment:
+    """One checkpoint (and its cloud/edge pair) serving system prompts.
+
+    Args:
+        ckpt_path: a checkpoint written by ``loragen fit``.
+        cloud / edge: model sources overriding the checkpoint's; checked against its pair fingerprint.
+        cache: look up and store generated gates in ``cache_dir`` (default ``cache_root()/generated``).
+    """
+
+    def __init__(self, ckpt_path: str | os.PathLike[str], *, cloud: str | None = None, edge: str | None = None,
+                 cache: bool = True, cache_dir: str | os.PathLike[str] | None = None) -> None:
+        self.info = read_checkpoint(ckpt_path)
+        self.cloud, self.edge = cloud, edge
+        self.cache = GatesCache(cache_dir) if cache else None
+        self._module: Any = None  # LoRAGenModule, loaded on first use
+        self._edge_side: EdgeSide | None = None
+        stored = self.info.fingerprint
+        if (cloud and cloud != stored["cloud"]) or (edge and edge != stored["edge"]):
+            _ = self.module  # another pair: loading names every differing fingerprint field (or accepts it)
+
+    @property
+    def module(self) -> Any:
+        """The full ``LoRAGenModule`` (cloud + edge), loaded on first use."""
+        if self._module is None:
+            self._module = load_module(self.info, self.cloud, self.edge)
+        return self._module
+
+    @property
+    def edge_side(self) -> EdgeSide:
+        """Edge model + expert pool: the loaded module's, or loaded alone (no cloud) if none is."""
+        if self._edge_side is None:
+            if self._module is not None:
+                self._edge_side = edge_side_of(self._module)
+            else:
+                self._edge_side = load_edge_side(self.info, self.edge)
+        return self._edge_side
+
+    def system_ids(self, text: str) -> list[int]:
+        """Cloud token ids of a system prompt (as in training), refusing one longer than the cloud's context."""
+        model = self.module.model
+        ids = model.cloud_backbone.tokenizer(text, add_special_tokens=True)["input_ids"]
+        meta = model.generator.num_meta
+        context = getattr(model.cloud_backbone.model.config, "max_position_embeddings", None)
+        if context is not None and len(ids) > int(context) - meta:
+            raise LoRAGenError(f"the system prompt is {len(ids)} cloud tokens, over the limit of {int(context) - meta} "
+                               f"(the cloud's context of {context} minus {meta} meta tokens): shorten it")
+        trained = self.info.data_hparams.get("max_system_tokens")
+        if trained and len(ids) > int(trained):
+            warnings.warn(f"the system prompt is {len(ids)} cloud tokens; the generator was trained on prompts "
+                          f"truncated to {trained}, so its gates for this prompt are an extrapolation", stacklevel=2)
+        return ids
+
+    def gates(self, system_prompt: str) -> tuple[GatesRecord, bool]:
+        """The gates for a system prompt and whether they came from the cache (no cloud pass)."""
+        import torch
+
+        check_system_prompt(system_prompt)
+        key = sha256_text(system_prompt)
+        if self.cache is not None:
+            record = self.cache.get(self.info.sha256, key)
+            if record is not None and record.fingerprint == self.info.fingerprint:
+                return record, True
+        ids = torch.tensor([self.system_ids(system_prompt)])
+        start = time.perf_counter()
+        (lora,) = self.module.model.generate(ids, torch.ones_like(ids))
+        seconds = time.perf_counter() - start
+        record = GatesRecord(gates=lora.gates.detach().float().cpu(), fingerprint=self.info.fingerprint,
+                             checkpoint_sha256=self.info.sha256, system_prompt_sha256=key,
+                             cloud_seconds=seconds, system_tokens=int(ids.shape[1]))
+        if self.cache is not None:
+            try:
+                self.cache.put(record)
+            except OSError as err:  # a read-only cache must not stop deployment
+                warnings.warn(f"could not write the gates cache in {self.cache.directory}: {err}", stacklevel=2)
+        return record, False
+
+    def lora(self, record: GatesRecord, where: str = "gates") -> GeneratedLoRA:
+        """Assemble the ``GeneratedLoRA`` of a gates record with this checkpoint's expert pool."""
+        record.check_matches(self.info.fingerprint, self.info.sha256, where)
+        pool = self.edge_side.pool
+        if tuple(record.gates.shape) != (pool.num_layers, pool.num_experts):
+            raise LoRAGenError(f"{where} has gates of shape {tuple(record.gates.shape)} but the expert pool needs "
+                               f"({pool.num_layers}, {pool.num_experts}): regenerate them for this checkpoint")
+        return pool.assemble(record.gates).detach()
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.info.path

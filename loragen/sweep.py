@@ -1,0 +1,205 @@
+"""``loragen sweep``: an offline grid of ``loragen fit`` + ``loragen test``, one run directory per point.
+
+    loragen sweep --config configs/quickstart.yaml \\
+        --grid model.init_args.num_experts=2,4,8 --grid model.init_args.aux_coef=0,0.01 --out runs/sweep
+
+Each point gets ``<out>/<key=value__...>/`` with its fully resolved ``config.yaml``, checkpoints,
+logs, ``results.json`` and a ``point.json`` marker written when the point finished; re-running the
+same command skips finished points (resumable). Every point's model settings are validated before
+anything starts (e.g. ``top_k > num_experts`` is rejected). At the end ``sweep.md``, ``sweep.csv``
+and ``sweep.png`` (metric vs. the first grid key, one line per value of the second) are written.
+
+For W&B users with an account, ``configs/sweeps/*.yaml`` are the same grids as W&B sweep configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import importlib
+import itertools
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from loragen import LoRAGenError
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    """``["model.init_args.num_experts=2,4"]`` → ``{"model.init_args.num_experts": [2, 4]}``."""
+    import yaml
+
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key or not values:
+            raise LoRAGenError(f"--grid {item!r} is not KEY=V1,V2,...: e.g. model.init_args.num_experts=2,4,8")
+        grid[key] = [yaml.safe_load(v) for v in values.split(",")]
+    return grid
+
+
+def set_key(config: dict[str, Any], dotted: str, value: Any) -> None:
+    node = config
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def point_name(point: dict[str, Any]) -> str:
+    return "__".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.items())
+
+
+def point_config(base: dict[str, Any], point: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The base config with the point's values and every output path moved into ``run_dir``."""
+    config = copy.deepcopy(base)
+    for key, value in point.items():
+        set_key(config, key, value)
+    trainer = config.setdefault("trainer", {})
+    trainer["default_root_dir"] = str(run_dir)
+    logger = trainer.get("logger")
+    if isinstance(logger, dict):
+        logger.setdefault("init_args", {})["save_dir"] = str(run_dir)
+    callbacks = trainer.get("callbacks") or []
+    for callback in callbacks if isinstance(callbacks, list) else [callbacks]:
+        if isinstance(callback, dict) and callback.get("class_path", "").endswith("ModelCheckpoint"):
+            callback.setdefault("init_args", {})["dirpath"] = str(run_dir / "checkpoints")
+    return config
+
+
+def validate_point(config: dict[str, Any], name: str) -> None:
+    model = config.get("model") or {}
+    class_path = model.get("class_path", "")
+    if not class_path:
+        return
+    module_name, _, class_name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    if hasattr(cls, "check_config"):
+        try:
+            cls.check_config(**(model.get("init_args") or {}))
+        except LoRAGenError as err:
+            raise LoRAGenError(f"sweep point {name} is invalid: {err}") from None
+
+
+def run_point(config_path: Path, run_dir: Path, extra: list[str]) -> dict[str, Any]:
+    """fit then test one point in subprocesses (a crash in one point cannot take the sweep down)."""
+    cli = [sys.executable, "-m", "loragen.cli"]
+    start = time.perf_counter()
+    log = open(run_dir / "sweep_point.log", "w")  # noqa: SIM115 - closed below
+    try:
+        subprocess.run([*cli, "fit", "--config", str(config_path), *extra], check=True, stdout=log, stderr=log)
+        last = sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not last:
+            raise LoRAGenError(f"{run_dir}: fit wrote no last.ckpt; give the config a ModelCheckpoint with save_last")
+        subprocess.run([*cli, "test", "--config", str(config_path), "--ckpt_path", str(last[-1]), "--verbose",
+                        "false", *extra], check=True, stdout=log, stderr=log)
+    except subprocess.CalledProcessError as err:
+        raise LoRAGenError(f"sweep point {run_dir.name} failed (exit {err.returncode}); see "
+                           f"{run_dir / 'sweep_point.log'}") from None
+    finally:
+        log.close()
+    found = sorted(run_dir.rglob("results.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise LoRAGenError(f"{run_dir}: test wrote no results.json")
+    return {"results": json.loads(found[-1].read_text()), "seconds": time.perf_counter() - start}
+
+
+def summarize_point(point: dict[str, Any], outcome: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {k.rsplit(".", 1)[-1]: v for k, v in point.items()}
+    for result_row in outcome["results"]["rows"]:
+        prefix = {"loragen": "", "prompted": "prompted_", "zero_shot": "zero_shot_"}.get(result_row["key"], "")
+        row[f"{prefix}acc_mean"] = round(result_row["mean"], 4)
+        row[f"{prefix}acc_hmean"] = round(result_row["hmean"], 4)
+        if not prefix:
+            row["tokens_per_request"] = round(result_row["tokens_per_request"], 1)
+    row["seconds"] = round(outcome["seconds"], 1)
+    return row
+
+
+def write_tables(rows: list[dict[str, Any]], out: Path, grid: dict[str, list[Any]], metric: str) -> list[Path]:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(out / "sweep.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    (out / "sweep.md").write_text("\n".join(lines) + "\n")
+    paths = [out / "sweep.csv", out / "sweep.md"]
+    keys = [k.rsplit(".", 1)[-1] for k in grid]
+    if rows and metric in rows[0]:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        series_key = keys[1] if len(keys) > 1 else None
+        for series in sorted({row.get(series_key) for row in rows}, key=str):
+            points = sorted((row[keys[0]], row[metric]) for row in rows if row.get(series_key) == series)
+            label = f"{series_key}={series}" if series_key else metric
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        ax.set_xlabel(keys[0])
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "sweep.png", dpi=110)
+        plt.close(fig)
+        paths.append(out / "sweep.png")
+    return paths
+
+
+def sweep(config: str, grid: dict[str, list[Any]], out: str, metric: str = "acc_mean",
+          extra: list[str] | None = None) -> list[dict[str, Any]]:
+    import yaml
+
+    base = yaml.safe_load(Path(config).read_text())
+    out_dir = Path(out)
+    points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    plans = []
+    for point in points:  # validate everything before anything starts
+        run_dir = out_dir / point_name(point)
+        resolved = point_config(base, point, run_dir)
+        validate_point(resolved, point_name(point))
+        plans.append((point, run_dir, resolved))
+    rows = []
+    for i, (point, run_dir, resolved) in enumerate(plans, 1):
+        marker = run_dir / "point.json"
+        if marker.is_file():
+            print(f"[{i}/{len(plans)}] {run_dir.name}: done before, skipped")
+            rows.append(json.loads(marker.read_text())["row"])
+            continue
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = run_dir / "config.yaml"
+        config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        print(f"[{i}/{len(plans)}] {run_dir.name}: fit + test ...", flush=True)
+        outcome = run_point(config_path, run_dir, extra or [])
+        row = summarize_point(point, outcome)
+        marker.write_text(json.dumps({"point": point, "row": row, "results": outcome["results"]}, indent=1))
+        print(f"[{i}/{len(plans)}] {run_dir.name}: {metric}={row.get(metric)} ({row['seconds']:.0f} s)", flush=True)
+        rows.append(row)
+    paths = write_tables(rows, out_dir, grid, metric)
+    print((out_dir / "sweep.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return rows
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="loragen sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="base LightningCLI config (YAML)")
+    parser.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
+                        help="a config key and its values; repeat for a grid (first key = plot x-axis)")
+    parser.add_argument("--out", default="runs/sweep", help="sweep directory (one subdirectory per point)")
+    parser.add_argument("--metric", default="acc_mean", help="column of the table to plot")
+    args, extra = parser.parse_known_args(argv)
+    try:
+        sweep(args.config, parse_grid(args.grid), args.out, args.metric, extra)
+    except LoRAGenError as err:
+        print(f"loragen sweep: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
