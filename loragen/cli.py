@@ -41,9 +41,21 @@ DEPLOY_COMMANDS = ("generate", "apply", "chat")
 
 
 def _cli_class() -> type:
-    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+
+    class LoggerSaveConfigCallback(SaveConfigCallback):
+        """Writes config.yaml to the run directory and logs the full resolved config to every
+        logger (the W&B run config, the CSV logger's hparams.yaml)."""
+
+        def save_config(self, trainer, pl_module, stage) -> None:  # noqa: ANN001
+            config = self.config.as_dict()
+            config.pop("config", None)  # the list of YAML paths, not settings
+            for logger in trainer.loggers:
+                logger.log_hyperparams({"resolved_config": config})
 
     class LoRAGenCLI(LightningCLI):
+        save_config_class = LoggerSaveConfigCallback
+
         def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
             parser.link_arguments("model.init_args.cloud", "data.init_args.cloud")
             parser.link_arguments("model.init_args.edge", "data.init_args.edge")
@@ -82,6 +94,7 @@ def run(args: list[str] | None = None) -> object:
     try:
         return cli_class(LoRAGenModule, RecordDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          args=args, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
+                         save_config_callback=cli_class.save_config_class,
                          trainer_class=L.Trainer, auto_configure_optimizers=False)
     except LoRAGenError as err:
         print(f"loragen: error: {err}", file=sys.stderr)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,14 +66,89 @@ def test_bad_config_fails_before_any_model_is_loaded(tmp_path, monkeypatch, caps
     assert fragment in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("config", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")))
+CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+
+
+def _print_config(capsys, *configs: str) -> dict:
+    args = [a for c in configs for a in ("--config", str(ROOT / c))]
+    with pytest.raises(SystemExit) as exc:
+        run(["fit", *args, "--print_config"])
+    assert exc.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if not c.startswith("configs/sweeps/")])
 def test_every_config_parses(config, capsys):
     data = yaml.safe_load((ROOT / config).read_text())
-    if "program" in data or "method" in data:  # a W&B sweep config, checked by the sweep tests
-        pytest.skip("sweep config")
-    with pytest.raises(SystemExit) as exc:
-        run(["fit", "--config", str(ROOT / config), "--print_config"])
-    assert exc.value.code in (0, None)
-    printed = yaml.safe_load(capsys.readouterr().out)
+    # Partial configs (a model pair, a strategy) are layered on top of a full one.
+    base = [] if {"model", "data"} <= set(data) else ["configs/tiny.yaml"]
+    printed = _print_config(capsys, *base, config)
     assert printed["model"]["class_path"].startswith("loragen.") and printed["data"]["class_path"]
     assert "cloud" not in printed["data"]["init_args"]  # linked from the model, never set twice
+    for section, values in data.items():
+        if section == "trainer":
+            for key, value in values.items():
+                if not isinstance(value, dict | list):
+                    assert printed["trainer"][key] == value, key
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c.startswith("configs/sweeps/")])
+def test_wandb_sweep_configs_name_real_config_keys(config, capsys):
+    sweep = yaml.safe_load((ROOT / config).read_text())
+    assert sweep["method"] in ("grid", "random", "bayes") and sweep["program"] == "loragen"
+    base = sweep["command"][sweep["command"].index("--config") + 1]
+    printed = _print_config(capsys, base)
+    for dotted in sweep["parameters"]:
+        node = printed
+        for part in dotted.split("."):
+            assert part in node, f"{dotted} is not a key of {base}"
+            node = node[part]
+
+
+def test_wandb_offline_run_records_config_fingerprint_metrics_and_tables(tmp_path):
+    wandb_args = ["--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
+                  "--trainer.logger.init_args.offline", "true", "--trainer.logger.init_args.project", "loragen-test",
+                  "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    args = ["--config", TINY, "--trainer.default_root_dir", str(tmp_path), *wandb_args]
+    import wandb
+
+    run(["fit", *args, "--trainer.callbacks+=callbacks.RouterStatistics"])
+    wandb.finish()  # separate processes on the command line; here, close the run as process exit would
+    (last,) = tmp_path.rglob("last.ckpt")
+    run(["test", *args, "--ckpt_path", str(last)])
+    wandb.finish()
+    runs = sorted(tmp_path.glob("wandb/offline-run-*"))
+    assert len(runs) == 2
+    # Offline runs keep config, metrics and summaries in the run's .wandb record file (synced later),
+    # written by the W&B service process, which may still be flushing: wait for it.
+    def record_log(run_dir, needles):
+        deadline = time.time() + 60
+        while True:
+            data = next(run_dir.glob("*.wandb")).read_bytes()
+            if all(n in data for n in needles) or time.time() > deadline:
+                return data
+
+    fit_needles = (b"pair_fingerprint", b"tiny:llama", b"resolved_config", b"num_experts", b"train/loss",
+                   b"train/gate_entropy")
+    fit_log = record_log(runs[0], fit_needles)
+    for needle in fit_needles:
+        assert needle in fit_log, needle
+    assert list((runs[0] / "files" / "media" / "images" / "router").glob("expert_usage*.png"))
+    test_log = record_log(runs[1], (b"test/acc_mean", b"test/results"))
+    for needle in (b"test/acc_mean", b"test/results", b"table-file"):
+        assert needle in test_log, needle
+    assert list((runs[1] / "files" / "media" / "table").rglob("*.json"))
+
+
+def test_csv_logger_runs_without_wandb_installed(tmp_path):
+    code = (
+        "import sys; sys.modules['wandb'] = None\n"  # makes `import wandb` fail, as if not installed
+        "from loragen.cli import run\n"
+        f"run(['fit', '--config', {TINY!r}, '--trainer.default_root_dir', {str(tmp_path)!r},"
+        f" '--trainer.logger.init_args.save_dir', {str(tmp_path)!r}, '--trainer.max_steps', '2'])\n"
+        "assert 'wandb' not in [m for m in sys.modules if sys.modules[m] is not None]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=ROOT)
+    metrics = next(tmp_path.rglob("metrics.csv")).read_text()
+    assert "train/loss" in metrics
+    assert "pair_fingerprint" in next(tmp_path.rglob("hparams.yaml")).read_text()

@@ -107,6 +107,12 @@ class LoRAGenModule(L.LightningModule):
         validate_source(hp.get("cloud", defaults["cloud"]))
         validate_source(hp.get("edge", defaults["edge"]))
 
+    def setup(self, stage: str) -> None:
+        """Every run records which cloud/edge pair it is about (W&B config, CSV hparams.yaml)."""
+        if self._trainer is not None:
+            for logger in self.trainer.loggers:
+                logger.log_hyperparams({"pair_fingerprint": self.model.fingerprint.to_dict()})
+
     # ------------------------------------------------------------------ training
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
