@@ -118,3 +118,21 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
     assert single.keys() == ddp.keys()
     for key in single:  # Adam normalises tiny gradients, so all-reduce rounding shows up near 1e-5
         assert torch.allclose(single[key], ddp[key], atol=1e-4), key
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true"])
+def test_precisions_train_with_finite_loss_and_clipping_and_accumulation(tmp_path, precision):
+    module = LoRAGenModule(**TINY)
+    losses = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    trainer = _trainer(tmp_path, max_steps=2, precision=precision, accumulate_grad_batches=2,
+                       gradient_clip_val=0.5, callbacks=[Record()])
+    trainer.fit(module, _data())
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))  # 2 steps x 2 accumulated batches
+    expected = torch.bfloat16 if precision == "bf16-true" else torch.float32
+    assert module.model.pool.B["self_attn__q_proj"].dtype == expected
+    assert module.model.pool.B["self_attn__q_proj"].abs().sum() > 0  # it trained
