@@ -223,3 +223,29 @@ def test_untrained_generator_scores_exactly_like_the_zero_shot_edge(tmp_path):
     rows = {r["key"]: r for r in module.last_results["rows"]}
     assert rows["loragen"]["accuracy"] == rows["zero_shot"]["accuracy"]
     assert rows["loragen"]["tokens_per_request"] == rows["zero_shot"]["tokens_per_request"]
+
+
+def test_mixed_choice_and_free_form_batches_and_generation_scoring(tmp_path, monkeypatch):
+    """Multiple-choice items are scored by log-likelihood, free-form ones by generation (graded by the
+    task's extractor when registered); unparseable generations count as wrong and are counted."""
+    mixed = tmp_path / "mixed.jsonl"
+    rows = [{"system": "Answer true or false.", "input": "Question: is water wet?\nAnswer:", "output": "true",
+             "options": ["true", "false"], "label": 0, "task": "boolq"},
+            {"system": "Solve.", "input": "Question: 2+2?\nAnswer:", "output": "4", "task": "free"}]
+    mixed.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    module = LoRAGenModule(**{**TINY, "max_new_tokens": 4})
+    _trainer(tmp_path).test(module, _data(test_files=str(mixed)))
+    result = {r["key"]: r for r in module.last_results["rows"]}["loragen"]
+    assert set(result["accuracy"]) == {"boolq", "free"} and module.last_results["items"] == 2
+
+    answers = iter(["I am not sure", "false", "4"])
+    monkeypatch.setattr(LoRAGenModule, "_generate_text", lambda self, prompt: next(answers))
+    module.hparams.scoring = "generate"
+    module.hparams.reference = module.hparams.zero_shot_reference = False
+    dm = _data(test_files=str(mixed))
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    module._trainer = None
+    assert module._answer(batch, "prompt", 0) == -1  # boolq extractor finds no true/false: unparseable
+    assert module._answer(batch, "prompt", 0) == 0  # "false" parsed, wrong
+    assert module._answer(batch, "prompt", 1) == 1  # free-form exact match

@@ -49,6 +49,9 @@ class LoRAGenModule(L.LightningModule):
         eval_path: ``merged`` (deployment-faithful) or ``functional`` (hooks, no merge).
         reference: also score the edge model given the full system prompt.
         zero_shot_reference: also score the plain edge model without system prompt or LoRA.
+        scoring: ``loglik`` (pick the option with the highest log-likelihood) or ``generate`` (greedy
+            answer, graded by the task's answer extraction; unparseable answers count as wrong and are
+            counted). Records without options are always graded by generation.
         length_normalize: option scoring by mean (not summed) token log-likelihood.
         max_new_tokens: answer length for ``loragen predict``.
         seed: initialisation seed of meta tokens, router and pool.
@@ -61,7 +64,7 @@ class LoRAGenModule(L.LightningModule):
                  aux_coef: float = 0.01, train_meta_tokens: bool = False, cloud_lora_rank: int = 0,
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 10, min_lr_ratio: float = 0.1,
                  eval_path: str = "merged", reference: bool = True, zero_shot_reference: bool = True,
-                 length_normalize: bool = True,
+                 scoring: str = "loglik", length_normalize: bool = True,
                  max_new_tokens: int = 32, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -181,49 +184,76 @@ class LoRAGenModule(L.LightningModule):
         scores = score_options(self.model.edge, prompt, options, self.hparams.length_normalize)
         return int(scores.argmax())
 
+    def _generate_text(self, prompt: list[int]) -> str:
+        ids = torch.tensor([prompt], device=self.device)
+        tok = self._edge_tokenizer()
+        out = self.model.edge.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                       max_new_tokens=self.hparams.max_new_tokens, pad_token_id=tok.pad_token_id)
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+    def _edge_tokenizer(self) -> Any:
+        return self.model.edge_backbone.tokenizer
+
+    def _judge(self, text: str, record: Any) -> bool | None:
+        """Grade a generated answer: the task's extractor if the task is registered, else exact match."""
+        spec = None
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        extra = getattr(datamodule, "extra_specs", None)
+        try:
+            from loragen.data.tasks.registry import get_task
+
+            spec = get_task(record.task, extra)
+        except LoRAGenError:
+            spec = None
+        if spec is not None:
+            return spec.is_correct(text, record)
+        answer = " ".join(text.split()).lower()
+        return (answer == " ".join(record.output.split()).lower()) if answer else None
+
+    def _answer(self, batch: dict[str, Any], prompt_key: str, i: int) -> int:
+        """1 = correct, 0 = wrong, -1 = unparseable generation (wrong, and counted)."""
+        options = batch["options"][i] if "options" in batch else []
+        if options and self.hparams.scoring == "loglik":
+            return int(self._score(batch[prompt_key][i], options) == int(batch["label"][i]))
+        verdict = self._judge(self._generate_text(batch[prompt_key][i]), batch["records"][i])
+        return -1 if verdict is None else int(verdict)
+
     @torch.no_grad()
     def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
         size = batch["input_ids"].shape[0]
-        if "options" not in batch or not batch["options"][0]:  # free-form records: answer loss only
+        if "records" not in batch:  # no eval prompts prepared: answer loss only
             hidden, _ = self(batch)
             self.log(f"{stage}/ce", answer_loss(self.model.edge, hidden, batch["labels"]), batch_size=size)
             return
-        tasks = batch["task"]
         groups = _distinct_rows(batch["system_ids"], batch["system_mask"])
         firsts = torch.tensor([g[0] for g in groups], device=self.device)
         loras = self.model.generate(batch["system_ids"][firsts], batch["system_mask"][firsts])
-        predictions = [-1] * size
         for members, lora in zip(groups, loras, strict=True):
             if self.hparams.eval_path == "merged":
                 context = self.model.edge_lora.merged_lora(lora)
             else:  # functional path: the same LoRA applied by hooks, for parity checks
                 context = self.model.edge_lora.routing(lora.indices[None], lora.weights[None])
             with context:
-                for m in members:
-                    start = time.perf_counter()
-                    predictions[m] = self._score(batch["prompt"][m], batch["options"][m])
-                    self._add(stage, "loragen", tasks[m], "ms", 1000 * (time.perf_counter() - start))
-        self._tally(stage, "loragen", batch, predictions, [len(p) for p in batch["prompt"]])
+                self._grade_items(stage, "loragen", batch, "prompt", members)
+        references = []
         if self.hparams.reference and "ref_prompt" in batch:
-            reference = []
-            for i in range(size):
-                start = time.perf_counter()
-                reference.append(self._score(batch["ref_prompt"][i], batch["options"][i]))
-                self._add(stage, "prompted", tasks[i], "ms", 1000 * (time.perf_counter() - start))
-            self._tally(stage, "prompted", batch, reference, [len(p) for p in batch["ref_prompt"]])
+            references.append(("prompted", "ref_prompt"))  # plain edge, full system prompt in context
         if self.hparams.zero_shot_reference:
-            plain = []
-            for i in range(size):
-                start = time.perf_counter()
-                plain.append(self._score(batch["prompt"][i], batch["options"][i]))
-                self._add(stage, "zero_shot", tasks[i], "ms", 1000 * (time.perf_counter() - start))
-            self._tally(stage, "zero_shot", batch, plain, [len(p) for p in batch["prompt"]])
+            references.append(("zero_shot", "prompt"))  # plain edge, user input only
+        for setting, prompt_key in references:
+            self._grade_items(stage, setting, batch, prompt_key, range(size))
 
-    def _tally(self, stage: str, setting: str, batch: dict[str, Any], pred: list[int], tokens: list[int]) -> None:
-        for i, task in enumerate(batch["task"]):
-            self._add(stage, setting, task, "correct", float(pred[i] == int(batch["label"][i])))
+    def _grade_items(self, stage: str, setting: str, batch: dict[str, Any], prompt_key: str, items: Any) -> None:
+        """Answer each item with the edge model as it currently is; tally correctness, tokens and time."""
+        for i in items:
+            start = time.perf_counter()
+            verdict = self._answer(batch, prompt_key, i)
+            task = batch["task"][i]
+            self._add(stage, setting, task, "ms", 1000 * (time.perf_counter() - start))
+            self._add(stage, setting, task, "correct", float(verdict == 1))
+            self._add(stage, setting, task, "unparseable", float(verdict == -1))
             self._add(stage, setting, task, "count", 1.0)
-            self._add(stage, setting, task, "tokens", float(tokens[i]))
+            self._add(stage, setting, task, "tokens", float(len(batch[prompt_key][i])))
 
     def on_validation_epoch_end(self) -> None:
         results = self._collect("val")
@@ -272,7 +302,8 @@ class LoRAGenModule(L.LightningModule):
             count = sum(get(t, "count") for t in tasks)
             row = {"setting": SETTINGS[setting], "key": setting, "accuracy": accuracy, **summarize(accuracy),
                    "tokens_per_request": sum(get(t, "tokens") for t in tasks) / max(count, 1.0),
-                   "ms_per_request": sum(get(t, "ms") for t in tasks) / max(count, 1.0)}
+                   "ms_per_request": sum(get(t, "ms") for t in tasks) / max(count, 1.0),
+                   "unparseable": int(sum(get(t, "unparseable") for t in tasks))}
             rows.append(row)
             suffix = "" if setting == "loragen" else f"_{setting}"
             for t in tasks:
@@ -282,7 +313,8 @@ class LoRAGenModule(L.LightningModule):
             self.log(f"{stage}/tokens_per_request{suffix}", row["tokens_per_request"])
         results = {"stage": stage, "tasks": tasks, "rows": rows, "items": int(sum(
             values.get(("loragen", t, "count"), {}).get("v", 0.0) for t in tasks)),
-            "scoring": "option log-likelihood" + (" (length-normalised)" if self.hparams.length_normalize else ""),
+            "scoring": ("generation + answer extraction" if self.hparams.scoring == "generate" else
+                        "option log-likelihood" + (" (length-normalised)" if self.hparams.length_normalize else "")),
             "eval_path": self.hparams.eval_path, "fingerprint": self.model.fingerprint.to_dict()}
         by_key = {r["key"]: r for r in rows}
         if "prompted" in by_key and by_key.get("loragen", {}).get("tokens_per_request"):
@@ -298,20 +330,15 @@ class LoRAGenModule(L.LightningModule):
         groups = _distinct_rows(batch["system_ids"], batch["system_mask"])
         firsts = torch.tensor([g[0] for g in groups], device=self.device)
         loras = self.model.generate(batch["system_ids"][firsts], batch["system_mask"][firsts])
-        tok = self.trainer.datamodule._tokenizer().edge if self.trainer and self.trainer.datamodule else None
         outputs: list[dict[str, Any]] = [{} for _ in range(batch["input_ids"].shape[0])]
         for members, lora in zip(groups, loras, strict=True):
             with self.model.edge_lora.merged_lora(lora):
                 for m in members:
-                    prompt = torch.tensor([batch["prompt"][m]], device=self.device)
-                    generated = self.model.edge.generate(
-                        input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                        max_new_tokens=self.hparams.max_new_tokens, pad_token_id=tok.pad_token_id if tok else None)
-                    new = generated[0, prompt.shape[1]:]
                     record = batch["records"][m]
-                    text = tok.decode(new, skip_special_tokens=True).strip() if tok else new.tolist()
+                    text = self._generate_text(batch["prompt"][m]).strip()
                     outputs[m] = {"task": record.task, "input": record.input, "prediction": text,
-                                  "reference": record.output, "edge_prompt_tokens": int(prompt.shape[1])}
+                                  "reference": record.output, "correct": self._judge(text, record),
+                                  "edge_prompt_tokens": len(batch["prompt"][m])}
         return outputs
 
     # ------------------------------------------------------------------ checkpoints
@@ -354,6 +381,8 @@ def _validate(hp: Any) -> None:
         raise LoRAGenError(f"router_noise={hp.router_noise!r} is unknown: choose one of {list(NOISE_KINDS)}")
     if hp.aux_loss not in AUX_KINDS:
         raise LoRAGenError(f"aux_loss={hp.aux_loss!r} is unknown: choose one of {list(AUX_KINDS)}")
+    if hp.scoring not in ("loglik", "generate"):
+        raise LoRAGenError(f"scoring={hp.scoring!r} is unknown: choose loglik or generate")
     if hp.eval_path not in ("merged", "functional"):
         raise LoRAGenError(f"eval_path={hp.eval_path!r} is unknown: choose merged or functional")
     if hp.target_modules is not None and not hp.target_modules:

@@ -1,0 +1,205 @@
+"""What a task is to loragen: ``TaskSpec`` (sources, description, prompt format, answer kind) and
+``Item`` (one parsed example before its system prompt is attached).
+
+A ``TaskSpec`` subclass implements ``parse_row(row, label)`` for its file formats (and
+``parse_hub_row`` if the hub's schema differs). Everything else -- reading files, reporting
+malformed rows, drawing few-shot examples, building ``Record``s -- is shared (``loader.py``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from loragen.data.records import Record
+
+
+class Malformed(Exception):
+    """A raw row that cannot be used; the loader adds the file and line."""
+
+
+@dataclass
+class HubSource:
+    """A public dataset on the model hub, loaded with ``datasets.load_dataset(path, name, split=...)``.
+
+    ``splits`` maps loragen split names (train / val / test) to the hub's split names.
+    """
+
+    path: str
+    name: str | None = None
+    splits: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Item:
+    """One example: the user ``input`` (already formatted), the gold ``output``, and for multiple
+    choice the option texts with the 0-based ``label``. ``answer`` is the label in the
+    LLM-Adapters style (``answer2``, ``true``, ``18``) for generation scoring; ``system`` is set only
+    by tasks whose system prompt belongs to the item (Alpaca instruction, GPT4Tools tool list)."""
+
+    input: str
+    output: str
+    options: tuple[str, ...] | None = None
+    label: int | None = None
+    answer: str | None = None
+    system: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TaskSpec:
+    """One benchmark task.
+
+    Args:
+        name: registry name (``arc_easy``); the ``task`` of every record.
+        description: first part of the system prompt (followed by the few-shot examples).
+        files: split -> default path relative to ``data_dir`` (the layout of ``../shared/data``).
+        hub: public hub source for users with a hub (used only when no local file is given).
+        answer_kind: how a generated answer is extracted (``loragen.metrics.extraction`` kinds, or
+            ``tool`` for GPT4Tools ReAct output, or ``text`` for none).
+        answer_prefix: the label word of ``choice_label`` answers (``answer``, ``solution``, ...).
+        shot_splits: splits few-shot examples may come from, in order of preference; the first one
+            available is used. Items equal to a few-shot example are removed from every split
+            built (so an example is never also an evaluated or a training item). Empty: no shots
+            (tasks whose system prompt comes from the item).
+        license / notes: shown in ``describe()``; say where the data may not be used.
+    """
+
+    name: str
+    description: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+    hub: HubSource | None = None
+    answer_kind: str = "option_text"
+    answer_prefix: str = "answer"
+    shot_splits: tuple[str, ...] = ("train",)
+    license: str = ""
+    notes: str = ""
+
+    @property
+    def splits(self) -> list[str]:
+        names = set(self.files) | set(self.hub.splits if self.hub else ())
+        order = {"train": 0, "val": 1, "test": 2}
+        return sorted(names, key=lambda s: (order.get(s, 3), s))
+
+    def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
+        """Turn one raw row (and its line of a ``*-labels.lst`` file, if any) into an ``Item``.
+        Raise ``Malformed`` for a row that cannot be used."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement parse_row")
+
+    def parse_hub_row(self, row: dict[str, Any]) -> Item:
+        return self.parse_row(row, None)
+
+    def format_shot(self, item: Item) -> str:
+        return f"{item.input} {item.output}"
+
+    def system_prompt(self, shots: Sequence[Item]) -> str:
+        return "\n\n".join(part for part in [self.description, *(self.format_shot(s) for s in shots)] if part)
+
+    def to_record(self, item: Item, system: str, split: str, where: str) -> Record:
+        meta = {"answer": item.answer, "split": split, "source": where, "answer_kind": self.answer_kind, **item.meta}
+        return Record(item.system if item.system is not None else system, item.input, item.output, self.name,
+                      item.options, item.label, meta)
+
+    def extract(self, text: str, record: Record) -> str | None:
+        """The answer a generated ``text`` gives, in the form of ``record.meta['answer']``; None if unparseable."""
+        from loragen.metrics.extraction import extract_answer
+
+        if self.answer_kind in ("text", "tool"):
+            return text.strip() or None
+        return extract_answer(self.answer_kind, text, options=record.options, prefix=self.answer_prefix)
+
+    def is_correct(self, text: str, record: Record) -> bool | None:
+        """Generation scoring: True/False, or None when the generation is unparseable."""
+        from loragen.metrics.extraction import answers_match
+
+        predicted = self.extract(text, record)
+        if predicted is None:
+            return None
+        if self.answer_kind == "tool":
+            from loragen.metrics.tool_use import score_tool_use
+
+            return score_tool_use(record.output, text).success
+        reference = record.output if self.answer_kind in ("option_text", "text") else record.meta.get("answer")
+        kind = self.answer_kind if self.answer_kind != "text" else "option_text"
+        return answers_match(kind, predicted, reference)
+
+    def describe(self) -> str:
+        lines = [f"{self.name}: {self.description}", f"  splits: {', '.join(self.splits)}"]
+        lines += [f"  {split}: {path}" for split, path in self.files.items()]
+        if self.hub:
+            lines.append(f"  hub: {self.hub.path}" + (f" ({self.hub.name})" if self.hub.name else ""))
+        if self.shot_splits:
+            lines.append(f"  few-shot examples from: {' or '.join(self.shot_splits)}")
+        for extra in (self.license, self.notes):
+            if extra:
+                lines.append(f"  {extra}")
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- helpers for families
+
+
+def normalize_space(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def get_str(row: dict[str, Any], key: str, *, allow_empty: bool = False) -> str:
+    """A required string field, whitespace-normalised; ``Malformed`` if missing, not text or empty."""
+    if not isinstance(row, dict):
+        raise Malformed(f"a record must be a JSON object, got {type(row).__name__}")
+    if key not in row or row[key] is None:
+        raise Malformed(f"missing field {key!r}")
+    value = row[key]
+    if not isinstance(value, str):
+        raise Malformed(f"field {key!r} must be a string, got {type(value).__name__}")
+    value = normalize_space(value)
+    if not value and not allow_empty:
+        raise Malformed(f"field {key!r} is empty")
+    return value
+
+
+def parse_index(raw: Any, n_options: int, base: int, what: str = "label") -> int:
+    """A label given as a number (``base`` 0 or 1, int or digit string) -> 0-based index in range."""
+    if isinstance(raw, bool) or raw is None:
+        raise Malformed(f"missing or invalid {what} {raw!r}")
+    text = str(raw).strip()
+    if not re.fullmatch(r"-?\d+", text):
+        raise Malformed(f"{what} {raw!r} is not a number")
+    index = int(text) - base
+    if not 0 <= index < n_options:
+        raise Malformed(f"{what} {raw!r} is outside the {n_options} options")
+    return index
+
+
+def format_choice_input(question: str, options: Sequence[str]) -> str:
+    """The shipped quickstart format: ``Question: ...\\nChoices:\\n- ...\\nAnswer:``."""
+    choices = "\n".join(f"- {option}" for option in options)
+    return f"Question: {question}\nChoices:\n{choices}\nAnswer:"
+
+
+def choice_item(question: str, options: Sequence[str], label: int, prefix: str, **meta: Any) -> Item:
+    """A multiple-choice ``Item`` (checks: a question, >= 2 non-empty options, label in range, the correct
+    option's text not repeated among the others)."""
+    options = tuple(normalize_space(o) for o in options)
+    question = normalize_space(question)
+    if not question:
+        raise Malformed("empty question")
+    if len(options) < 2 or not all(options):
+        raise Malformed("a multiple-choice record needs at least two non-empty options")
+    if not 0 <= label < len(options):
+        raise Malformed(f"label {label} is outside the {len(options)} options")
+    if options.count(options[label]) > 1:  # duplicated distractors are harmless; a duplicated answer is not
+        raise Malformed("the correct option's text also appears as another option (option scoring cannot tell "
+                        "them apart)")
+    return Item(format_choice_input(question, options), options[label], options, label, f"{prefix}{label + 1}",
+                meta=dict(meta))
+
+
+def inline_or_file_label(row: dict[str, Any], key: str, file_label: str | None) -> Any:
+    """The label from the row, or from the labels file; both present and different is malformed."""
+    inline = row.get(key) if isinstance(row, dict) else None
+    if inline not in (None, "") and file_label is not None and str(inline).strip() != file_label.strip():
+        raise Malformed(f"label {inline!r} in the record disagrees with {file_label!r} in the labels file")
+    return inline if inline not in (None, "") else file_label

@@ -1,0 +1,44 @@
+"""BoolQ (Clark et al. 2019; CC BY-SA 3.0), closed-book as in LLM-Adapters (no passage).
+
+Local files: LLM-Adapters JSON (``llm-adapters/boolq/{train,test}.json``; its test split is the
+public dev set). Hub: ``google/boolq`` (question, answer: bool, passage -- the passage is not used,
+so hub and local records are the same task).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loragen.data.tasks.base import HubSource, Item, Malformed, TaskSpec, get_str
+from loragen.data.tasks.llm_adapters import is_llm_adapters, parse_boolq
+
+OPTIONS = ("true", "false")
+
+
+def boolq_item(question: str, label: int) -> Item:
+    question = question if question.endswith("?") else f"{question}?"
+    return Item(f"Question: {question}\nAnswer:", OPTIONS[label], OPTIONS, label, OPTIONS[label])
+
+
+class BoolQTask(TaskSpec):
+    def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
+        if is_llm_adapters(row):
+            return boolq_item(*parse_boolq(row))
+        question = get_str(row, "question")
+        answer = row.get("answer", label)
+        if isinstance(answer, str) and answer.strip().lower() in OPTIONS:
+            answer = answer.strip().lower() == "true"
+        if not isinstance(answer, bool):
+            raise Malformed(f"answer {answer!r} is not true/false")
+        return boolq_item(question, 0 if answer else 1)
+
+
+BOOLQ = BoolQTask(
+    name="boolq", description="Answer the yes/no question about general knowledge with true or false.",
+    files={"train": "llm-adapters/boolq/train.json", "val": "llm-adapters/boolq/test.json",
+           "test": "llm-adapters/boolq/test.json"},
+    hub=HubSource("google/boolq", None, {"train": "train", "val": "validation", "test": "validation"}),
+    answer_kind="boolean",
+    license="License: CC BY-SA 3.0 (BoolQ); LLM-Adapters compilation ODC-By 1.0. Adapted data is share-alike.",
+    notes="val and test are both the public dev set (BoolQ's test labels are not public).")
+TASKS = [BOOLQ]

@@ -1,0 +1,169 @@
+"""``TaskLoader``: (task, split) -> ``Record``s, from local files or the hub, with the task's
+few-shot system prompt.
+
+Sources, in order: ``files[task][split]`` (a path, relative to ``data_dir`` when one is set, or
+``"hub"``), then ``data_dir / spec.files[split]`` when ``data_dir`` is set (local only: a missing file
+is an error, the hub is never tried), then the hub when ``data_dir`` is None.
+
+Few-shot examples are drawn once per task, deterministically from ``(seed, task)``, from the first
+of the task's ``shot_splits`` that is available, and every item equal to one of them (same user
+input) is removed from every split built -- so an example is never also an evaluated item, and a
+training item never sees its own answer in its system prompt.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+from loragen import LoRAGenError
+from loragen.data.records import Record, RecordError
+from loragen.data.tasks.base import Item, Malformed, TaskSpec
+from loragen.data.tasks.io import hub_rows, labels_file, read_labels, read_rows
+from loragen.data.tasks.registry import get_task
+
+HUB = "hub"
+
+
+class TaskLoader:
+    def __init__(self, data_dir: str | Path | None = None, files: Mapping[str, Mapping[str, str]] | None = None,
+                 shots: int = 3, seed: int = 0, strict: bool = False,
+                 tasks: Mapping[str, TaskSpec] | None = None) -> None:
+        if shots < 0:
+            raise LoRAGenError(f"data.shots must be >= 0, got {shots}")
+        self.data_dir = Path(data_dir).expanduser() if data_dir is not None else None
+        self.files = {task: dict(splits or {}) for task, splits in (files or {}).items()}
+        self.shots, self.seed, self.strict = shots, seed, strict
+        self.extra = dict(tasks or {})
+        self._items: dict[tuple[str, str], list[tuple[str, Item]]] = {}
+        self._shots: dict[str, tuple[str | None, list[Item]]] = {}
+
+    def spec(self, task: str) -> TaskSpec:
+        return get_task(task, self.extra)
+
+    # ------------------------------------------------------------------ sources
+
+    def source(self, task: str, split: str) -> Path | str:
+        """Where (task, split) comes from: a file path or ``"hub"``; errors name the fix."""
+        spec = self.spec(task)
+        override = self.files.get(task, {}).get(split)
+        hub_ok = spec.hub is not None and split in spec.hub.splits
+        if override == HUB:
+            if not hub_ok:
+                raise LoRAGenError(f"task {task!r} has no hub source for split {split!r}")
+            return HUB
+        if override:
+            path = Path(override).expanduser()
+            return self.data_dir / path if self.data_dir is not None and not path.is_absolute() else path
+        if self.data_dir is not None:
+            if split not in spec.files:
+                raise LoRAGenError(
+                    f"task {task!r} has no local {split!r} split (local: {', '.join(spec.files) or 'none'}; "
+                    f"hub: {', '.join(spec.hub.splits) if spec.hub else 'none'}): pick another split "
+                    f"(e.g. '{task}:{next(iter(spec.files), 'test')}' or data.init_args.val_split) or give "
+                    f"data.init_args.files.{task}.{split}")
+            return self.data_dir / spec.files[split]
+        if hub_ok:
+            return HUB
+        raise LoRAGenError(f"task {task!r}, split {split!r}: no data_dir and no hub source; set "
+                           f"data.init_args.data_dir (expected layout: {spec.files.get(split, '?')}) or "
+                           f"data.init_args.files.{task}.{split}")
+
+    def check(self, task: str, split: str) -> None:
+        """Fail now if (task, split) has no usable source (missing file, unknown split)."""
+        where = self.source(task, split)
+        if where != HUB and not Path(where).is_file():
+            spec = self.spec(task)
+            hint = (f"data_dir should hold {spec.files[split]}" if split in spec.files and task not in self.files
+                    else "check data.init_args.files")
+            raise LoRAGenError(f"data file {where} for task {task!r} ({split}) does not exist: {hint}")
+
+    def available(self, task: str, split: str) -> bool:
+        try:
+            self.check(task, split)
+        except LoRAGenError:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ items
+
+    def items(self, task: str, split: str) -> list[tuple[str, Item]]:
+        """Parsed items of (task, split) with their ``file:line``; malformed rows are reported and skipped."""
+        key = (task, split)
+        if key not in self._items:
+            self.check(task, split)
+            spec, where = self.spec(task), self.source(task, split)
+            if where == HUB:
+                rows, labels, parse = hub_rows(spec.hub, split), None, lambda row, _: spec.parse_hub_row(row)
+                name = f"{spec.hub.path} ({spec.hub.splits[split]})"
+            else:
+                path = Path(where)
+                rows, parse, name = read_rows(path), spec.parse_row, str(path)
+                label_path = labels_file(path)
+                labels = read_labels(label_path, len(rows)) if label_path else None
+            items, problems = [], []
+            for i, (loc, row) in enumerate(rows):
+                label = labels[i][1] if labels else None
+                try:
+                    if isinstance(row, Malformed):
+                        raise row
+                    if isinstance(label, Malformed):
+                        raise label
+                    items.append((loc, parse(row, label)))
+                except (Malformed, KeyError, TypeError, ValueError, AttributeError) as err:
+                    problems.append(f"{loc}: {err}")
+                    if self.strict:
+                        raise RecordError(f"{loc}: {err} (task {task}, {split}; fix the record or drop "
+                                          "data.strict)") from err
+            if problems:
+                shown = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
+                warnings.warn(f"skipped {len(problems)} malformed record(s) of {len(rows)} in {name} "
+                              f"(task {task}, {split}): {shown}", stacklevel=2)
+            if not items:
+                raise LoRAGenError(f"{name} has no usable records for task {task!r} ({split})")
+            self._items[key] = items
+        return self._items[key]
+
+    # ------------------------------------------------------------------ few-shot system prompts
+
+    def shot_split(self, task: str) -> str | None:
+        spec = self.spec(task)
+        if not spec.shot_splits or self.shots == 0:
+            return None
+        for split in spec.shot_splits:
+            if self.available(task, split):
+                return split
+        raise LoRAGenError(f"task {task!r}: no split to draw {self.shots} few-shot examples from (tried "
+                           f"{', '.join(spec.shot_splits)}); give data.init_args.files.{task}.{spec.shot_splits[0]} "
+                           "or set data.init_args.shots: 0")
+
+    def shot_items(self, task: str) -> list[Item]:
+        """The task's few-shot examples (deterministic in ``seed`` and the task name)."""
+        if task not in self._shots:
+            split = self.shot_split(task)
+            shots: list[Item] = []
+            if split is not None:
+                pool = [item for _, item in self.items(task, split)]
+                rng = random.Random(f"loragen-shots|{task}|{self.seed}")
+                shots = [pool[i] for i in rng.sample(range(len(pool)), min(self.shots, len(pool)))]
+            self._shots[task] = (split, shots)
+        return self._shots[task][1]
+
+    def system_prompt(self, task: str) -> str:
+        return self.spec(task).system_prompt(self.shot_items(task))
+
+    def records(self, task: str, split: str) -> list[Record]:
+        spec = self.spec(task)
+        items = self.items(task, split)
+        shots = self.shot_items(task)
+        system = spec.system_prompt(shots)
+        taken = {s.input for s in shots}
+        kept = [(loc, item) for loc, item in items if item.input not in taken]
+        if len(kept) < len(items) and split != self._shots[task][0]:
+            warnings.warn(f"task {task} ({split}): left out {len(items) - len(kept)} item(s) that equal one of its "
+                          f"few-shot examples (from {self._shots[task][0]})", stacklevel=2)
+        if not kept:
+            raise LoRAGenError(f"task {task!r} ({split}) has no items left besides its few-shot examples")
+        return [spec.to_record(item, system, split, loc) for loc, item in kept]

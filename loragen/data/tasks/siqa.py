@@ -1,0 +1,48 @@
+"""Social IQa (Sap et al. 2019; CC BY 4.0 -- credit the authors).
+
+Local files: the official ``siqa/{train,dev}.jsonl`` (context, question, answerA/B/C) with
+``{train,dev}-labels.lst`` (1/2/3), and the LLM-Adapters ``llm-adapters/social_i_qa/test.json``
+(= the dev set). Hub: ``allenai/social_i_qa`` (label "1"/"2"/"3" in the row). The question is
+"CONTEXT QUESTION" in both forms, so raw and LLM-Adapters records read the same.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loragen.data.tasks.base import (
+    HubSource,
+    Item,
+    Malformed,
+    TaskSpec,
+    choice_item,
+    get_str,
+    inline_or_file_label,
+    parse_index,
+)
+from loragen.data.tasks.llm_adapters import is_llm_adapters, parse_choice
+
+
+class SiqaTask(TaskSpec):
+    def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
+        if is_llm_adapters(row):
+            return parse_choice(row, "answer")
+        question = f"{get_str(row, 'context')} {get_str(row, 'question')}"
+        options = [get_str(row, key) for key in ("answerA", "answerB", "answerC")]
+        raw = inline_or_file_label(row, "label", label)
+        if raw is None:
+            raise Malformed("no label (neither a 'label' field nor a line in the labels file)")
+        return choice_item(question, options, parse_index(raw, 3, base=1), "answer")
+
+
+SIQA = SiqaTask(
+    name="siqa", description="Answer the question about people's actions and social situations by choosing the "
+                             "correct option.",
+    files={"train": "siqa/train.jsonl", "val": "siqa/dev.jsonl", "test": "llm-adapters/social_i_qa/test.json"},
+    hub=HubSource("allenai/social_i_qa", None, {"train": "train", "val": "validation", "test": "validation"}),
+    answer_kind="choice_label", shot_splits=("train", "val"),
+    license="License: CC BY 4.0 (AI2; credit Sap et al. 2019); LLM-Adapters compilation ODC-By 1.0.",
+    notes="val and test are both the public dev set (test in LLM-Adapters form). Few-shot examples come from the "
+          "raw train split (siqa/train.jsonl + train-labels.lst); without it, from val -- and then those items are "
+          "removed from the evaluated dev items.")
+TASKS = [SIQA]

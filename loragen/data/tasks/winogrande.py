@@ -1,0 +1,51 @@
+"""WinoGrande 1.1 (Sakaguchi et al. 2019; CC-BY -- credit the authors).
+
+Local files: ``winogrande/{train_xs,...,train_xl,dev}.jsonl`` (sentence with ``_``, option1, option2,
+answer "1"/"2"), optionally with ``*-labels.lst``; ``train_xl.hf.jsonl`` (no qID); the LLM-Adapters
+JSON (``Option1/Option2``). Hub: ``allenai/winogrande`` (``winogrande_xs``; every size shares the
+dev set). The public test labels are hidden, so ``test`` is the dev set (as in LLM-Adapters).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from loragen.data.tasks.base import (
+    HubSource,
+    Item,
+    Malformed,
+    TaskSpec,
+    choice_item,
+    get_str,
+    inline_or_file_label,
+    parse_index,
+)
+from loragen.data.tasks.llm_adapters import is_llm_adapters, parse_choice
+
+
+class WinograndeTask(TaskSpec):
+    def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
+        if is_llm_adapters(row):
+            return parse_choice(row, "option")
+        sentence = get_str(row, "sentence")
+        if "_" not in sentence:
+            raise Malformed("sentence has no blank '_'")
+        options = [get_str(row, "option1"), get_str(row, "option2")]
+        raw = inline_or_file_label(row, "answer", label)
+        if raw is None:
+            raise Malformed("no answer (neither an 'answer' field nor a line in the labels file)")
+        qid = row.get("qID")
+        return choice_item(sentence, options, parse_index(raw, 2, base=1, what="answer"), "option",
+                           **({"id": qid} if qid else {}))
+
+
+WINOGRANDE = WinograndeTask(
+    name="winogrande", description="Choose the option that correctly fills the blank (_) in the sentence.",
+    files={"train": "winogrande/train_xs.jsonl", "val": "winogrande/dev.jsonl", "test": "winogrande/dev.jsonl"},
+    hub=HubSource("allenai/winogrande", "winogrande_xs", {"train": "train", "val": "validation",
+                                                          "test": "validation"}),
+    answer_kind="choice_label", answer_prefix="option",
+    license="License: CC-BY (credit Sakaguchi et al. 2019).",
+    notes="Train defaults to the smallest size (train_xs); point files.winogrande.train at train_s/m/l/xl for more. "
+          "val and test are both the dev set (test labels are hidden).")
+TASKS = [WINOGRANDE]
