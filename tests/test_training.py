@@ -201,7 +201,7 @@ def test_malformed_records_are_reported_by_line_or_stop_when_strict(tmp_path):
 
 def test_truncation_is_counted_in_a_warning_not_a_crash():
     dm = _data(max_input_tokens=8, max_output_tokens=2)
-    with pytest.warns(UserWarning, match=r"truncated \d+ sequence"):
+    with pytest.warns(UserWarning, match=r"\d+ truncation\(s\) over the configured limits"):
         dm.setup("fit")
     assert max(len(e["input_ids"]) for e in dm.examples["train"]) <= 8 + 3
 
@@ -249,3 +249,19 @@ def test_mixed_choice_and_free_form_batches_and_generation_scoring(tmp_path, mon
     assert module._answer(batch, "prompt", 0) == -1  # boolq extractor finds no true/false: unparseable
     assert module._answer(batch, "prompt", 0) == 0  # "false" parsed, wrong
     assert module._answer(batch, "prompt", 1) == 1  # free-form exact match
+
+
+def test_init_from_loads_trained_weights_without_optimizer_state(tmp_path):
+    module = LoRAGenModule(**TINY)
+    trainer = _trainer(tmp_path, max_steps=2)
+    trainer.fit(module, _data())
+    path = tmp_path / "pre.ckpt"
+    trainer.save_checkpoint(path)
+    started = LoRAGenModule(**TINY, init_from=str(path))
+    for key, value in module.model.trainable_state_dict().items():
+        assert torch.equal(value, started.model.trainable_state_dict()[key]), key
+    trainer = _trainer(tmp_path / "b", max_steps=1)
+    trainer.fit(started, _data())
+    assert trainer.global_step == 1  # a fresh run (no step count or optimizer state carried over)
+    with pytest.raises(LoRAGenError, match="edge_arch"):
+        LoRAGenModule(**{**TINY, "edge": "tiny:gemma"}, init_from=str(path))

@@ -184,8 +184,8 @@ class RecordDataModule(L.LightningDataModule):
             cut = {k: v - before.get(k, 0) for k, v in tok.limits.truncated.items() if v > before.get(k, 0)}
             if cut:
                 detail = ", ".join(f"{k}: {v}" for k, v in cut.items())
-                warnings.warn(f"{name}: truncated {sum(cut.values())} sequence(s) of {len(records)} records over "
-                              f"the configured limits ({detail}); raise data.max_*_tokens to keep them whole",
+                warnings.warn(f"{name}: {sum(cut.values())} truncation(s) over the configured limits across "
+                              f"{len(records)} records ({detail}); raise data.max_*_tokens to keep them whole",
                               stacklevel=2)
 
     # ----------------------------------------------------------------------------- loaders

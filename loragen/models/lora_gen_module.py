@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import math
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -53,7 +54,9 @@ class LoRAGenModule(L.LightningModule):
             answer, graded by the task's answer extraction; unparseable answers count as wrong and are
             counted). Records without options are always graded by generation.
         length_normalize: option scoring by mean (not summed) token log-likelihood.
-        max_new_tokens: answer length for ``loragen predict``.
+        max_new_tokens: answer length for generation scoring and ``loragen predict``.
+        init_from: start from the trained weights of this checkpoint (e.g. Alpaca pre-training before
+            multi-task training) without its optimizer state or step count; the pair must match.
         seed: initialisation seed of meta tokens, router and pool.
     """
 
@@ -65,7 +68,7 @@ class LoRAGenModule(L.LightningModule):
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 10, min_lr_ratio: float = 0.1,
                  eval_path: str = "merged", reference: bool = True, zero_shot_reference: bool = True,
                  scoring: str = "loglik", length_normalize: bool = True,
-                 max_new_tokens: int = 32, seed: int = 0) -> None:
+                 max_new_tokens: int = 32, init_from: str | None = None, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.check_config(**self.hparams)
@@ -81,6 +84,8 @@ class LoRAGenModule(L.LightningModule):
                              router_noise=router_noise, train_meta_tokens=train_meta_tokens,
                              cloud_lora_rank=cloud_lora_rank, seed=seed)
         self.strict_loading = False  # checkpoints hold only trained weights, not the backbones
+        if init_from:
+            self._init_from(init_from)
         from torchmetrics import MaxMetric, SumMetric
 
         self._sum_metric = SumMetric
@@ -349,6 +354,23 @@ class LoRAGenModule(L.LightningModule):
                                     if k in keep or k.startswith("best_val_acc")}
         checkpoint["loragen"] = {"fingerprint": self.model.fingerprint.to_dict(), "format": 1,
                                  "rng": _rng_state()}
+
+    def _init_from(self, path: str) -> None:
+        from loragen.models.components.fingerprint import PairFingerprint
+
+        if not Path(path).is_file():
+            raise LoRAGenError(f"model.init_from checkpoint {path} does not exist: check the path")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        stored = checkpoint.get("loragen", {}).get("fingerprint")
+        if stored is None:
+            raise LoRAGenError(f"{path} has no loragen pair fingerprint: it was not written by loragen")
+        PairFingerprint.from_dict(stored).check_compatible(self.model.fingerprint)
+        weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+        expected = set(self.model.trainable_state_dict())
+        if expected - set(weights):
+            raise LoRAGenError(f"{path} lacks trained weights {sorted(expected - set(weights))[:3]}: it was "
+                               "trained with other settings (experts, rank, targets)")
+        self.model.load_state_dict({k: weights[k] for k in expected}, strict=False)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         from loragen.models.components.fingerprint import PairFingerprint
