@@ -1,0 +1,31 @@
+"""A non-editable install ships `loragen`, `callbacks` and the quickstart data."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_wheel_installs_both_packages_and_the_data(tmp_path):
+    wheels, site = tmp_path / "wheels", tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w", str(wheels)],
+                   check=True, capture_output=True)
+    (wheel,) = wheels.glob("loragen-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True)
+    code = (
+        "import callbacks, loragen, pathlib, sys\n"
+        f"site = pathlib.Path({str(site)!r})\n"
+        "assert pathlib.Path(loragen.__file__).is_relative_to(site), loragen.__file__\n"
+        "assert pathlib.Path(callbacks.__file__).is_relative_to(site), callbacks.__file__\n"
+        "from callbacks import RouterStatistics, JsonlPredictionWriter\n"
+        "from loragen.data.datamodule import resolve_files\n"
+        "files = resolve_files('quickstart:test')\n"
+        "assert len(files) == 4 and all(f.is_relative_to(site) for f in files)\n"
+        "assert (site / 'loragen/data/quickstart/LLM_ADAPTERS_DATA_LICENSE.txt').is_file()\n"
+    )
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env)
