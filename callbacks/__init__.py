@@ -1,6 +1,7 @@
 """Lightning callbacks shipped with loragen (importable as ``callbacks.*`` next to ``loragen``)."""
 
+from callbacks.deployment_eval import DeploymentEvaluation
 from callbacks.prediction_writer import JsonlPredictionWriter
 from callbacks.router_stats import RouterCollapseWarning, RouterStatistics
 
-__all__ = ["JsonlPredictionWriter", "RouterCollapseWarning", "RouterStatistics"]
+__all__ = ["DeploymentEvaluation", "JsonlPredictionWriter", "RouterCollapseWarning", "RouterStatistics"]

@@ -265,3 +265,24 @@ def test_init_from_loads_trained_weights_without_optimizer_state(tmp_path):
     assert trainer.global_step == 1  # a fresh run (no step count or optimizer state carried over)
     with pytest.raises(LoRAGenError, match="edge_arch"):
         LoRAGenModule(**{**TINY, "edge": "tiny:gemma"}, init_from=str(path))
+
+
+def test_deployment_evaluation_callback_generates_once_per_task(tmp_path):
+    from callbacks import DeploymentEvaluation
+    from tests.conftest import randomize_pool
+
+    L.seed_everything(0)
+    module = LoRAGenModule(**{**TINY, "reference": False, "zero_shot_reference": False})
+    randomize_pool(module.model.pool, std=0.2)
+    calls = []
+    generate = module.model.generate
+    module.model.generate = lambda ids, mask: calls.append(ids.shape[0]) or generate(ids, mask)
+    callback = DeploymentEvaluation(reference=True, zero_shot_reference=False)
+    _trainer(tmp_path, callbacks=[callback]).test(module, _data(eval_batch_size=3))
+    assert calls == [4] and callback.generated_tasks == 4  # one generator run, one LoRA per task
+    keys = [r["key"] for r in module.last_results["rows"]]
+    assert keys == ["loragen", "prompted"]  # the callback decides which references are evaluated
+    with_callback = module.last_results["rows"][0]["accuracy"]
+    module.model.generate = generate
+    _trainer(tmp_path / "b").test(module, _data(eval_batch_size=3))
+    assert module.last_results["rows"][0]["accuracy"] == with_callback

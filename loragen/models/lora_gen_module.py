@@ -94,6 +94,7 @@ class LoRAGenModule(L.LightningModule):
         self._step_start = 0.0
         self.last_results: dict[str, Any] | None = None
         self.last_routing: tuple[torch.Tensor, list[str]] | None = None
+        self.task_loras: dict[bytes, Any] = {}  # system-prompt key -> GeneratedLoRA (see DeploymentEvaluation)
 
     def train(self, mode: bool = True) -> LoRAGenModule:
         """Backbones stay in eval mode (frozen, no dropout) whatever Lightning asks for."""
@@ -230,9 +231,7 @@ class LoRAGenModule(L.LightningModule):
             hidden, _ = self(batch)
             self.log(f"{stage}/ce", answer_loss(self.model.edge, hidden, batch["labels"]), batch_size=size)
             return
-        groups = _distinct_rows(batch["system_ids"], batch["system_mask"])
-        firsts = torch.tensor([g[0] for g in groups], device=self.device)
-        loras = self.model.generate(batch["system_ids"][firsts], batch["system_mask"][firsts])
+        groups, loras = self._loras_for(batch)
         for members, lora in zip(groups, loras, strict=True):
             if self.hparams.eval_path == "merged":
                 context = self.model.edge_lora.merged_lora(lora)
@@ -247,6 +246,19 @@ class LoRAGenModule(L.LightningModule):
             references.append(("zero_shot", "prompt"))  # plain edge, user input only
         for setting, prompt_key in references:
             self._grade_items(stage, setting, batch, prompt_key, range(size))
+
+    def _loras_for(self, batch: dict[str, Any]) -> tuple[list[list[int]], list[Any]]:
+        """Rows grouped by system prompt, and each group's generated LoRA — taken from
+        ``task_loras`` when a callback generated them once per task, else generated here."""
+        groups = _distinct_rows(batch["system_ids"], batch["system_mask"])
+        keys = [_row_key(batch["system_ids"][g[0]], batch["system_mask"][g[0]]) for g in groups]
+        missing = [i for i, key in enumerate(keys) if key not in self.task_loras]
+        generated = iter([])
+        if missing:
+            firsts = torch.tensor([groups[i][0] for i in missing], device=self.device)
+            generated = iter(self.model.generate(batch["system_ids"][firsts], batch["system_mask"][firsts]))
+        loras = [self.task_loras[key] if key in self.task_loras else next(generated) for key in keys]
+        return groups, loras
 
     def _grade_items(self, stage: str, setting: str, batch: dict[str, Any], prompt_key: str, items: Any) -> None:
         """Answer each item with the edge model as it currently is; tally correctness, tokens and time."""
@@ -332,9 +344,7 @@ class LoRAGenModule(L.LightningModule):
     @torch.no_grad()
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Greedy answers of the specialized edge model: merged LoRA, no system prompt."""
-        groups = _distinct_rows(batch["system_ids"], batch["system_mask"])
-        firsts = torch.tensor([g[0] for g in groups], device=self.device)
-        loras = self.model.generate(batch["system_ids"][firsts], batch["system_mask"][firsts])
+        groups, loras = self._loras_for(batch)
         outputs: list[dict[str, Any]] = [{} for _ in range(batch["input_ids"].shape[0])]
         for members, lora in zip(groups, loras, strict=True):
             with self.model.edge_lora.merged_lora(lora):
@@ -429,9 +439,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _row_key(ids: torch.Tensor, mask: torch.Tensor) -> bytes:
+    """Identity of one tokenized system prompt (padding removed)."""
+    return ids[mask.bool()].cpu().numpy().tobytes()
+
+
 def _distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
     """Group batch rows by identical (unpadded) system prompt, in order of first appearance."""
     groups: dict[bytes, list[int]] = {}
     for i, (row, m) in enumerate(zip(ids, mask, strict=True)):
-        groups.setdefault(row[m.bool()].cpu().numpy().tobytes(), []).append(i)
+        groups.setdefault(_row_key(row, m), []).append(i)
     return list(groups.values())
