@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from loragen.files import atomic_write_text
 
 
 class JsonlPredictionWriter(BasePredictionWriter):
@@ -29,12 +29,7 @@ class JsonlPredictionWriter(BasePredictionWriter):
         path = Path(self.output) if self.output else run_dir / "predictions.jsonl"
         if not path.is_absolute() and self.output:
             path = run_dir / path
-        path.parent.mkdir(parents=True, exist_ok=True)
         rows = [row for batch in predictions for row in batch]
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
         self.path = path
         print(f"Wrote {len(rows)} predictions to {path}")

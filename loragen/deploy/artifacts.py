@@ -19,17 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from loragen import LoRAGenError
+from loragen.files import normal_permissions, sha256_file  # noqa: F401  (sha256_file is re-exported)
 
 META_FILE = "loragen_meta.json"
 META_FORMAT = 1
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_text(text: str) -> str:
@@ -66,7 +59,7 @@ def atomic_output_dir(target: str | os.PathLike[str], overwrite: bool = False) -
     old: Path | None = None
     try:
         yield tmp
-        _normal_permissions(tmp)
+        normal_permissions(tmp)
         if target.exists():  # empty, or a previous loragen output with --overwrite: keep it until the swap
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / "d")
@@ -80,14 +73,6 @@ def atomic_output_dir(target: str | os.PathLike[str], overwrite: bool = False) -
         for leftover in (tmp, old):
             if leftover is not None and leftover.exists():
                 shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _normal_permissions(directory: Path) -> None:
-    """``mkdtemp`` (and some writers) create owner-only entries; give the output the usual umask modes."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [directory, *directory.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

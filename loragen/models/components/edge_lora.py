@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torch
 from torch import nn
 
 from loragen import LoRAGenError
+from loragen.files import atomic_directory
 from loragen.models.components.expert_pool import ExpertPool, GeneratedLoRA, TargetSite
 
 
@@ -177,10 +176,7 @@ def save_peft_adapter(lora: GeneratedLoRA, directory: str | os.PathLike[str], *,
     target = Path(directory)
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise LoRAGenError(f"output directory {target} exists and is not empty: choose another or pass overwrite")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the adapter is an ordinary output directory
-    try:
+    with atomic_directory(target) as tmp:
         config = LoraConfig(r=lora.rank, lora_alpha=lora.scale * lora.rank, lora_dropout=0.0, bias="none",
                             target_modules=list(lora.targets), task_type="CAUSAL_LM",
                             base_model_name_or_path=base_model_name_or_path)
@@ -191,10 +187,4 @@ def save_peft_adapter(lora: GeneratedLoRA, directory: str | os.PathLike[str], *,
             tensors[f"base_model.model.{path}.lora_B.weight"] = b.detach().float().contiguous().cpu()
         save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         (tmp / "loragen_gates.json").write_text(json.dumps({"gates": lora.gates.float().cpu().tolist()}))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
