@@ -153,6 +153,7 @@ def test_bundled_model_functional_merged_and_peft_agree(bundled, tmp_path):
     """The numeric claims on the real SmolLM2 pair (cloud = edge, 30 layers, 7 targets)."""
     from peft import PeftModel
 
+    torch.manual_seed(0)  # router init: the fp32 rounding gap depends on which experts are picked
     model = LoRAGen(bundled, bundled, num_experts=4, top_k=2, rank=4, router_hidden=32).eval()
     randomize_pool(model.pool, std=0.02)
     tok = bundled.tokenizer
@@ -162,12 +163,16 @@ def test_bundled_model_functional_merged_and_peft_agree(bundled, tmp_path):
         functional, _ = model(s.input_ids, s.attention_mask, x.input_ids, x.attention_mask)
         loras = model.generate(s.input_ids, s.attention_mask)
         for i, lora in enumerate(loras):
+            valid = x.attention_mask[i].bool()  # padded positions carry no prediction
             with model.edge_lora.merged_lora(lora):
                 merged = model.edge(input_ids=x.input_ids[i:i + 1], attention_mask=x.attention_mask[i:i + 1]).logits
-            assert (merged - functional.logits[i:i + 1]).abs().max().item() <= 1e-4
+            assert (merged[0][valid] - functional.logits[i][valid]).abs().max().item() <= 1e-4
     out = save_peft_adapter(loras[0], tmp_path / "adapter")
     fresh = load_backbone("bundled:smollm2-135m-instruct").model
     with torch.no_grad():
         peft_logits = PeftModel.from_pretrained(fresh, str(out)).eval()(
             input_ids=x.input_ids[:1], attention_mask=x.attention_mask[:1]).logits
-    assert (peft_logits - functional.logits[:1]).abs().max().item() <= 1e-4
+    valid = x.attention_mask[0].bool()
+    with torch.no_grad(), model.edge_lora.merged_lora(loras[0]):
+        merged = model.edge(input_ids=x.input_ids[:1], attention_mask=x.attention_mask[:1]).logits
+    assert (peft_logits[0][valid] - merged[0][valid]).abs().max().item() <= 1e-4
