@@ -16,29 +16,20 @@ from loragen import LoRAGenError
 from loragen.data.datamodule import RecordDataModule
 from loragen.data.records import Record
 from loragen.data.tasks import TaskLoader, TaskSpec, expand_tasks, get_task, task_from_config
+from loragen.data.tasks.registry import plain_config
 
 STAGES = ("train", "val", "test", "predict")
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "as_dict"):
-        return value.as_dict()
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _stage_pairs(kw: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
     splits = {"train": kw.get("train_split") or "train", "val": kw.get("val_split") or "val",
               "test": kw.get("test_split") or "test", "predict": kw.get("test_split") or "test"}
-    return {stage: expand_tasks(_plain(kw.get(f"{stage}_tasks")), splits[stage]) for stage in STAGES}
+    return {stage: expand_tasks(plain_config(kw.get(f"{stage}_tasks")), splits[stage]) for stage in STAGES}
 
 
 def _extra_specs(extra_tasks: Any) -> dict[str, TaskSpec]:
     specs: dict[str, TaskSpec] = {}
-    for entry in _plain(extra_tasks) or []:
+    for entry in plain_config(extra_tasks) or []:
         spec = task_from_config(entry)
         specs[spec.name] = spec
     return specs
@@ -84,7 +75,7 @@ class TaskDataModule(RecordDataModule):
         self.save_hyperparameters(ignore=["train_files", "val_files", "test_files", "predict_files"])
         self.extra_specs = _extra_specs(extra_tasks)
         self.stage_tasks = _stage_pairs(dict(self.hparams))
-        self.loader = TaskLoader(data_dir, _plain(files), shots=shots, seed=seed, strict=strict,
+        self.loader = TaskLoader(data_dir, plain_config(files), shots=shots, seed=seed, strict=strict,
                                  tasks=self.extra_specs)
 
     @staticmethod
@@ -103,7 +94,7 @@ class TaskDataModule(RecordDataModule):
         for stage_pairs in pairs.values():
             for task, _ in stage_pairs:
                 get_task(task, extra)  # unknown names list the known tasks
-        loader = TaskLoader(kw.get("data_dir"), _plain(kw.get("files")), shots=kw.get("shots", 3) or 0,
+        loader = TaskLoader(kw.get("data_dir"), plain_config(kw.get("files")), shots=kw.get("shots", 3) or 0,
                             tasks=extra)
         for task, split in dict.fromkeys(p for stage_pairs in pairs.values() for p in stage_pairs):
             loader.check(task, split)

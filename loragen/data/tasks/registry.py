@@ -73,14 +73,14 @@ def expand_tasks(entries: str | Iterable[str] | None, default_split: str) -> lis
     return pairs
 
 
-def _plain(value: Any) -> Any:
+def plain_config(value: Any) -> Any:
     """jsonargparse may hand nested config sections over as Namespaces."""
     if hasattr(value, "as_dict"):
         return value.as_dict()
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain_config(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [plain_config(v) for v in value]
     return value
 
 
@@ -100,7 +100,7 @@ def task_from_config(config: Mapping[str, Any] | TaskSpec) -> TaskSpec:
 
     if isinstance(config, TaskSpec):
         return config
-    config = _plain(config)
+    config = plain_config(config)
     if not isinstance(config, Mapping):
         raise LoRAGenError(f"an extra_tasks entry must be a mapping, got {type(config).__name__}")
     config = dict(config)
