@@ -10,25 +10,24 @@ is also scored with the full system prompt on the same items, so every results t
 from __future__ import annotations
 
 import inspect
-import math
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch import nn
 
 from loragen import LoRAGenError
 from loragen.models.components.expert_pool import DEFAULT_TARGETS
 from loragen.models.components.router import AUX_KINDS, NOISE_KINDS
-from loragen.models.scoring import answer_loss, score_options
+from loragen.models.evaluation import EvaluationMixin
+from loragen.models.scoring import answer_loss
 
 SETTINGS = {"loragen": "LoRA-Gen (merged, no system prompt)", "prompted": "edge + full system prompt",
             "zero_shot": "edge, no system prompt, no LoRA"}
 
 
-class LoRAGenModule(L.LightningModule):
+class LoRAGenModule(EvaluationMixin, L.LightningModule):
     """LoRA-Gen for one cloud/edge pair.
 
     Args:
@@ -60,6 +59,8 @@ class LoRAGenModule(L.LightningModule):
         seed: initialisation seed of meta tokens, router and pool.
     """
 
+    SETTINGS = SETTINGS
+
     def __init__(self, cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
                  num_experts: int = 8, top_k: int = 2, rank: int = 8, lora_alpha: float = 16.0,
                  target_modules: list[str] | None = None, router_hidden: int = 256,
@@ -86,13 +87,9 @@ class LoRAGenModule(L.LightningModule):
         self.strict_loading = False  # checkpoints hold only trained weights, not the backbones
         if init_from:
             self._init_from(init_from)
-        from torchmetrics import MaxMetric, SumMetric
-
-        self._sum_metric = SumMetric
-        self.eval_sums = nn.ModuleDict()
-        self.best_val_acc = MaxMetric()
+        self._init_evaluation()
         self._step_start = 0.0
-        self.last_results: dict[str, Any] | None = None
+        self.trained_steps: int | None = None  # optimizer steps of the loaded checkpoint (results files)
         self.last_routing: tuple[torch.Tensor, list[str]] | None = None
         self.task_loras: dict[bytes, Any] = {}  # system-prompt key -> GeneratedLoRA (see DeploymentEvaluation)
 
@@ -152,25 +149,9 @@ class LoRAGenModule(L.LightningModule):
                        "train/lr": self.optimizers().param_groups[0]["lr"]}, batch_size=size)
 
     def configure_optimizers(self) -> Any:
-        decay, no_decay = [], []
-        for name, param in self.named_parameters():
-            if not param.requires_grad:
-                continue
-            plain = param.dim() < 2 or "norm" in name or "meta_tokens" in name or "layer_embedding" in name
-            (no_decay if plain else decay).append(param)
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)
-        total = max(1, int(self.trainer.estimated_stepping_batches)) if self.trainer else 1
-        warmup, floor = self.hparams.warmup_steps, self.hparams.min_lr_ratio
+        from loragen.models.optim import adamw_warmup_cosine
 
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(self)
 
     # ------------------------------------------------------------------ evaluation
 
@@ -180,49 +161,18 @@ class LoRAGenModule(L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
-    def _add(self, stage: str, setting: str, task: str, quantity: str, value: float) -> None:
-        key = f"{stage}|{setting}|{task}|{quantity}"
-        if key not in self.eval_sums:
-            self.eval_sums[key] = self._sum_metric().to(self.device)
-        self.eval_sums[key].update(torch.tensor(float(value), device=self.device))
+    def scoring_model(self) -> Any:
+        return self.model.edge
 
-    def _score(self, prompt: list[int], options: list[list[int]]) -> int:
-        scores = score_options(self.model.edge, prompt, options, self.hparams.length_normalize)
-        return int(scores.argmax())
-
-    def _generate_text(self, prompt: list[int]) -> str:
-        ids = torch.tensor([prompt], device=self.device)
-        tok = self._edge_tokenizer()
-        out = self.model.edge.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                       max_new_tokens=self.hparams.max_new_tokens, pad_token_id=tok.pad_token_id)
-        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
-
-    def _edge_tokenizer(self) -> Any:
+    def edge_tokenizer(self) -> Any:
         return self.model.edge_backbone.tokenizer
 
-    def _judge(self, text: str, record: Any) -> bool | None:
-        """Grade a generated answer: the task's extractor if the task is registered, else exact match."""
-        spec = None
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        extra = getattr(datamodule, "extra_specs", None)
-        try:
-            from loragen.data.tasks.registry import get_task
+    def result_info(self) -> dict[str, Any]:
+        from loragen.models.evaluation import count_trainable
 
-            spec = get_task(record.task, extra)
-        except LoRAGenError:
-            spec = None
-        if spec is not None:
-            return spec.is_correct(text, record)
-        answer = " ".join(text.split()).lower()
-        return (answer == " ".join(record.output.split()).lower()) if answer else None
-
-    def _answer(self, batch: dict[str, Any], prompt_key: str, i: int) -> int:
-        """1 = correct, 0 = wrong, -1 = unparseable generation (wrong, and counted)."""
-        options = batch["options"][i] if "options" in batch else []
-        if options and self.hparams.scoring == "loglik":
-            return int(self._score(batch[prompt_key][i], options) == int(batch["label"][i]))
-        verdict = self._judge(self._generate_text(batch[prompt_key][i]), batch["records"][i])
-        return -1 if verdict is None else int(verdict)
+        return {"method": "loragen", "eval_path": self.hparams.eval_path, "mergeable": True,
+                "trainable_params": count_trainable(self.model), "trained_steps": self.trained_steps,
+                "fingerprint": self.model.fingerprint.to_dict()}
 
     @torch.no_grad()
     def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
@@ -259,85 +209,6 @@ class LoRAGenModule(L.LightningModule):
             generated = iter(self.model.generate(batch["system_ids"][firsts], batch["system_mask"][firsts]))
         loras = [self.task_loras[key] if key in self.task_loras else next(generated) for key in keys]
         return groups, loras
-
-    def _grade_items(self, stage: str, setting: str, batch: dict[str, Any], prompt_key: str, items: Any) -> None:
-        """Answer each item with the edge model as it currently is; tally correctness, tokens and time."""
-        for i in items:
-            start = time.perf_counter()
-            verdict = self._answer(batch, prompt_key, i)
-            task = batch["task"][i]
-            self._add(stage, setting, task, "ms", 1000 * (time.perf_counter() - start))
-            self._add(stage, setting, task, "correct", float(verdict == 1))
-            self._add(stage, setting, task, "unparseable", float(verdict == -1))
-            self._add(stage, setting, task, "count", 1.0)
-            self._add(stage, setting, task, "tokens", float(len(batch[prompt_key][i])))
-
-    def on_validation_epoch_end(self) -> None:
-        results = self._collect("val")
-        if results:
-            mean = torch.tensor(results["rows"][0]["mean"])
-            self.best_val_acc.update(mean)
-            self.log("val/acc_mean_best", self.best_val_acc.compute())
-
-    def on_test_epoch_end(self) -> None:
-        results = self._collect("test")
-        if results is None or self.trainer.sanity_checking:
-            return
-        self.last_results = results
-        if self.trainer.is_global_zero:
-            from loragen.metrics.results import results_markdown, write_results
-
-            directory = self.trainer.log_dir or self.trainer.default_root_dir
-            json_path, md_path = write_results(results, directory)
-            print("\n" + results_markdown(results) + f"\n\nResults written to {json_path} and {md_path}\n")
-            for logger in self.loggers:
-                if hasattr(logger, "log_table"):
-                    header = ["setting", *results["tasks"], "mean", "hmean", "tokens_per_request", "ms_per_request"]
-                    data = [[r["setting"], *[r["accuracy"][t] for t in results["tasks"]], r["mean"], r["hmean"],
-                             r["tokens_per_request"], r["ms_per_request"]] for r in results["rows"]]
-                    logger.log_table(key="test/results", columns=header, data=data)
-
-    def _collect(self, stage: str) -> dict[str, Any] | None:
-        from loragen.metrics.results import summarize
-
-        values: dict[tuple[str, str, str], dict[str, float]] = {}
-        for key in list(self.eval_sums.keys()):
-            st, setting, task, quantity = key.split("|")
-            if st != stage:
-                continue
-            values.setdefault((setting, task, quantity), {})["v"] = float(self.eval_sums[key].compute())
-            self.eval_sums[key].reset()
-        if not values:
-            return None
-        tasks = sorted({t for (_, t, _) in values})
-        rows = []
-        for setting in [s for s in SETTINGS if any(k[0] == s for k in values)]:
-            def get(task: str, quantity: str, setting: str = setting) -> float:
-                return values.get((setting, task, quantity), {}).get("v", 0.0)
-
-            accuracy = {t: get(t, "correct") / max(get(t, "count"), 1.0) for t in tasks}
-            count = sum(get(t, "count") for t in tasks)
-            row = {"setting": SETTINGS[setting], "key": setting, "accuracy": accuracy, **summarize(accuracy),
-                   "tokens_per_request": sum(get(t, "tokens") for t in tasks) / max(count, 1.0),
-                   "ms_per_request": sum(get(t, "ms") for t in tasks) / max(count, 1.0),
-                   "unparseable": int(sum(get(t, "unparseable") for t in tasks))}
-            rows.append(row)
-            suffix = "" if setting == "loragen" else f"_{setting}"
-            for t in tasks:
-                self.log(f"{stage}/acc{suffix}/{t}", accuracy[t])
-            self.log(f"{stage}/acc_mean{suffix}", row["mean"], prog_bar=setting == "loragen")
-            self.log(f"{stage}/acc_hmean{suffix}", row["hmean"])
-            self.log(f"{stage}/tokens_per_request{suffix}", row["tokens_per_request"])
-        results = {"stage": stage, "tasks": tasks, "rows": rows, "items": int(sum(
-            values.get(("loragen", t, "count"), {}).get("v", 0.0) for t in tasks)),
-            "scoring": ("generation + answer extraction" if self.hparams.scoring == "generate" else
-                        "option log-likelihood" + (" (length-normalised)" if self.hparams.length_normalize else "")),
-            "eval_path": self.hparams.eval_path, "fingerprint": self.model.fingerprint.to_dict()}
-        by_key = {r["key"]: r for r in rows}
-        if "prompted" in by_key and by_key.get("loragen", {}).get("tokens_per_request"):
-            prompted, plain = by_key["prompted"]["tokens_per_request"], by_key["loragen"]["tokens_per_request"]
-            results["compression_ratio"] = prompted / plain
-        return results
 
     # ------------------------------------------------------------------ predict
 
@@ -389,6 +260,7 @@ class LoRAGenModule(L.LightningModule):
         if stored is None:
             raise LoRAGenError("this checkpoint has no loragen pair fingerprint: it was not written by loragen")
         PairFingerprint.from_dict(stored).check_compatible(self.model.fingerprint)
+        self.trained_steps = checkpoint.get("global_step")
         resuming = self._trainer is not None and self.trainer.state.fn == "fit"
         if resuming and "rng" in checkpoint["loragen"]:  # router noise continues exactly where it stopped
             _set_rng_state(checkpoint["loragen"]["rng"])

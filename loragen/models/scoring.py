@@ -48,16 +48,22 @@ def _cache_kwarg(decoder: Any) -> str:
 
 @torch.no_grad()
 def score_options(model: Any, prompt: list[int], options: list[list[int]],
-                  length_normalize: bool = True) -> torch.Tensor:
+                  length_normalize: bool = True, prefix_embeds: torch.Tensor | None = None) -> torch.Tensor:
     """Log-likelihood of each option given the prompt (mean per token when ``length_normalize``).
 
     The prompt runs once; its key/value cache is repeated for the options, which run as one batch
-    (right-padded, so padding never influences a scored position).
+    (right-padded, so padding never influences a scored position). ``prefix_embeds`` (1, n, hidden)
+    are input embeddings placed before the prompt (learned soft prompts).
     """
     decoder = model.get_decoder()
     device = model.get_output_embeddings().weight.device
     prompt_t = torch.tensor([prompt], device=device)
-    first = decoder(input_ids=prompt_t, use_cache=True)
+    if prefix_embeds is None:
+        first = decoder(input_ids=prompt_t, use_cache=True)
+    else:
+        embeds = torch.cat([prefix_embeds.to(device), model.get_input_embeddings()(prompt_t)], dim=1)
+        first = decoder(inputs_embeds=embeds, use_cache=True)
+    start = first.last_hidden_state.shape[1]
     cache = getattr(first, "cache", None) or first.past_key_values
     n, width = len(options), max(len(o) for o in options)
     cache.batch_repeat_interleave(n)
@@ -66,8 +72,8 @@ def score_options(model: Any, prompt: list[int], options: list[list[int]],
     for j, option in enumerate(options):
         ids[j, : len(option)] = torch.tensor(option, device=device)
         opt_mask[j, : len(option)] = 1
-    mask = torch.cat([torch.ones(n, len(prompt), dtype=torch.long, device=device), opt_mask], dim=1)
-    positions = torch.arange(len(prompt), len(prompt) + width, device=device).expand(n, -1)
+    mask = torch.cat([torch.ones(n, start, dtype=torch.long, device=device), opt_mask], dim=1)
+    positions = torch.arange(start, start + width, device=device).expand(n, -1)
     rest = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                    **{_cache_kwarg(decoder): cache}).last_hidden_state
     # Option token i is predicted by the hidden state before it: the prompt's last, then option i-1.

@@ -1,0 +1,46 @@
+"""The optimizer and schedule every method trains with (LoRA-Gen and the baselines alike).
+
+AdamW with two parameter groups (matrices decayed; biases, norms, embeddings-like vectors such as
+meta tokens, layer embeddings and soft prompts not decayed), linear warmup over ``warmup_steps``,
+then cosine decay to ``min_lr_ratio · lr`` at the trainer's last step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+NO_DECAY_NAMES = ("norm", "meta_tokens", "layer_embedding", "prompt_embeddings", "embedding.weight")
+
+
+def adamw_warmup_cosine(module: Any) -> dict[str, Any]:
+    """``configure_optimizers`` output for a LightningModule whose hparams hold ``lr``,
+    ``weight_decay``, ``warmup_steps`` and ``min_lr_ratio``."""
+    hp = module.hparams
+    decay, no_decay = [], []
+    for name, param in module.named_parameters():
+        if not param.requires_grad:
+            continue
+        plain = param.dim() < 2 or any(key in name for key in NO_DECAY_NAMES)
+        (no_decay if plain else decay).append(param)
+    if not decay and not no_decay:
+        from loragen import LoRAGenError
+
+        raise LoRAGenError(f"{type(module).__name__} has no trainable parameters: there is nothing to fit; "
+                           "run `loragen test` instead")
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr)
+    trainer = module._trainer
+    total = max(1, int(trainer.estimated_stepping_batches)) if trainer is not None else 1
+    warmup, floor = hp.warmup_steps, hp.min_lr_ratio
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
