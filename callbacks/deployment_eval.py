@@ -34,6 +34,8 @@ class DeploymentEvaluation(Callback):
         self._snapshot: dict[str, torch.Tensor] = {}
 
     def _start(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if not hasattr(pl_module, "task_loras"):  # not a LoRA-Gen module (e.g. a baseline): nothing to generate
+            return
         pl_module.hparams.reference = self.reference
         pl_module.hparams.zero_shot_reference = self.zero_shot_reference
         if self.verify_restore:
@@ -59,6 +61,8 @@ class DeploymentEvaluation(Callback):
         self.generated_tasks = len(loras)
 
     def _end(self, pl_module: Any) -> None:
+        if not hasattr(pl_module, "task_loras"):
+            return
         pl_module.task_loras = {}
         if pl_module.model.edge_lora.merged:
             pl_module.model.edge_lora.unmerge()

@@ -26,6 +26,8 @@ subcommands:
   apply      gates file + checkpoint -> PEFT adapter or merged HF model (edge side, no cloud pass)
   chat       talk to the specialized edge model (no system prompt in its context)
   sweep      offline grid of fit + test (e.g. num_experts x aux_coef), resumable, table + plot
+  compare    LoRA-Gen vs. baselines (base, few-shot, LoRA +/- system prompt, MixLoRA, LoRAMoE,
+             prompt tuning) on one config: comparison.md/csv/json + accuracy-vs-latency plot
 
 common options:
   --config FILE           YAML config (see configs/; e.g. configs/quickstart.yaml)
@@ -88,11 +90,9 @@ def run(args: list[str] | None = None) -> object:
 
     from loragen import LoRAGenError
     from loragen.data.datamodule import RecordDataModule
-    from loragen.models.lora_gen_module import LoRAGenModule
-
     cli_class = _cli_class()
-    try:
-        return cli_class(LoRAGenModule, RecordDataModule, subclass_mode_model=True, subclass_mode_data=True,
+    try:  # model: LoRAGenModule or any baseline (loragen.models.baselines), chosen by class_path
+        return cli_class(L.LightningModule, RecordDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          args=args, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
                          save_config_callback=cli_class.save_config_class,
                          trainer_class=L.Trainer, auto_configure_optimizers=False)
@@ -110,6 +110,11 @@ def main() -> None:
         from loragen.sweep import main as sweep_main
 
         sweep_main(argv[1:])
+        return
+    if argv[0] == "compare":
+        from loragen.compare import main as compare_main
+
+        compare_main(argv[1:])
         return
     if argv[0] in DEPLOY_COMMANDS:
         from loragen.deploy.cli import main as deploy_main

@@ -85,21 +85,26 @@ def validate_point(config: dict[str, Any], name: str) -> None:
             raise LoRAGenError(f"sweep point {name} is invalid: {err}") from None
 
 
-def run_point(config_path: Path, run_dir: Path, extra: list[str]) -> dict[str, Any]:
-    """fit then test one point in subprocesses (a crash in one point cannot take the sweep down)."""
+def run_point(config_path: Path, run_dir: Path, extra: list[str], fit: bool = True) -> dict[str, Any]:
+    """fit (unless ``fit=False``) then test one run in subprocesses (a crash in one run cannot take
+    the sweep or comparison down); the log goes to ``run_dir/run.log``."""
     cli = [sys.executable, "-m", "loragen.cli"]
     start = time.perf_counter()
-    log = open(run_dir / "sweep_point.log", "w")  # noqa: SIM115 - closed below
+    log_path = run_dir / "run.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
     try:
-        subprocess.run([*cli, "fit", "--config", str(config_path), *extra], check=True, stdout=log, stderr=log)
-        last = sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-        if not last:
-            raise LoRAGenError(f"{run_dir}: fit wrote no last.ckpt; give the config a ModelCheckpoint with save_last")
-        subprocess.run([*cli, "test", "--config", str(config_path), "--ckpt_path", str(last[-1]), "--verbose",
-                        "false", *extra], check=True, stdout=log, stderr=log)
+        checkpoint = []
+        if fit:
+            subprocess.run([*cli, "fit", "--config", str(config_path), *extra], check=True, stdout=log, stderr=log)
+            last = sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+            if not last:
+                raise LoRAGenError(f"{run_dir}: fit wrote no last.ckpt; give the config a ModelCheckpoint with "
+                                   "save_last")
+            checkpoint = ["--ckpt_path", str(last[-1])]
+        subprocess.run([*cli, "test", "--config", str(config_path), *checkpoint, "--verbose", "false", *extra],
+                       check=True, stdout=log, stderr=log)
     except subprocess.CalledProcessError as err:
-        raise LoRAGenError(f"sweep point {run_dir.name} failed (exit {err.returncode}); see "
-                           f"{run_dir / 'sweep_point.log'}") from None
+        raise LoRAGenError(f"run {run_dir.name} failed (exit {err.returncode}); see {log_path}") from None
     finally:
         log.close()
     found = sorted(run_dir.rglob("results.json"), key=lambda p: p.stat().st_mtime)

@@ -195,12 +195,20 @@ class RecordDataModule(L.LightningDataModule):
             raise LoRAGenError(f"no {stage} data: set data.{stage}_files (or the {stage} tasks) in your config")
         self.setup({"train": "fit", "val": "validate"}.get(stage, stage))
         tok = self._tokenizer()
+        examples = self.examples[stage]
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if stage == "train" and getattr(module, "train_with_system_prompt", False):
+            # the method reads the system prompt at every request (e.g. LoRA with the system prompt),
+            # so it also trains with it in the edge context
+            if "train+system" not in self.examples:
+                self.examples["train+system"] = [tok.train_example(r, with_system=True) for r in self.load("train")]
+            examples = self.examples["train+system"]
         collate = Collator(tok.cloud.pad_token_id, tok.edge.pad_token_id)
         size = self.hparams.batch_size if stage == "train" else self.hparams.eval_batch_size
         sampler = None
         if shuffle:
             world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-            sampler = EpochShuffleSampler(len(self.examples[stage]), self.hparams.seed, world, rank)
+            sampler = EpochShuffleSampler(len(examples), self.hparams.seed, world, rank)
             if self._resume:
                 sampler.set_epoch(self._resume["epoch"])
                 sampler.skip_once = self._resume["batches_done"] * size * world
@@ -208,7 +216,7 @@ class RecordDataModule(L.LightningDataModule):
         # Its own generator: creating an iterator must not draw from the global RNG (router noise),
         # or a resumed run would see different noise than an uninterrupted one.
         generator = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(self.examples[stage], batch_size=size, sampler=sampler, collate_fn=collate,
+        return DataLoader(examples, batch_size=size, sampler=sampler, collate_fn=collate,
                           num_workers=self.hparams.num_workers, generator=generator)
 
     def train_dataloader(self) -> DataLoader:

@@ -73,8 +73,10 @@ class RecordTokenizer:
             ids = ids + [self.edge.eos_token_id]
         return ids
 
-    def train_example(self, record: Record) -> dict[str, Any]:
-        prompt, answer = self.prompt_ids(record, False), self.answer_ids(record.output, eos=True)
+    def train_example(self, record: Record, with_system: bool = False) -> dict[str, Any]:
+        """Edge sequence = prompt + answer (loss on the answer only); ``with_system`` puts the system
+        prompt in the edge context too (baselines that read it at every request)."""
+        prompt, answer = self.prompt_ids(record, with_system), self.answer_ids(record.output, eos=True)
         return {"system_ids": self.system_ids(record.system), "input_ids": prompt + answer,
                 "labels": [IGNORE] * len(prompt) + answer, "task": record.task}
 

@@ -1,0 +1,243 @@
+"""``loragen compare``: is LoRA-Gen worth it here? LoRA-Gen and the baselines on one configuration.
+
+    loragen compare --config configs/quickstart.yaml --out runs/compare
+    loragen compare --config configs/quickstart.yaml --methods loragen,lora,lora_prompted \\
+        --set lora.rank=16 --out runs/compare
+
+The configuration is a LoRA-Gen one (``model.class_path`` = ``LoRAGenModule``). Every method gets
+the same data (tasks, splits, shots, limits), trainer (step budget, precision, strategy), optimizer
+settings (``lr``, ``weight_decay``, ``warmup_steps``, ``min_lr_ratio``: the same AdamW + warmup/cosine
+schedule), scoring and seed; the MoE baselines also take LoRA-Gen's expert count, rank, top-k and
+balance loss, so pools are the same size. ``--set METHOD.KEY=VALUE`` overrides one method's model
+argument. Untrained methods (``base``, ``few_shot``) are only tested.
+
+Each method runs ``loragen fit`` + ``loragen test`` in its own subprocess and directory
+(``<out>/<method>/``); a finished method leaves ``method.json`` and is skipped when the command is
+re-run (resumable). At the end ``comparison.md``, ``comparison.csv``, ``comparison.json`` and
+``comparison.png`` (mean accuracy against latency per request) are written to ``--out``.
+
+Methods:
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from loragen import LoRAGenError
+
+LORAGEN_CLASS = "loragen.models.lora_gen_module.LoRAGenModule"
+BASELINES = "loragen.models.baselines"
+SHARED_ARGS = ("edge", "cloud", "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "scoring",
+               "length_normalize", "max_new_tokens", "seed")
+POOL_ARGS = ("num_experts", "rank", "lora_alpha", "aux_loss", "aux_coef")
+
+METHODS: dict[str, dict[str, Any]] = {
+    "loragen": {"class_path": LORAGEN_CLASS, "init_args": {}, "train": True,
+                "help": "LoRA-Gen: generated LoRA merged into the edge, no system prompt (the config's model)"},
+    "base": {"class_path": f"{BASELINES}.BaseModel", "init_args": {"system_prompt": False}, "train": False,
+             "help": "the edge model, user input only, no training"},
+    "few_shot": {"class_path": f"{BASELINES}.BaseModel", "init_args": {"system_prompt": True}, "train": False,
+                 "help": "the edge model reading each task's system prompt (k shots), no training"},
+    "lora": {"class_path": f"{BASELINES}.LoRABaseline", "init_args": {"system_prompt": False}, "train": True,
+             "help": "one PEFT LoRA on the edge, trained on the mixture, no system prompt"},
+    "lora_prompted": {"class_path": f"{BASELINES}.LoRABaseline", "init_args": {"system_prompt": True},
+                      "train": True, "help": "one PEFT LoRA, trained and served with the system prompt in context"},
+    "mixlora": {"class_path": f"{BASELINES}.MixLoRABaseline", "init_args": {}, "train": True, "pool": True,
+                "help": "MixLoRA-style top-k token routing over LoRA experts in each MLP + attention LoRA"},
+    "loramoe": {"class_path": f"{BASELINES}.LoRAMoEBaseline", "init_args": {}, "train": True, "pool": True,
+                "help": "LoRAMoE-style dense (soft) token routing over LoRA experts in the MLP linears"},
+    "prompt_tuning": {"class_path": f"{BASELINES}.PromptTuningBaseline", "init_args": {}, "train": True,
+                      "help": "PEFT prompt tuning: a learned soft prompt read before every request"},
+}
+DEFAULT_METHODS = list(METHODS)
+__doc__ += "\n".join(f"  {name:<14} {spec['help']}" for name, spec in METHODS.items())
+LORAGEN_ONLY_CALLBACKS = ("DeploymentEvaluation", "RouterStatistics")
+
+
+def parse_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
+    """``["lora.rank=16"]`` → ``{"lora": {"rank": 16}}``."""
+    import yaml
+
+    sets: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, arg = key.partition(".")
+        if not sep or not dot or not arg:
+            raise LoRAGenError(f"--set {item!r} is not METHOD.KEY=VALUE: e.g. lora.rank=16")
+        if method not in methods:
+            raise LoRAGenError(f"--set {item!r} names method {method!r}, which is not compared: use one of {methods}")
+        sets.setdefault(method, {})[arg] = yaml.safe_load(value)
+    return sets
+
+
+def method_config(base: dict[str, Any], method: str, overrides: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """The base (LoRA-Gen) config turned into ``method``'s config, outputs moved into ``run_dir``."""
+    from loragen.sweep import point_config
+
+    spec = METHODS[method]
+    config = point_config(base, {}, run_dir)
+    loragen_args = dict((config.get("model") or {}).get("init_args") or {})
+    if method == "loragen":
+        # its references are the base / few_shot rows of the comparison: not computed twice
+        init_args = {**loragen_args, "reference": False, "zero_shot_reference": False, **overrides}
+        config.setdefault("data", {}).setdefault("init_args", {})["reference"] = init_args["reference"]
+        for callback in config["trainer"].get("callbacks") or []:
+            if isinstance(callback, dict) and callback.get("class_path", "").endswith("DeploymentEvaluation"):
+                callback.setdefault("init_args", {}).update(reference=False, zero_shot_reference=False)
+    else:
+        init_args = {k: loragen_args[k] for k in SHARED_ARGS if k in loragen_args}
+        if spec.get("pool"):
+            init_args.update({k: loragen_args[k] for k in POOL_ARGS if k in loragen_args})
+            if method == "mixlora" and "top_k" in loragen_args:
+                init_args["top_k"] = loragen_args["top_k"]
+        init_args.update(spec["init_args"])
+        init_args.update(overrides)
+        callbacks = config["trainer"].get("callbacks") or []
+        config["trainer"]["callbacks"] = [c for c in callbacks if not (isinstance(c, dict) and any(
+            c.get("class_path", "").endswith(name) for name in LORAGEN_ONLY_CALLBACKS))]
+    config["model"] = {"class_path": spec["class_path"], "init_args": init_args}
+    return config
+
+
+def primary_row(results: dict[str, Any]) -> dict[str, Any]:
+    return results["rows"][0]
+
+
+def summarize_method(method: str, results: dict[str, Any], seconds: float) -> dict[str, Any]:
+    row = primary_row(results)
+    return {"method": method, "setting": row["setting"],
+            **{f"acc/{t}": round(100 * row["accuracy"][t], 2) for t in results["tasks"]},
+            "mean": round(100 * row["mean"], 2), "hmean": round(100 * row["hmean"], 2),
+            "tokens_per_request": round(row["tokens_per_request"], 1),
+            "ms_per_request": round(row["ms_per_request"], 1),
+            "trainable_params": results.get("trainable_params"), "mergeable": results.get("mergeable"),
+            "trained_steps": results.get("trained_steps"), "seconds": round(seconds, 1)}
+
+
+def budget_line(base: dict[str, Any]) -> str:
+    trainer = base.get("trainer") or {}
+    data = ((base.get("data") or {}).get("init_args")) or {}
+    model = ((base.get("model") or {}).get("init_args")) or {}
+    parts = [f"max_steps={trainer.get('max_steps', 'unset')}"]
+    if trainer.get("max_time"):
+        parts.append(f"max_time={trainer['max_time']}")
+    parts.append(f"batch_size={data.get('batch_size', 'default')}")
+    parts.append(f"AdamW lr={model.get('lr', 'default')}, warmup={model.get('warmup_steps', 'default')} steps, "
+                 f"cosine to {model.get('min_lr_ratio', 'default')}×lr")
+    return "Budget (every trained method): " + ", ".join(parts) + "; base and few_shot are not trained."
+
+
+def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: dict[str, Any]) -> list[Path]:
+    from loragen.files import atomic_write_text
+
+    tasks = [k for k in dict.fromkeys(k for row in rows for k in row) if k.startswith("acc/")]
+    columns = ["method", *tasks, "mean", "hmean", "tokens_per_request", "ms_per_request", "trainable_params",
+               "mergeable", "trained_steps", "seconds"]
+    with open(out / "comparison.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    header = ["method", *[t.removeprefix("acc/") for t in tasks], "mean", "hmean", "edge tokens/request",
+              "ms/request", "trainable params", "mergeable"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["setting"], *[f"{row.get(t, float('nan')):.1f}" for t in tasks], f"{row['mean']:.1f}",
+                 f"{row['hmean']:.1f}", f"{row['tokens_per_request']:.1f}", f"{row['ms_per_request']:.1f}",
+                 f"{row['trainable_params']:,}" if row.get("trainable_params") is not None else "?",
+                 "yes" if row.get("mergeable") else "no"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", budget, f"Items per method: {meta.get('items')} · accuracy by {meta.get('scoring')}"]
+    atomic_write_text(out / "comparison.md", "\n".join(lines) + "\n")
+    atomic_write_text(out / "comparison.json", json.dumps({"budget": budget, **meta, "rows": rows}, indent=2))
+    paths = [out / "comparison.md", out / "comparison.csv", out / "comparison.json"]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        marker = "o" if row.get("mergeable") else "s"
+        ax.scatter(row["ms_per_request"], row["mean"], marker=marker, s=40)
+        ax.annotate(row["method"], (row["ms_per_request"], row["mean"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("latency per request (ms)")
+    ax.set_ylabel("mean accuracy (%)")
+    ax.set_title("accuracy vs. latency (circle: mergeable, square: not)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "comparison.png", dpi=110)
+    plt.close(fig)
+    paths.append(out / "comparison.png")
+    return paths
+
+
+def compare(config: str, methods: list[str], out: str, sets: dict[str, dict[str, Any]] | None = None,
+            extra: list[str] | None = None) -> list[dict[str, Any]]:
+    import yaml
+
+    from loragen.sweep import run_point, validate_point
+
+    base = yaml.safe_load(Path(config).read_text())
+    class_path = ((base.get("model") or {}).get("class_path")) or ""
+    if class_path != LORAGEN_CLASS:
+        raise LoRAGenError(f"{config}: model.class_path is {class_path or 'missing'}; loragen compare starts from a "
+                           f"LoRA-Gen config ({LORAGEN_CLASS}), e.g. configs/quickstart.yaml")
+    out_dir = Path(out)
+    plans = []
+    for method in methods:  # validate everything before anything starts
+        run_dir = out_dir / method
+        resolved = method_config(base, method, (sets or {}).get(method, {}), run_dir)
+        validate_point(resolved, method)
+        plans.append((method, run_dir, resolved))
+    rows, meta = [], {}
+    for i, (method, run_dir, resolved) in enumerate(plans, 1):
+        marker = run_dir / "method.json"
+        if marker.is_file():
+            print(f"[{i}/{len(plans)}] {method}: done before, skipped", flush=True)
+            record = json.loads(marker.read_text())
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            config_path = run_dir / "config.yaml"
+            config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
+            train = METHODS[method]["train"]
+            print(f"[{i}/{len(plans)}] {method}: {'fit + test' if train else 'test'} ...", flush=True)
+            outcome = run_point(config_path, run_dir, extra or [], fit=train)
+            record = {"method": method, "row": summarize_method(method, outcome["results"], outcome["seconds"]),
+                      "results": outcome["results"]}
+            marker.write_text(json.dumps(record, indent=1))
+            print(f"[{i}/{len(plans)}] {method}: mean accuracy {record['row']['mean']:.1f} "
+                  f"({record['row']['seconds']:.0f} s)", flush=True)
+        rows.append(record["row"])
+        meta = {"items": record["results"].get("items"), "scoring": record["results"].get("scoring"),
+                "tasks": record["results"].get("tasks")}
+    paths = write_comparison(rows, out_dir, budget_line(base), meta)
+    print((out_dir / "comparison.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return rows
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(
+        prog="loragen compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="a LoRA-Gen LightningCLI config (YAML)")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated methods, in table order (default: all: {','.join(DEFAULT_METHODS)})")
+    parser.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                        help="override one method's model argument, e.g. lora.rank=16 (repeatable)")
+    parser.add_argument("--out", default="runs/compare", help="output directory (one subdirectory per method)")
+    args, extra = parser.parse_known_args(argv)
+    try:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown or not methods:
+            raise LoRAGenError(f"unknown method(s) {unknown}: choose from {list(METHODS)}")
+        compare(args.config, methods, args.out, parse_sets(args.set, methods), extra)
+    except LoRAGenError as err:
+        print(f"loragen compare: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
