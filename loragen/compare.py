@@ -75,11 +75,25 @@ def parse_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]
     return sets
 
 
+def _check_overrides(method: str, overrides: dict[str, Any]) -> None:
+    import importlib
+    import inspect
+
+    module_name, _, class_name = METHODS[method]["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    for key in overrides:
+        if key not in known:
+            raise LoRAGenError(f"--set {method}.{key}: {class_name} has no argument {key!r} (its arguments: "
+                               f"{', '.join(known)})")
+
+
 def method_config(base: dict[str, Any], method: str, overrides: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The base (LoRA-Gen) config turned into ``method``'s config, outputs moved into ``run_dir``."""
     from loragen.sweep import point_config
 
     spec = METHODS[method]
+    _check_overrides(method, overrides)
     config = point_config(base, {}, run_dir)
     loragen_args = dict((config.get("model") or {}).get("init_args") or {})
     if method == "loragen":
@@ -117,6 +131,16 @@ def summarize_method(method: str, results: dict[str, Any], seconds: float) -> di
             "ms_per_request": round(row["ms_per_request"], 1),
             "trainable_params": results.get("trainable_params"), "mergeable": results.get("mergeable"),
             "trained_steps": results.get("trained_steps"), "seconds": round(seconds, 1)}
+
+
+def _resolved_config(run_dir: Path) -> dict[str, Any]:
+    """The config LightningCLI saved for the fit (defaults and command-line overrides included)."""
+    import yaml
+
+    saved = sorted((p for p in run_dir.rglob("config.yaml") if p.parent != run_dir), key=lambda p: p.stat().st_mtime)
+    if not saved:
+        return yaml.safe_load((run_dir / "config.yaml").read_text())
+    return yaml.safe_load(saved[0].read_text())
 
 
 def budget_line(base: dict[str, Any]) -> str:
@@ -216,7 +240,8 @@ def compare(config: str, methods: list[str], out: str, sets: dict[str, dict[str,
         rows.append(record["row"])
         meta = {"items": record["results"].get("items"), "scoring": record["results"].get("scoring"),
                 "tasks": record["results"].get("tasks")}
-    paths = write_comparison(rows, out_dir, budget_line(base), meta)
+    trained = [run_dir for method, run_dir, _ in plans if METHODS[method]["train"]]
+    paths = write_comparison(rows, out_dir, budget_line(_resolved_config(trained[0]) if trained else base), meta)
     print((out_dir / "comparison.md").read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
     return rows
