@@ -197,3 +197,16 @@ def test_compare_rejects_bad_requests_before_running_anything(tmp_path, args, fr
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert run.returncode == 2 and fragment in run.stderr, run.stderr[-2000:]
     assert not (tmp_path / "cmp").exists()
+
+
+@pytest.mark.parametrize("name", ["lora", "lora_prompted", "mixlora", "loramoe", "prompt_tuning", "base_few_shot"])
+def test_baseline_configs_layer_on_a_loragen_config_and_keep_its_pair(name, capsys):
+    from tests.test_cli import _print_config
+
+    printed = _print_config(capsys, "configs/tiny.yaml", f"configs/baselines/{name}.yaml")
+    model = printed["model"]
+    assert model["class_path"].startswith("loragen.models.baselines.")
+    assert model["init_args"]["edge"] == "tiny:llama" and model["init_args"]["cloud"] == "tiny:qwen2"
+    assert model["init_args"]["lr"] == 0.01  # the optimizer settings of the config below carry over
+    if name in ("mixlora", "loramoe"):
+        assert model["init_args"]["num_experts"] == 4  # the same pool size as the LoRA-Gen run
