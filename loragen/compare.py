@@ -9,7 +9,8 @@ the same data (tasks, splits, shots, limits), trainer (step budget, precision, s
 settings (``lr``, ``weight_decay``, ``warmup_steps``, ``min_lr_ratio``: the same AdamW + warmup/cosine
 schedule), scoring and seed; the MoE baselines also take LoRA-Gen's expert count, rank, top-k and
 balance loss, so pools are the same size. ``--set METHOD.KEY=VALUE`` overrides one method's model
-argument. Untrained methods (``base``, ``few_shot``) are only tested.
+argument. Untrained methods (``base``, ``few_shot``) are only tested. Any other option is passed to
+every ``loragen fit`` / ``loragen test`` (e.g. ``--trainer.max_steps 30``).
 
 Each method runs ``loragen fit`` + ``loragen test`` in its own subprocess and directory
 (``<out>/<method>/``); a finished method leaves ``method.json`` and is skipped when the command is

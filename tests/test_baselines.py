@@ -210,3 +210,23 @@ def test_baseline_configs_layer_on_a_loragen_config_and_keep_its_pair(name, caps
     assert model["init_args"]["lr"] == 0.01  # the optimizer settings of the config below carry over
     if name in ("mixlora", "loramoe"):
         assert model["init_args"]["num_experts"] == 4  # the same pool size as the LoRA-Gen run
+
+
+def test_lora_adapter_export_loads_in_peft_with_the_same_outputs(tmp_path):
+    from peft import PeftModel
+
+    from loragen.models.components.backbones import load_backbone
+
+    module = LoRABaseline(**EDGE)
+    with torch.no_grad():
+        for name, param in module.edge.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(2))
+    path = module.export_adapter(tmp_path / "adapter")
+    assert (path / "adapter_config.json").is_file() and not list(tmp_path.glob(".adapter.tmp-*"))
+    reloaded = PeftModel.from_pretrained(load_backbone("tiny:llama").model, str(path)).eval()
+    ids = torch.randint(3, 200, (2, 10), generator=torch.Generator().manual_seed(3))
+    module.eval()
+    with torch.no_grad():
+        ours, theirs = module.edge(input_ids=ids).logits, reloaded(input_ids=ids).logits
+    assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
