@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from callbacks import DeploymentEvaluation
 from loragen import LoRAGenError
 from loragen.data.tokenize import Collator
 from loragen.models.baselines import BaseModel, LoRABaseline, LoRAMoEBaseline, MixLoRABaseline, PromptTuningBaseline
@@ -148,7 +149,8 @@ def test_base_model_refuses_to_fit_and_few_shot_pays_for_the_system_prompt(tmp_p
     results = {}
     for few_shot in (False, True):
         module = BaseModel(**EDGE, system_prompt=few_shot)
-        trainer = _trainer(tmp_path, limit_test_batches=2)
+        # a config written for LoRA-Gen may keep its evaluation callback: it leaves baselines alone
+        trainer = _trainer(tmp_path, limit_test_batches=2, callbacks=[DeploymentEvaluation()])
         trainer.test(module, datamodule=_data(), verbose=False)
         results[few_shot] = module.last_results
     zero, few = results[False], results[True]
