@@ -40,6 +40,8 @@ Run `loragen SUBCOMMAND --help` for every option of a subcommand.
 
 
 DEPLOY_COMMANDS = ("generate", "apply", "chat")
+# model arguments that only change how a trained model is evaluated, never its weights
+EVAL_ONLY_ARGS = ("reference", "zero_shot_reference", "scoring", "length_normalize", "max_new_tokens", "eval_path")
 
 
 def _cli_class() -> type:
@@ -61,6 +63,27 @@ def _cli_class() -> type:
         def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
             parser.link_arguments("model.init_args.cloud", "data.init_args.cloud")
             parser.link_arguments("model.init_args.edge", "data.init_args.edge")
+
+        def _parse_ckpt_path(self) -> None:
+            """Lightning fills the model's arguments from a ``--ckpt_path`` checkpoint (so the model matches
+            its weights) and would thereby override the config and the command line for every argument.
+            Evaluation-only settings (scoring, references, generation length, eval path) are taken from
+            the config and the command line instead, so ``loragen test --ckpt_path X --model.init_args.scoring
+            generate`` does what it says."""
+            from pathlib import Path
+
+            import torch
+
+            subcommand = self.config.get("subcommand")
+            ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if not ckpt_path or not Path(ckpt_path).is_file():
+                return
+            hparams = dict(torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {}))
+            class_path = hparams.pop("_class_path", None)
+            hparams = {k: v for k, v in hparams.items() if not k.startswith("_") and k not in EVAL_ONLY_ARGS}
+            if hparams and class_path:  # written by this CLI: the class is known
+                model = {"class_path": class_path, "init_args": hparams}
+                self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
 
         def before_instantiate_classes(self) -> None:
             """Check model and data settings (cheaply) before any model is loaded."""
