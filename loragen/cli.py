@@ -80,10 +80,16 @@ def _cli_class() -> type:
                 return
             hparams = dict(torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {}))
             class_path = hparams.pop("_class_path", None)
-            hparams = {k: v for k, v in hparams.items() if not k.startswith("_") and k not in EVAL_ONLY_ARGS}
+            skip = EVAL_ONLY_ARGS if subcommand == "fit" else (*EVAL_ONLY_ARGS, "init_from")  # weights come from X
+            hparams = {k: v for k, v in hparams.items() if not k.startswith("_") and k not in skip}
             if hparams and class_path:  # written by this CLI: the class is known
                 model = {"class_path": class_path, "init_args": hparams}
-                self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
+                try:
+                    self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
+                except SystemExit:
+                    sys.stderr.write(f"loragen: the model arguments stored in {ckpt_path} do not parse "
+                                     f"for {class_path}\n")
+                    raise
 
         def before_instantiate_classes(self) -> None:
             """Check model and data settings (cheaply) before any model is loaded."""

@@ -106,12 +106,16 @@ def method_config(base: dict[str, Any], method: str, overrides: dict[str, Any], 
                 callback.setdefault("init_args", {}).update(reference=False, zero_shot_reference=False)
     else:
         init_args = {k: loragen_args[k] for k in SHARED_ARGS if k in loragen_args}
+        if method.startswith("lora") and method != "loramoe" and loragen_args.get("target_modules"):
+            init_args["target_modules"] = loragen_args["target_modules"]  # the same edge linears as LoRA-Gen
         if spec.get("pool"):
             init_args.update({k: loragen_args[k] for k in POOL_ARGS if k in loragen_args})
             if method == "mixlora" and "top_k" in loragen_args:
                 init_args["top_k"] = loragen_args["top_k"]
         init_args.update(spec["init_args"])
         init_args.update(overrides)
+        if init_args.get("system_prompt"):  # evaluated on the edge prompts that include the system prompt
+            config.setdefault("data", {}).setdefault("init_args", {})["reference"] = True
         callbacks = config["trainer"].get("callbacks") or []
         config["trainer"]["callbacks"] = [c for c in callbacks if not (isinstance(c, dict) and any(
             c.get("class_path", "").endswith(name) for name in LORAGEN_ONLY_CALLBACKS))]
@@ -135,26 +139,36 @@ def summarize_method(method: str, results: dict[str, Any], seconds: float) -> di
 
 
 def _resolved_config(run_dir: Path) -> dict[str, Any]:
-    """The config LightningCLI saved for the fit (defaults and command-line overrides included)."""
+    """The config LightningCLI saved for the latest run (defaults and command-line overrides included)."""
     import yaml
 
     saved = sorted((p for p in run_dir.rglob("config.yaml") if p.parent != run_dir), key=lambda p: p.stat().st_mtime)
-    if not saved:
-        return yaml.safe_load((run_dir / "config.yaml").read_text())
-    return yaml.safe_load(saved[0].read_text())
+    return yaml.safe_load((saved[-1] if saved else run_dir / "config.yaml").read_text())
 
 
-def budget_line(base: dict[str, Any]) -> str:
-    trainer = base.get("trainer") or {}
-    data = ((base.get("data") or {}).get("init_args")) or {}
-    model = ((base.get("model") or {}).get("init_args")) or {}
+def budget(config: dict[str, Any]) -> str:
+    """The training budget a resolved config states: steps, batch, optimizer schedule."""
+    trainer = config.get("trainer") or {}
+    data = ((config.get("data") or {}).get("init_args")) or {}
+    model = ((config.get("model") or {}).get("init_args")) or {}
     parts = [f"max_steps={trainer.get('max_steps', 'unset')}"]
-    if trainer.get("max_time"):
-        parts.append(f"max_time={trainer['max_time']}")
+    for key in ("max_epochs", "max_time", "accumulate_grad_batches", "limit_train_batches"):
+        if trainer.get(key) not in (None, 1, -1, 1.0) or (key == "max_time" and trainer.get(key)):
+            parts.append(f"{key}={trainer[key]}")
     parts.append(f"batch_size={data.get('batch_size', 'default')}")
     parts.append(f"AdamW lr={model.get('lr', 'default')}, warmup={model.get('warmup_steps', 'default')} steps, "
                  f"cosine to {model.get('min_lr_ratio', 'default')}×lr")
-    return "Budget (every trained method): " + ", ".join(parts) + "; base and few_shot are not trained."
+    if model.get("init_from"):
+        parts.append(f"starting from {model['init_from']}")
+    return ", ".join(parts)
+
+
+def budget_line(budgets: dict[str, str]) -> str:
+    if not budgets:
+        return "No method was trained."
+    if len(set(budgets.values())) == 1:
+        return f"Budget (every trained method): {next(iter(budgets.values()))}; base and few_shot are not trained."
+    return "Budgets differ: " + "; ".join(f"{m}: {b}" for m, b in budgets.items())
 
 
 def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: dict[str, Any]) -> list[Path]:
@@ -168,13 +182,14 @@ def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: d
         writer.writeheader()
         writer.writerows(rows)
     header = ["method", *[t.removeprefix("acc/") for t in tasks], "mean", "hmean", "edge tokens/request",
-              "ms/request", "trainable params", "mergeable"]
+              "ms/request", "trainable params", "mergeable", "trained steps"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["setting"], *[f"{row.get(t, float('nan')):.1f}" for t in tasks], f"{row['mean']:.1f}",
                  f"{row['hmean']:.1f}", f"{row['tokens_per_request']:.1f}", f"{row['ms_per_request']:.1f}",
                  f"{row['trainable_params']:,}" if row.get("trainable_params") is not None else "?",
-                 "yes" if row.get("mergeable") else "no"]
+                 "yes" if row.get("mergeable") else "no",
+                 str(row["trained_steps"]) if row.get("trained_steps") is not None else "-"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", budget, f"Items per method: {meta.get('items')} · accuracy by {meta.get('scoring')}"]
     atomic_write_text(out / "comparison.md", "\n".join(lines) + "\n")
@@ -220,32 +235,57 @@ def compare(config: str, methods: list[str], out: str, sets: dict[str, dict[str,
         resolved = method_config(base, method, (sets or {}).get(method, {}), run_dir)
         validate_point(resolved, method)
         plans.append((method, run_dir, resolved))
-    rows, meta = [], {}
+    rows, meta, budgets, failed = [], {}, {}, []
     for i, (method, run_dir, resolved) in enumerate(plans, 1):
         marker = run_dir / "method.json"
+        identity = _identity(resolved, extra or [])
         if marker.is_file():
-            print(f"[{i}/{len(plans)}] {method}: done before, skipped", flush=True)
             record = json.loads(marker.read_text())
+            if record.get("identity") != identity:
+                raise LoRAGenError(f"{run_dir} holds a {method} run made with another configuration or options: "
+                                   "use a new --out, or delete that directory to run it again")
+            print(f"[{i}/{len(plans)}] {method}: done before, skipped", flush=True)
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
             config_path = run_dir / "config.yaml"
             config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
             train = METHODS[method]["train"]
             print(f"[{i}/{len(plans)}] {method}: {'fit + test' if train else 'test'} ...", flush=True)
-            outcome = run_point(config_path, run_dir, extra or [], fit=train)
-            record = {"method": method, "row": summarize_method(method, outcome["results"], outcome["seconds"]),
-                      "results": outcome["results"]}
+            try:
+                outcome = run_point(config_path, run_dir, extra or [], fit=train)
+            except LoRAGenError as err:  # the other methods still run; the failure is reported at the end
+                print(f"[{i}/{len(plans)}] {method}: FAILED: {err}", flush=True)
+                failed.append(f"{method} ({err})")
+                continue
+            record = {"method": method, "identity": identity, "results": outcome["results"],
+                      "row": summarize_method(method, outcome["results"], outcome["seconds"])}
             marker.write_text(json.dumps(record, indent=1))
             print(f"[{i}/{len(plans)}] {method}: mean accuracy {record['row']['mean']:.1f} "
                   f"({record['row']['seconds']:.0f} s)", flush=True)
         rows.append(record["row"])
+        if METHODS[method]["train"]:
+            budgets[method] = budget(_resolved_config(run_dir))
         meta = {"items": record["results"].get("items"), "scoring": record["results"].get("scoring"),
                 "tasks": record["results"].get("tasks")}
-    trained = [run_dir for method, run_dir, _ in plans if METHODS[method]["train"]]
-    paths = write_comparison(rows, out_dir, budget_line(_resolved_config(trained[0]) if trained else base), meta)
-    print((out_dir / "comparison.md").read_text())
-    print("wrote " + ", ".join(str(p) for p in paths))
+    if rows:
+        paths = write_comparison(rows, out_dir, budget_line(budgets), meta)
+        print((out_dir / "comparison.md").read_text())
+        print("wrote " + ", ".join(str(p) for p in paths))
+    if failed:
+        raise LoRAGenError(f"{len(failed)} method(s) failed: " + "; ".join(failed) + " (the table holds the others; "
+                           "re-run the same command to retry only those)")
     return rows
+
+
+def _identity(resolved: dict[str, Any], extra: list[str]) -> str:
+    """What a method's results depend on (its config and the extra options, output paths aside)."""
+    import hashlib
+
+    config = {k: v for k, v in resolved.items() if k != "trainer"}
+    trainer = {k: v for k, v in (resolved.get("trainer") or {}).items()
+               if k not in ("default_root_dir", "logger", "callbacks")}
+    text = json.dumps({"config": config, "trainer": trainer, "extra": extra}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def main(argv: list[str]) -> None:
@@ -259,6 +299,10 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--out", default="runs/compare", help="output directory (one subdirectory per method)")
     args, extra = parser.parse_known_args(argv)
     try:
+        model_options = [a for a in extra if a.startswith("--model.")]
+        if model_options:
+            raise LoRAGenError(f"{model_options[0]} would reach every method's model: use --set METHOD.KEY=VALUE "
+                               "(e.g. --set loragen.num_experts=4), or change the config")
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m not in METHODS]
         if unknown or not methods:

@@ -95,7 +95,11 @@ def run_point(config_path: Path, run_dir: Path, extra: list[str], fit: bool = Tr
     try:
         checkpoint = []
         if fit:
-            subprocess.run([*cli, "fit", "--config", str(config_path), *extra], check=True, stdout=log, stderr=log)
+            # an interrupted earlier attempt left a checkpoint: continue it (resumes are exact)
+            earlier = sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+            resume = ["--ckpt_path", str(earlier[-1])] if earlier else []
+            subprocess.run([*cli, "fit", "--config", str(config_path), *resume, *extra], check=True, stdout=log,
+                           stderr=log)
             last = sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
             if not last:
                 raise LoRAGenError(f"{run_dir}: fit wrote no last.ckpt; give the config a ModelCheckpoint with "

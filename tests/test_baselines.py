@@ -92,6 +92,7 @@ def test_lora_merged_and_unmerged_outputs_agree():
     assert changed, "deployed() did not merge the adapter into the dense weights"
     assert torch.allclose(merged, unmerged, atol=1e-4), (merged - unmerged).abs().max()
     assert torch.allclose(after, unmerged, atol=1e-5)
+    assert all(torch.equal(p, weights[n]) for n, p in module.edge.named_parameters() if n in weights)  # exact
     assert (plain - unmerged).abs().max() > 1e-3  # the adapter matters, so the agreement above means something
 
 
@@ -185,10 +186,27 @@ def test_compare_runs_methods_through_the_cli_writes_the_table_and_resumes(tmp_p
     assert "num_experts: 2" in (out / "loramoe" / "config.yaml").read_text()
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == 5
+    changed = subprocess.run([*cmd[:-4], "--trainer.max_steps", "3", *cmd[-2:]], capture_output=True, text=True,
+                             cwd=ROOT, timeout=600)  # other options: the stored rows are not reused silently
+    assert changed.returncode == 2 and "made with another configuration" in changed.stderr, changed.stderr[-2000:]
+    assert "| trained steps |" in (out / "comparison.md").read_text()
+
+
+def test_compare_reports_a_failed_method_and_still_tables_the_others(tmp_path):
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "loragen.cli", "compare", "--config", str(ROOT / "configs" / "tiny.yaml"),
+           "--methods", "lora,base", "--set", "lora.target_modules=[nope_proj]", "--out", str(out),
+           "--data.init_args.limit_per_task", "1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert run.returncode == 2 and "1 method(s) failed: lora" in run.stderr, run.stderr[-2000:]
+    assert "nope_proj" in (out / "lora" / "run.log").read_text()
+    with open(out / "comparison.csv") as fh:
+        assert [r["method"] for r in csv.DictReader(fh)] == ["base"]
 
 
 @pytest.mark.parametrize("args, fragment", [
     (["--methods", "loragen,dora"], "unknown method(s) ['dora']"),
+    (["--model.init_args.rank", "2"], "--model.init_args.rank would reach every method's model: use --set"),
     (["--set", "mixlora.rank=2", "--methods", "lora"], "names method 'mixlora', which is not compared"),
     (["--set", "lora.top_k=9", "--methods", "lora"], "LoRABaseline has no argument 'top_k'"),
     (["--set", "mixlora.top_k=9", "--methods", "mixlora"], "mixlora is invalid: top_k=9 must be between 1 and"),

@@ -122,7 +122,7 @@ class EvaluationMixin:
 
     def on_validation_epoch_end(self) -> None:
         results = self._collect("val")
-        if results:
+        if results and not self.trainer.sanity_checking:  # the sanity pass is not a validation result
             mean = torch.tensor(results["rows"][0]["mean"])
             self.best_val_acc.update(mean)
             self.log("val/acc_mean_best", self.best_val_acc.compute())

@@ -113,6 +113,40 @@ class EdgeBaselineModule(EvaluationMixin, L.LightningModule):
         """The edge as it is served (e.g. LoRA merged into the weights) for the duration."""
         yield
 
+    # Evaluation and prediction run on the deployed edge: entered once per epoch, left at its end.
+    def _enter_deployed(self) -> None:
+        if getattr(self, "_deployment", None) is None:
+            self._deployment = self.deployed()
+            self._deployment.__enter__()
+
+    def _exit_deployed(self) -> None:
+        deployment, self._deployment = getattr(self, "_deployment", None), None
+        if deployment is not None:
+            deployment.__exit__(None, None, None)
+
+    def on_validation_epoch_start(self) -> None:
+        self._enter_deployed()
+
+    def on_test_epoch_start(self) -> None:
+        self._enter_deployed()
+
+    def on_predict_epoch_start(self) -> None:
+        self._enter_deployed()
+
+    def on_validation_epoch_end(self) -> None:
+        self._exit_deployed()
+        super().on_validation_epoch_end()
+
+    def on_test_epoch_end(self) -> None:
+        self._exit_deployed()
+        super().on_test_epoch_end()
+
+    def on_predict_epoch_end(self) -> None:
+        self._exit_deployed()
+
+    def on_exception(self, exception: BaseException) -> None:  # an interrupted evaluation still restores
+        self._exit_deployed()
+
     def scoring_model(self) -> Any:
         return self.edge
 
@@ -159,6 +193,10 @@ class EdgeBaselineModule(EvaluationMixin, L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
+    def _deployed_for_step(self) -> contextlib.AbstractContextManager:
+        """Deployed already (inside a Trainer epoch), or for this call only (direct use)."""
+        return contextlib.nullcontext() if getattr(self, "_deployment", None) is not None else self.deployed()
+
     @torch.no_grad()
     def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
         if "records" not in batch:  # no eval prompts prepared: answer loss only
@@ -166,7 +204,7 @@ class EdgeBaselineModule(EvaluationMixin, L.LightningModule):
             self.log(f"{stage}/ce", answer_loss(self.edge, hidden, batch["labels"]),
                      batch_size=batch["input_ids"].shape[0])
             return
-        with self.deployed():
+        with self._deployed_for_step():
             self._grade_items(stage, self.METHOD, batch, self.prompt_key, range(batch["input_ids"].shape[0]),
                               extra_tokens=self.prefix_tokens)
 
@@ -174,7 +212,7 @@ class EdgeBaselineModule(EvaluationMixin, L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Greedy answers of the edge as served by this method."""
         outputs = []
-        with self.deployed():
+        with self._deployed_for_step():
             for i, record in enumerate(batch["records"]):
                 prompt = batch[self.prompt_key][i]
                 text = self._generate_text(prompt).strip()

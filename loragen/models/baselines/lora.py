@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from loragen import LoRAGenError
 from loragen.models.baselines.base import EdgeBaselineModule
 from loragen.models.components.expert_pool import DEFAULT_TARGETS
@@ -69,12 +71,18 @@ class LoRABaseline(EdgeBaselineModule):
 
     @contextlib.contextmanager
     def deployed(self) -> Iterator[None]:
-        """The adapter merged into the dense edge weights, as it would be served."""
+        """The adapter merged into the dense edge weights, as it would be served; afterwards the
+        original weights are put back exactly (unmerging by subtraction drifts, badly in bf16)."""
+        originals = {name: p.detach().clone() for name, p in self.edge.named_parameters() if ".base_layer." in name}
         self._peft.merge_adapter()
         try:
             yield
         finally:
             self._peft.unmerge_adapter()
+            with torch.no_grad():
+                for name, param in self.edge.named_parameters():
+                    if name in originals:
+                        param.copy_(originals[name])
 
     def export_adapter(self, directory: str | Path) -> Path:
         """Write the adapter as a standard PEFT adapter directory (atomically)."""

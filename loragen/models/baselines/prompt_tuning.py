@@ -63,7 +63,9 @@ class PromptTuningBaseline(EdgeBaselineModule):
             raise LoRAGenError(f"num_virtual_tokens={hp['num_virtual_tokens']} must be >= 1")
 
     def prefix_embeds(self) -> torch.Tensor:
-        return self.prompt_encoder["default"].embedding.weight[None]
+        """(1, n, hidden) in the edge's dtype (the trained parameter itself stays float32, as in PEFT)."""
+        dtype = self.edge.get_input_embeddings().weight.dtype
+        return self.prompt_encoder["default"].embedding.weight.to(dtype)[None]
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         n, b = self.prefix_tokens, input_ids.shape[0]
