@@ -250,3 +250,21 @@ def test_lora_adapter_export_loads_in_peft_with_the_same_outputs(tmp_path):
     with torch.no_grad():
         ours, theirs = module.edge(input_ids=ids).logits, reloaded(input_ids=ids).logits
     assert torch.allclose(ours, theirs, atol=1e-5), (ours - theirs).abs().max()
+
+
+def test_prompt_tuning_and_moe_baselines_run_on_a_bf16_edge():
+    from loragen.models.scoring import score_options
+
+    for module in (PromptTuningBaseline(**EDGE, num_virtual_tokens=4), MixLoRABaseline(**EDGE, num_experts=2, rank=2)):
+        for param in module.edge.parameters():
+            if not param.requires_grad:  # a bf16 edge, trained weights kept in float32 (as PEFT does)
+                param.data = param.data.to(torch.bfloat16)
+        if isinstance(module, PromptTuningBaseline):
+            assert module.prefix_embeds().dtype == torch.bfloat16
+        loss = _loss(module, _fixed_batch(module, size=2))
+        loss.backward()
+        trained = [p for p in module.parameters() if p.requires_grad]
+        assert torch.isfinite(loss) and all(p.dtype == torch.float32 and p.grad is not None for p in trained)
+        with torch.no_grad():
+            scores = score_options(module.edge, [5, 6, 7], [[8], [9, 10]], prefix_embeds=module.prefix_embeds())
+        assert torch.isfinite(scores).all()

@@ -40,15 +40,16 @@ def _init_lora_A_(tensor: torch.Tensor, fan_in: int) -> None:
 
 
 def _new_param(*shape: int, like: torch.Tensor, fan_in: int | None = None) -> nn.Parameter:
-    """A parameter on ``like``'s device and dtype: LoRA-A init when ``fan_in`` is given, zeros otherwise."""
-    tensor = torch.zeros(*shape, device=like.device, dtype=like.dtype)
+    """A float32 parameter on ``like``'s device (trained weights stay float32 on a bf16/fp16 edge, as in
+    PEFT; forwards cast them to the activations' dtype): LoRA-A init when ``fan_in`` is given, else zeros."""
+    tensor = torch.zeros(*shape, device=like.device, dtype=torch.float32)
     if fan_in is not None:
         _init_lora_A_(tensor, fan_in)
     return nn.Parameter(tensor)
 
 
 def _new_router(in_features: int, num_experts: int, like: torch.Tensor) -> nn.Linear:
-    return nn.Linear(in_features, num_experts, bias=False, device=like.device, dtype=like.dtype)
+    return nn.Linear(in_features, num_experts, bias=False, device=like.device, dtype=torch.float32)
 
 
 def _check_config(num_experts: int, rank: int, top_k: int | None = None) -> None:
@@ -79,7 +80,7 @@ class LoRALinear(nn.Module):
         self.lora_B = _new_param(base.out_features, rank, like=weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scale * ((x @ self.lora_A.T) @ self.lora_B.T)
+        return self.base(x) + self.scale * ((x @ self.lora_A.T.to(x.dtype)) @ self.lora_B.T.to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"rank={self.rank}, scale={self.scale:g}"
@@ -126,12 +127,12 @@ class MixLoRAFFN(nn.Module):
 
     def _delta(self, name: str, e: int, x: torch.Tensor) -> torch.Tensor:
         """``s · B^e (A^e x)`` for one linear of expert ``e`` on rows ``x``."""
-        return self.scale * ((x @ self.lora_A[name][e].T) @ self.lora_B[name][e].T)
+        return self.scale * ((x @ self.lora_A[name][e].T.to(x.dtype)) @ self.lora_B[name][e].T.to(x.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead, dim = x.shape[:-1], x.shape[-1]
         h = x.reshape(-1, dim)
-        probs = self.router(h).float().softmax(dim=-1)  # (N, E)
+        probs = self.router(h.float()).softmax(dim=-1)  # (N, E), routed in float32
         top_w, top_i = probs.topk(self.top_k, dim=-1)
         top_w = top_w / top_w.sum(dim=-1, keepdim=True)
         gates = torch.zeros_like(probs).scatter(-1, top_i, top_w)
@@ -185,11 +186,11 @@ class LoRAMoELinear(nn.Module):
         self.last_probs: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gates = self.router(x).float().softmax(dim=-1)  # (..., E)
-        u = (x @ self.lora_A.T).unflatten(-1, (self.num_experts, self.rank))
+        gates = self.router(x.float()).softmax(dim=-1)  # (..., E), routed in float32
+        u = (x @ self.lora_A.T.to(x.dtype)).unflatten(-1, (self.num_experts, self.rank))
         u = (u * gates.unsqueeze(-1).to(u.dtype)).flatten(-2)
         self.last_gates = self.last_probs = gates
-        return self.base(x) + self.scale * (u @ self.lora_B.T)
+        return self.base(x) + self.scale * (u @ self.lora_B.T.to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, rank={self.rank}, scale={self.scale:g}"
