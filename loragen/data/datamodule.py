@@ -175,18 +175,23 @@ class RecordDataModule(L.LightningDataModule):
         for name in stages:
             if name in self.examples or not self.has_stage(name):
                 continue
-            records = self.load(name)
-            before = dict(tok.limits.truncated)
             if name == "train":
-                self.examples[name] = [tok.train_example(r) for r in records]
+                self._tokenize(name, tok.train_example)
             else:
-                self.examples[name] = [tok.eval_example(r, self.hparams.reference) for r in records]
-            cut = {k: v - before.get(k, 0) for k, v in tok.limits.truncated.items() if v > before.get(k, 0)}
-            if cut:
-                detail = ", ".join(f"{k}: {v}" for k, v in cut.items())
-                warnings.warn(f"{name}: {sum(cut.values())} truncation(s) over the configured limits across "
-                              f"{len(records)} records ({detail}); raise data.max_*_tokens to keep them whole",
-                              stacklevel=2)
+                self._tokenize(name, lambda r: tok.eval_example(r, self.hparams.reference))
+
+    def _tokenize(self, name: str, make: Any, split: str | None = None) -> None:
+        """Tokenize a split's records into ``self.examples[name]``, warning once about truncations."""
+        tok = self._tokenizer()
+        records = self.load(split or name)
+        before = dict(tok.limits.truncated)
+        self.examples[name] = [make(r) for r in records]
+        cut = {k: v - before.get(k, 0) for k, v in tok.limits.truncated.items() if v > before.get(k, 0)}
+        if cut:
+            detail = ", ".join(f"{k}: {v}" for k, v in cut.items())
+            warnings.warn(f"{name}: {sum(cut.values())} truncation(s) over the configured limits across "
+                          f"{len(records)} records ({detail}); raise data.max_*_tokens to keep them whole",
+                          stacklevel=3)
 
     # ----------------------------------------------------------------------------- loaders
 
@@ -201,7 +206,7 @@ class RecordDataModule(L.LightningDataModule):
             # the method reads the system prompt at every request (e.g. LoRA with the system prompt),
             # so it also trains with it in the edge context
             if "train+system" not in self.examples:
-                self.examples["train+system"] = [tok.train_example(r, with_system=True) for r in self.load("train")]
+                self._tokenize("train+system", lambda r: tok.train_example(r, with_system=True), split="train")
             examples = self.examples["train+system"]
         collate = Collator(tok.cloud.pad_token_id, tok.edge.pad_token_id)
         size = self.hparams.batch_size if stage == "train" else self.hparams.eval_batch_size
