@@ -135,6 +135,8 @@ def test_baseline_checkpoints_hold_only_trained_weights_and_refuse_other_methods
     other = {"state_dict": dict(checkpoint["state_dict"]), "loragen": checkpoint["loragen"]}
     with pytest.raises(LoRAGenError, match="method: checkpoint 'mixlora'"):
         LoRAMoEBaseline(**EDGE, num_experts=2, rank=2).on_load_checkpoint(other)
+    with pytest.raises(LoRAGenError, match=r"has shape \(2, .*trained with other settings"):
+        MixLoRABaseline(**EDGE, num_experts=2, top_k=1, rank=3, attention_rank=0).on_load_checkpoint(other)
 
 
 def test_bad_baseline_settings_fail_in_one_line():

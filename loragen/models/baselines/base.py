@@ -254,6 +254,12 @@ class EdgeBaselineModule(EvaluationMixin, L.LightningModule):
         if missing:
             raise LoRAGenError(f"checkpoint lacks trained weights {missing[:3]}: it was trained with other "
                                "settings (rank, experts, targets)")
+        params = dict(self.named_parameters())
+        for name in sorted(self._trained_names()):
+            stored, mine = tuple(checkpoint["state_dict"][name].shape), tuple(params[name].shape)
+            if stored != mine:
+                raise LoRAGenError(f"checkpoint weight {name} has shape {stored}, this model's {mine}: it was "
+                                   "trained with other settings (rank, experts, virtual tokens)")
         for name, tensor in self.state_dict(keep_vars=True).items():  # frozen weights: fill in references
             checkpoint["state_dict"].setdefault(name, tensor.detach())
 
