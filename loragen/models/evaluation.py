@@ -8,7 +8,8 @@ torchmetrics ``SumMetric``s (so DDP ranks reduce), and at the end of a test epoc
 
 A LightningModule using it sets ``SETTINGS`` (key → label, the first being its own method), calls
 ``_init_evaluation()`` in ``__init__`` and provides ``scoring_model()`` (the causal LM as it
-currently is), ``edge_tokenizer()`` and ``result_info()`` (extra fields for ``results.json``).
+currently is), ``edge_tokenizer()``, ``result_info()`` (extra fields for ``results.json``) and
+``_evaluate(batch, stage)``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,12 @@ class EvaluationMixin:
     def prefix_embeds(self) -> torch.Tensor | None:
         """Input embeddings placed before every prompt (None: none)."""
         return None
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
 
     # ------------------------------------------------------------------ grading
 

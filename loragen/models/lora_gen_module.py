@@ -10,7 +10,6 @@ is also scored with the full system prompt on the same items, so every results t
 from __future__ import annotations
 
 import inspect
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +20,14 @@ from loragen import LoRAGenError
 from loragen.models.components.expert_pool import DEFAULT_TARGETS
 from loragen.models.components.router import AUX_KINDS, NOISE_KINDS
 from loragen.models.evaluation import EvaluationMixin
+from loragen.models.optim import ScheduledTraining
 from loragen.models.scoring import answer_loss
 
 SETTINGS = {"loragen": "LoRA-Gen (merged, no system prompt)", "prompted": "edge + full system prompt",
             "zero_shot": "edge, no system prompt, no LoRA"}
 
 
-class LoRAGenModule(EvaluationMixin, L.LightningModule):
+class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
     """LoRA-Gen for one cloud/edge pair.
 
     Args:
@@ -88,7 +88,6 @@ class LoRAGenModule(EvaluationMixin, L.LightningModule):
         if init_from:
             self._init_from(init_from)
         self._init_evaluation()
-        self._step_start = 0.0
         self.trained_steps: int | None = None  # optimizer steps of the loaded checkpoint (results files)
         self.last_routing: tuple[torch.Tensor, list[str]] | None = None
         self.task_loras: dict[bytes, Any] = {}  # system-prompt key -> GeneratedLoRA (see DeploymentEvaluation)
@@ -138,28 +137,7 @@ class LoRAGenModule(EvaluationMixin, L.LightningModule):
         self.last_routing = (routing.gates.detach(), list(batch["task"]))  # read by router-statistics callbacks
         return loss
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._step_start = time.perf_counter()
-
-    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
-        elapsed = max(time.perf_counter() - self._step_start, 1e-9)
-        size = batch["input_ids"].shape[0]
-        self.log_dict({"train/samples_per_s": size / elapsed,
-                       "train/edge_tokens_per_s": float(batch["attention_mask"].sum()) / elapsed,
-                       "train/lr": self.optimizers().param_groups[0]["lr"]}, batch_size=size)
-
-    def configure_optimizers(self) -> Any:
-        from loragen.models.optim import adamw_warmup_cosine
-
-        return adamw_warmup_cosine(self)
-
     # ------------------------------------------------------------------ evaluation
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
 
     def scoring_model(self) -> Any:
         return self.model.edge

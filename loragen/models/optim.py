@@ -8,6 +8,7 @@ then cosine decay to ``min_lr_ratio · lr`` at the trainer's last step.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
@@ -44,3 +45,24 @@ def adamw_warmup_cosine(module: Any) -> dict[str, Any]:
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class ScheduledTraining:
+    """LightningModule hooks every method shares: this optimizer and schedule, and throughput /
+    learning-rate logging per training batch (``train/samples_per_s``, ``train/edge_tokens_per_s``,
+    ``train/lr``)."""
+
+    _step_start = 0.0
+
+    def configure_optimizers(self) -> Any:
+        return adamw_warmup_cosine(self)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        elapsed = max(time.perf_counter() - self._step_start, 1e-9)
+        size = batch["input_ids"].shape[0]
+        self.log_dict({"train/samples_per_s": size / elapsed,
+                       "train/edge_tokens_per_s": float(batch["attention_mask"].sum()) / elapsed,
+                       "train/lr": self.optimizers().param_groups[0]["lr"]}, batch_size=size)

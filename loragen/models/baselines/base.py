@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,13 +20,14 @@ import torch
 
 from loragen import LoRAGenError
 from loragen.models.evaluation import EvaluationMixin, count_trainable
+from loragen.models.optim import ScheduledTraining
 from loragen.models.scoring import answer_loss
 
 COMMON_ARGS = ("edge", "cloud", "system_prompt", "lr", "weight_decay", "warmup_steps", "min_lr_ratio",
                "scoring", "length_normalize", "max_new_tokens", "seed")
 
 
-class EdgeBaselineModule(EvaluationMixin, L.LightningModule):
+class EdgeBaselineModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
     """Base class of the baselines. Subclasses set ``METHOD`` / ``LABEL`` / ``MERGEABLE``, call
     ``_load_edge`` in ``__init__`` and install their adapters on ``self.edge``.
 
@@ -59,7 +59,6 @@ class EdgeBaselineModule(EvaluationMixin, L.LightningModule):
         self.strict_loading = False  # checkpoints hold only trained weights
         self._init_evaluation()
         self.trained_steps: int | None = None
-        self._step_start = 0.0
         label = self.LABEL + (" + system prompt" if self.hparams.system_prompt else "")
         self.SETTINGS = {self.METHOD: label}
 
@@ -170,28 +169,7 @@ class EdgeBaselineModule(EvaluationMixin, L.LightningModule):
         self.log_dict(logs, prog_bar=True, batch_size=size)
         return loss
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._step_start = time.perf_counter()
-
-    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
-        elapsed = max(time.perf_counter() - self._step_start, 1e-9)
-        size = batch["input_ids"].shape[0]
-        self.log_dict({"train/samples_per_s": size / elapsed,
-                       "train/edge_tokens_per_s": float(batch["attention_mask"].sum()) / elapsed,
-                       "train/lr": self.optimizers().param_groups[0]["lr"]}, batch_size=size)
-
-    def configure_optimizers(self) -> Any:
-        from loragen.models.optim import adamw_warmup_cosine
-
-        return adamw_warmup_cosine(self)
-
     # ------------------------------------------------------------------ evaluation
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._evaluate(batch, "test")
 
     def _deployed_for_step(self) -> contextlib.AbstractContextManager:
         """Deployed already (inside a Trainer epoch), or for this call only (direct use)."""
