@@ -198,8 +198,12 @@ def choice_item(question: str, options: Sequence[str], label: int, prefix: str, 
 
 
 def inline_or_file_label(row: dict[str, Any], key: str, file_label: str | None) -> Any:
-    """The label from the row, or from the labels file; both present and different is malformed."""
+    """The label from the row, or from the labels file; both present and different, or neither, is malformed."""
     inline = row.get(key) if isinstance(row, dict) else None
     if inline not in (None, "") and file_label is not None and str(inline).strip() != file_label.strip():
         raise Malformed(f"label {inline!r} in the record disagrees with {file_label!r} in the labels file")
-    return inline if inline not in (None, "") else file_label
+    found = inline if inline not in (None, "") else file_label
+    if found is None:
+        article = "an" if key[:1] in "aeiou" else "a"
+        raise Malformed(f"no {key} (neither {article} {key!r} field nor a line in the labels file)")
+    return found

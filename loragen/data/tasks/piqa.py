@@ -13,7 +13,6 @@ from typing import Any
 from loragen.data.tasks.base import (
     HubSource,
     Item,
-    Malformed,
     TaskSpec,
     choice_item,
     get_str,
@@ -29,8 +28,6 @@ class PiqaTask(TaskSpec):
             return parse_choice(row, "solution")
         goal, options = get_str(row, "goal"), [get_str(row, "sol1"), get_str(row, "sol2")]
         raw = inline_or_file_label(row, "label", label)
-        if raw is None:
-            raise Malformed("no label (neither a 'label' field nor a line in the labels file)")
         return choice_item(goal, options, parse_index(raw, 2, base=0), "solution")
 
 

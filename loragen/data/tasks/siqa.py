@@ -13,7 +13,6 @@ from typing import Any
 from loragen.data.tasks.base import (
     HubSource,
     Item,
-    Malformed,
     TaskSpec,
     choice_item,
     get_str,
@@ -30,8 +29,6 @@ class SiqaTask(TaskSpec):
         question = f"{get_str(row, 'context')} {get_str(row, 'question')}"
         options = [get_str(row, key) for key in ("answerA", "answerB", "answerC")]
         raw = inline_or_file_label(row, "label", label)
-        if raw is None:
-            raise Malformed("no label (neither a 'label' field nor a line in the labels file)")
         return choice_item(question, options, parse_index(raw, 3, base=1), "answer")
 
 

@@ -32,8 +32,6 @@ class WinograndeTask(TaskSpec):
             raise Malformed("sentence has no blank '_'")
         options = [get_str(row, "option1"), get_str(row, "option2")]
         raw = inline_or_file_label(row, "answer", label)
-        if raw is None:
-            raise Malformed("no answer (neither an 'answer' field nor a line in the labels file)")
         qid = row.get("qID")
         return choice_item(sentence, options, parse_index(raw, 2, base=1, what="answer"), "option",
                            **({"id": qid} if qid else {}))
