@@ -88,11 +88,9 @@ class RouterStatistics(Callback):
             self.heatmaps = self._save_heatmaps(trainer)
 
     def _save_heatmaps(self, trainer: Any) -> list[Path]:
-        import matplotlib
+        from loragen.report import pyplot, save_figure
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         directory = Path(trainer.log_dir or trainer.default_root_dir) / "router"
         directory.mkdir(parents=True, exist_ok=True)
         paths = []
@@ -104,11 +102,7 @@ class RouterStatistics(Callback):
             ax.set_ylabel("edge layer")
             ax.set_title(f"{task}: gate share (epoch {trainer.current_epoch})", fontsize=9)
             fig.colorbar(image, ax=ax)
-            fig.tight_layout()
-            path = directory / f"expert_usage_{task}_epoch{trainer.current_epoch}.png"
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
-            paths.append(path)
+            paths.append(save_figure(fig, directory / f"expert_usage_{task}_epoch{trainer.current_epoch}.png", dpi=100))
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="router/expert_usage", images=[str(p) for p in paths],

@@ -23,7 +23,6 @@ Methods:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 from pathlib import Path
@@ -173,34 +172,25 @@ def budget_line(budgets: dict[str, str]) -> str:
 
 def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: dict[str, Any]) -> list[Path]:
     from loragen.files import atomic_write_text
+    from loragen.report import markdown_table, pyplot, save_figure, write_csv
 
     tasks = [k for k in dict.fromkeys(k for row in rows for k in row) if k.startswith("acc/")]
     columns = ["method", *tasks, "mean", "hmean", "tokens_per_request", "ms_per_request", "trainable_params",
                "mergeable", "trained_steps", "seconds"]
-    with open(out / "comparison.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "comparison.csv", columns, rows)
     header = ["method", *[t.removeprefix("acc/") for t in tasks], "mean", "hmean", "edge tokens/request",
               "ms/request", "trainable params", "mergeable", "trained steps"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [row["setting"], *[f"{row.get(t, float('nan')):.1f}" for t in tasks], f"{row['mean']:.1f}",
-                 f"{row['hmean']:.1f}", f"{row['tokens_per_request']:.1f}", f"{row['ms_per_request']:.1f}",
-                 f"{row['trainable_params']:,}" if row.get("trainable_params") is not None else "?",
-                 "yes" if row.get("mergeable") else "no",
-                 str(row["trained_steps"]) if row.get("trained_steps") is not None else "-"]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = markdown_table(header, ([
+        row["setting"], *[f"{row.get(t, float('nan')):.1f}" for t in tasks], f"{row['mean']:.1f}",
+        f"{row['hmean']:.1f}", f"{row['tokens_per_request']:.1f}", f"{row['ms_per_request']:.1f}",
+        f"{row['trainable_params']:,}" if row.get("trainable_params") is not None else "?",
+        "yes" if row.get("mergeable") else "no",
+        str(row["trained_steps"]) if row.get("trained_steps") is not None else "-"] for row in rows))
     lines += ["", budget, f"Items per method: {meta.get('items')} · accuracy by {meta.get('scoring')}"]
     atomic_write_text(out / "comparison.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "comparison.json", json.dumps({"budget": budget, **meta, "rows": rows}, indent=2))
     paths = [out / "comparison.md", out / "comparison.csv", out / "comparison.json"]
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = pyplot().subplots(figsize=(6, 4))
     for row in rows:
         marker = "o" if row.get("mergeable") else "s"
         ax.scatter(row["ms_per_request"], row["mean"], marker=marker, s=40)
@@ -210,10 +200,7 @@ def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: d
     ax.set_ylabel("mean accuracy (%)")
     ax.set_title("accuracy vs. latency (circle: mergeable, square: not)", fontsize=9)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "comparison.png", dpi=110)
-    plt.close(fig)
-    paths.append(out / "comparison.png")
+    paths.append(save_figure(fig, out / "comparison.png"))
     return paths
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import importlib
 import itertools
 import json
@@ -130,22 +129,16 @@ def summarize_point(point: dict[str, Any], outcome: dict[str, Any]) -> dict[str,
 
 
 def write_tables(rows: list[dict[str, Any]], out: Path, grid: dict[str, list[Any]], metric: str) -> list[Path]:
+    from loragen.report import markdown_table, pyplot, save_figure, write_csv
+
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    with open(out / "sweep.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
+    write_csv(out / "sweep.csv", columns, rows)
+    lines = markdown_table(columns, ([row.get(c, "") for c in columns] for row in rows))
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     paths = [out / "sweep.csv", out / "sweep.md"]
     keys = [k.rsplit(".", 1)[-1] for k in grid]
     if rows and metric in rows[0]:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(5, 3.5))
         series_key = keys[1] if len(keys) > 1 else None
         for series in sorted({row.get(series_key) for row in rows}, key=str):
@@ -156,10 +149,7 @@ def write_tables(rows: list[dict[str, Any]], out: Path, grid: dict[str, list[Any
         ax.set_ylabel(metric)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(out / "sweep.png", dpi=110)
-        plt.close(fig)
-        paths.append(out / "sweep.png")
+        paths.append(save_figure(fig, out / "sweep.png"))
     return paths
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from loragen.files import atomic_write_text
+from loragen.report import markdown_table
 
 
 def harmonic_mean(values: list[float]) -> float:
@@ -24,12 +25,10 @@ def results_markdown(results: dict[str, Any]) -> str:
     """A table with one row per evaluated edge setting (LoRA-Gen merged, system-prompted reference)."""
     tasks = results["tasks"]
     header = ["setting", *tasks, "mean", "hmean", "edge tokens/request", "ms/request"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in results["rows"]:
-        cells = [row["setting"]] + [f"{100 * row['accuracy'].get(t, float('nan')):.1f}" for t in tasks]
-        cells += [f"{100 * row['mean']:.1f}", f"{100 * row['hmean']:.1f}", f"{row['tokens_per_request']:.1f}",
-                  f"{row['ms_per_request']:.1f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines = markdown_table(header, ([
+        row["setting"], *[f"{100 * row['accuracy'].get(t, float('nan')):.1f}" for t in tasks],
+        f"{100 * row['mean']:.1f}", f"{100 * row['hmean']:.1f}", f"{row['tokens_per_request']:.1f}",
+        f"{row['ms_per_request']:.1f}"] for row in results["rows"]))
     if "compression_ratio" in results:
         lines.append("")
         ratio = results["compression_ratio"]
