@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -173,12 +174,21 @@ class RecordDataModule(L.LightningDataModule):
         stages = wanted.get(stage or "fit", ("train", "val", "test", "predict"))
         tok = self._tokenizer()
         for name in stages:
-            if name in self.examples or not self.has_stage(name):
+            key = self._examples_key(name)
+            if key in self.examples or not self.has_stage(name):
                 continue
             if name == "train":
-                self._tokenize(name, tok.train_example)
+                self._tokenize(key, partial(tok.train_example, with_system=key == "train+system"), split="train")
             else:
                 self._tokenize(name, lambda r: tok.eval_example(r, self.hparams.reference))
+
+    def _examples_key(self, stage: str) -> str:
+        """Where a stage's examples live. Methods that read the system prompt at every request (e.g.
+        LoRA with the system prompt) also train with it in the edge context: ``train+system``."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if stage == "train" and getattr(module, "train_with_system_prompt", False):
+            return "train+system"
+        return stage
 
     def _tokenize(self, name: str, make: Any, split: str | None = None) -> None:
         """Tokenize a split's records into ``self.examples[name]``, warning once about truncations."""
@@ -200,14 +210,7 @@ class RecordDataModule(L.LightningDataModule):
             raise LoRAGenError(f"no {stage} data: set data.{stage}_files (or the {stage} tasks) in your config")
         self.setup({"train": "fit", "val": "validate"}.get(stage, stage))
         tok = self._tokenizer()
-        examples = self.examples[stage]
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        if stage == "train" and getattr(module, "train_with_system_prompt", False):
-            # the method reads the system prompt at every request (e.g. LoRA with the system prompt),
-            # so it also trains with it in the edge context
-            if "train+system" not in self.examples:
-                self._tokenize("train+system", lambda r: tok.train_example(r, with_system=True), split="train")
-            examples = self.examples["train+system"]
+        examples = self.examples[self._examples_key(stage)]
         collate = Collator(tok.cloud.pad_token_id, tok.edge.pad_token_id)
         size = self.hparams.batch_size if stage == "train" else self.hparams.eval_batch_size
         sampler = None

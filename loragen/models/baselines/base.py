@@ -23,9 +23,6 @@ from loragen.models.evaluation import EvaluationMixin, count_trainable
 from loragen.models.optim import ScheduledTraining
 from loragen.models.scoring import answer_loss
 
-COMMON_ARGS = ("edge", "cloud", "system_prompt", "lr", "weight_decay", "warmup_steps", "min_lr_ratio",
-               "scoring", "length_normalize", "max_new_tokens", "seed")
-
 
 class EdgeBaselineModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
     """Base class of the baselines. Subclasses set ``METHOD`` / ``LABEL`` / ``MERGEABLE``, call
