@@ -7,8 +7,9 @@ This callback makes the protocol explicit and task-level:
 - at the start of each validation/test epoch it runs the generator **once per task** (once per
   distinct system prompt of the evaluation data) and hands the LoRAs to the module, so no batch
   runs the cloud again;
-- it sets whether the reference rows are evaluated (edge given the full system prompt; plain
-  zero-shot edge) so every results table carries them;
+- which reference rows are evaluated (edge given the full system prompt; plain zero-shot edge) is
+  the model's own switch (``model.init_args.reference`` / ``zero_shot_reference``); this callback
+  never changes it;
 - at the end of the epoch it checks that the edge weights are bit-identical to what they were
   before evaluation (a failed restore stops the run rather than training on corrupted weights).
 """
@@ -23,21 +24,17 @@ from lightning.pytorch.callbacks import Callback
 
 class DeploymentEvaluation(Callback):
     """Args:
-        reference: also evaluate the plain edge model given the full system prompt.
-        zero_shot_reference: also evaluate the plain edge model without system prompt or LoRA.
         verify_restore: compare every edge weight to its pre-evaluation value at epoch end.
     """
 
-    def __init__(self, reference: bool = True, zero_shot_reference: bool = True, verify_restore: bool = True) -> None:
-        self.reference, self.zero_shot_reference, self.verify_restore = reference, zero_shot_reference, verify_restore
+    def __init__(self, verify_restore: bool = True) -> None:
+        self.verify_restore = verify_restore
         self.generated_tasks = 0
         self._snapshot: dict[str, torch.Tensor] = {}
 
     def _start(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if not hasattr(pl_module, "task_loras"):  # not a LoRA-Gen module (e.g. a baseline): nothing to generate
             return
-        pl_module.hparams.reference = self.reference
-        pl_module.hparams.zero_shot_reference = self.zero_shot_reference
         if self.verify_restore:
             self._snapshot = {n: p.detach().clone() for n, p in pl_module.model.edge.named_parameters()}
         datamodule = trainer.datamodule

@@ -41,7 +41,7 @@ Run `loragen SUBCOMMAND --help` for every option of a subcommand.
 
 DEPLOY_COMMANDS = ("generate", "apply", "chat")
 # model arguments that only change how a trained model is evaluated, never its weights
-EVAL_ONLY_ARGS = ("reference", "zero_shot_reference", "scoring", "length_normalize", "max_new_tokens", "eval_path")
+EVAL_ONLY_ARGS = ("reference", "zero_shot_reference", "scoring", "metric", "max_new_tokens", "eval_path")
 
 
 def _cli_class() -> type:
@@ -63,6 +63,8 @@ def _cli_class() -> type:
         def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
             parser.link_arguments("model.init_args.cloud", "data.init_args.cloud")
             parser.link_arguments("model.init_args.edge", "data.init_args.edge")
+            # the data asks each question in the formulation the model's scoring grades
+            parser.link_arguments("model.init_args.scoring", "data.init_args.scoring")
 
         def _parse_ckpt_path(self) -> None:
             """Lightning fills the model's arguments from a ``--ckpt_path`` checkpoint (so the model matches

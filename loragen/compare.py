@@ -33,7 +33,7 @@ from loragen import LoRAGenError
 LORAGEN_CLASS = "loragen.models.lora_gen_module.LoRAGenModule"
 BASELINES = "loragen.models.baselines"
 SHARED_ARGS = ("edge", "cloud", "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "scoring",
-               "length_normalize", "max_new_tokens", "seed")
+               "metric", "max_new_tokens", "seed")
 POOL_ARGS = ("num_experts", "rank", "lora_alpha", "aux_loss", "aux_coef")
 
 METHODS: dict[str, dict[str, Any]] = {
@@ -126,13 +126,21 @@ def primary_row(results: dict[str, Any]) -> dict[str, Any]:
     return results["rows"][0]
 
 
+def _pct(value: float | None) -> float | None:
+    return None if value is None else round(100 * value, 2)
+
+
 def summarize_method(method: str, results: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The method's own row in percent, with its 95% half-widths (``None`` for results without intervals)."""
     row = primary_row(results)
+    ci = row.get("ci") or {}
+    ms = row.get("ms_per_request")
     return {"method": method, "setting": row["setting"],
             **{f"acc/{t}": round(100 * row["accuracy"][t], 2) for t in results["tasks"]},
-            "mean": round(100 * row["mean"], 2), "hmean": round(100 * row["hmean"], 2),
-            "tokens_per_request": round(row["tokens_per_request"], 1),
-            "ms_per_request": round(row["ms_per_request"], 1),
+            **{f"acc/{t}_ci": _pct(ci.get(t)) for t in results["tasks"]},
+            "mean": round(100 * row["mean"], 2), "mean_ci": _pct(row.get("mean_ci")),
+            "hmean": round(100 * row["hmean"], 2), "tokens_per_request": round(row["tokens_per_request"], 1),
+            "ms_per_request": None if ms is None else round(ms, 1),
             "trainable_params": results.get("trainable_params"), "mergeable": results.get("mergeable"),
             "trained_steps": results.get("trained_steps"), "seconds": round(seconds, 1)}
 
@@ -172,32 +180,38 @@ def budget_line(budgets: dict[str, str]) -> str:
 
 def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: dict[str, Any]) -> list[Path]:
     from loragen.files import atomic_write_text
+    from loragen.metrics.intervals import NOTE
+    from loragen.metrics.results import with_ci
     from loragen.report import markdown_table, pyplot, save_figure, write_csv
 
-    tasks = [k for k in dict.fromkeys(k for row in rows for k in row) if k.startswith("acc/")]
-    columns = ["method", *tasks, "mean", "hmean", "tokens_per_request", "ms_per_request", "trainable_params",
-               "mergeable", "trained_steps", "seconds"]
+    tasks = [k for k in dict.fromkeys(k for row in rows for k in row) if k.startswith("acc/") and
+             not k.endswith("_ci")]
+    columns = ["method", *[c for t in tasks for c in (t, f"{t}_ci")], "mean", "mean_ci", "hmean",
+               "tokens_per_request", "ms_per_request", "trainable_params", "mergeable", "trained_steps", "seconds"]
     write_csv(out / "comparison.csv", columns, rows)
     header = ["method", *[t.removeprefix("acc/") for t in tasks], "mean", "hmean", "edge tokens/request",
               "ms/request", "trainable params", "mergeable", "trained steps"]
     lines = markdown_table(header, ([
-        row["setting"], *[f"{row.get(t, float('nan')):.1f}" for t in tasks], f"{row['mean']:.1f}",
-        f"{row['hmean']:.1f}", f"{row['tokens_per_request']:.1f}", f"{row['ms_per_request']:.1f}",
+        row["setting"], *[with_ci(row.get(t), row.get(f"{t}_ci")) for t in tasks],
+        with_ci(row["mean"], row.get("mean_ci")), f"{row['hmean']:.1f}", f"{row['tokens_per_request']:.1f}",
+        with_ci(row.get("ms_per_request"), None),
         f"{row['trainable_params']:,}" if row.get("trainable_params") is not None else "?",
         "yes" if row.get("mergeable") else "no",
         str(row["trained_steps"]) if row.get("trained_steps") is not None else "-"] for row in rows))
-    lines += ["", budget, f"Items per method: {meta.get('items')} · accuracy by {meta.get('scoring')}"]
+    lines += ["", budget, f"Items per method: {meta.get('items')} · accuracy by {meta.get('scoring')}"
+              + (f", {meta['metric']}" if meta.get("metric") else "") + " (percent)",
+              NOTE + "."]
     atomic_write_text(out / "comparison.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "comparison.json", json.dumps({"budget": budget, **meta, "rows": rows}, indent=2))
     paths = [out / "comparison.md", out / "comparison.csv", out / "comparison.json"]
     fig, ax = pyplot().subplots(figsize=(6, 4))
-    for row in rows:
+    for row in (r for r in rows if r.get("ms_per_request") is not None):
         marker = "o" if row.get("mergeable") else "s"
-        ax.scatter(row["ms_per_request"], row["mean"], marker=marker, s=40)
+        ax.errorbar(row["ms_per_request"], row["mean"], yerr=row.get("mean_ci"), fmt=marker, ms=6, capsize=3)
         ax.annotate(row["method"], (row["ms_per_request"], row["mean"]), textcoords="offset points",
                     xytext=(4, 4), fontsize=8)
     ax.set_xlabel("latency per request (ms)")
-    ax.set_ylabel("mean accuracy (%)")
+    ax.set_ylabel("mean accuracy (%), 95% interval")
     ax.set_title("accuracy vs. latency (circle: mergeable, square: not)", fontsize=9)
     ax.grid(alpha=0.3)
     paths.append(save_figure(fig, out / "comparison.png"))
@@ -253,7 +267,7 @@ def compare(config: str, methods: list[str], out: str, sets: dict[str, dict[str,
         if METHODS[method]["train"]:
             budgets[method] = budget(_resolved_config(run_dir))
         meta = {"items": record["results"].get("items"), "scoring": record["results"].get("scoring"),
-                "tasks": record["results"].get("tasks")}
+                "metric": record["results"].get("metric"), "tasks": record["results"].get("tasks")}
     if rows:
         paths = write_comparison(rows, out_dir, budget_line(budgets), meta)
         print((out_dir / "comparison.md").read_text())

@@ -121,6 +121,8 @@ def summarize_point(point: dict[str, Any], outcome: dict[str, Any]) -> dict[str,
     for result_row in outcome["results"]["rows"]:
         prefix = {"loragen": "", "prompted": "prompted_", "zero_shot": "zero_shot_"}.get(result_row["key"], "")
         row[f"{prefix}acc_mean"] = round(result_row["mean"], 4)
+        if result_row.get("mean_ci") is not None:  # results.json without intervals (older runs): no column
+            row[f"{prefix}acc_mean_ci"] = round(result_row["mean_ci"], 4)
         row[f"{prefix}acc_hmean"] = round(result_row["hmean"], 4)
         if not prefix:
             row["tokens_per_request"] = round(result_row["tokens_per_request"], 1)
@@ -129,11 +131,22 @@ def summarize_point(point: dict[str, Any], outcome: dict[str, Any]) -> dict[str,
 
 
 def write_tables(rows: list[dict[str, Any]], out: Path, grid: dict[str, list[Any]], metric: str) -> list[Path]:
+    from loragen.metrics.intervals import NOTE
+    from loragen.metrics.results import with_ci
     from loragen.report import markdown_table, pyplot, save_figure, write_csv
 
     columns = list(dict.fromkeys(k for row in rows for k in row))
     write_csv(out / "sweep.csv", columns, rows)
-    lines = markdown_table(columns, ([row.get(c, "") for c in columns] for row in rows))
+    shown = [c for c in columns if not (c.endswith("_ci") and c[:-3] in columns)]  # `value ±ci` in one cell
+
+    def cell(row: dict[str, Any], column: str) -> Any:
+        if f"{column}_ci" not in columns or row.get(column) is None:
+            return row.get(column, "")
+        return with_ci(row[column], row.get(f"{column}_ci"), digits=3)
+
+    lines = markdown_table(shown, ([cell(row, c) for c in shown] for row in rows))
+    if any(c.endswith("_ci") for c in columns):
+        lines += ["", f"Accuracies as fractions. {NOTE}."]
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     paths = [out / "sweep.csv", out / "sweep.md"]
     keys = [k.rsplit(".", 1)[-1] for k in grid]
@@ -142,9 +155,11 @@ def write_tables(rows: list[dict[str, Any]], out: Path, grid: dict[str, list[Any
         fig, ax = plt.subplots(figsize=(5, 3.5))
         series_key = keys[1] if len(keys) > 1 else None
         for series in sorted({row.get(series_key) for row in rows}, key=str):
-            points = sorted((row[keys[0]], row[metric]) for row in rows if row.get(series_key) == series)
+            points = sorted((row[keys[0]], row[metric], row.get(f"{metric}_ci") or 0.0) for row in rows
+                            if row.get(series_key) == series)
             label = f"{series_key}={series}" if series_key else metric
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
+                        capsize=3, label=label)
         ax.set_xlabel(keys[0])
         ax.set_ylabel(metric)
         ax.legend(fontsize=8)

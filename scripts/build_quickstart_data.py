@@ -31,6 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loragen.data.tasks import get_task
+from loragen.data.tasks.base import Item, choice_item
+from loragen.data.tasks.boolq import boolq_item
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = Path("loragen/data/quickstart")
 
@@ -82,7 +86,6 @@ class SkipRecord(Exception):
 
 
 Parser = Callable[[dict[str, Any]], Example]
-Formatter = Callable[[Example], str]
 
 
 def normalize_space(text: str) -> str:
@@ -141,14 +144,14 @@ def _check_output(record: dict[str, Any]) -> None:
         raise SkipRecord("output disagrees with answer")
 
 
-def format_multiple_choice(example: Example) -> str:
-    choices = "\n".join(f"- {option}" for option in example.options)
-    return f"Question: {example.question}\nChoices:\n{choices}\nAnswer:"
-
-
-def format_boolq(example: Example) -> str:
-    question = example.question if example.question.endswith("?") else f"{example.question}?"
-    return f"Question: {question}\nAnswer:"
+def formulated(task: str, example: Example) -> Item:
+    """The example as loragen's task registry asks it for option scoring (lm-evaluation-harness's cloze
+    formulation of the task), so the shipped records and the registry cannot drift apart."""
+    if task == "boolq":
+        item = boolq_item(example.question, example.label)
+    else:
+        item = choice_item(example.question, example.options, example.label, "answer")
+    return get_task(task).formulate(item, "cloze")
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,6 @@ class TaskSpec:
     source_subdir: str
     description: str
     parser: Parser
-    formatter: Formatter
     source_name: str
     license_name: str
 
@@ -166,36 +168,32 @@ TASKS: tuple[TaskSpec, ...] = (
     TaskSpec(
         name="arc_easy",
         source_subdir="ARC-Easy",
-        description="Answer the grade-school science question by choosing the correct option.",
+        description=get_task("arc_easy").description,
         parser=parse_multiple_choice,
-        formatter=format_multiple_choice,
         source_name="ARC-Easy",
         license_name="CC BY-SA 4.0",
     ),
     TaskSpec(
         name="arc_challenge",
         source_subdir="ARC-Challenge",
-        description="Answer the challenging grade-school science question by choosing the correct option.",
+        description=get_task("arc_challenge").description,
         parser=parse_multiple_choice,
-        formatter=format_multiple_choice,
         source_name="ARC-Challenge",
         license_name="CC BY-SA 4.0",
     ),
     TaskSpec(
         name="openbookqa",
         source_subdir="openbookqa",
-        description=("Answer the elementary science question using common knowledge by choosing the correct option."),
+        description=get_task("openbookqa").description,
         parser=parse_multiple_choice,
-        formatter=format_multiple_choice,
         source_name="OpenBookQA",
         license_name="unclear (research use; see below)",
     ),
     TaskSpec(
         name="boolq",
         source_subdir="boolq",
-        description="Answer the yes/no question about general knowledge with true or false.",
+        description=get_task("boolq").description,
         parser=parse_boolq,
-        formatter=format_boolq,
         source_name="BoolQ",
         license_name="CC BY-SA 3.0",
     ),
@@ -255,13 +253,14 @@ def load_split(
 
 
 def to_record(spec: TaskSpec, system: str, example: Example) -> dict[str, Any]:
+    item = formulated(spec.name, example)
     record: dict[str, Any] = {
         "task": spec.name,
         "system": system,
-        "input": spec.formatter(example),
-        "output": example.options[example.label],
-        "options": list(example.options),
-        "label": example.label,
+        "input": item.input,
+        "output": item.output,
+        "options": list(item.options),
+        "label": item.label,
     }
     options = record["options"]
     assert MIN_OPTIONS <= len(options) <= MAX_OPTIONS, record
@@ -270,8 +269,8 @@ def to_record(spec: TaskSpec, system: str, example: Example) -> dict[str, Any]:
 
 
 def build_system_prompt(spec: TaskSpec, few_shot: Sequence[Example]) -> str:
-    shots = [f"{spec.formatter(ex)} {ex.options[ex.label]}" for ex in few_shot]
-    return "\n\n".join([spec.description, *shots])
+    registry = get_task(spec.name)
+    return registry.system_prompt([formulated(spec.name, ex) for ex in few_shot])
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> int:
@@ -371,10 +370,10 @@ Each line is one JSON object with exactly these keys:
 - `task`: the task name;
 - `system`: the task's system prompt (identical for every record of a task): the task description, a blank
   line, then {N_FEW_SHOT} few-shot examples written as `{{input}} {{output}}` and separated by blank lines;
-- `input`: `Question: ...\\nChoices:\\n- option 1\\n- option 2 ...\\nAnswer:` for multiple-choice tasks, or
-  `Question: ...?\\nAnswer:` for BoolQ;
-- `output`: the text of the correct option (`true` or `false` for BoolQ);
-- `options`: the option texts (2-5 of them; `["true", "false"]` for BoolQ);
+- `input`: the question as lm-evaluation-harness asks it for option scoring (cloze: no options listed):
+  `Question: ...\\nAnswer:` for ARC and BoolQ (`...?`), the question stem alone for OpenBookQA;
+- `output`: the text of the correct option (`yes` or `no` for BoolQ);
+- `options`: the option texts, each scored as the continuation of `input` (2-5 of them; `["yes", "no"]` for BoolQ);
 - `label`: the 0-based index of the correct option in `options`.
 
 ## How it was built
@@ -394,7 +393,7 @@ The script is deterministic (`random.Random({seed})`). For every task it:
    and drops train records whose question and options also occur in the test split;
 3. samples {N_FEW_SHOT} few-shot + {N_TRAIN} train + {N_VAL} val records (all disjoint) from the train split, and
    {N_TEST} test records from the test split;
-4. rewrites each record into the prompt format above.
+4. rewrites each record through loragen's task registry into the formulation above (`scripts/build_quickstart_data.py` calls `TaskSpec.formulate`).
 
 Source records and records left out per task:
 

@@ -97,20 +97,21 @@ def test_lora_merged_and_unmerged_outputs_agree():
 
 
 def test_prompt_tuning_scoring_equals_a_full_forward_with_the_soft_prompt():
-    from loragen.models.scoring import score_options
+    from loragen.models.scoring import score_requests
 
     module = PromptTuningBaseline(**EDGE, num_virtual_tokens=5)
     module.eval()
     prompt, options = [5, 17, 40, 9], [[33, 12], [7], [50, 51, 52]]
+    requests = [(prompt, option) for option in options]
     with torch.no_grad():
-        fast = score_options(module.edge, prompt, options, length_normalize=False, prefix_embeds=module.prefix_embeds())
+        fast = torch.tensor(score_requests(module.edge, requests, prefix_embeds=module.prefix_embeds()))
         slow = []
         for option in options:
             ids = torch.tensor([prompt + option])
             hidden = module.hidden_states(ids, torch.ones_like(ids))
             logp = torch.log_softmax(module.edge.lm_head(hidden).float(), -1)[0]
             slow.append(sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(option)))
-        plain = score_options(module.edge, prompt, options, length_normalize=False)
+        plain = torch.tensor(score_requests(module.edge, requests))
     assert torch.allclose(fast, torch.tensor(slow), atol=1e-4)
     assert (fast - plain).abs().max() > 1e-3  # the soft prompt is really read
 
@@ -255,7 +256,7 @@ def test_lora_adapter_export_loads_in_peft_with_the_same_outputs(tmp_path):
 
 
 def test_prompt_tuning_and_moe_baselines_run_on_a_bf16_edge():
-    from loragen.models.scoring import score_options
+    from loragen.models.scoring import score_requests
 
     for module in (PromptTuningBaseline(**EDGE, num_virtual_tokens=4), MixLoRABaseline(**EDGE, num_experts=2, rank=2)):
         for param in module.edge.parameters():
@@ -268,5 +269,6 @@ def test_prompt_tuning_and_moe_baselines_run_on_a_bf16_edge():
         trained = [p for p in module.parameters() if p.requires_grad]
         assert torch.isfinite(loss) and all(p.dtype == torch.float32 and p.grad is not None for p in trained)
         with torch.no_grad():
-            scores = score_options(module.edge, [5, 6, 7], [[8], [9, 10]], prefix_embeds=module.prefix_embeds())
-        assert torch.isfinite(scores).all()
+            scores = score_requests(module.edge, [([5, 6, 7], [8]), ([5, 6, 7], [9, 10])],
+                                    prefix_embeds=module.prefix_embeds())
+        assert torch.isfinite(torch.tensor(scores)).all()

@@ -1,4 +1,4 @@
-"""Scoring shortcuts (answer-only LM head, shared-prefix option scoring) equal the naive computation."""
+"""Scoring shortcuts (answer-only LM head, batched option scoring) equal the naive computation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from loragen.data.tokenize import IGNORE
-from loragen.models.scoring import answer_cross_entropy, answer_loss, score_options
+from loragen.models.scoring import answer_cross_entropy, answer_loss, score_requests
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma"])
@@ -22,19 +22,28 @@ def test_answer_only_head_equals_full_logits_loss(tiny, arch):
         assert answer_loss(model, hidden, labels).item() == pytest.approx(full.item(), abs=1e-5)
 
 
-@pytest.mark.parametrize("length_normalize", [True, False])
-def test_shared_prefix_scoring_equals_scoring_each_option_alone(tiny, length_normalize):
-    model = tiny("qwen2").model
-    prompt = [10, 20, 30, 40, 50, 60]
-    options = [[7, 8], [9], [11, 12, 13, 14]]
-    fast = score_options(model, prompt, options, length_normalize)
-    for j, option in enumerate(options):
-        ids = torch.tensor([prompt + option])
-        with torch.no_grad():
-            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
-        picked = logp[len(prompt) - 1:, :].gather(-1, torch.tensor(option)[:, None]).squeeze(-1)
-        expected = picked.mean() if length_normalize else picked.sum()
-        assert fast[j].item() == pytest.approx(expected.item(), abs=1e-4)
+def _alone(model, context, continuation):
+    """The naive computation: one forward of context + continuation, summed log-probabilities."""
+    ids = torch.tensor([context + continuation])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+    return float(logp[len(context) - 1:].gather(-1, torch.tensor(continuation)[:, None]).sum())
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma"])
+def test_batched_request_scoring_equals_scoring_each_request_alone(tiny, arch):
+    """Padding changes no scored position: many ragged requests in one padded batch (and in several,
+    when the token budget splits them) score as each does alone."""
+    model = tiny(arch).model
+    gen = torch.Generator().manual_seed(1)
+    requests = []
+    for n_context, n_continuation in [(6, 2), (1, 1), (13, 4), (3, 7), (9, 1), (6, 2)]:
+        context = torch.randint(5, 200, (n_context,), generator=gen).tolist()
+        requests.append((context, torch.randint(5, 200, (n_continuation,), generator=gen).tolist()))
+    expected = [_alone(model, c, t) for c, t in requests]
+    for budget in (8192, 40):  # one batch; several batches
+        assert score_requests(model, requests, max_batch_tokens=budget) == pytest.approx(expected, abs=1e-4)
+    assert score_requests(model, []) == []
 
 
 def test_option_scoring_picks_the_option_the_model_prefers(tiny):
@@ -43,5 +52,15 @@ def test_option_scoring_picks_the_option_the_model_prefers(tiny):
     with torch.no_grad():
         favourite = int(model(input_ids=torch.tensor([prompt])).logits[0, -1].argmax())
     least = int(model(input_ids=torch.tensor([prompt])).logits[0, -1].argmin())
-    scores = score_options(model, prompt, [[least], [favourite]])
-    assert int(scores.argmax()) == 1
+    scores = score_requests(model, [(prompt, [least]), (prompt, [favourite])])
+    assert scores[1] > scores[0]
+
+
+def test_pairs_are_encoded_as_the_harness_encodes_them(tiny):
+    """Trailing spaces move to the continuation; continuation tokens are those of the whole text."""
+    from loragen.data.tokenize import encode_pair
+
+    tok = tiny("llama").tokenizer
+    context, continuation = encode_pair(tok, "Question: why?\nAnswer: ", "because")
+    assert context == tok("Question: why?\nAnswer:")["input_ids"]
+    assert context + continuation == tok("Question: why?\nAnswer: because")["input_ids"]

@@ -49,13 +49,26 @@ def quiet(fn, *args, **kwargs):
     return result, [str(w.message) for w in caught]
 
 
+# the cloze formulation of option scoring, as lm-evaluation-harness asks each task (start, end of the input)
+CLOZE = {"arc_challenge": ("Question: ", "\nAnswer:"), "arc_easy": ("Question: ", "\nAnswer:"),
+         "piqa": ("Question: ", "\nAnswer:"), "siqa": ("Q: ", "\nA:"), "openbookqa": ("", ""), "hellaswag": ("", ""),
+         "winogrande": ("", ""), "quiz": ("Question: ", "\nAnswer:")}
+
+
 def check_choice_records(records: list[Record], prefix: str) -> None:
     for r in records:
         assert r.options is not None and 0 <= r.label < len(r.options)
         assert r.output == r.options[r.label]
         assert r.meta["answer"] == f"{prefix}{r.label + 1}"
-        assert r.input.startswith("Question: ") and r.input.endswith("\nAnswer:")
-        assert "\nChoices:\n- " in r.input
+        start, end = CLOZE[r.task]
+        assert r.input.startswith(start) and r.input.endswith(end) and "Choices:" not in r.input
+        assert "\nAnswer:" not in r.input or end == "\nAnswer:"
+        if r.task == "winogrande":  # partial scoring: one context per option, the rest of the sentence scored
+            blank = r.input.index("_")
+            assert len(r.contexts) == len(r.options) and set(r.options) == {r.input[blank + 1:].strip()}
+            assert all(c.startswith(r.input[:blank]) and len(c) > blank for c in r.contexts)
+        else:
+            assert r.contexts is None
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +139,8 @@ def test_multiple_choice_loaders_on_the_shared_files(shared, task, split, rows, 
 @needs_shared
 def test_boolq_gsm8k_and_alpaca_on_the_shared_files(shared):
     boolq = shared.records("boolq", "test")
-    assert len(boolq) == 3270 and all(r.options == ("true", "false") and r.output == r.meta["answer"] for r in boolq)
+    assert len(boolq) == 3270 and all(r.options == ("yes", "no") and r.meta["answer"] in ("true", "false") for r in boolq)
+    assert all(r.output == ("yes" if r.meta["answer"] == "true" else "no") for r in boolq)
     assert all(r.input.startswith("Question: ") and r.input.endswith("?\nAnswer:") for r in boolq)
     gsm = shared.records("gsm8k", "test")
     assert len(gsm) == 1319 and all(r.options is None for r in gsm)
@@ -183,7 +197,9 @@ def test_few_shot_examples_come_from_train_and_never_from_the_evaluated_split(sh
         assert all(s.input in train_inputs for s in shots)
         assert not {s.input for s in shots} & {r.input for r in test}
         assert all(f"{s.input} {s.output}" in test[0].system for s in shots)
-        assert not {s.input for s in shots} & {r.input for r in quiet(shared.records, task, "train")[0]}
+        # (SIQA repeats a few questions with other options: an item is a shot only with the same options)
+        train = quiet(shared.records, task, "train")[0]
+        assert not {(s.input, s.options) for s in shots} & {(r.input, r.options) for r in train}
 
 
 @needs_shared
@@ -204,11 +220,11 @@ def test_hellaswag_published_format_fixture():
     assert len(records) == 6
     check_choice_records(records, "ending")
     coffee = records[0]
-    assert coffee.input.startswith("Question: Making coffee: A man pours water into the back of a coffee machine. He")
+    assert coffee.input.startswith("Making coffee: A man pours water into the back of a coffee machine. He")
     assert coffee.output == "puts a filter with ground coffee in the basket and presses start."
     wikihow = records[2]  # [header]/[title]/[step] markup is cleaned as evaluation harnesses do
     assert "[" not in wikihow.input and "How to brush your teeth. Wet the toothbrush." in wikihow.input
-    assert wikihow.output == "Squeeze a pea-sized amount of toothpaste onto the bristles."
+    assert wikihow.output == " Squeeze a pea-sized amount of toothpaste onto the bristles."  # the harness's text
     assert loader.shot_split("hellaswag") == "train"
     assert task_records("hellaswag", "test", FIXTURES, shots=2) == records
     # the published test split has no labels: every row is reported, none is usable
@@ -238,10 +254,31 @@ def test_piqa_and_winogrande_official_files_with_label_files():
     train = TaskLoader(FIXTURES, files={"piqa": {"train": "piqa/train.jsonl"}}, shots=0).records("piqa", "train")
     assert [r.label for r in train] == [0, 1, 0, 0]
     wino = TaskLoader(FIXTURES, shots=1).records("winogrande", "test")  # dev.jsonl without answers + labels 1/2
-    assert [r.output for r in wino] == ["trophy", "suitcase", "Ann"]
     assert [r.meta["answer"] for r in wino] == ["option1", "option2", "option2"]
-    assert wino[0].input == ("Question: The trophy did not fit into the suitcase because the _ was too large.\n"
-                             "Choices:\n- trophy\n- suitcase\nAnswer:")
+    assert wino[0].input == "The trophy did not fit into the suitcase because the _ was too large."
+    assert wino[0].contexts == ("The trophy did not fit into the suitcase because the trophy",
+                                "The trophy did not fit into the suitcase because the suitcase")
+    assert wino[0].options == ("was too large.", "was too large.") and wino[0].train_context == wino[0].contexts[0]
+    listed = TaskLoader(FIXTURES, shots=1, formulation="choices").records("winogrande", "test")
+    assert listed[0].input == ("Question: The trophy did not fit into the suitcase because the _ was too large.\n"
+                               "Choices:\n- trophy\n- suitcase\nAnswer:")
+    assert listed[0].contexts is None and [r.output for r in listed] == ["trophy", "suitcase", "Ann"]
+
+
+@needs_shared
+def test_generation_scoring_lists_the_choices_in_items_and_few_shot_examples():
+    cloze, listed = TaskLoader(SHARED, seed=0), TaskLoader(SHARED, seed=0, formulation="choices")
+    for task in ("arc_easy", "siqa", "boolq"):
+        a, b = cloze.records(task, "test")[0], listed.records(task, "test")[0]
+        assert a.label == b.label and a.meta["answer"] == b.meta["answer"]
+        if task != "boolq":
+            assert "\nChoices:\n- " in b.input and "Choices:" in b.system and "Choices:" not in a.system
+            assert a.options == b.options
+        else:
+            assert (a.options, b.options) == (("yes", "no"), ("true", "false")) and "Answer: true" in b.system or \
+                "Answer: false" in b.system
+    with pytest.raises(LoRAGenError, match="unknown formulation"):
+        TaskLoader(SHARED, formulation="mc")
 
 
 def test_gpt4tools_published_format_fixture():
@@ -455,7 +492,10 @@ def test_task_datamodule_batches_with_tiny_tokenizers(tiny):
     dm.setup("test")
     test_batch = next(iter(dm.test_dataloader()))
     assert test_batch["task"] == ["hellaswag", "hellaswag", "piqa", "piqa"]  # grouped by task, 2 per task
-    assert all(len(o) == 4 for o in test_batch["options"][:2]) and all(len(o) == 2 for o in test_batch["options"][2:])
+    requests = test_batch["requests"]
+    assert all(len(r) == 4 for r in requests[:2]) and all(len(r) == 2 for r in requests[2:])
+    assert all(len(set(map(tuple, (c for c, _ in r)))) == 1 for r in requests)  # one context, one continuation per option
+    assert test_batch["option_chars"][0] == [len(o) for o in test_batch["records"][0].options]
     assert dm.tasks == ["hellaswag", "piqa", "winogrande"]
     assert dm.system_prompt("piqa").startswith(get_task("piqa").description)
 

@@ -246,9 +246,10 @@ def test_mixed_choice_and_free_form_batches_and_generation_scoring(tmp_path, mon
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
     module._trainer = None
-    assert module._answer(batch, "prompt", 0) == -1  # boolq extractor finds no true/false: unparseable
-    assert module._answer(batch, "prompt", 0) == 0  # "false" parsed, wrong
-    assert module._answer(batch, "prompt", 1) == 1  # free-form exact match
+    verdict = lambda i: module._verdicts(batch, "prompt", [i])[i][2:]  # noqa: E731  (acc, acc_norm, unparseable)
+    assert verdict(0) == (0, 0, 1)  # boolq extractor finds no true/false: unparseable (and wrong)
+    assert verdict(0) == (0, 0, 0)  # "false" parsed, wrong
+    assert verdict(1) == (1, 1, 0)  # free-form exact match
 
 
 def test_init_from_loads_trained_weights_without_optimizer_state(tmp_path):
@@ -272,16 +273,16 @@ def test_deployment_evaluation_callback_generates_once_per_task(tmp_path):
     from tests.conftest import randomize_pool
 
     L.seed_everything(0)
-    module = LoRAGenModule(**{**TINY, "reference": False, "zero_shot_reference": False})
+    module = LoRAGenModule(**{**TINY, "reference": True, "zero_shot_reference": False})
     randomize_pool(module.model.pool, std=0.2)
     calls = []
     generate = module.model.generate
     module.model.generate = lambda ids, mask: calls.append(ids.shape[0]) or generate(ids, mask)
-    callback = DeploymentEvaluation(reference=True, zero_shot_reference=False)
+    callback = DeploymentEvaluation()
     _trainer(tmp_path, callbacks=[callback]).test(module, _data(eval_batch_size=3))
     assert calls == [4] and callback.generated_tasks == 4  # one generator run, one LoRA per task
     keys = [r["key"] for r in module.last_results["rows"]]
-    assert keys == ["loragen", "prompted"]  # the callback decides which references are evaluated
+    assert keys == ["loragen", "prompted"]  # the model's own switches decide which references are evaluated
     with_callback = module.last_results["rows"][0]["accuracy"]
     module.model.generate = generate
     _trainer(tmp_path / "b").test(module, _data(eval_batch_size=3))

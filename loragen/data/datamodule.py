@@ -39,6 +39,15 @@ def resolve_files(spec: str | list[str] | None) -> list[Path]:
     return files
 
 
+def check_sizes(kw: dict[str, Any]) -> None:
+    """Batch sizes and scoring mode every DataModule shares."""
+    for key in ("batch_size", "eval_batch_size"):
+        if kw.get(key) is not None and kw[key] < 1:
+            raise LoRAGenError(f"data.{key} must be >= 1, got {kw[key]}")
+    if kw.get("scoring", "loglik") not in ("loglik", "generate"):
+        raise LoRAGenError(f"scoring={kw['scoring']!r} is unknown: choose loglik or generate")
+
+
 class EpochShuffleSampler(DistributedSampler):
     """Shuffles with a generator seeded by (seed, epoch) and shards the order across processes.
 
@@ -79,6 +88,8 @@ class RecordDataModule(L.LightningDataModule):
         limit_per_task: keep at most this many test/predict records per task (None = all).
         val_limit_per_task: the same for validation (default: ``limit_per_task``).
         reference: also prepare the edge-with-system-prompt reference for evaluation.
+        scoring: how the model grades items (``loglik`` or ``generate``), linked from the model by the
+            CLI. Records are used as written; task DataModules pick the question's formulation by it.
         strict: stop on the first malformed record instead of skipping it with a warning.
         num_workers: DataLoader workers.
         seed: shuffling seed (the order of epoch e depends only on seed and e, so resumes repeat it).
@@ -89,8 +100,8 @@ class RecordDataModule(L.LightningDataModule):
                  cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
                  batch_size: int = 8, eval_batch_size: int = 8, max_system_tokens: int = 1024,
                  max_input_tokens: int = 256, max_output_tokens: int = 64, limit_per_task: int | None = None,
-                 val_limit_per_task: int | None = None,
-                 reference: bool = True, strict: bool = False, num_workers: int = 0, seed: int = 0) -> None:
+                 val_limit_per_task: int | None = None, reference: bool = True, scoring: str = "loglik",
+                 strict: bool = False, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.check_config(**self.hparams)
@@ -117,9 +128,7 @@ class RecordDataModule(L.LightningDataModule):
     @staticmethod
     def check_config(**kw: Any) -> None:
         """Fail on missing files or impossible sizes before any model or tokenizer is loaded."""
-        for key in ("batch_size", "eval_batch_size"):
-            if kw.get(key) is not None and kw[key] < 1:
-                raise LoRAGenError(f"data.{key} must be >= 1, got {kw[key]}")
+        check_sizes(kw)
         specs = [kw.get(f"{s}_files") for s in ("train", "val", "test", "predict")]
         if not any(specs):
             raise LoRAGenError("no data files given: set data.train_files (and val/test files) in your config")
@@ -196,6 +205,11 @@ class RecordDataModule(L.LightningDataModule):
         records = self.load(split or name)
         before = dict(tok.limits.truncated)
         self.examples[name] = [make(r) for r in records]
+        if split is None:  # evaluation: a stable identity per item (DDP padding repeats items) and its
+            positions: dict[str, int] = {}  # place within its task (the latency sample is the first few)
+            for uid, example in enumerate(self.examples[name]):
+                example["uid"], example["task_pos"] = uid, positions.get(example["task"], 0)
+                positions[example["task"]] = example["task_pos"] + 1
         cut = {k: v - before.get(k, 0) for k, v in tok.limits.truncated.items() if v > before.get(k, 0)}
         if cut:
             detail = ", ".join(f"{k}: {v}" for k, v in cut.items())

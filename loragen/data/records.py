@@ -6,7 +6,11 @@ One record per JSONL line (or one item of a JSON array):
      "task": "optional task name", "options": ["optional", "choices"], "label": 0}
 
 ``system`` goes to the cloud (once per distinct prompt); ``input`` + ``output`` go to the edge.
-``options`` + ``label`` (both or neither) enable multiple-choice accuracy by option log-likelihood.
+``options`` + ``label`` (both or neither) enable multiple-choice accuracy by option log-likelihood:
+each option is scored as the continuation (after a space) of ``input``. Optional ``contexts`` (one
+per option) give each option its own context instead, the options then being the continuations
+(lm-evaluation-harness's partial scoring, e.g. WinoGrande); training then uses the gold context.
+Records are used as written whatever the scoring mode: write the input your scoring needs.
 """
 
 from __future__ import annotations
@@ -29,6 +33,13 @@ class Record:
     options: tuple[str, ...] | None = None
     label: int | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    contexts: tuple[str, ...] | None = None
+
+    @property
+    def train_context(self) -> str:
+        """What the edge reads before the gold answer in training (the gold option's own context under
+        partial scoring)."""
+        return self.contexts[self.label] if self.contexts and self.label is not None else self.input
 
 
 class RecordError(LoRAGenError):
@@ -54,9 +65,16 @@ def parse_record(obj: Any, where: str, default_task: str = "default") -> Record:
         if not isinstance(label, int) or not 0 <= label < len(options):
             raise RecordError(f"{where}: label {label!r} is outside the {len(options)} options")
         options = tuple(options)
-    extra = {k: v for k, v in obj.items() if k not in ("system", "input", "output", "task", "options", "label")}
+    contexts = obj.get("contexts")
+    if contexts is not None:
+        if options is None or not isinstance(contexts, list) or len(contexts) != len(options) \
+                or not all(isinstance(c, str) and c for c in contexts):
+            raise RecordError(f"{where}: 'contexts' must be a list of non-empty strings, one per option")
+        contexts = tuple(contexts)
+    known = ("system", "input", "output", "task", "options", "label", "contexts")
+    extra = {k: v for k, v in obj.items() if k not in known}
     return Record(values["system"], values["input"], values["output"], str(obj.get("task") or default_task),
-                  options, label, extra)
+                  options, label, extra, contexts=contexts)
 
 
 def load_records(path: str | Path, *, strict: bool = False, task: str | None = None) -> list[Record]:

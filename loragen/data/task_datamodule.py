@@ -2,8 +2,9 @@
 
 Records come from the task registry (``loragen.data.tasks``): each task's system prompt is its
 description plus ``shots`` few-shot examples drawn deterministically from its train split; the
-user input is the question in the quickstart format; multiple-choice records carry the option texts
-and the label, so evaluation scores them exactly like the shipped quickstart data. Batching,
+user input is the question in lm-evaluation-harness's cloze formulation of the task for option
+scoring (``scoring: loglik``), or with the options listed for ``scoring: generate``; multiple-choice
+records carry the option texts and the label. Batching,
 tokenization, limits and per-task evaluation grouping are ``RecordDataModule``'s.
 """
 
@@ -13,12 +14,17 @@ import random
 from typing import Any
 
 from loragen import LoRAGenError
-from loragen.data.datamodule import RecordDataModule
+from loragen.data.datamodule import RecordDataModule, check_sizes
 from loragen.data.records import Record
 from loragen.data.tasks import TaskLoader, TaskSpec, expand_tasks, get_task, task_from_config
 from loragen.data.tasks.registry import plain_config
 
 STAGES = ("train", "val", "test", "predict")
+
+
+def formulation_for(scoring: str) -> str:
+    """Option scoring asks the harness's cloze question; generation needs the options listed."""
+    return "choices" if scoring == "generate" else "cloze"
 
 
 def _stage_pairs(kw: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
@@ -64,26 +70,24 @@ class TaskDataModule(RecordDataModule):
                  cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
                  batch_size: int = 8, eval_batch_size: int = 8, max_system_tokens: int = 1024,
                  max_input_tokens: int = 256, max_output_tokens: int = 64, limit_per_task: int | None = None,
-                 val_limit_per_task: int | None = None, reference: bool = True, strict: bool = False,
-                 num_workers: int = 0, seed: int = 0) -> None:
+                 val_limit_per_task: int | None = None, reference: bool = True, scoring: str = "loglik",
+                 strict: bool = False, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__(cloud=cloud, edge=edge, batch_size=batch_size, eval_batch_size=eval_batch_size,
                          max_system_tokens=max_system_tokens, max_input_tokens=max_input_tokens,
                          max_output_tokens=max_output_tokens, limit_per_task=limit_per_task,
-                         val_limit_per_task=val_limit_per_task, reference=reference, strict=strict,
-                         num_workers=num_workers, seed=seed)
+                         val_limit_per_task=val_limit_per_task, reference=reference, scoring=scoring,
+                         strict=strict, num_workers=num_workers, seed=seed)
         # only this class's arguments (no *_files), so ``TaskDataModule(**hparams)`` rebuilds it
         self.save_hyperparameters(ignore=["train_files", "val_files", "test_files", "predict_files"])
         self.extra_specs = _extra_specs(extra_tasks)
         self.stage_tasks = _stage_pairs(dict(self.hparams))
         self.loader = TaskLoader(data_dir, plain_config(files), shots=shots, seed=seed, strict=strict,
-                                 tasks=self.extra_specs)
+                                 tasks=self.extra_specs, formulation=formulation_for(scoring))
 
     @staticmethod
     def check_config(**kw: Any) -> None:
         """Unknown tasks, splits and missing files fail here, before any model or tokenizer is loaded."""
-        for key in ("batch_size", "eval_batch_size"):
-            if kw.get(key) is not None and kw[key] < 1:
-                raise LoRAGenError(f"data.{key} must be >= 1, got {kw[key]}")
+        check_sizes(kw)
         for key in ("shots", "train_limit_per_task", "limit_per_task", "val_limit_per_task"):
             if kw.get(key) is not None and kw[key] < 0:
                 raise LoRAGenError(f"data.{key} must be >= 0, got {kw[key]}")

@@ -2,6 +2,8 @@
 
 Edge text: ``prompt = input`` for LoRA-Gen (the system prompt never reaches the edge) or
 ``system + "\\n\\n" + input`` for the system-prompted reference; the answer is ``" " + output``.
+A (context, answer) pair is encoded as lm-evaluation-harness encodes it (``encode_pair``), so the
+answer tokens are those of running text and option scores agree with the harness's.
 
 Truncation policy (stated, counted, never a crash): a system prompt keeps its first
 ``max_system_tokens`` (the task description comes first); a user input keeps its last
@@ -42,10 +44,28 @@ class Limits:
         return ids
 
 
-def edge_prompt(record: Record, with_system: bool) -> str:
+def edge_prompt(record: Record, with_system: bool, context: str | None = None) -> str:
+    """What the edge reads: the input (or ``context``), after the system prompt when ``with_system``."""
+    text = record.input if context is None else context
     if with_system and record.system:
-        return f"{record.system}\n\n{record.input}"
-    return record.input
+        return f"{record.system}\n\n{text}"
+    return text
+
+
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """lm-evaluation-harness's encoding of a (context, continuation) pair: trailing spaces of the
+    context move to the continuation, the whole text is encoded (with the tokenizer's default special
+    tokens) and the continuation is what follows the context's own tokens. An empty context is the
+    BOS (else EOS) token, as in the harness."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    if not context:
+        prefix = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+        return [prefix], tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    whole = tokenizer(context + continuation)["input_ids"]
+    context_ids = tokenizer(context)["input_ids"]
+    return context_ids, whole[len(context_ids):]
 
 
 class RecordTokenizer:
@@ -61,33 +81,50 @@ class RecordTokenizer:
             self._system_cache[text] = self.limits.head(ids, self.limits.max_system_tokens, "system prompt")
         return self._system_cache[text]
 
-    def prompt_ids(self, record: Record, with_system: bool) -> list[int]:
-        ids = self.edge(edge_prompt(record, with_system), add_special_tokens=True)["input_ids"]
-        limit = self.limits.max_input_tokens + (self.limits.max_system_tokens if with_system else 0)
-        return self.limits.tail(ids, limit, "user input")
+    def _input_limit(self, with_system: bool) -> int:
+        return self.limits.max_input_tokens + (self.limits.max_system_tokens if with_system else 0)
 
-    def answer_ids(self, answer: str, eos: bool) -> list[int]:
-        ids = self.edge(" " + answer, add_special_tokens=False)["input_ids"]
-        ids = self.limits.head(ids, self.limits.max_output_tokens, "answer")
-        if eos and self.edge.eos_token_id is not None:
-            ids = ids + [self.edge.eos_token_id]
-        return ids
+    def prompt_ids(self, record: Record, with_system: bool) -> list[int]:
+        """The edge prompt of generation (and of the per-request token count)."""
+        ids = self.edge(edge_prompt(record, with_system), add_special_tokens=True)["input_ids"]
+        return self.limits.tail(ids, self._input_limit(with_system), "user input")
+
+    def pair_ids(self, record: Record, context: str, answer: str, with_system: bool,
+                 count: bool = True) -> tuple[list[int], list[int]]:
+        """(context, " " + answer) encoded as the harness does, each truncated by the stated policy."""
+        prompt, answer_ids = encode_pair(self.edge, edge_prompt(record, with_system, context), " " + answer)
+        if count:
+            prompt = self.limits.tail(prompt, self._input_limit(with_system), "user input")
+            return prompt, self.limits.head(answer_ids, self.limits.max_output_tokens, "answer")
+        return prompt[-self._input_limit(with_system):], answer_ids[: self.limits.max_output_tokens]
+
+    def requests(self, record: Record, with_system: bool) -> list[tuple[list[int], list[int]]]:
+        """One (context ids, continuation ids) pair per option: the option text after the input, or
+        after its own context (partial scoring)."""
+        contexts = record.contexts or (record.input,) * len(record.options or ())
+        return [self.pair_ids(record, c, o, with_system, count=False)
+                for c, o in zip(contexts, record.options or (), strict=True)]
 
     def train_example(self, record: Record, with_system: bool = False) -> dict[str, Any]:
         """Edge sequence = prompt + answer (loss on the answer only); ``with_system`` puts the system
         prompt in the edge context too (baselines that read it at every request)."""
-        prompt, answer = self.prompt_ids(record, with_system), self.answer_ids(record.output, eos=True)
+        prompt, answer = self.pair_ids(record, record.train_context, record.output, with_system)
+        if self.edge.eos_token_id is not None:
+            answer = answer + [self.edge.eos_token_id]
         return {"system_ids": self.system_ids(record.system), "input_ids": prompt + answer,
                 "labels": [IGNORE] * len(prompt) + answer, "task": record.task}
 
     def eval_example(self, record: Record, reference: bool) -> dict[str, Any]:
-        """Gold sequence plus, for multiple choice, the prompt (per edge setting) and each option's ids."""
+        """Gold sequence plus the edge prompt per setting and, for multiple choice, each option's
+        (context, continuation) ids and its length in characters (for ``acc_norm``)."""
         example = self.train_example(record)
         example["label"] = record.label if record.label is not None else -1
-        example["options"] = [self.answer_ids(o, eos=False) for o in record.options or ()]
+        example["option_chars"] = [len(o) for o in record.options or ()]
         example["prompt"] = self.prompt_ids(record, with_system=False)
+        example["requests"] = self.requests(record, with_system=False)
         if reference:
             example["ref_prompt"] = self.prompt_ids(record, with_system=True)
+            example["ref_requests"] = self.requests(record, with_system=True)
         example["record"] = record
         return example
 
@@ -116,9 +153,9 @@ class Collator:
             "task": [e["task"] for e in examples],
         }
         batch.update(self._edge([e["input_ids"] for e in examples], [e["labels"] for e in examples], ""))
-        if "options" in examples[0]:  # evaluation: ragged lists, scored item by item with a shared prefix
+        if "requests" in examples[0]:  # evaluation: ragged lists (see ``loragen.models.scoring``)
             batch["label"] = torch.tensor([e["label"] for e in examples])
-            for key in ("options", "prompt", "ref_prompt"):
+            for key in ("requests", "ref_requests", "option_chars", "prompt", "ref_prompt", "uid", "task_pos"):
                 if key in examples[0]:
                     batch[key] = [e[key] for e in examples]
             batch["records"] = [e["record"] for e in examples]

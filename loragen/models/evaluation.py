@@ -1,27 +1,49 @@
-"""Scoring, tallies and results files shared by LoRA-Gen and every baseline.
+"""Grading, per-item outcomes and results files shared by LoRA-Gen and every baseline.
 
 An evaluated *setting* is one way of running the edge model on the same items (e.g. LoRA-Gen
-merged without the system prompt, the plain edge model with it). For each setting and task the
-mixin tallies correct answers, unparseable generations, prompt tokens and wall time per item in
-torchmetrics ``SumMetric``s (so DDP ranks reduce), and at the end of a test epoch writes
-``results.json`` / ``results.md`` into the run directory, prints the table and logs it to W&B.
+merged without the system prompt, the plain edge model with it). Multiple-choice items are graded
+by option log-likelihood as lm-evaluation-harness grades them -- ``acc`` (highest summed
+log-likelihood) and ``acc_norm`` (divided by the option's length in characters) -- with many items
+per forward pass; others by generation and the task's answer extraction. Every item's outcome is
+kept (``loragen.metrics.outcomes.ItemOutcomes``, gathered across DDP ranks and deduplicated), so
+tables carry 95% intervals and paired differences. Latency per request is measured honestly on a
+fixed sample: the first ``LATENCY_ITEMS_PER_TASK`` items of each task are answered one at a time.
 
-A LightningModule using it sets ``SETTINGS`` (key → label, the first being its own method), calls
+At the end of a test epoch ``results.json`` / ``results.md`` and ``items.jsonl`` (one line per item
+and setting: chosen option, label, correctness, source) are written into the run directory, the table
+is printed and logged to W&B.
+
+A LightningModule using it sets ``SETTINGS`` (key -> label, the first being its own method), calls
 ``_init_evaluation()`` in ``__init__`` and provides ``scoring_model()`` (the causal LM as it
 currently is), ``edge_tokenizer()``, ``result_info()`` (extra fields for ``results.json``) and
-``_evaluate(batch, stage)``.
+``_evaluate(batch, stage)``; ``eval_settings()`` / ``paired_settings()`` say which rows are computed.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from loragen import LoRAGenError
-from loragen.models.scoring import score_options
+from loragen.models.scoring import score_requests
+
+LATENCY_ITEMS_PER_TASK = 8
+METRICS = {"acc_norm": "option log-likelihood ÷ option length in characters (acc_norm, as lm-evaluation-harness)",
+           "acc": "summed option log-likelihood (acc, as lm-evaluation-harness)"}
+
+
+def check_eval_settings(hp: Any) -> None:
+    """Scoring and metric settings every method shares (``hp``: attributes or a mapping)."""
+    get = hp.get if isinstance(hp, dict) else lambda k, d=None: getattr(hp, k, d)
+    if get("scoring") not in ("loglik", "generate"):
+        raise LoRAGenError(f"scoring={get('scoring')!r} is unknown: choose loglik or generate")
+    if get("metric", "acc_norm") not in METRICS:
+        raise LoRAGenError(f"metric={get('metric')!r} is unknown: choose one of {', '.join(METRICS)}")
 
 
 class EvaluationMixin:
@@ -31,11 +53,11 @@ class EvaluationMixin:
     prefix_tokens = 0  # learned virtual tokens the edge reads before every prompt (prompt tuning)
 
     def _init_evaluation(self) -> None:
-        from torchmetrics import MaxMetric, SumMetric
+        from torchmetrics import MaxMetric
 
-        self._sum_metric = SumMetric
-        self.eval_sums = nn.ModuleDict()
         self.best_val_acc = MaxMetric()
+        self.outcomes = nn.ModuleDict()  # stage -> setting -> ItemOutcomes, built in setup()
+        self.eval_tasks: list[str] = []
         self.last_results: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ hooks for subclasses
@@ -53,6 +75,26 @@ class EvaluationMixin:
         """Input embeddings placed before every prompt (None: none)."""
         return None
 
+    def eval_settings(self) -> list[str]:
+        """The settings (keys of ``SETTINGS``) this module evaluates, its own first."""
+        return list(self.SETTINGS)
+
+    def paired_settings(self) -> list[tuple[str, str]]:
+        """Pairs (a, b) whose difference a - b on the same items is reported with a paired interval."""
+        return []
+
+    def setup(self, stage: str) -> None:
+        """The outcome metrics, built once from the DataModule's task list (the same on every rank)."""
+        from torchmetrics import MetricCollection
+
+        from loragen.metrics.outcomes import ItemOutcomes
+
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        self.eval_tasks = list(getattr(datamodule, "tasks", None) or [])
+        for name in ("val", "test"):
+            self.outcomes[name] = MetricCollection({s: ItemOutcomes() for s in self.eval_settings()},
+                                                   compute_groups=False).to(self.device)
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "val")
 
@@ -60,17 +102,6 @@ class EvaluationMixin:
         self._evaluate(batch, "test")
 
     # ------------------------------------------------------------------ grading
-
-    def _add(self, stage: str, setting: str, task: str, quantity: str, value: float) -> None:
-        key = f"{stage}|{setting}|{task}|{quantity}"
-        if key not in self.eval_sums:
-            self.eval_sums[key] = self._sum_metric().to(self.device)
-        self.eval_sums[key].update(torch.tensor(float(value), device=self.device))
-
-    def _score(self, prompt: list[int], options: list[list[int]]) -> int:
-        scores = score_options(self.scoring_model(), prompt, options, self.hparams.length_normalize,
-                               prefix_embeds=self.prefix_embeds())
-        return int(scores.argmax())
 
     def _generate_text(self, prompt: list[int]) -> str:
         model, tok = self.scoring_model(), self.edge_tokenizer()
@@ -101,29 +132,56 @@ class EvaluationMixin:
         answer = " ".join(text.split()).lower()
         return (answer == " ".join(record.output.split()).lower()) if answer else None
 
-    def _answer(self, batch: dict[str, Any], prompt_key: str, i: int) -> int:
-        """1 = correct, 0 = wrong, -1 = unparseable generation (wrong, and counted)."""
-        options = batch["options"][i] if "options" in batch else []
-        if options and self.hparams.scoring == "loglik":
-            return int(self._score(batch[prompt_key][i], options) == int(batch["label"][i]))
-        verdict = self._judge(self._generate_text(batch[prompt_key][i]), batch["records"][i])
-        return -1 if verdict is None else int(verdict)
+    def _verdicts(self, batch: dict[str, Any], prompt_key: str, items: list[int]) -> dict[int, tuple[int, ...]]:
+        """(pred, pred_norm, acc, acc_norm, unparseable) per item; multiple-choice items of ``items`` are
+        scored together (one batched pass over all their options)."""
+        requests_key = "ref_requests" if prompt_key == "ref_prompt" else "requests"
+        loglik = self.hparams.scoring == "loglik"
+        choice = [i for i in items if loglik and batch[requests_key][i]]
+        flat = [r for i in choice for r in batch[requests_key][i]]
+        scores = iter(score_requests(self.scoring_model(), flat, prefix_embeds=self.prefix_embeds()))
+        out: dict[int, tuple[int, ...]] = {}
+        for i in choice:
+            lls = np.array([next(scores) for _ in batch[requests_key][i]])
+            chars = np.array(batch["option_chars"][i], dtype=float)
+            pred, pred_norm, label = int(np.argmax(lls)), int(np.argmax(lls / chars)), int(batch["label"][i])
+            out[i] = (pred, pred_norm, int(pred == label), int(pred_norm == label), 0)
+        for i in items:
+            if i not in out:
+                verdict = self._judge(self._generate_text(batch[prompt_key][i]), batch["records"][i])
+                correct = int(verdict is True)
+                out[i] = (-1, -1, correct, correct, int(verdict is None))
+        return out
 
     def _grade_items(self, stage: str, setting: str, batch: dict[str, Any], prompt_key: str, items: Any,
                      extra_tokens: int = 0) -> None:
-        """Answer each item with the edge model as it currently is; tally correctness, tokens and time."""
+        """Answer each item with the edge model as it currently is and record its outcome. Items of the
+        latency sample are answered one at a time and timed; the rest together."""
         if prompt_key not in batch:
             raise LoRAGenError(f"evaluation batches carry no {prompt_key!r}: set data.init_args.reference true "
                                "(it prepares the edge prompts that include the system prompt)")
-        for i in items:
+        items = list(items)
+        timed = [i for i in items if batch["task_pos"][i] < LATENCY_ITEMS_PER_TASK]
+        verdicts, ms = {}, {}
+        for i in timed:
             start = time.perf_counter()
-            verdict = self._answer(batch, prompt_key, i)
-            task = batch["task"][i]
-            self._add(stage, setting, task, "ms", 1000 * (time.perf_counter() - start))
-            self._add(stage, setting, task, "correct", float(verdict == 1))
-            self._add(stage, setting, task, "unparseable", float(verdict == -1))
-            self._add(stage, setting, task, "count", 1.0)
-            self._add(stage, setting, task, "tokens", float(len(batch[prompt_key][i]) + extra_tokens))
+            verdicts.update(self._verdicts(batch, prompt_key, [i]))
+            ms[i] = 1000 * (time.perf_counter() - start)
+        verdicts.update(self._verdicts(batch, prompt_key, [i for i in items if i not in ms]))
+        tasks = self._task_indices(batch["task"], items)
+        columns = list(zip(*(verdicts[i] for i in items), strict=True))
+        self.outcomes[stage][setting].update(
+            uid=[batch["uid"][i] for i in items], task=tasks, label=[int(batch["label"][i]) for i in items],
+            pred=columns[0], pred_norm=columns[1], acc=columns[2], acc_norm=columns[3], unparseable=columns[4],
+            tokens=[len(batch[prompt_key][i]) + extra_tokens for i in items],
+            ms=[ms.get(i, float("nan")) for i in items])
+
+    def _task_indices(self, names: list[str], items: list[int]) -> list[int]:
+        missing = sorted({names[i] for i in items} - set(self.eval_tasks))
+        if missing:
+            raise LoRAGenError(f"evaluation items of task(s) {missing} that the DataModule does not list: "
+                               "evaluate through a DataModule whose val/test records name their tasks")
+        return [self.eval_tasks.index(names[i]) for i in items]
 
     # ------------------------------------------------------------------ epoch ends and results
 
@@ -135,66 +193,75 @@ class EvaluationMixin:
             self.log("val/acc_mean_best", self.best_val_acc.compute())
 
     def on_test_epoch_end(self) -> None:
+        directory = self.trainer.log_dir or self.trainer.default_root_dir  # a collective: every rank asks
         results = self._collect("test")
         if results is None or self.trainer.sanity_checking:
             return
         self.last_results = results
         if self.trainer.is_global_zero:
+            from loragen.files import atomic_write_text
             from loragen.metrics.results import results_markdown, write_results
 
-            directory = self.trainer.log_dir or self.trainer.default_root_dir
             json_path, md_path = write_results(results, directory)
+            atomic_write_text(md_path.with_name("items.jsonl"), self._items_jsonl("test"))
             print("\n" + results_markdown(results) + f"\n\nResults written to {json_path} and {md_path}\n")
             for logger in self.loggers:
                 if hasattr(logger, "log_table"):
-                    header = ["setting", *results["tasks"], "mean", "hmean", "tokens_per_request", "ms_per_request"]
-                    data = [[r["setting"], *[r["accuracy"][t] for t in results["tasks"]], r["mean"], r["hmean"],
-                             r["tokens_per_request"], r["ms_per_request"]] for r in results["rows"]]
+                    header = ["setting", *results["tasks"], "mean", "mean_ci", "hmean", "tokens_per_request",
+                              "ms_per_request"]
+                    data = [[r["setting"], *[r["accuracy"][t] for t in results["tasks"]], r["mean"], r["mean_ci"],
+                             r["hmean"], r["tokens_per_request"], r["ms_per_request"]] for r in results["rows"]]
                     logger.log_table(key="test/results", columns=header, data=data)
 
     def _collect(self, stage: str) -> dict[str, Any] | None:
-        from loragen.metrics.results import summarize
+        from loragen.metrics.results import build_results
 
-        values: dict[tuple[str, str, str], float] = {}
-        for key in list(self.eval_sums.keys()):
-            st, setting, task, quantity = key.split("|")
-            if st != stage:
-                continue
-            values[(setting, task, quantity)] = float(self.eval_sums[key].compute())
-            self.eval_sums[key].reset()
-        if not values:
+        if stage not in self.outcomes:
             return None
-        tasks = sorted({t for (_, t, _) in values})
-        settings = [s for s in self.SETTINGS if any(k[0] == s for k in values)]
-        rows = []
-        for setting in settings:
-            def get(task: str, quantity: str, setting: str = setting) -> float:
-                return values.get((setting, task, quantity), 0.0)
-
-            accuracy = {t: get(t, "correct") / max(get(t, "count"), 1.0) for t in tasks}
-            count = sum(get(t, "count") for t in tasks)
-            row = {"setting": self.SETTINGS[setting], "key": setting, "accuracy": accuracy, **summarize(accuracy),
-                   "tokens_per_request": sum(get(t, "tokens") for t in tasks) / max(count, 1.0),
-                   "ms_per_request": sum(get(t, "ms") for t in tasks) / max(count, 1.0),
-                   "unparseable": int(sum(get(t, "unparseable") for t in tasks))}
-            rows.append(row)
-            suffix = "" if setting == settings[0] else f"_{setting}"
-            for t in tasks:
-                self.log(f"{stage}/acc{suffix}/{t}", accuracy[t])
+        outcomes = {}
+        for setting in self.eval_settings():
+            metric = self.outcomes[stage][setting]
+            if metric.update_called:
+                outcomes[setting] = metric.compute()
+            metric.reset()
+        if not outcomes:
+            return None
+        present = sorted({int(t) for values in outcomes.values() for t in values["task"]})
+        tasks = [self.eval_tasks[t] for t in present]  # tasks of this stage (the DataModule lists val and test)
+        for values in outcomes.values():
+            values["task"] = np.searchsorted(present, values["task"])
+        self._last_outcomes = outcomes
+        metric = self.hparams.metric if self.hparams.scoring == "loglik" else "acc"
+        labels = {s: self.SETTINGS[s] for s in outcomes}
+        results = build_results(outcomes, labels, tasks, metric, paired=self.paired_settings())
+        results["stage"] = stage
+        results["scoring"] = ("generation + answer extraction" if self.hparams.scoring == "generate"
+                              else METRICS[metric])
+        results["latency"] = f"ms/request: the first {LATENCY_ITEMS_PER_TASK} items of each task, one at a time"
+        results.update(self.result_info())
+        for row in results["rows"]:
+            suffix = "" if row["key"] == results["rows"][0]["key"] else f"_{row['key']}"
+            for t in results["tasks"]:
+                self.log(f"{stage}/acc{suffix}/{t}", row["accuracy"][t])
             self.log(f"{stage}/acc_mean{suffix}", row["mean"], prog_bar=not suffix)
             self.log(f"{stage}/acc_hmean{suffix}", row["hmean"])
             self.log(f"{stage}/tokens_per_request{suffix}", row["tokens_per_request"])
-        results = {"stage": stage, "tasks": tasks, "rows": rows,
-                   "items": int(sum(values.get((settings[0], t, "count"), 0.0) for t in tasks)),
-                   "scoring": ("generation + answer extraction" if self.hparams.scoring == "generate" else
-                               "option log-likelihood"
-                               + (" (length-normalised)" if self.hparams.length_normalize else "")),
-                   **self.result_info()}
-        by_key = {r["key"]: r for r in rows}
-        primary = rows[0]
-        if "prompted" in by_key and primary["key"] != "prompted" and primary["tokens_per_request"]:
-            results["compression_ratio"] = by_key["prompted"]["tokens_per_request"] / primary["tokens_per_request"]
         return results
+
+    def _items_jsonl(self, stage: str) -> str:
+        """One line per (setting, item): what was chosen, what was right, and where the item came from."""
+        examples = getattr(self.trainer.datamodule, "examples", {}).get(stage, [])
+        lines = []
+        for setting, values in self._last_outcomes.items():
+            for k in range(len(values["uid"])):
+                uid = int(values["uid"][k])
+                record = examples[uid]["record"] if uid < len(examples) else None
+                lines.append(json.dumps({
+                    "setting": setting, "uid": uid, "task": self.last_results["tasks"][int(values["task"][k])],
+                    "source": record.meta.get("source") if record is not None else None,
+                    **{f: int(values[f][k]) for f in ("label", "pred", "pred_norm", "acc", "acc_norm",
+                                                       "unparseable", "tokens")}}))
+        return "\n".join(lines) + "\n"
 
 
 def count_trainable(module: nn.Module) -> int:

@@ -19,7 +19,7 @@ import torch
 from loragen import LoRAGenError
 from loragen.models.components.expert_pool import DEFAULT_TARGETS
 from loragen.models.components.router import AUX_KINDS, NOISE_KINDS
-from loragen.models.evaluation import EvaluationMixin
+from loragen.models.evaluation import EvaluationMixin, check_eval_settings
 from loragen.models.optim import ScheduledTraining
 from loragen.models.scoring import answer_loss
 
@@ -52,7 +52,9 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
         scoring: ``loglik`` (pick the option with the highest log-likelihood) or ``generate`` (greedy
             answer, graded by the task's answer extraction; unparseable answers count as wrong and are
             counted). Records without options are always graded by generation.
-        length_normalize: option scoring by mean (not summed) token log-likelihood.
+        metric: the headline of option scoring, ``acc_norm`` (log-likelihood ÷ option length in
+            characters) or ``acc`` (summed log-likelihood), as lm-evaluation-harness defines them;
+            both are always computed and written.
         max_new_tokens: answer length for generation scoring and ``loragen predict``.
         init_from: start from the trained weights of this checkpoint (e.g. Alpaca pre-training before
             multi-task training) without its optimizer state or step count; the pair must match.
@@ -68,7 +70,7 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
                  aux_coef: float = 0.01, train_meta_tokens: bool = False, cloud_lora_rank: int = 0,
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 10, min_lr_ratio: float = 0.1,
                  eval_path: str = "merged", reference: bool = True, zero_shot_reference: bool = True,
-                 scoring: str = "loglik", length_normalize: bool = True,
+                 scoring: str = "loglik", metric: str = "acc_norm",
                  max_new_tokens: int = 32, init_from: str | None = None, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -112,8 +114,20 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
         validate_source(hp.get("cloud", defaults["cloud"]))
         validate_source(hp.get("edge", defaults["edge"]))
 
+    def eval_settings(self) -> list[str]:
+        settings = ["loragen"]
+        if self.hparams.reference:
+            settings.append("prompted")  # plain edge, full system prompt in context
+        if self.hparams.zero_shot_reference:
+            settings.append("zero_shot")  # plain edge, user input only
+        return settings
+
+    def paired_settings(self) -> list[tuple[str, str]]:
+        return [("loragen", other) for other in self.eval_settings()[1:]]
+
     def setup(self, stage: str) -> None:
         """Every run records which cloud/edge pair it is about (W&B config, CSV hparams.yaml)."""
+        super().setup(stage)
         if self._trainer is not None:
             for logger in self.trainer.loggers:
                 logger.log_hyperparams({"pair_fingerprint": self.model.fingerprint.to_dict()})
@@ -167,13 +181,9 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
                 context = self.model.edge_lora.routing(lora.indices[None], lora.weights[None])
             with context:
                 self._grade_items(stage, "loragen", batch, "prompt", members)
-        references = []
-        if self.hparams.reference and "ref_prompt" in batch:
-            references.append(("prompted", "ref_prompt"))  # plain edge, full system prompt in context
-        if self.hparams.zero_shot_reference:
-            references.append(("zero_shot", "prompt"))  # plain edge, user input only
-        for setting, prompt_key in references:
-            self._grade_items(stage, setting, batch, prompt_key, range(size))
+        prompt_keys = {"prompted": "ref_prompt", "zero_shot": "prompt"}
+        for setting in self.eval_settings()[1:]:
+            self._grade_items(stage, setting, batch, prompt_keys[setting], range(size))
 
     def _loras_for(self, batch: dict[str, Any]) -> tuple[list[list[int]], list[Any]]:
         """Rows grouped by system prompt, and each group's generated LoRA — taken from
@@ -263,8 +273,7 @@ def _validate(hp: Any) -> None:
         raise LoRAGenError(f"router_noise={hp.router_noise!r} is unknown: choose one of {list(NOISE_KINDS)}")
     if hp.aux_loss not in AUX_KINDS:
         raise LoRAGenError(f"aux_loss={hp.aux_loss!r} is unknown: choose one of {list(AUX_KINDS)}")
-    if hp.scoring not in ("loglik", "generate"):
-        raise LoRAGenError(f"scoring={hp.scoring!r} is unknown: choose loglik or generate")
+    check_eval_settings(hp)
     if hp.eval_path not in ("merged", "functional"):
         raise LoRAGenError(f"eval_path={hp.eval_path!r} is unknown: choose merged or functional")
     if hp.target_modules is not None and not hp.target_modules:

@@ -2,13 +2,13 @@
 
 The vocabulary projection is the most expensive single matmul of a small LM (49k × 576 for
 SmolLM2), so logits are computed only where they are used: at answer positions for the loss, and at
-option positions for scoring. Options of one item share the prompt's key/value cache, so a
-system-prompted reference costs one long prompt pass per item, not one per option.
+continuation positions for option scoring, which runs many (context, continuation) requests per
+forward pass.
 """
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -41,43 +41,57 @@ def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
                            ignore_index=IGNORE)
 
 
-def _cache_kwarg(decoder: Any) -> str:
-    """transformers renamed ``past_key_values`` to ``cache``; use whichever this version takes."""
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-
-
 @torch.no_grad()
-def score_options(model: Any, prompt: list[int], options: list[list[int]],
-                  length_normalize: bool = True, prefix_embeds: torch.Tensor | None = None) -> torch.Tensor:
-    """Log-likelihood of each option given the prompt (mean per token when ``length_normalize``).
+def score_requests(model: Any, requests: Sequence[tuple[list[int], list[int]]],
+                   prefix_embeds: torch.Tensor | None = None, max_batch_tokens: int = 8192) -> list[float]:
+    """Summed log-likelihood of each continuation given its context, for many requests per forward.
 
-    The prompt runs once; its key/value cache is repeated for the options, which run as one batch
-    (right-padded, so padding never influences a scored position). ``prefix_embeds`` (1, n, hidden)
-    are input embeddings placed before the prompt (learned soft prompts).
+    A request is ``(context ids, continuation ids)``. As in lm-evaluation-harness, the model reads
+    ``(context + continuation)[:-1]`` and the continuation's tokens are scored at the positions that
+    predict them. Requests are sorted by length and packed into right-padded batches of at most
+    ``max_batch_tokens`` (rows × width): with causal attention a position attends only to earlier
+    positions, which are real tokens, so padding changes no scored position (tests compare each
+    request scored alone). ``prefix_embeds`` (1, n, hidden) are input embeddings placed before every
+    context (learned soft prompts).
     """
-    decoder = model.get_decoder()
+    scores = [0.0] * len(requests)
+    if not requests:
+        return scores
     device = model.get_output_embeddings().weight.device
-    prompt_t = torch.tensor([prompt], device=device)
-    if prefix_embeds is None:
-        first = decoder(input_ids=prompt_t, use_cache=True)
-    else:
-        embeds = torch.cat([prefix_embeds.to(device), model.get_input_embeddings()(prompt_t)], dim=1)
-        first = decoder(inputs_embeds=embeds, use_cache=True)
-    start = first.last_hidden_state.shape[1]
-    cache = getattr(first, "cache", None) or first.past_key_values
-    n, width = len(options), max(len(o) for o in options)
-    cache.batch_repeat_interleave(n)
-    ids = torch.zeros(n, width, dtype=torch.long, device=device)
-    opt_mask = torch.zeros(n, width, dtype=torch.long, device=device)
-    for j, option in enumerate(options):
-        ids[j, : len(option)] = torch.tensor(option, device=device)
-        opt_mask[j, : len(option)] = 1
-    mask = torch.cat([torch.ones(n, start, dtype=torch.long, device=device), opt_mask], dim=1)
-    positions = torch.arange(start, start + width, device=device).expand(n, -1)
-    rest = decoder(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                   **{_cache_kwarg(decoder): cache}).last_hidden_state
-    # Option token i is predicted by the hidden state before it: the prompt's last, then option i-1.
-    hidden = torch.cat([first.last_hidden_state[:, -1:].expand(n, -1, -1), rest[:, :-1]], dim=1)
-    logp = torch.log_softmax(_head(model, hidden), -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-    total = (logp * opt_mask).sum(-1)
-    return total / opt_mask.sum(-1).clamp_min(1) if length_normalize else total
+    decoder = model.get_decoder()
+    n_prefix = 0 if prefix_embeds is None else prefix_embeds.shape[1]
+    lengths = [len(c) + len(t) - 1 for c, t in requests]
+    order = sorted(range(len(requests)), key=lambda i: -lengths[i])
+    start = 0
+    while start < len(order):
+        width = lengths[order[start]] + n_prefix
+        rows = max(1, min(len(order) - start, max_batch_tokens // max(width, 1)))
+        chunk = order[start:start + rows]
+        start += rows
+        ids = torch.zeros(len(chunk), width - n_prefix, dtype=torch.long, device=device)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long, device=device)
+        rows_at, positions, targets, owner = [], [], [], []
+        for r, i in enumerate(chunk):
+            context, continuation = requests[i]
+            sequence = (list(context) + list(continuation))[:-1]
+            ids[r, : len(sequence)] = torch.tensor(sequence, device=device)
+            mask[r, : n_prefix + len(sequence)] = 1
+            first = n_prefix + len(context) - 1  # the position that predicts the first continuation token
+            rows_at += [r] * len(continuation)
+            positions += range(first, first + len(continuation))
+            targets += continuation
+            owner += [i] * len(continuation)
+        if prefix_embeds is None:
+            hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        else:
+            embeds = torch.cat([prefix_embeds.to(device).expand(len(chunk), -1, -1),
+                                model.get_input_embeddings()(ids)], dim=1)
+            hidden = decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
+        picked = hidden[torch.tensor(rows_at, device=device), torch.tensor(positions, device=device)]
+        target = torch.tensor(targets, device=device)
+        logp = torch.log_softmax(_head(model, picked), -1).gather(-1, target[:, None]).squeeze(-1)
+        sums = torch.zeros(len(requests), dtype=logp.dtype, device=device)
+        sums.index_add_(0, torch.tensor(owner, device=device), logp)
+        for i in chunk:
+            scores[i] = float(sums[i])
+    return scores

@@ -8,12 +8,15 @@ malformed rows, drawing few-shot examples, building ``Record``s -- is shared (``
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from loragen.data.records import Record
+
+FORMULATIONS = ("cloze", "choices")
 
 
 class Malformed(Exception):
@@ -37,7 +40,12 @@ class Item:
     """One example: the user ``input`` (already formatted), the gold ``output``, and for multiple
     choice the option texts with the 0-based ``label``. ``answer`` is the label in the
     LLM-Adapters style (``answer2``, ``true``, ``18``) for generation scoring; ``system`` is set only
-    by tasks whose system prompt belongs to the item (Alpaca instruction, GPT4Tools tool list)."""
+    by tasks whose system prompt belongs to the item (Alpaca instruction, GPT4Tools tool list).
+
+    Multiple-choice items are parsed in the *choices* formulation (``input`` lists the options, for
+    ``scoring: generate``) and keep the bare ``question``, from which ``TaskSpec.formulate`` builds the
+    *cloze* formulation of option scoring. ``contexts`` (partial scoring, WinoGrande): one context
+    per option, and ``options`` are then the continuations scored after each."""
 
     input: str
     output: str
@@ -46,6 +54,8 @@ class Item:
     answer: str | None = None
     system: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    question: str | None = None
+    contexts: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -60,6 +70,9 @@ class TaskSpec:
         answer_kind: how a generated answer is extracted (``loragen.metrics.extraction`` kinds, or
             ``tool`` for GPT4Tools ReAct output, or ``text`` for none).
         answer_prefix: the label word of ``choice_label`` answers (``answer``, ``solution``, ...).
+        cloze: the question of option scoring (``scoring: loglik``) in lm-evaluation-harness's
+            formulation of the task, ``{question}`` being the parsed question; each option text is
+            scored as the continuation after a space. No options are listed.
         shot_splits: splits few-shot examples may come from, in order of preference; the first one
             available is used. Items equal to a few-shot example are removed from every split
             built (so an example is never also an evaluated or a training item). Empty: no shots
@@ -73,6 +86,7 @@ class TaskSpec:
     hub: HubSource | None = None
     answer_kind: str = "option_text"
     answer_prefix: str = "answer"
+    cloze: str = "Question: {question}\nAnswer:"
     shot_splits: tuple[str, ...] = ("train",)
     license: str = ""
     notes: str = ""
@@ -91,8 +105,20 @@ class TaskSpec:
     def parse_hub_row(self, row: dict[str, Any]) -> Item:
         return self.parse_row(row, None)
 
+    def formulate(self, item: Item, formulation: str) -> Item:
+        """The item as it is asked: ``cloze`` (option scoring, the harness's formulation: the question
+        alone, each option text its continuation) or ``choices`` (the options listed in the input,
+        for generation scoring). Items without a parsed question are the same in both."""
+        if formulation not in FORMULATIONS:
+            raise ValueError(f"unknown formulation {formulation!r}: choose one of {FORMULATIONS}")
+        if formulation == "choices" or item.question is None or item.options is None:
+            return item
+        return dataclasses.replace(item, input=self.cloze.format(question=item.question))
+
     def format_shot(self, item: Item) -> str:
-        return f"{item.input} {item.output}"
+        """A few-shot example in the system prompt, in the formulation of the items it precedes."""
+        context = item.contexts[item.label] if item.contexts and item.label is not None else item.input
+        return f"{context} {item.output}"
 
     def system_prompt(self, shots: Sequence[Item]) -> str:
         return "\n\n".join(part for part in [self.description, *(self.format_shot(s) for s in shots)] if part)
@@ -100,7 +126,7 @@ class TaskSpec:
     def to_record(self, item: Item, system: str, split: str, where: str) -> Record:
         meta = {"answer": item.answer, "split": split, "source": where, "answer_kind": self.answer_kind, **item.meta}
         return Record(item.system if item.system is not None else system, item.input, item.output, self.name,
-                      item.options, item.label, meta)
+                      item.options, item.label, meta, contexts=item.contexts)
 
     def extract(self, text: str, record: Record) -> str | None:
         """The answer a generated ``text`` gives, in the form of ``record.meta['answer']``; None if unparseable."""
@@ -174,16 +200,19 @@ def parse_index(raw: Any, n_options: int, base: int, what: str = "label") -> int
 
 
 def format_choice_input(question: str, options: Sequence[str]) -> str:
-    """The shipped quickstart format: ``Question: ...\\nChoices:\\n- ...\\nAnswer:``."""
+    """The choices formulation (generation scoring): ``Question: ...\\nChoices:\\n- ...\\nAnswer:``."""
     choices = "\n".join(f"- {option}" for option in options)
     return f"Question: {question}\nChoices:\n{choices}\nAnswer:"
 
 
-def choice_item(question: str, options: Sequence[str], label: int, prefix: str, **meta: Any) -> Item:
+def choice_item(question: str, options: Sequence[str], label: int, prefix: str, *, normalize: bool = True,
+                **meta: Any) -> Item:
     """A multiple-choice ``Item`` (checks: a question, >= 2 non-empty options, label in range, the correct
-    option's text not repeated among the others)."""
-    options = tuple(normalize_space(o) for o in options)
-    question = normalize_space(question)
+    option's text not repeated among the others). ``normalize=False`` keeps texts a task has already
+    cleaned exactly as the harness does (HellaSwag)."""
+    if normalize:
+        options, question = tuple(normalize_space(o) for o in options), normalize_space(question)
+    options = tuple(options)
     if not question:
         raise Malformed("empty question")
     if len(options) < 2 or not all(options):
@@ -194,7 +223,7 @@ def choice_item(question: str, options: Sequence[str], label: int, prefix: str, 
         raise Malformed("the correct option's text also appears as another option (option scoring cannot tell "
                         "them apart)")
     return Item(format_choice_input(question, options), options[label], options, label, f"{prefix}{label + 1}",
-                meta=dict(meta))
+                meta=dict(meta), question=question)
 
 
 def inline_or_file_label(row: dict[str, Any], key: str, file_label: str | None) -> Any:

@@ -7,20 +7,32 @@ so hub and local records are the same task).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from loragen.data.tasks.base import HubSource, Item, Malformed, TaskSpec, get_str
 from loragen.data.tasks.llm_adapters import is_llm_adapters, parse_boolq
 
-OPTIONS = ("true", "false")
+OPTIONS = ("true", "false")  # the LLM-Adapters answers, for generation scoring
+CLOZE_OPTIONS = ("yes", "no")  # the harness's continuations, for option scoring
 
 
 def boolq_item(question: str, label: int) -> Item:
-    question = question if question.endswith("?") else f"{question}?"
-    return Item(f"Question: {question}\nAnswer:", OPTIONS[label], OPTIONS, label, OPTIONS[label])
+    question = question.rstrip("?")
+    return Item(f"Question: {question}?\nAnswer:", OPTIONS[label], OPTIONS, label, OPTIONS[label], question=question)
 
 
 class BoolQTask(TaskSpec):
+    """Closed-book: lm-evaluation-harness asks ``{passage}\\nQuestion: {question}?\\nAnswer:`` with the
+    continuations ``no`` / ``yes``; our data has no passage, so the cloze formulation is that question
+    without it (options ``yes`` / ``no``, label 0 = yes)."""
+
+    def formulate(self, item: Item, formulation: str) -> Item:
+        item = super().formulate(item, formulation)
+        if formulation == "cloze" and item.label is not None:
+            return dataclasses.replace(item, options=CLOZE_OPTIONS, output=CLOZE_OPTIONS[item.label])
+        return item
+
     def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
         if is_llm_adapters(row):
             return boolq_item(*parse_boolq(row))
@@ -34,11 +46,11 @@ class BoolQTask(TaskSpec):
 
 
 BOOLQ = BoolQTask(
-    name="boolq", description="Answer the yes/no question about general knowledge with true or false.",
+    name="boolq", description="Answer the yes/no question about general knowledge.",
     files={"train": "llm-adapters/boolq/train.json", "val": "llm-adapters/boolq/test.json",
            "test": "llm-adapters/boolq/test.json"},
     hub=HubSource("google/boolq", None, {"train": "train", "val": "validation", "test": "validation"}),
-    answer_kind="boolean",
+    answer_kind="boolean", cloze="Question: {question}?\nAnswer:",
     license="License: CC BY-SA 3.0 (BoolQ); LLM-Adapters compilation ODC-By 1.0. Adapted data is share-alike.",
     notes="val and test are both the public dev set (BoolQ's test labels are not public).")
 TASKS = [BOOLQ]

@@ -17,9 +17,10 @@ from loragen.data.tasks.llm_adapters import is_llm_adapters, parse_choice
 
 
 def clean(text: str) -> str:
+    """lm-evaluation-harness's HellaSwag preprocessing, exactly (so both ask the same question)."""
     text = text.strip().replace(" [title]", ". ")
     text = re.sub(r"\[.*?\]", "", text)
-    return " ".join(text.split())
+    return text.replace("  ", " ")
 
 
 class HellaSwagTask(TaskSpec):
@@ -27,9 +28,11 @@ class HellaSwagTask(TaskSpec):
         if is_llm_adapters(row):
             return parse_choice(row, "ending")
         if isinstance(row, dict) and isinstance(row.get("ctx_a"), str) and row["ctx_a"].strip():
-            ctx = f"{get_str(row, 'ctx_a')} {get_str(row, 'ctx_b', allow_empty=True).capitalize()}"
+            get_str(row, "ctx_b", allow_empty=True)  # type check
+            ctx = f"{row['ctx_a']} {row['ctx_b'].capitalize()}"  # raw text: the harness cleans it once, below
         else:  # harnesses build ctx_a + " " + ctx_b.capitalize(); ctx alone is the fallback
-            ctx = get_str(row, "ctx")
+            get_str(row, "ctx")
+            ctx = row["ctx"]
         endings = row.get("endings")
         if not isinstance(endings, list) or not all(isinstance(e, str) for e in endings) or len(endings) < 2:
             raise Malformed("field 'endings' must be a list of at least two strings")
@@ -39,10 +42,9 @@ class HellaSwagTask(TaskSpec):
         if raw in (None, ""):
             raise Malformed("no label (the published test split has none: evaluate on val)")
         activity = row.get("activity_label")
-        context = clean(ctx)
-        question = f"{clean(activity)}: {context}" if isinstance(activity, str) and activity.strip() else context
+        question = clean(f"{activity}: {ctx}" if isinstance(activity, str) and activity.strip() else ctx)
         return choice_item(question, [clean(e) for e in endings], parse_index(raw, len(endings), base=0), "ending",
-                           **({"id": row["ind"]} if "ind" in row else {}))
+                           normalize=False, **({"id": row["ind"]} if "ind" in row else {}))
 
 
 HELLASWAG = HellaSwagTask(
@@ -50,7 +52,7 @@ HELLASWAG = HellaSwagTask(
     files={"train": "hellaswag/hellaswag_train.jsonl", "val": "hellaswag/hellaswag_val.jsonl",
            "test": "hellaswag/hellaswag_val.jsonl"},
     hub=HubSource("Rowan/hellaswag", None, {"train": "train", "val": "validation", "test": "validation"}),
-    answer_kind="choice_label", answer_prefix="ending", shot_splits=("train", "val"),
+    answer_kind="choice_label", answer_prefix="ending", shot_splits=("train", "val"), cloze="{question}",
     license="License: MIT (Copyright (c) 2019 Rowan Zellers; keep the notice).",
     notes="val and test are both the published validation set (test labels are hidden). Few-shot examples come "
           "from train; if no train file is given they come from val, and those items are then removed from the "

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from loragen import LoRAGenError
 from loragen.data.records import Record, RecordError
-from loragen.data.tasks.base import Item, Malformed, TaskSpec
+from loragen.data.tasks.base import FORMULATIONS, Item, Malformed, TaskSpec
 from loragen.data.tasks.io import hub_rows, labels_file, read_labels, read_rows
 from loragen.data.tasks.registry import get_task
 
@@ -30,9 +30,12 @@ HUB = "hub"
 class TaskLoader:
     def __init__(self, data_dir: str | Path | None = None, files: Mapping[str, Mapping[str, str]] | None = None,
                  shots: int = 3, seed: int = 0, strict: bool = False,
-                 tasks: Mapping[str, TaskSpec] | None = None) -> None:
+                 tasks: Mapping[str, TaskSpec] | None = None, formulation: str = "cloze") -> None:
         if shots < 0:
             raise LoRAGenError(f"data.shots must be >= 0, got {shots}")
+        if formulation not in FORMULATIONS:
+            raise LoRAGenError(f"unknown formulation {formulation!r}: choose one of {', '.join(FORMULATIONS)}")
+        self.formulation = formulation
         self.data_dir = Path(data_dir).expanduser() if data_dir is not None else None
         self.files = {task: dict(splits or {}) for task, splits in (files or {}).items()}
         self.shots, self.seed, self.strict = shots, seed, strict
@@ -90,6 +93,11 @@ class TaskLoader:
     # ------------------------------------------------------------------ items
 
     def items(self, task: str, split: str) -> list[tuple[str, Item]]:
+        """Items of (task, split) in this loader's formulation, with their ``file:line``."""
+        spec = self.spec(task)
+        return [(loc, spec.formulate(item, self.formulation)) for loc, item in self.parsed(task, split)]
+
+    def parsed(self, task: str, split: str) -> list[tuple[str, Item]]:
         """Parsed items of (task, split) with their ``file:line``; malformed rows are reported and skipped."""
         key = (task, split)
         if key not in self._items:
@@ -159,8 +167,8 @@ class TaskLoader:
         items = self.items(task, split)
         shots = self.shot_items(task)
         system = spec.system_prompt(shots)
-        taken = {s.input for s in shots}
-        kept = [(loc, item) for loc, item in items if item.input not in taken]
+        taken = {(s.input, s.options) for s in shots}
+        kept = [(loc, item) for loc, item in items if (item.input, item.options) not in taken]
         if len(kept) < len(items) and split != self._shots[task][0]:
             warnings.warn(f"task {task} ({split}): left out {len(items) - len(kept)} item(s) that equal one of its "
                           f"few-shot examples (from {self._shots[task][0]})", stacklevel=2)

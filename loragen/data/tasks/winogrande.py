@@ -8,6 +8,7 @@ dev set). The public test labels are hidden, so ``test`` is the dev set (as in L
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from loragen.data.tasks.base import (
@@ -24,12 +25,28 @@ from loragen.data.tasks.llm_adapters import is_llm_adapters, parse_choice
 
 
 class WinograndeTask(TaskSpec):
+    """Option scoring uses lm-evaluation-harness's *partial scoring*: the sentence up to the blank with
+    each option substituted is that option's context, and the rest of the sentence (the same for
+    both) is the continuation scored after it."""
+
+    def formulate(self, item: Item, formulation: str) -> Item:
+        if formulation == "choices" or item.options is None or "_" not in (item.question or ""):
+            return super().formulate(item, formulation)
+        sentence = item.question
+        blank = sentence.index("_")
+        rest = sentence[blank + 1:].strip()  # never empty (checked when parsed)
+        contexts = tuple(sentence[:blank] + option for option in item.options)
+        return dataclasses.replace(item, input=sentence, output=rest, options=(rest,) * len(contexts),
+                                   contexts=contexts)
+
     def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
         if is_llm_adapters(row):
             return parse_choice(row, "option")
         sentence = get_str(row, "sentence")
         if "_" not in sentence:
             raise Malformed("sentence has no blank '_'")
+        if not sentence[sentence.index("_") + 1:].strip():
+            raise Malformed("nothing follows the blank '_' (partial scoring needs a continuation)")
         options = [get_str(row, "option1"), get_str(row, "option2")]
         raw = inline_or_file_label(row, "answer", label)
         qid = row.get("qID")

@@ -19,7 +19,7 @@ import lightning as L
 import torch
 
 from loragen import LoRAGenError
-from loragen.models.evaluation import EvaluationMixin, count_trainable
+from loragen.models.evaluation import EvaluationMixin, check_eval_settings, count_trainable
 from loragen.models.optim import ScheduledTraining
 from loragen.models.scoring import answer_loss
 
@@ -36,7 +36,7 @@ class EdgeBaselineModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
             evaluation (its tokens are counted per request).
         lr / weight_decay / warmup_steps / min_lr_ratio: AdamW with linear warmup and cosine decay,
             the same schedule as LoRA-Gen.
-        scoring / length_normalize / max_new_tokens: as for ``LoRAGenModule``.
+        scoring / metric / max_new_tokens: as for ``LoRAGenModule``.
         seed: initialisation seed of the trained parameters.
     """
 
@@ -67,8 +67,7 @@ class EdgeBaselineModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
         defaults = {k: v.default for k, v in inspect.signature(cls.__init__).parameters.items()
                     if v.default is not inspect.Parameter.empty}
         hp = {**defaults, **hp}
-        if hp.get("scoring") not in ("loglik", "generate"):
-            raise LoRAGenError(f"scoring={hp.get('scoring')!r} is unknown: choose loglik or generate")
+        check_eval_settings(hp)
         if hp.get("lr", 1.0) <= 0:
             raise LoRAGenError(f"lr={hp['lr']} must be > 0")
         validate_source(hp["edge"])
@@ -252,7 +251,7 @@ class BaseModel(EdgeBaselineModule):
 
     def __init__(self, edge: str = "bundled:smollm2-135m-instruct", cloud: str = "bundled:smollm2-135m-instruct",
                  system_prompt: bool = False, lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 10,
-                 min_lr_ratio: float = 0.1, scoring: str = "loglik", length_normalize: bool = True,
+                 min_lr_ratio: float = 0.1, scoring: str = "loglik", metric: str = "acc_norm",
                  max_new_tokens: int = 32, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()

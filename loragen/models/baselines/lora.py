@@ -39,7 +39,7 @@ class LoRABaseline(EdgeBaselineModule):
                  system_prompt: bool = False, rank: int = 8, lora_alpha: float = 16.0,
                  target_modules: list[str] | None = None, lora_dropout: float = 0.0,
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 10, min_lr_ratio: float = 0.1,
-                 scoring: str = "loglik", length_normalize: bool = True, max_new_tokens: int = 32,
+                 scoring: str = "loglik", metric: str = "acc_norm", max_new_tokens: int = 32,
                  seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()

@@ -63,7 +63,7 @@ class MixLoRABaseline(_MoEBaseline):
                  system_prompt: bool = False, num_experts: int = 8, top_k: int = 2, rank: int = 8,
                  lora_alpha: float = 16.0, attention_rank: int = 8, aux_loss: str = "cv2", aux_coef: float = 0.01,
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 10, min_lr_ratio: float = 0.1,
-                 scoring: str = "loglik", length_normalize: bool = True, max_new_tokens: int = 32,
+                 scoring: str = "loglik", metric: str = "acc_norm", max_new_tokens: int = 32,
                  seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -92,7 +92,7 @@ class LoRAMoEBaseline(_MoEBaseline):
                  system_prompt: bool = False, num_experts: int = 8, rank: int = 8, lora_alpha: float = 16.0,
                  target_modules: list[str] | None = None, attention_rank: int = 0, aux_loss: str = "cv2",
                  aux_coef: float = 0.01, lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 10,
-                 min_lr_ratio: float = 0.1, scoring: str = "loglik", length_normalize: bool = True,
+                 min_lr_ratio: float = 0.1, scoring: str = "loglik", metric: str = "acc_norm",
                  max_new_tokens: int = 32, seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()

@@ -34,7 +34,7 @@ class PromptTuningBaseline(EdgeBaselineModule):
                  system_prompt: bool = False, num_virtual_tokens: int = 20,
                  init_text: str = "Read the question, then give the correct answer.",
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 10, min_lr_ratio: float = 0.1,
-                 scoring: str = "loglik", length_normalize: bool = True, max_new_tokens: int = 32,
+                 scoring: str = "loglik", metric: str = "acc_norm", max_new_tokens: int = 32,
                  seed: int = 0) -> None:
         super().__init__()
         self.save_hyperparameters()
