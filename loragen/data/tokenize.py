@@ -90,19 +90,21 @@ class RecordTokenizer:
         return self.limits.tail(ids, self._input_limit(with_system), "user input")
 
     def pair_ids(self, record: Record, context: str, answer: str, with_system: bool,
-                 count: bool = True) -> tuple[list[int], list[int]]:
-        """(context, " " + answer) encoded as the harness does, each truncated by the stated policy."""
+                 scoring: bool = False) -> tuple[list[int], list[int]]:
+        """(context, " " + answer) encoded as the harness does; the context keeps its tail. A training
+        answer keeps its head (``max_output_tokens``); a scored option is never cut (its whole text is
+        the option), and its context's truncation is counted once, by ``prompt_ids``."""
         prompt, answer_ids = encode_pair(self.edge, edge_prompt(record, with_system, context), " " + answer)
-        if count:
-            prompt = self.limits.tail(prompt, self._input_limit(with_system), "user input")
-            return prompt, self.limits.head(answer_ids, self.limits.max_output_tokens, "answer")
-        return prompt[-self._input_limit(with_system):], answer_ids[: self.limits.max_output_tokens]
+        if scoring:
+            return prompt[-self._input_limit(with_system):], answer_ids
+        prompt = self.limits.tail(prompt, self._input_limit(with_system), "user input")
+        return prompt, self.limits.head(answer_ids, self.limits.max_output_tokens, "answer")
 
     def requests(self, record: Record, with_system: bool) -> list[tuple[list[int], list[int]]]:
         """One (context ids, continuation ids) pair per option: the option text after the input, or
         after its own context (partial scoring)."""
         contexts = record.contexts or (record.input,) * len(record.options or ())
-        return [self.pair_ids(record, c, o, with_system, count=False)
+        return [self.pair_ids(record, c, o, with_system, scoring=True)
                 for c, o in zip(contexts, record.options or (), strict=True)]
 
     def train_example(self, record: Record, with_system: bool = False) -> dict[str, Any]:

