@@ -393,7 +393,7 @@ The script is deterministic (`random.Random({seed})`). For every task it:
    and drops train records whose question and options also occur in the test split;
 3. samples {N_FEW_SHOT} few-shot + {N_TRAIN} train + {N_VAL} val records (all disjoint) from the train split, and
    {N_TEST} test records from the test split;
-4. rewrites each record through loragen's task registry into the formulation above (`scripts/build_quickstart_data.py` calls `TaskSpec.formulate`).
+4. rewrites each record through loragen's task registry into the formulation above (`TaskSpec.formulate`).
 
 Source records and records left out per task:
 

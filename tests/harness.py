@@ -61,6 +61,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from loragen.data.tasks import TaskLoader
+from loragen.data.tasks.base import normalize_space
+from loragen.data.tasks.io import labels_file, read_labels, read_rows
+
 TEMPLATES = Path(__file__).parent / "harness_tasks"
 PREFIX = "loragen_parity_"
 TASKS = ("arc_easy", "arc_challenge", "openbookqa", "siqa", "piqa", "hellaswag", "winogrande", "boolq_closed_book")
@@ -187,9 +191,10 @@ def _per_doc(task: str, sample: dict, target_delimiter: str) -> dict:
             "pred_norm": pred_norm, "lls": lls, "gold": gold, "arguments": args}
 
 
-def run_harness(model_args: str, tasks: list[str], data_dir: Path, work: Path,
+def run_harness(model_args: str | Any, tasks: list[str], data_dir: Path, work: Path,
                 batch_size: int = 8) -> dict[str, Any]:
-    """Evaluate the HF model of ``model_args`` (zero-shot, on CPU) on the local docs of ``tasks``.
+    """Evaluate the HF model of ``model_args`` (zero-shot, on CPU) on the local docs of ``tasks``;
+    ``model_args`` may also be an ``lm_eval`` model object already built (so a timing leaves out its loading).
 
     ``tasks`` are names without the prefix (see ``TASKS``); ``data_dir/<task>.jsonl`` must exist for each.
     ``work`` receives the instantiated task YAMLs (``work/tasks``), the ``datasets`` cache
@@ -227,9 +232,10 @@ def run_harness(model_args: str, tasks: list[str], data_dir: Path, work: Path,
         not_indexed = [n for n in names if n not in task_manager.all_tasks]
         if not_indexed:  # lm_eval skips YAMLs it cannot parse with only a debug message
             raise RuntimeError(f"lm_eval did not index {not_indexed} from {include}")
+        built = not isinstance(model_args, str)  # an lm_eval model object built by the caller (timings)
         results = lm_eval.simple_evaluate(
-            model="hf",
-            model_args=model_args,
+            model=model_args if built else "hf",
+            model_args=None if built else model_args,
             tasks=names,
             task_manager=task_manager,
             num_fewshot=0,
@@ -255,3 +261,56 @@ def run_harness(model_args: str, tasks: list[str], data_dir: Path, work: Path,
                          "n": len(samples)}
     out["_summary"] = summary
     return out
+
+
+# ----------------------------------------------------------------------------- loragen items as documents
+
+# task -> (split evaluated, harness task name); PIQA/WinoGrande evaluation splits are kept out of this
+# repository's data, so their train files serve as items here (nothing is trained in these tests).
+SPLITS = {"arc_easy": "test", "arc_challenge": "test", "openbookqa": "test", "siqa": "val", "piqa": "train",
+          "winogrande": "train", "boolq": "test", "hellaswag": "test"}
+HARNESS_NAME = {"boolq": "boolq_closed_book"}
+
+
+def _raw_row(source: str) -> dict:
+    """The raw row a record was parsed from (``file:line``), with its labels-file line."""
+    path = Path(source.rpartition(":")[0])
+    rows = read_rows(path)
+    for i, (loc, row) in enumerate(rows):
+        if loc == source:
+            label_path = labels_file(path)
+            return {**row, "_label": read_labels(label_path, len(rows))[i][1] if label_path else None}
+    raise KeyError(source)
+
+
+def harness_doc(task: str, record, item) -> dict:
+    """The item as a document of the harness's dataset schema (texts as loragen parsed them)."""
+    letters = [chr(ord("A") + k) for k in range(len(item.options))]
+    if task in ("arc_easy", "arc_challenge", "openbookqa"):
+        key = "question_stem" if task == "openbookqa" else "question"
+        return {key: item.question, "choices": {"text": list(item.options), "label": letters},
+                "answerKey": letters[item.label]}
+    if task == "boolq":
+        return {"question": item.question, "label": 1 - item.label}  # loragen: 0 = yes; harness: 1 = yes
+    raw = _raw_row(record.meta["source"])
+    if task == "siqa":
+        fields = ("context", "question", "answerA", "answerB", "answerC")
+        return {**{k: normalize_space(raw[k]) for k in fields}, "label": str(item.label + 1)}
+    if task == "piqa":
+        return {"goal": normalize_space(raw["goal"]), "sol1": normalize_space(raw["sol1"]),
+                "sol2": normalize_space(raw["sol2"]), "label": item.label}
+    if task == "winogrande":
+        fields = {k: normalize_space(raw[k]) for k in ("sentence", "option1", "option2")}
+        return fields | {"answer": str(item.label + 1)}
+    if task == "hellaswag":
+        return {k: raw[k] for k in ("activity_label", "ctx_a", "ctx_b", "endings")} | {"label": str(item.label)}
+    raise KeyError(task)
+
+
+def docs_for(loader: TaskLoader, task: str, limit: int) -> tuple[list[str], list[dict]]:
+    """Sources and harness documents of the first ``limit`` records loragen evaluates for ``task``."""
+    split = SPLITS[task]
+    records = loader.records(task, split)[:limit]
+    parsed = {loc: item for loc, item in loader.parsed(task, split)}
+    return ([r.meta["source"] for r in records],
+            [harness_doc(task, r, parsed[r.meta["source"]]) for r in records])

@@ -16,65 +16,14 @@ import pytest
 import yaml
 
 from loragen.data.tasks import TaskLoader
-from loragen.data.tasks.base import normalize_space
-from loragen.data.tasks.io import labels_file, read_labels, read_rows
 from tests.conftest import HAS_BUNDLED
-from tests.harness import run_harness, write_harness_docs
+from tests.harness import HARNESS_NAME, SPLITS, harness_doc, run_harness, write_harness_docs  # noqa: F401
+from tests.harness import docs_for as _docs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 FIXTURES = Path(__file__).parent / "fixtures"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared benchmark data not found at {SHARED}")
-
-# task -> (split evaluated, harness task name); PIQA/WinoGrande evaluation splits are kept out of this
-# repository's data, so their train files serve as items here (nothing is trained in these tests).
-SPLITS = {"arc_easy": "test", "arc_challenge": "test", "openbookqa": "test", "siqa": "val", "piqa": "train",
-          "winogrande": "train", "boolq": "test", "hellaswag": "test"}
-HARNESS_NAME = {"boolq": "boolq_closed_book"}
-
-
-def _raw_row(source: str) -> dict:
-    """The raw row a record was parsed from (``file:line``), with its labels-file line."""
-    path = Path(source.rpartition(":")[0])
-    rows = read_rows(path)
-    for i, (loc, row) in enumerate(rows):
-        if loc == source:
-            label_path = labels_file(path)
-            return {**row, "_label": read_labels(label_path, len(rows))[i][1] if label_path else None}
-    raise KeyError(source)
-
-
-def harness_doc(task: str, record, item) -> dict:
-    """The item as a document of the harness's dataset schema (texts as loragen parsed them)."""
-    letters = [chr(ord("A") + k) for k in range(len(item.options))]
-    if task in ("arc_easy", "arc_challenge", "openbookqa"):
-        key = "question_stem" if task == "openbookqa" else "question"
-        return {key: item.question, "choices": {"text": list(item.options), "label": letters},
-                "answerKey": letters[item.label]}
-    if task == "boolq":
-        return {"question": item.question, "label": 1 - item.label}  # loragen: 0 = yes; harness: 1 = yes
-    raw = _raw_row(record.meta["source"])
-    if task == "siqa":
-        fields = ("context", "question", "answerA", "answerB", "answerC")
-        return {**{k: normalize_space(raw[k]) for k in fields}, "label": str(item.label + 1)}
-    if task == "piqa":
-        return {"goal": normalize_space(raw["goal"]), "sol1": normalize_space(raw["sol1"]),
-                "sol2": normalize_space(raw["sol2"]), "label": item.label}
-    if task == "winogrande":
-        return {k: normalize_space(raw[k]) for k in ("sentence", "option1", "option2")} | {"answer": str(item.label + 1)}
-    if task == "hellaswag":
-        return {k: raw[k] for k in ("activity_label", "ctx_a", "ctx_b", "endings")} | {"label": str(item.label)}
-    raise KeyError(task)
-
-
-def _docs(loader: TaskLoader, task: str, limit: int) -> tuple[list[str], list[dict]]:
-    """Sources and harness documents of the first ``limit`` records loragen evaluates for ``task``."""
-    split = SPLITS[task]
-    records = loader.records(task, split)[:limit]
-    parsed = {loc: item for loc, item in loader.parsed(task, split)}
-    return ([r.meta["source"] for r in records],
-            [harness_doc(task, r, parsed[r.meta["source"]]) for r in records])
-
 
 def _loragen_items(tmp_path: Path, edge: str, tasks: list[str], data_dir: Path, limit: int) -> dict[str, dict]:
     """``loragen test`` of the plain edge (zero-shot): per task, source -> the item's line of items.jsonl."""

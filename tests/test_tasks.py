@@ -139,7 +139,8 @@ def test_multiple_choice_loaders_on_the_shared_files(shared, task, split, rows, 
 @needs_shared
 def test_boolq_gsm8k_and_alpaca_on_the_shared_files(shared):
     boolq = shared.records("boolq", "test")
-    assert len(boolq) == 3270 and all(r.options == ("yes", "no") and r.meta["answer"] in ("true", "false") for r in boolq)
+    assert len(boolq) == 3270
+    assert all(r.options == ("yes", "no") and r.meta["answer"] in ("true", "false") for r in boolq)
     assert all(r.output == ("yes" if r.meta["answer"] == "true" else "no") for r in boolq)
     assert all(r.input.startswith("Question: ") and r.input.endswith("?\nAnswer:") for r in boolq)
     gsm = shared.records("gsm8k", "test")
@@ -494,7 +495,7 @@ def test_task_datamodule_batches_with_tiny_tokenizers(tiny):
     assert test_batch["task"] == ["hellaswag", "hellaswag", "piqa", "piqa"]  # grouped by task, 2 per task
     requests = test_batch["requests"]
     assert all(len(r) == 4 for r in requests[:2]) and all(len(r) == 2 for r in requests[2:])
-    assert all(len(set(map(tuple, (c for c, _ in r)))) == 1 for r in requests)  # one context, one continuation per option
+    assert all(len({tuple(c) for c, _ in r}) == 1 for r in requests)  # one context, a continuation per option
     assert test_batch["option_chars"][0] == [len(o) for o in test_batch["records"][0].options]
     assert dm.tasks == ["hellaswag", "piqa", "winogrande"]
     assert dm.system_prompt("piqa").startswith(get_task("piqa").description)

@@ -35,7 +35,8 @@ class ItemOutcomes(Metric):
             getattr(self, name).append(torch.as_tensor(values[name], dtype=torch.float64, device=self.device))
 
     def compute(self) -> dict[str, np.ndarray]:  # type: ignore[override]
-        if not self.uid:
+        # a list of per-batch tensors; after a DDP sync, one tensor of everything gathered
+        if len(self.uid) == 0:
             return {name: np.zeros(0) for name in FIELDS}
         values = {name: dim_zero_cat(getattr(self, name)).cpu().numpy() for name in FIELDS}
         _, first = np.unique(values["uid"], return_index=True)  # sorted by uid, one entry per item
