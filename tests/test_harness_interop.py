@@ -23,14 +23,11 @@ import torch
 import yaml
 
 from loragen.data.tasks import TaskLoader
-from tests.harness import run_harness, write_harness_docs
-from tests.test_harness_parity import (  # tiny_dir: the fixture saving the tiny Llama to a directory
-    HARNESS_NAME,
+from tests.harness import HARNESS_NAME, SPLITS, docs_for, run_harness, write_harness_docs
+from tests.test_harness_parity import (
     SHARED,
-    SPLITS,
-    _docs,
     needs_shared,
-    tiny_dir,  # noqa: F401
+    tiny_dir,  # noqa: F401  (the fixture saving the tiny Llama to a directory)
 )
 
 TASK = "arc_easy"
@@ -128,7 +125,7 @@ def test_generated_merged_model_and_adapter_give_loragen_test_results_in_the_har
     (lora,) = Deployment(ckpt, cache=False).module.model.generate(ids, torch.ones_like(ids))
     assert torch.equal(decode_gates(merged_meta["gates"]), lora.gates.float())
 
-    sources, docs = _docs(loader, TASK, ITEMS)
+    sources, docs = docs_for(loader, TASK, ITEMS)
     name = HARNESS_NAME.get(TASK, TASK)
     write_harness_docs(name, docs, tmp_path / "docs")
     assert len(sources) == len(ours) == ITEMS and set(sources) == set(ours)
