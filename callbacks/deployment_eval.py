@@ -1,17 +1,14 @@
-"""Deployment-faithful validation and test: one generator run per task, merged evaluation, exact restore.
+"""Deployment-faithful validation and test, verified: the edge weights are bit-identical after each
+evaluation epoch to what they were before it.
 
-``LoRAGenModule`` always evaluates the way LoRA-Gen is deployed — the generated LoRA merged into
-the edge weights, the user input without the system prompt, the original weights restored after.
-This callback makes the protocol explicit and task-level:
-
-- at the start of each validation/test epoch it runs the generator **once per task** (once per
-  distinct system prompt of the evaluation data) and hands the LoRAs to the module, so no batch
-  runs the cloud again;
-- which reference rows are evaluated (edge given the full system prompt; plain zero-shot edge) is
-  the model's own switch (``model.init_args.reference`` / ``zero_shot_reference``); this callback
-  never changes it;
-- at the end of the epoch it checks that the edge weights are bit-identical to what they were
-  before evaluation (a failed restore stops the run rather than training on corrupted weights).
+``LoRAGenModule`` itself evaluates the way LoRA-Gen is deployed: at the start of each validation/test
+epoch it runs the generator once per distinct system prompt of the evaluation data (no batch runs the
+cloud again), merges each LoRA into the edge weights for its task's items, answers without the system
+prompt and restores the original weights. Which reference rows are evaluated (edge given the full
+system prompt; plain zero-shot edge) is the model's own switch (``model.init_args.reference`` /
+``zero_shot_reference``); this callback never changes it. It checks, at the end of each epoch, that
+the edge weights are what they were (a failed restore stops the run rather than training on
+corrupted weights) and that no LoRA is left merged.
 """
 
 from __future__ import annotations
@@ -29,40 +26,20 @@ class DeploymentEvaluation(Callback):
 
     def __init__(self, verify_restore: bool = True) -> None:
         self.verify_restore = verify_restore
-        self.generated_tasks = 0
         self._snapshot: dict[str, torch.Tensor] = {}
 
-    def _start(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if not hasattr(pl_module, "task_loras"):  # not a LoRA-Gen module (e.g. a baseline): nothing to generate
+    def _start(self, pl_module: Any) -> None:
+        if not hasattr(pl_module, "task_loras"):  # not a LoRA-Gen module (e.g. a baseline): nothing to check
             return
         if self.verify_restore:
             self._snapshot = {n: p.detach().clone() for n, p in pl_module.model.edge.named_parameters()}
-        datamodule = trainer.datamodule
-        examples = getattr(datamodule, "examples", {}).get(stage, [])
-        prompts: dict[bytes, list[int]] = {}
-        for example in examples:
-            ids = example["system_ids"]
-            prompts.setdefault(torch.tensor(ids).numpy().tobytes(), ids)
-        pl_module.task_loras = {}
-        if not prompts:
-            return
-        width = max(len(ids) for ids in prompts.values())
-        pad = 0
-        system_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids in prompts.values()],
-                                  device=pl_module.device)
-        system_mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in prompts.values()],
-                                   device=pl_module.device)
-        with torch.no_grad():
-            loras = pl_module.model.generate(system_ids, system_mask)
-        pl_module.task_loras = dict(zip(prompts, loras, strict=True))
-        self.generated_tasks = len(loras)
 
     def _end(self, pl_module: Any) -> None:
         if not hasattr(pl_module, "task_loras"):
             return
-        pl_module.task_loras = {}
         if pl_module.model.edge_lora.merged:
             pl_module.model.edge_lora.unmerge()
+            raise RuntimeError("a generated LoRA was still merged into the edge after evaluation")
         if self.verify_restore and self._snapshot:
             for name, param in pl_module.model.edge.named_parameters():
                 if not torch.equal(param, self._snapshot[name]):
@@ -70,13 +47,13 @@ class DeploymentEvaluation(Callback):
             self._snapshot = {}
 
     def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self._start(trainer, pl_module, "val")
+        self._start(pl_module)
 
     def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._end(pl_module)
 
     def on_test_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-        self._start(trainer, pl_module, "test")
+        self._start(pl_module)
 
     def on_test_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._end(pl_module)

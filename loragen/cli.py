@@ -41,7 +41,8 @@ Run `loragen SUBCOMMAND --help` for every option of a subcommand.
 
 DEPLOY_COMMANDS = ("generate", "apply", "chat")
 # model arguments that only change how a trained model is evaluated, never its weights
-EVAL_ONLY_ARGS = ("reference", "zero_shot_reference", "scoring", "metric", "max_new_tokens", "eval_path")
+EVAL_ONLY_ARGS = ("reference", "zero_shot_reference", "sensitivity", "scoring", "metric", "max_new_tokens",
+                  "eval_path")
 
 
 def _cli_class() -> type:

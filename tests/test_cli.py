@@ -40,12 +40,12 @@ def test_fit_test_predict_and_resume_through_the_cli(tmp_path):
     assert cli.trainer.global_step == 6
     cli = run(["test", *_args(tmp_path), "--ckpt_path", str(last)])
     results = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())
-    assert results["items"] == 16 and len(results["rows"]) == 3
+    assert results["items"] == 16 and len(results["rows"]) == 5  # + the two prompt-sensitivity rows
     # evaluation settings given at test time win over the checkpoint's (architecture still comes from it)
     cli = run(["test", *_args(tmp_path, "--model.init_args.zero_shot_reference", "false", "--model.init_args.scoring",
                                 "generate", "--model.init_args.max_new_tokens", "2"), "--ckpt_path", str(last)])
     results = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())
-    assert [r["key"] for r in results["rows"]] == ["loragen", "prompted"]
+    assert [r["key"] for r in results["rows"]] == ["loragen", "rotated", "generic", "prompted"]
     assert results["scoring"] == "generation + answer extraction"
     cli = run(["predict", *_args(tmp_path), "--ckpt_path", str(last)])
     writer = next(c for c in cli.trainer.callbacks if type(c).__name__ == "JsonlPredictionWriter")

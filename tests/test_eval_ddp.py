@@ -95,7 +95,7 @@ def test_two_process_ddp_test_writes_the_same_results_as_one_process(tmp_path):
     assert single["items"] == ddp["items"] == n_items
     assert single["tasks"] == ddp["tasks"] == list(DDP_TASKS)
     assert [r["key"] for r in ddp["rows"]] == [r["key"] for r in single["rows"]]
-    assert len(ddp["rows"]) == 3  # loragen, prompted, zero_shot (tiny.yaml's defaults)
+    assert len(ddp["rows"]) == 5  # loragen, rotated, generic, prompted, zero_shot (tiny.yaml's defaults)
     for row, ref in zip(ddp["rows"], single["rows"], strict=True):
         assert row["n"] == ref["n"] == n_items, row["key"]
         for task in DDP_TASKS:
@@ -139,13 +139,12 @@ def test_quickstart_callbacks_obey_the_zero_shot_reference_switch(tmp_path, monk
         cli, results = _quickstart_test(tmp_path / name, *extra)
         callbacks = [type(c).__name__ for c in cli.trainer.callbacks]
         assert "DeploymentEvaluation" in callbacks and "LearningRateMonitor" in callbacks
-        deployment = next(c for c in cli.trainer.callbacks if type(c).__name__ == "DeploymentEvaluation")
-        assert deployment.generated_tasks == 4  # one generator run per quickstart task
+        assert len(cli.model.task_loras) == 0 and results["gate_distance"]["prompts"] == 4  # one LoRA per task
         assert results["items"] == 8
         runs[name] = results
 
-    assert [r["key"] for r in runs["default"]["rows"]] == ["loragen", "prompted", "zero_shot"]
-    assert [r["key"] for r in runs["off"]["rows"]] == ["loragen", "prompted"]
+    assert [r["key"] for r in runs["default"]["rows"]] == ["loragen", "rotated", "generic", "prompted", "zero_shot"]
+    assert [r["key"] for r in runs["off"]["rows"]] == ["loragen", "rotated", "generic", "prompted"]
     pairs = {name: [(d["setting"], d["versus"]) for d in results["differences"]] for name, results in runs.items()}
     assert ("loragen", "prompted") in pairs["default"] and ("loragen", "prompted") in pairs["off"]
     assert not any("zero_shot" in pair for pair in pairs["off"])  # no difference against a row not computed

@@ -163,7 +163,7 @@ def test_merged_evaluation_equals_functional_and_restores_weights(tmp_path):
         assert row_m["accuracy"] == row_f["accuracy"]
     assert all(torch.equal(v, module.model.edge.state_dict()[k]) for k, v in before.items())
     out = json.loads((Path(tmp_path) / "results.json").read_text())
-    assert [r["key"] for r in out["rows"]] == ["loragen", "prompted", "zero_shot"]
+    assert [r["key"] for r in out["rows"]] == ["loragen", "rotated", "generic", "prompted", "zero_shot"]
     assert out["compression_ratio"] > 1.5  # the system prompt is most of the prompted context
     assert (Path(tmp_path) / "results.md").read_text().startswith("| setting |")
 
@@ -214,6 +214,45 @@ def test_impossible_settings_fail_before_any_model_loads(monkeypatch):
         LoRAGenModule(**{**TINY, "top_k": 5})
     with pytest.raises(LoRAGenError, match="unknown model source scheme"):
         LoRAGenModule(**{**TINY, "cloud": "hf://x"})
+
+
+def test_prompt_sensitivity_rows_serve_other_prompts_loras(tmp_path, monkeypatch):
+    """The rotated row serves each task's items with the next task's LoRA, the generic row with the task-free
+    prompt's; both are paired with LoRA-Gen's own row, and the gate distances are reported."""
+    from tests.conftest import randomize_pool
+
+    L.seed_everything(0)
+    module = LoRAGenModule(**{**TINY, "reference": False, "zero_shot_reference": False})
+    randomize_pool(module.model.pool, std=0.2)
+    served, current = [], {}
+    grade, serve = LoRAGenModule._grade_items, LoRAGenModule._served
+
+    def serving(self, lora):
+        current["lora"] = lora
+        return serve(self, lora)
+
+    def spy(self, stage, setting, batch, prompt_key, items, extra_tokens=0):
+        served.extend((setting, batch["task"][i], current.get("lora")) for i in items)
+        return grade(self, stage, setting, batch, prompt_key, items, extra_tokens)
+
+    monkeypatch.setattr(LoRAGenModule, "_served", serving)
+    monkeypatch.setattr(LoRAGenModule, "_grade_items", spy)
+    _trainer(tmp_path).test(module, _data())
+    results = module.last_results
+    assert [r["key"] for r in results["rows"]] == ["loragen", "rotated", "generic"]
+    own = {task: lora for setting, task, lora in served if setting == "loragen"}
+    assert len({id(lora) for lora in own.values()}) == 4  # one LoRA per task
+    tasks = sorted(own)
+    for setting, task, lora in served:
+        if setting == "rotated":  # another task's LoRA
+            assert lora is not own[task] and any(lora is other for other in own.values())
+        if setting == "generic":  # the task-free prompt's: none of the tasks'
+            assert lora is not None and all(lora is not other for other in own.values())
+    assert {(d["setting"], d["versus"]) for d in results["differences"]} == {("loragen", "rotated"),
+                                                                              ("loragen", "generic")}
+    distance = results["gate_distance"]
+    assert distance["prompts"] == len(tasks) and 0 < distance["between_prompts"] <= 1 and 0 < distance["to_generic"]
+    assert "Router gate distance" in (Path(tmp_path) / "results.md").read_text()
 
 
 def test_untrained_generator_scores_exactly_like_the_zero_shot_edge(tmp_path):
@@ -280,9 +319,10 @@ def test_deployment_evaluation_callback_generates_once_per_task(tmp_path):
     module.model.generate = lambda ids, mask: calls.append(ids.shape[0]) or generate(ids, mask)
     callback = DeploymentEvaluation()
     _trainer(tmp_path, callbacks=[callback]).test(module, _data(eval_batch_size=3))
-    assert calls == [4] and callback.generated_tasks == 4  # one generator run, one LoRA per task
+    assert calls == [4, 1]  # one generator run for the 4 tasks' prompts (+ the task-free prompt), none per batch
     keys = [r["key"] for r in module.last_results["rows"]]
-    assert keys == ["loragen", "prompted"]  # the model's own switches decide which references are evaluated
+    # the model's own switches decide which rows are evaluated
+    assert keys == ["loragen", "rotated", "generic", "prompted"]
     with_callback = module.last_results["rows"][0]["accuracy"]
     module.model.generate = generate
     _trainer(tmp_path / "b").test(module, _data(eval_batch_size=3))

@@ -155,6 +155,12 @@ def results_markdown(results: dict[str, Any]) -> str:
     if "compression_ratio" in results:
         ratio = results["compression_ratio"]
         lines.append(f"Context compression ratio (prompted ÷ LoRA-Gen edge tokens): {ratio:.2f}x")
+    distance = results.get("gate_distance")
+    if distance:  # the router side of the prompt-sensitivity check
+        between = distance.get("between_prompts")
+        lines.append(f"Router gate distance (0 = same experts and weights, 1 = disjoint): between the "
+                     f"{distance['prompts']} task prompts {'-' if between is None else f'{between:.3f}'}, "
+                     f"task prompts to the task-free prompt {distance['to_generic']:.3f}")
     scoring = results.get("scoring")
     if metric:  # the scoring is left out where it only restates the metric
         shown = scoring and not re.search(rf"\b{re.escape(metric)}\b", scoring)

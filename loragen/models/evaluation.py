@@ -30,11 +30,10 @@ import torch
 from torch import nn
 
 from loragen import LoRAGenError
+from loragen.metrics.results import METRICS
 from loragen.models.scoring import score_requests
 
 LATENCY_ITEMS_PER_TASK = 8
-METRICS = {"acc_norm": "option log-likelihood ÷ option length in characters (acc_norm, as lm-evaluation-harness)",
-           "acc": "summed option log-likelihood (acc, as lm-evaluation-harness)"}
 
 
 def check_eval_settings(hp: Any) -> None:
@@ -236,7 +235,7 @@ class EvaluationMixin:
         results = build_results(outcomes, labels, tasks, metric, paired=self.paired_settings())
         results["stage"] = stage
         results["scoring"] = ("generation + answer extraction" if self.hparams.scoring == "generate"
-                              else METRICS[metric])
+                              else "option log-likelihood (lm-evaluation-harness formulation)")
         results["latency"] = f"ms/request: the first {LATENCY_ITEMS_PER_TASK} items of each task, one at a time"
         results.update(self.result_info())
         for row in results["rows"]:

@@ -23,8 +23,13 @@ from loragen.models.evaluation import EvaluationMixin, check_eval_settings
 from loragen.models.optim import ScheduledTraining
 from loragen.models.scoring import answer_loss
 
-SETTINGS = {"loragen": "LoRA-Gen (merged, no system prompt)", "prompted": "edge + full system prompt",
-            "zero_shot": "edge, no system prompt, no LoRA"}
+SETTINGS = {"loragen": "LoRA-Gen (merged, no system prompt)",
+            "rotated": "LoRA-Gen, another task's LoRA (rotated)",
+            "generic": "LoRA-Gen, a task-free prompt's LoRA",
+            "prompted": "edge + full system prompt", "zero_shot": "edge, no system prompt, no LoRA"}
+# the task-free system prompt of the prompt-sensitivity check: a generator that ignores its prompt serves
+# every task as well with this prompt's LoRA as with the task's own
+GENERIC_PROMPT = "You are a helpful assistant."
 
 
 class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
@@ -49,6 +54,10 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
         eval_path: ``merged`` (deployment-faithful) or ``functional`` (hooks, no merge).
         reference: also score the edge model given the full system prompt.
         zero_shot_reference: also score the plain edge model without system prompt or LoRA.
+        sensitivity: the prompt-sensitivity check: also serve each task's items with another task's
+            generated LoRA (the distinct system prompts rotated by one) and with the LoRA of a task-free
+            prompt, and report the mean gate distance between prompts. A generator that reads its
+            prompt does better with the task's own LoRA (the paired differences say whether it does).
         scoring: ``loglik`` (pick the option with the highest log-likelihood) or ``generate`` (greedy
             answer, graded by the task's answer extraction; unparseable answers count as wrong and are
             counted). Records without options are always graded by generation.
@@ -70,6 +79,7 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
                  aux_coef: float = 0.01, train_meta_tokens: bool = False, cloud_lora_rank: int = 0,
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 10, min_lr_ratio: float = 0.1,
                  eval_path: str = "merged", reference: bool = True, zero_shot_reference: bool = True,
+                 sensitivity: bool = True,
                  scoring: str = "loglik", metric: str = "acc_norm",
                  max_new_tokens: int = 32, init_from: str | None = None, seed: int = 0) -> None:
         super().__init__()
@@ -92,7 +102,9 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
         self._init_evaluation()
         self.trained_steps: int | None = None  # optimizer steps of the loaded checkpoint (results files)
         self.last_routing: tuple[torch.Tensor, list[str]] | None = None
-        self.task_loras: dict[bytes, Any] = {}  # system-prompt key -> GeneratedLoRA (see DeploymentEvaluation)
+        self.task_loras: dict[bytes, Any] = {}  # system-prompt key -> GeneratedLoRA, per evaluation epoch
+        self.rotation: dict[bytes, bytes] = {}  # prompt key -> the key whose LoRA the "rotated" check serves
+        self.gate_distance: dict[str, Any] | None = None
 
     def train(self, mode: bool = True) -> LoRAGenModule:
         """Backbones stay in eval mode (frozen, no dropout) whatever Lightning asks for."""
@@ -116,6 +128,8 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
 
     def eval_settings(self) -> list[str]:
         settings = ["loragen"]
+        if self.hparams.sensitivity:
+            settings += ["rotated", "generic"] if len(self.eval_tasks) > 1 else ["generic"]
         if self.hparams.reference:
             settings.append("prompted")  # plain edge, full system prompt in context
         if self.hparams.zero_shot_reference:
@@ -162,9 +176,12 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
     def result_info(self) -> dict[str, Any]:
         from loragen.models.evaluation import count_trainable
 
-        return {"method": "loragen", "eval_path": self.hparams.eval_path, "mergeable": True,
+        info = {"method": "loragen", "eval_path": self.hparams.eval_path, "mergeable": True,
                 "trainable_params": count_trainable(self.model), "trained_steps": self.trained_steps,
                 "fingerprint": self.model.fingerprint.to_dict()}
+        if self.gate_distance is not None:
+            info["gate_distance"] = self.gate_distance
+        return info
 
     @torch.no_grad()
     def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
@@ -173,21 +190,73 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
             hidden, _ = self(batch)
             self.log(f"{stage}/ce", answer_loss(self.model.edge, hidden, batch["labels"]), batch_size=size)
             return
-        groups, loras = self._loras_for(batch)
-        for members, lora in zip(groups, loras, strict=True):
-            if self.hparams.eval_path == "merged":
-                context = self.model.edge_lora.merged_lora(lora)
-            else:  # functional path: the same LoRA applied by hooks, for parity checks
-                context = self.model.edge_lora.routing(lora.indices[None], lora.weights[None])
-            with context:
+        groups, keys, loras = self._loras_for(batch)
+        settings = self.eval_settings()
+        for members, key, lora in zip(groups, keys, loras, strict=True):
+            with self._served(lora):
                 self._grade_items(stage, "loragen", batch, "prompt", members)
+            if "rotated" in settings and key in self.rotation:  # another prompt's LoRA on these items
+                with self._served(self.task_loras[self.rotation[key]]):
+                    self._grade_items(stage, "rotated", batch, "prompt", members)
+        if "generic" in settings:
+            with self._served(self._generic_lora()):
+                self._grade_items(stage, "generic", batch, "prompt", range(size))
         prompt_keys = {"prompted": "ref_prompt", "zero_shot": "prompt"}
-        for setting in self.eval_settings()[1:]:
+        for setting in (s for s in settings if s in prompt_keys):
             self._grade_items(stage, setting, batch, prompt_keys[setting], range(size))
 
-    def _loras_for(self, batch: dict[str, Any]) -> tuple[list[list[int]], list[Any]]:
-        """Rows grouped by system prompt, and each group's generated LoRA — taken from
-        ``task_loras`` when a callback generated them once per task, else generated here."""
+    def _served(self, lora: Any) -> Any:
+        """The edge serving ``lora``: merged into its weights (deployment), or by hooks (parity checks)."""
+        if self.hparams.eval_path == "merged":
+            return self.model.edge_lora.merged_lora(lora)
+        return self.model.edge_lora.routing(lora.indices[None], lora.weights[None])
+
+    def _generate_for(self, prompts: list[list[int]]) -> list[Any]:
+        """One generated LoRA per tokenized system prompt (one cloud batch)."""
+        width = max(len(ids) for ids in prompts)
+        ids = torch.tensor([p + [0] * (width - len(p)) for p in prompts], device=self.device)
+        mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts], device=self.device)
+        return self.model.generate(ids, mask)
+
+    def _generic_lora(self) -> Any:
+        if GENERIC_KEY not in self.task_loras:
+            ids = self.model.cloud_backbone.tokenizer(GENERIC_PROMPT, add_special_tokens=True)["input_ids"]
+            self.task_loras[GENERIC_KEY] = self._generate_for([ids])[0]
+        return self.task_loras[GENERIC_KEY]
+
+    def _prepare_epoch(self, stage: str) -> None:
+        """Before an evaluation epoch: one generated LoRA per distinct system prompt of the stage (one
+        cloud pass each, none per batch), the rotation of the sensitivity check, the gate distances."""
+        self.task_loras, self.rotation, self.gate_distance = {}, {}, None
+        examples = getattr(self.trainer.datamodule, "examples", {}).get(stage, []) if self._trainer else []
+        prompts: dict[bytes, list[int]] = {}
+        for example in examples:
+            prompts.setdefault(torch.tensor(example["system_ids"]).numpy().tobytes(), example["system_ids"])
+        if not prompts:
+            return
+        keys = list(prompts)
+        self.task_loras = dict(zip(keys, self._generate_for(list(prompts.values())), strict=True))
+        self.rotation = {key: keys[(i + 1) % len(keys)] for i, key in enumerate(keys)} if len(keys) > 1 else {}
+        if self.hparams.sensitivity:
+            self.gate_distance = gate_distances([self.task_loras[k].gates for k in keys], self._generic_lora().gates)
+
+    def on_validation_epoch_start(self) -> None:
+        self._prepare_epoch("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._prepare_epoch("test")
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self.task_loras = {}
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self.task_loras = {}
+
+    def _loras_for(self, batch: dict[str, Any]) -> tuple[list[list[int]], list[bytes], list[Any]]:
+        """Rows grouped by system prompt, each group's prompt key and generated LoRA — prepared once
+        per evaluation epoch (``_prepare_epoch``), else generated here."""
         groups = _distinct_rows(batch["system_ids"], batch["system_mask"])
         keys = [_row_key(batch["system_ids"][g[0]], batch["system_mask"][g[0]]) for g in groups]
         missing = [i for i, key in enumerate(keys) if key not in self.task_loras]
@@ -196,14 +265,14 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
             firsts = torch.tensor([groups[i][0] for i in missing], device=self.device)
             generated = iter(self.model.generate(batch["system_ids"][firsts], batch["system_mask"][firsts]))
         loras = [self.task_loras[key] if key in self.task_loras else next(generated) for key in keys]
-        return groups, loras
+        return groups, keys, loras
 
     # ------------------------------------------------------------------ predict
 
     @torch.no_grad()
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Greedy answers of the specialized edge model: merged LoRA, no system prompt."""
-        groups, loras = self._loras_for(batch)
+        groups, _, loras = self._loras_for(batch)
         outputs: list[dict[str, Any]] = [{} for _ in range(batch["input_ids"].shape[0])]
         for members, lora in zip(groups, loras, strict=True):
             with self.model.edge_lora.merged_lora(lora):
@@ -296,6 +365,23 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+GENERIC_KEY = b"loragen:generic-prompt"
+
+
+def gate_distances(task_gates: list[torch.Tensor], generic: torch.Tensor) -> dict[str, Any]:
+    """How differently the router treats the prompts: the total-variation distance of two (L, n) gate
+    matrices, ``½ Σ_e |g_a[l, e] − g_b[l, e]|`` averaged over layers (0: the same experts and weights
+    everywhere; 1: disjoint experts), averaged over all pairs of prompts and from each prompt to the
+    task-free one."""
+    def tv(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(0.5 * (a.float() - b.float()).abs().sum(-1).mean())
+
+    pairs = [tv(a, b) for i, a in enumerate(task_gates) for b in task_gates[i + 1:]]
+    return {"between_prompts": sum(pairs) / len(pairs) if pairs else None,
+            "to_generic": sum(tv(g, generic) for g in task_gates) / len(task_gates), "prompts": len(task_gates),
+            "definition": "total-variation distance of the gates, averaged over layers and prompt pairs"}
 
 
 def _row_key(ids: torch.Tensor, mask: torch.Tensor) -> bytes:
