@@ -33,9 +33,10 @@ from tests.test_harness_parity import (
 TASK = "arc_easy"
 ITEMS = 30
 SHOTS, SEED = 3, 0  # the DataModule's few-shot system prompt (its defaults, written out)
-# relative difference of option log-likelihoods: float32 sums over ~10-100 tokens, batched differently by the two
-# tools (observed: 4e-7); a LoRA with another scale or without some targets moves them by whole units
-LL_TOLERANCE = 1e-5
+# relative difference of option log-likelihoods: float32 sums over ~10-100 tokens; loragen reads an item's context
+# once and continues its options from the cached keys/values, the harness runs each option's whole text (observed:
+# 4e-5); a LoRA with another scale or without some targets moves them by whole units
+LL_TOLERANCE = 1e-4
 
 
 @pytest.fixture(autouse=True)

@@ -32,8 +32,8 @@ def _alone(model, context, continuation):
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma"])
 def test_batched_request_scoring_equals_scoring_each_request_alone(tiny, arch):
-    """Padding changes no scored position: many ragged requests in one padded batch (and in several,
-    when the token budget splits them) score as each does alone."""
+    """Padding and context sharing change no scored position: many ragged requests, some sharing a context, in
+    one padded batch (and in several) score as each does alone."""
     model = tiny(arch).model
     gen = torch.Generator().manual_seed(1)
     requests = []
@@ -41,8 +41,10 @@ def test_batched_request_scoring_equals_scoring_each_request_alone(tiny, arch):
         context = torch.randint(5, 200, (n_context,), generator=gen).tolist()
         requests.append((context, torch.randint(5, 200, (n_continuation,), generator=gen).tolist()))
     expected = [_alone(model, c, t) for c, t in requests]
-    for budget in (8192, 40):  # one batch; several batches
-        assert score_requests(model, requests, max_batch_tokens=budget) == pytest.approx(expected, abs=1e-4)
+    requests += [(requests[0][0], [7]), (requests[2][0], [9, 10, 11])]  # options sharing a context
+    expected += [_alone(model, c, t) for c, t in requests[-2:]]
+    for rows in (16, 2, 1):  # one batch; several batches; one context at a time
+        assert score_requests(model, requests, max_rows=rows) == pytest.approx(expected, abs=1e-4)
     assert score_requests(model, []) == []
 
 

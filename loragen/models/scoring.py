@@ -8,6 +8,7 @@ forward pass.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,55 +44,76 @@ def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
 
 @torch.no_grad()
 def score_requests(model: Any, requests: Sequence[tuple[list[int], list[int]]],
-                   prefix_embeds: torch.Tensor | None = None, max_batch_tokens: int = 8192) -> list[float]:
-    """Summed log-likelihood of each continuation given its context, for many requests per forward.
+                   prefix_embeds: torch.Tensor | None = None, max_rows: int = 8) -> list[float]:
+    """Summed log-likelihood of each continuation given its context, for many requests at once.
 
-    A request is ``(context ids, continuation ids)``. As in lm-evaluation-harness, the model reads
-    ``(context + continuation)[:-1]`` and the continuation's tokens are scored at the positions that
-    predict them. Requests are sorted by length and packed into right-padded batches of at most
-    ``max_batch_tokens`` (rows × width): with causal attention a position attends only to earlier
-    positions, which are real tokens, so padding changes no scored position (tests compare each
-    request scored alone). ``prefix_embeds`` (1, n, hidden) are input embeddings placed before every
-    context (learned soft prompts).
+    A request is ``(context ids, continuation ids)``; the continuation's tokens are scored at the
+    positions that predict them, as in lm-evaluation-harness. Requests that share a context (the
+    options of one item) read it once: the distinct contexts run as right-padded batches of at most
+    ``max_rows`` rows, sorted by length (little padding), and their key/value cache is repeated for
+    the continuations, which run together at their true positions with the cache's padding masked.
+    With causal attention a real position attends only to earlier real positions, so padding changes
+    no scored position (tests compare every request scored alone). ``prefix_embeds`` (1, n, hidden)
+    are input embeddings placed before every context (learned soft prompts).
     """
     scores = [0.0] * len(requests)
-    if not requests:
-        return scores
+    contexts: dict[tuple[int, ...], list[int]] = {}  # distinct context -> its requests
+    for i, (context, _) in enumerate(requests):
+        contexts.setdefault(tuple(context), []).append(i)
+    order = sorted(contexts, key=len, reverse=True)
+    for start in range(0, len(order), max_rows):
+        chunk = order[start:start + max_rows]
+        members = [(b, i) for b, context in enumerate(chunk) for i in contexts[context]]
+        sums = _score_chunk(model, chunk, [requests[i][1] for _, i in members], [b for b, _ in members],
+                            prefix_embeds)
+        for (_, i), value in zip(members, sums, strict=True):
+            scores[i] = value
+    return scores
+
+
+def _score_chunk(model: Any, contexts: list[tuple[int, ...]], continuations: list[list[int]], owner: list[int],
+                 prefix_embeds: torch.Tensor | None) -> list[float]:
+    """Summed log-likelihoods of ``continuations`` (continuation j follows ``contexts[owner[j]]``)."""
     device = model.get_output_embeddings().weight.device
     decoder = model.get_decoder()
     n_prefix = 0 if prefix_embeds is None else prefix_embeds.shape[1]
-    lengths = [len(c) + len(t) - 1 for c, t in requests]
-    order = sorted(range(len(requests)), key=lambda i: -lengths[i])
-    start = 0
-    while start < len(order):
-        width = lengths[order[start]] + n_prefix
-        rows = max(1, min(len(order) - start, max_batch_tokens // max(width, 1)))
-        chunk = order[start:start + rows]
-        start += rows
-        ids = torch.zeros(len(chunk), width - n_prefix, dtype=torch.long, device=device)
-        mask = torch.zeros(len(chunk), width, dtype=torch.long, device=device)
-        rows_at, positions, targets, owner = [], [], [], []
-        for r, i in enumerate(chunk):
-            context, continuation = requests[i]
-            sequence = (list(context) + list(continuation))[:-1]
-            ids[r, : len(sequence)] = torch.tensor(sequence, device=device)
-            mask[r, : n_prefix + len(sequence)] = 1
-            first = n_prefix + len(context) - 1  # the position that predicts the first continuation token
-            rows_at += [r] * len(continuation)
-            positions += range(first, first + len(continuation))
-            targets += continuation
-            owner += [i] * len(continuation)
-        if prefix_embeds is None:
-            hidden = decoder(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        else:
-            embeds = torch.cat([prefix_embeds.to(device).expand(len(chunk), -1, -1),
-                                model.get_input_embeddings()(ids)], dim=1)
-            hidden = decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=False).last_hidden_state
-        picked = hidden[torch.tensor(rows_at, device=device), torch.tensor(positions, device=device)]
-        target = torch.tensor(targets, device=device)
-        logp = torch.log_softmax(_head(model, picked), -1).gather(-1, target[:, None]).squeeze(-1)
-        sums = torch.zeros(len(requests), dtype=logp.dtype, device=device)
-        sums.index_add_(0, torch.tensor(owner, device=device), logp)
-        for i in chunk:
-            scores[i] = float(sums[i])
-    return scores
+    width = max(len(c) for c in contexts)
+    ids = torch.zeros(len(contexts), width, dtype=torch.long, device=device)
+    mask = torch.zeros(len(contexts), n_prefix + width, dtype=torch.long, device=device)
+    for b, context in enumerate(contexts):
+        ids[b, : len(context)] = torch.tensor(context, device=device)
+        mask[b, : n_prefix + len(context)] = 1
+    if prefix_embeds is None:
+        first = decoder(input_ids=ids, attention_mask=mask, use_cache=True)
+    else:
+        embeds = torch.cat([prefix_embeds.to(device).expand(len(contexts), -1, -1),
+                            model.get_input_embeddings()(ids)], dim=1)
+        first = decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=True)
+    rows = torch.tensor(owner, device=device)
+    lengths = mask.sum(-1)  # real positions of each context (with the prefix)
+    # the first continuation token is predicted by the context's last real position
+    last = first.last_hidden_state[rows, lengths[rows] - 1]
+    cont_width = max(len(c) for c in continuations)
+    cont = torch.zeros(len(continuations), cont_width, dtype=torch.long, device=device)
+    cont_mask = torch.zeros_like(cont)
+    for j, continuation in enumerate(continuations):
+        cont[j, : len(continuation)] = torch.tensor(continuation, device=device)
+        cont_mask[j, : len(continuation)] = 1
+    hidden = last[:, None]
+    if cont_width > 1:  # tokens 2.. are predicted by the continuation's own earlier positions
+        cache = getattr(first, "cache", None) or first.past_key_values
+        cache.reorder_cache(rows)
+        positions = lengths[rows, None] + torch.arange(cont_width - 1, device=device)
+        rest = decoder(input_ids=cont[:, :-1], attention_mask=torch.cat([mask[rows], cont_mask[:, :-1]], dim=1),
+                       position_ids=positions, use_cache=True, **{_cache_kwarg(decoder): cache}).last_hidden_state
+        hidden = torch.cat([hidden, rest], dim=1)
+    logp = torch.log_softmax(_head(model, hidden[cont_mask.bool()]), -1)
+    picked = logp.gather(-1, cont[cont_mask.bool()][:, None]).squeeze(-1)
+    totals = torch.zeros(len(continuations), dtype=picked.dtype, device=device)
+    totals.index_add_(0, torch.arange(len(continuations), device=device).repeat_interleave(cont_mask.sum(-1)), picked)
+    return totals.tolist()
+
+
+def _cache_kwarg(decoder: Any) -> str:
+    """transformers renamed ``past_key_values`` to ``cache``; use whichever this version takes."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
