@@ -41,6 +41,8 @@ Run `loragen SUBCOMMAND --help` for every option of a subcommand.
 
 DEPLOY_COMMANDS = ("generate", "apply", "chat")
 # model arguments that only change how a trained model is evaluated, never its weights
+# arguments older loragen versions stored in checkpoints and this one no longer has (dropped on load)
+RETIRED_ARGS = ("length_normalize",)
 EVAL_ONLY_ARGS = ("reference", "zero_shot_reference", "sensitivity", "scoring", "metric", "max_new_tokens",
                   "eval_path")
 
@@ -84,7 +86,8 @@ def _cli_class() -> type:
             hparams = dict(torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {}))
             class_path = hparams.pop("_class_path", None)
             skip = EVAL_ONLY_ARGS if subcommand == "fit" else (*EVAL_ONLY_ARGS, "init_from")  # weights come from X
-            hparams = {k: v for k, v in hparams.items() if not k.startswith("_") and k not in skip}
+            hparams = {k: v for k, v in hparams.items()
+                       if not k.startswith("_") and k not in skip and k not in RETIRED_ARGS}
             if hparams and class_path:  # written by this CLI: the class is known
                 model = {"class_path": class_path, "init_args": hparams}
                 try:

@@ -100,9 +100,6 @@ def method_config(base: dict[str, Any], method: str, overrides: dict[str, Any], 
         # its references are the base / few_shot rows of the comparison: not computed twice
         init_args = {**loragen_args, "reference": False, "zero_shot_reference": False, **overrides}
         config.setdefault("data", {}).setdefault("init_args", {})["reference"] = init_args["reference"]
-        for callback in config["trainer"].get("callbacks") or []:
-            if isinstance(callback, dict) and callback.get("class_path", "").endswith("DeploymentEvaluation"):
-                callback.setdefault("init_args", {}).update(reference=False, zero_shot_reference=False)
     else:
         init_args = {k: loragen_args[k] for k in SHARED_ARGS if k in loragen_args}
         if method.startswith("lora") and method != "loramoe" and loragen_args.get("target_modules"):

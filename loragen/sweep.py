@@ -118,8 +118,9 @@ def run_point(config_path: Path, run_dir: Path, extra: list[str], fit: bool = Tr
 
 def summarize_point(point: dict[str, Any], outcome: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {k.rsplit(".", 1)[-1]: v for k, v in point.items()}
-    for result_row in outcome["results"]["rows"]:
-        prefix = {"loragen": "", "prompted": "prompted_", "zero_shot": "zero_shot_"}.get(result_row["key"], "")
+    rows = outcome["results"]["rows"]
+    for result_row in rows:  # the method's own row unprefixed, every other row under its key
+        prefix = "" if result_row["key"] == rows[0]["key"] else f"{result_row['key']}_"
         row[f"{prefix}acc_mean"] = round(result_row["mean"], 4)
         if result_row.get("mean_ci") is not None:  # results.json without intervals (older runs): no column
             row[f"{prefix}acc_mean_ci"] = round(result_row["mean_ci"], 4)

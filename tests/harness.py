@@ -62,7 +62,6 @@ from pathlib import Path
 from typing import Any
 
 from loragen.data.tasks import TaskLoader
-from loragen.data.tasks.base import normalize_space
 from loragen.data.tasks.io import labels_file, read_labels, read_rows
 
 TEMPLATES = Path(__file__).parent / "harness_tasks"
@@ -291,17 +290,16 @@ def harness_doc(task: str, record, item) -> dict:
         return {key: item.question, "choices": {"text": list(item.options), "label": letters},
                 "answerKey": letters[item.label]}
     if task == "boolq":
-        return {"question": item.question, "label": 1 - item.label}  # loragen: 0 = yes; harness: 1 = yes
+        return {"question": item.question, "label": 1 - item.label}  # parsed: 0 = true; harness: 1 = yes
     raw = _raw_row(record.meta["source"])
+    # raw-format rows go to the harness exactly as written (loragen reads their text unchanged too)
     if task == "siqa":
         fields = ("context", "question", "answerA", "answerB", "answerC")
-        return {**{k: normalize_space(raw[k]) for k in fields}, "label": str(item.label + 1)}
+        return {**{k: raw[k] for k in fields}, "label": str(item.label + 1)}
     if task == "piqa":
-        return {"goal": normalize_space(raw["goal"]), "sol1": normalize_space(raw["sol1"]),
-                "sol2": normalize_space(raw["sol2"]), "label": item.label}
+        return {"goal": raw["goal"], "sol1": raw["sol1"], "sol2": raw["sol2"], "label": item.label}
     if task == "winogrande":
-        fields = {k: normalize_space(raw[k]) for k in ("sentence", "option1", "option2")}
-        return fields | {"answer": str(item.label + 1)}
+        return {k: raw[k] for k in ("sentence", "option1", "option2")} | {"answer": str(item.label + 1)}
     if task == "hellaswag":
         return {k: raw[k] for k in ("activity_label", "ctx_a", "ctx_b", "endings")} | {"label": str(item.label)}
     raise KeyError(task)

@@ -272,3 +272,19 @@ def test_prompt_tuning_and_moe_baselines_run_on_a_bf16_edge():
             scores = score_requests(module.edge, [([5, 6, 7], [8]), ([5, 6, 7], [9, 10])],
                                     prefix_embeds=module.prefix_embeds())
         assert torch.isfinite(torch.tensor(scores)).all()
+
+
+def test_compare_method_configs_instantiate_every_callback_of_a_real_config(tmp_path):
+    """Each method's config keeps only callbacks that accept their arguments (the quickstart's included)."""
+    import importlib
+
+    import yaml
+
+    from loragen.compare import METHODS, method_config
+
+    base = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    for method in METHODS:
+        config = method_config(base, method, {}, tmp_path / method)
+        for callback in config["trainer"].get("callbacks") or []:
+            module, _, name = callback["class_path"].rpartition(".")
+            getattr(importlib.import_module(module), name)(**(callback.get("init_args") or {}))

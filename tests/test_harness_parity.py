@@ -61,12 +61,10 @@ def compare_with_harness(tmp_path: Path, edge: str, harness_model: Path, tasks: 
         rows = theirs[HARNESS_NAME.get(task, task)]
         mine = [ours[task][s] for s in sources[task]]
         assert len(mine) == len(rows) == len(sources[task]) > 0
-        # loragen's options of BoolQ are (yes, no); the harness's (no, yes)
-        flip = (lambda k: 1 - k) if task == "boolq" else (lambda k: k)
-        differ = [k for k, (a, b) in enumerate(zip(mine, rows, strict=True)) if a["pred"] != flip(b["pred"])]
+        differ = [k for k, (a, b) in enumerate(zip(mine, rows, strict=True)) if a["pred"] != b["pred"]]
         norm = task != "winogrande"  # the harness reports no acc_norm for WinoGrande
         differ_norm = [k for k, (a, b) in enumerate(zip(mine, rows, strict=True))
-                       if norm and a["pred_norm"] != flip(b["pred_norm"])]
+                       if norm and a["pred_norm"] != b["pred_norm"]]
         n = len(rows)
         table[task] = {"items": n, "loragen_acc": sum(a["acc"] for a in mine) / n,
                        "harness_acc": sum(b["acc"] for b in rows) / n,

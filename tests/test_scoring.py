@@ -30,11 +30,15 @@ def _alone(model, context, continuation):
     return float(logp[len(context) - 1:].gather(-1, torch.tensor(continuation)[:, None]).sum())
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama", "gemma"])
-def test_batched_request_scoring_equals_scoring_each_request_alone(tiny, arch):
+@pytest.mark.parametrize("arch, sliding", [("qwen2", False), ("llama", False), ("gemma", False), ("llama", True)])
+def test_batched_request_scoring_equals_scoring_each_request_alone(tiny, arch, sliding, monkeypatch):
     """Padding and context sharing change no scored position: many ragged requests, some sharing a context, in
     one padded batch (and in several) score as each does alone."""
+    from loragen.models import scoring
+
     model = tiny(arch).model
+    # sliding-window models read each request whole instead of sharing contexts through the cache
+    monkeypatch.setattr(scoring, "_sliding_window", lambda model: sliding)
     gen = torch.Generator().manual_seed(1)
     requests = []
     for n_context, n_continuation in [(6, 2), (1, 1), (13, 4), (3, 7), (9, 1), (6, 2)]:

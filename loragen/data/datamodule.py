@@ -44,8 +44,9 @@ def check_sizes(kw: dict[str, Any]) -> None:
     for key in ("batch_size", "eval_batch_size"):
         if kw.get(key) is not None and kw[key] < 1:
             raise LoRAGenError(f"data.{key} must be >= 1, got {kw[key]}")
-    if kw.get("scoring", "loglik") not in ("loglik", "generate"):
-        raise LoRAGenError(f"scoring={kw['scoring']!r} is unknown: choose loglik or generate")
+    from loragen.data.tasks.base import formulation_for
+
+    formulation_for(kw.get("scoring", "loglik"))  # an unknown scoring mode fails here
 
 
 class EpochShuffleSampler(DistributedSampler):

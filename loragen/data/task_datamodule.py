@@ -17,14 +17,10 @@ from loragen import LoRAGenError
 from loragen.data.datamodule import RecordDataModule, check_sizes
 from loragen.data.records import Record
 from loragen.data.tasks import TaskLoader, TaskSpec, expand_tasks, get_task, task_from_config
+from loragen.data.tasks.base import formulation_for
 from loragen.data.tasks.registry import plain_config
 
 STAGES = ("train", "val", "test", "predict")
-
-
-def formulation_for(scoring: str) -> str:
-    """Option scoring asks the harness's cloze question; generation needs the options listed."""
-    return "choices" if scoring == "generate" else "cloze"
 
 
 def _stage_pairs(kw: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:

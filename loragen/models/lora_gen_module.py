@@ -195,10 +195,10 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
         for members, key, lora in zip(groups, keys, loras, strict=True):
             with self._served(lora):
                 self._grade_items(stage, "loragen", batch, "prompt", members)
-            if "rotated" in settings and key in self.rotation:  # another prompt's LoRA on these items
+            if "rotated" in settings and key in self.rotation:  # another task's LoRA on these items
                 with self._served(self.task_loras[self.rotation[key]]):
                     self._grade_items(stage, "rotated", batch, "prompt", members)
-        if "generic" in settings:
+        if "generic" in settings and self._sensitivity_now():
             with self._served(self._generic_lora()):
                 self._grade_items(stage, "generic", batch, "prompt", range(size))
         prompt_keys = {"prompted": "ref_prompt", "zero_shot": "prompt"}
@@ -226,19 +226,38 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
 
     def _prepare_epoch(self, stage: str) -> None:
         """Before an evaluation epoch: one generated LoRA per distinct system prompt of the stage (one
-        cloud pass each, none per batch), the rotation of the sensitivity check, the gate distances."""
+        cloud pass each, none per batch) when there are few of them (a prompt per task; per-item prompts
+        are generated batch by batch instead), and for the sensitivity check each task's LoRA (that of
+        its first prompt), the task rotation and the gate distances."""
         self.task_loras, self.rotation, self.gate_distance = {}, {}, None
         examples = getattr(self.trainer.datamodule, "examples", {}).get(stage, []) if self._trainer else []
         prompts: dict[bytes, list[int]] = {}
+        first_of_task: dict[str, bytes] = {}
         for example in examples:
-            prompts.setdefault(torch.tensor(example["system_ids"]).numpy().tobytes(), example["system_ids"])
+            key = torch.tensor(example["system_ids"]).numpy().tobytes()
+            if key not in prompts and (len(prompts) < PRECOMPUTED_PROMPTS or example["task"] not in first_of_task):
+                prompts[key] = example["system_ids"]
+            first_of_task.setdefault(example["task"], key)
         if not prompts:
             return
         keys = list(prompts)
-        self.task_loras = dict(zip(keys, self._generate_for(list(prompts.values())), strict=True))
-        self.rotation = {key: keys[(i + 1) % len(keys)] for i, key in enumerate(keys)} if len(keys) > 1 else {}
-        if self.hparams.sensitivity:
-            self.gate_distance = gate_distances([self.task_loras[k].gates for k in keys], self._generic_lora().gates)
+        for start in range(0, len(keys), PRECOMPUTED_PROMPTS):  # bounded cloud batches
+            chunk = keys[start:start + PRECOMPUTED_PROMPTS]
+            self.task_loras.update(zip(chunk, self._generate_for([prompts[k] for k in chunk]), strict=True))
+        if self._sensitivity_now():
+            tasks = list(first_of_task)
+            if len(tasks) > 1:  # every prompt of task i is served the LoRA of task i+1's (first) prompt
+                following = {t: first_of_task[tasks[(i + 1) % len(tasks)]] for i, t in enumerate(tasks)}
+                for example in examples:
+                    key = torch.tensor(example["system_ids"]).numpy().tobytes()
+                    self.rotation.setdefault(key, following[example["task"]])
+            self.gate_distance = gate_distances([self.task_loras[first_of_task[t]].gates for t in tasks],
+                                                self._generic_lora().gates)
+
+    def _sensitivity_now(self) -> bool:
+        """The prompt-sensitivity rows are a test-time check: validation during fit skips their cost."""
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        return bool(self.hparams.sensitivity) and not fitting
 
     def on_validation_epoch_start(self) -> None:
         self._prepare_epoch("val")
@@ -368,6 +387,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 GENERIC_KEY = b"loragen:generic-prompt"
+PRECOMPUTED_PROMPTS = 64  # distinct system prompts generated up front per evaluation epoch (and per cloud batch)
 
 
 def gate_distances(task_gates: list[torch.Tensor], generic: torch.Tensor) -> dict[str, Any]:

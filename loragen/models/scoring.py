@@ -59,16 +59,63 @@ def score_requests(model: Any, requests: Sequence[tuple[list[int], list[int]]],
     scores = [0.0] * len(requests)
     contexts: dict[tuple[int, ...], list[int]] = {}  # distinct context -> its requests
     for i, (context, _) in enumerate(requests):
-        contexts.setdefault(tuple(context), []).append(i)
+        # A sliding-window attention counts its window in cache slots, and a right-padded context leaves
+        # padding slots before its continuation: such models read each request whole (one "context" each).
+        key = tuple(context) if not _sliding_window(model) else (i, *context)
+        contexts.setdefault(key, []).append(i)
     order = sorted(contexts, key=len, reverse=True)
     for start in range(0, len(order), max_rows):
         chunk = order[start:start + max_rows]
         members = [(b, i) for b, context in enumerate(chunk) for i in contexts[context]]
-        sums = _score_chunk(model, chunk, [requests[i][1] for _, i in members], [b for b, _ in members],
-                            prefix_embeds)
+        if _sliding_window(model):
+            sums = _score_whole(model, [requests[i] for _, i in members], prefix_embeds)
+        else:
+            sums = _score_chunk(model, [tuple(requests[contexts[c][0]][0]) for c in chunk],
+                                [requests[i][1] for _, i in members], [b for b, _ in members], prefix_embeds)
         for (_, i), value in zip(members, sums, strict=True):
             scores[i] = value
     return scores
+
+
+def _sliding_window(model: Any) -> bool:
+    config = model.config
+    return bool(getattr(config, "sliding_window", None)) and getattr(config, "use_sliding_window", True) is not False
+
+
+def _score_whole(model: Any, requests: list[tuple[list[int], list[int]]],
+                 prefix_embeds: torch.Tensor | None) -> list[float]:
+    """Each request as one right-padded sequence ``(context + continuation)[:-1]`` (no cache reuse)."""
+    device = model.get_output_embeddings().weight.device
+    n_prefix = 0 if prefix_embeds is None else prefix_embeds.shape[1]
+    sequences = [(list(c) + list(t))[:-1] for c, t in requests]
+    ids = torch.zeros(len(sequences), max(map(len, sequences)), dtype=torch.long, device=device)
+    mask = torch.zeros(len(sequences), n_prefix + ids.shape[1], dtype=torch.long, device=device)
+    rows, positions, targets = [], [], []
+    for r, ((context, continuation), sequence) in enumerate(zip(requests, sequences, strict=True)):
+        ids[r, : len(sequence)] = torch.tensor(sequence, device=device)
+        mask[r, : n_prefix + len(sequence)] = 1
+        first = n_prefix + len(context) - 1
+        rows += [r] * len(continuation)
+        positions += range(first, first + len(continuation))
+        targets += continuation
+    hidden = _decode(model, ids, mask, prefix_embeds).last_hidden_state
+    picked = hidden[torch.tensor(rows, device=device), torch.tensor(positions, device=device)]
+    target = torch.tensor(targets, device=device)
+    logp = torch.log_softmax(_head(model, picked), -1).gather(-1, target[:, None]).squeeze(-1)
+    totals = torch.zeros(len(requests), dtype=logp.dtype, device=device)
+    totals.index_add_(0, torch.tensor(rows, device=device), logp)
+    return totals.tolist()
+
+
+def _decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix_embeds: torch.Tensor | None,
+            use_cache: bool = False) -> Any:
+    """The decoder over ``ids``, after the soft prompt ``prefix_embeds`` when given."""
+    decoder = model.get_decoder()
+    if prefix_embeds is None:
+        return decoder(input_ids=ids, attention_mask=mask, use_cache=use_cache)
+    embeds = torch.cat([prefix_embeds.to(ids.device).expand(ids.shape[0], -1, -1),
+                        model.get_input_embeddings()(ids)], dim=1)
+    return decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=use_cache)
 
 
 def _score_chunk(model: Any, contexts: list[tuple[int, ...]], continuations: list[list[int]], owner: list[int],
@@ -83,12 +130,7 @@ def _score_chunk(model: Any, contexts: list[tuple[int, ...]], continuations: lis
     for b, context in enumerate(contexts):
         ids[b, : len(context)] = torch.tensor(context, device=device)
         mask[b, : n_prefix + len(context)] = 1
-    if prefix_embeds is None:
-        first = decoder(input_ids=ids, attention_mask=mask, use_cache=True)
-    else:
-        embeds = torch.cat([prefix_embeds.to(device).expand(len(contexts), -1, -1),
-                            model.get_input_embeddings()(ids)], dim=1)
-        first = decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=True)
+    first = _decode(model, ids, mask, prefix_embeds, use_cache=True)
     rows = torch.tensor(owner, device=device)
     lengths = mask.sum(-1)  # real positions of each context (with the prefix)
     # the first continuation token is predicted by the context's last real position

@@ -14,9 +14,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from loragen import LoRAGenError
 from loragen.data.records import Record
 
 FORMULATIONS = ("cloze", "choices")
+SCORING_MODES = ("loglik", "generate")  # how a model grades items (``model.init_args.scoring``)
+
+
+def formulation_for(scoring: str) -> str:
+    """Option scoring asks the harness's cloze question; generation needs the options listed."""
+    if scoring not in SCORING_MODES:
+        raise LoRAGenError(f"scoring={scoring!r} is unknown: choose one of {', '.join(SCORING_MODES)}")
+    return "choices" if scoring == "generate" else "cloze"
 
 
 class Malformed(Exception):
@@ -171,6 +180,13 @@ def normalize_space(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def get_text(row: dict[str, Any], key: str) -> str:
+    """A required string field exactly as written (raw benchmark files: lm-evaluation-harness reads their
+    text unchanged, so loragen asks the same question); ``Malformed`` if missing, not text or blank."""
+    get_str(row, key)
+    return row[key]
+
+
 def get_str(row: dict[str, Any], key: str, *, allow_empty: bool = False) -> str:
     """A required string field, whitespace-normalised; ``Malformed`` if missing, not text or empty."""
     if not isinstance(row, dict):
@@ -219,7 +235,8 @@ def choice_item(question: str, options: Sequence[str], label: int, prefix: str, 
         raise Malformed("a multiple-choice record needs at least two non-empty options")
     if not 0 <= label < len(options):
         raise Malformed(f"label {label} is outside the {len(options)} options")
-    if options.count(options[label]) > 1:  # duplicated distractors are harmless; a duplicated answer is not
+    plain = [normalize_space(o) for o in options]  # options that differ only in whitespace are the same answer
+    if plain.count(plain[label]) > 1:  # duplicated distractors are harmless; a duplicated answer is not
         raise Malformed("the correct option's text also appears as another option (option scoring cannot tell "
                         "them apart)")
     return Item(format_choice_input(question, options), options[label], options, label, f"{prefix}{label + 1}",

@@ -14,7 +14,7 @@ from loragen.data.tasks.base import HubSource, Item, Malformed, TaskSpec, get_st
 from loragen.data.tasks.llm_adapters import is_llm_adapters, parse_boolq
 
 OPTIONS = ("true", "false")  # the LLM-Adapters answers, for generation scoring
-CLOZE_OPTIONS = ("yes", "no")  # the harness's continuations, for option scoring
+CLOZE_OPTIONS = ("no", "yes")  # the harness's continuations and order, for option scoring
 
 
 def boolq_item(question: str, label: int) -> Item:
@@ -25,12 +25,14 @@ def boolq_item(question: str, label: int) -> Item:
 class BoolQTask(TaskSpec):
     """Closed-book: lm-evaluation-harness asks ``{passage}\\nQuestion: {question}?\\nAnswer:`` with the
     continuations ``no`` / ``yes``; our data has no passage, so the cloze formulation is that question
-    without it (options ``yes`` / ``no``, label 0 = yes)."""
+    without it (options ``no`` / ``yes`` in the harness's order, label 1 = yes; generation keeps the
+    LLM-Adapters ``true`` / ``false``, label 0 = true)."""
 
     def formulate(self, item: Item, formulation: str) -> Item:
         item = super().formulate(item, formulation)
         if formulation == "cloze" and item.label is not None:
-            return dataclasses.replace(item, options=CLOZE_OPTIONS, output=CLOZE_OPTIONS[item.label])
+            label = 1 - item.label  # true (0) -> yes (1)
+            return dataclasses.replace(item, options=CLOZE_OPTIONS, output=CLOZE_OPTIONS[label], label=label)
         return item
 
     def parse_row(self, row: dict[str, Any], label: str | None) -> Item:

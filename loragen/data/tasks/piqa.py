@@ -15,7 +15,7 @@ from loragen.data.tasks.base import (
     Item,
     TaskSpec,
     choice_item,
-    get_str,
+    get_text,
     inline_or_file_label,
     parse_index,
 )
@@ -26,9 +26,9 @@ class PiqaTask(TaskSpec):
     def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
         if is_llm_adapters(row):
             return parse_choice(row, "solution")
-        goal, options = get_str(row, "goal"), [get_str(row, "sol1"), get_str(row, "sol2")]
+        goal, options = get_text(row, "goal"), [get_text(row, "sol1"), get_text(row, "sol2")]  # raw, as the harness
         raw = inline_or_file_label(row, "label", label)
-        return choice_item(goal, options, parse_index(raw, 2, base=0), "solution")
+        return choice_item(goal, options, parse_index(raw, 2, base=0), "solution", normalize=False)
 
 
 PIQA = PiqaTask(

@@ -15,7 +15,7 @@ from loragen.data.tasks.base import (
     Item,
     TaskSpec,
     choice_item,
-    get_str,
+    get_text,
     inline_or_file_label,
     parse_index,
 )
@@ -26,10 +26,10 @@ class SiqaTask(TaskSpec):
     def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
         if is_llm_adapters(row):
             return parse_choice(row, "answer")
-        question = f"{get_str(row, 'context')} {get_str(row, 'question')}"
-        options = [get_str(row, key) for key in ("answerA", "answerB", "answerC")]
+        question = f"{get_text(row, 'context')} {get_text(row, 'question')}"  # raw text, as the harness reads it
+        options = [get_text(row, key) for key in ("answerA", "answerB", "answerC")]
         raw = inline_or_file_label(row, "label", label)
-        return choice_item(question, options, parse_index(raw, 3, base=1), "answer")
+        return choice_item(question, options, parse_index(raw, 3, base=1), "answer", normalize=False)
 
 
 SIQA = SiqaTask(

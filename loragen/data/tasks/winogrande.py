@@ -17,7 +17,7 @@ from loragen.data.tasks.base import (
     Malformed,
     TaskSpec,
     choice_item,
-    get_str,
+    get_text,
     inline_or_file_label,
     parse_index,
 )
@@ -34,7 +34,9 @@ class WinograndeTask(TaskSpec):
             return super().formulate(item, formulation)
         sentence = item.question
         blank = sentence.index("_")
-        rest = sentence[blank + 1:].strip()  # never empty (checked when parsed)
+        rest = sentence[blank + 1:].strip()
+        if not rest:  # nothing after the blank (possible in LLM-Adapters rows): no partial scoring possible
+            return super().formulate(item, formulation)
         contexts = tuple(sentence[:blank] + option for option in item.options)
         return dataclasses.replace(item, input=sentence, output=rest, options=(rest,) * len(contexts),
                                    contexts=contexts)
@@ -42,15 +44,15 @@ class WinograndeTask(TaskSpec):
     def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
         if is_llm_adapters(row):
             return parse_choice(row, "option")
-        sentence = get_str(row, "sentence")
+        sentence = get_text(row, "sentence")  # raw text, as the harness reads it
         if "_" not in sentence:
             raise Malformed("sentence has no blank '_'")
         if not sentence[sentence.index("_") + 1:].strip():
             raise Malformed("nothing follows the blank '_' (partial scoring needs a continuation)")
-        options = [get_str(row, "option1"), get_str(row, "option2")]
+        options = [get_text(row, "option1"), get_text(row, "option2")]
         raw = inline_or_file_label(row, "answer", label)
         qid = row.get("qID")
-        return choice_item(sentence, options, parse_index(raw, 2, base=1, what="answer"), "option",
+        return choice_item(sentence, options, parse_index(raw, 2, base=1, what="answer"), "option", normalize=False,
                            **({"id": qid} if qid else {}))
 
 
