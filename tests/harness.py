@@ -305,9 +305,9 @@ def harness_doc(task: str, record, item) -> dict:
     raise KeyError(task)
 
 
-def docs_for(loader: TaskLoader, task: str, limit: int) -> tuple[list[str], list[dict]]:
+def docs_for(loader: TaskLoader, task: str, limit: int, split: str | None = None) -> tuple[list[str], list[dict]]:
     """Sources and harness documents of the first ``limit`` records loragen evaluates for ``task``."""
-    split = SPLITS[task]
+    split = split or SPLITS[task]
     records = loader.records(task, split)[:limit]
     parsed = {loc: item for loc, item in loader.parsed(task, split)}
     return ([r.meta["source"] for r in records],
