@@ -1,7 +1,9 @@
 """Lightning callbacks shipped with loragen (importable as ``callbacks.*`` next to ``loragen``)."""
 
 from callbacks.deployment_eval import DeploymentEvaluation
+from callbacks.nonfinite import NonFiniteGuard
 from callbacks.prediction_writer import JsonlPredictionWriter
 from callbacks.router_stats import RouterCollapseWarning, RouterStatistics
 
-__all__ = ["DeploymentEvaluation", "JsonlPredictionWriter", "RouterCollapseWarning", "RouterStatistics"]
+__all__ = ["DeploymentEvaluation", "JsonlPredictionWriter", "NonFiniteGuard", "RouterCollapseWarning",
+           "RouterStatistics"]

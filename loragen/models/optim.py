@@ -3,15 +3,27 @@
 AdamW with two parameter groups (matrices decayed; biases, norms, embeddings-like vectors such as
 meta tokens, layer embeddings and soft prompts not decayed), linear warmup over ``warmup_steps``,
 then cosine decay to ``min_lr_ratio · lr`` at the trainer's last step.
+
+Non-finite steps: a batch whose loss or gradients are NaN/inf never reaches the weights. Its
+gradients are dropped before the optimizer step (AdamW leaves parameters without a gradient, and
+their moments, untouched), the step is counted (``train/nonfinite_steps``) and named in a warning;
+after ``max_nonfinite_steps`` consecutive ones the run stops with a one-line error, and the last
+checkpoint written holds the weights from before them. ``callbacks.NonFiniteGuard`` sets the limit
+(1 = stop at the first).
 """
 
 from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any
 
 import torch
+
+from loragen import LoRAGenError
+
+MAX_NONFINITE_STEPS = 3  # consecutive non-finite steps before a run stops (isolated ones are skipped)
 
 NO_DECAY_NAMES = ("norm", "meta_tokens", "layer_embedding", "prompt_embeddings", "embedding.weight")
 
@@ -27,8 +39,6 @@ def adamw_warmup_cosine(module: Any) -> dict[str, Any]:
         plain = param.dim() < 2 or any(key in name for key in NO_DECAY_NAMES)
         (no_decay if plain else decay).append(param)
     if not decay and not no_decay:
-        from loragen import LoRAGenError
-
         raise LoRAGenError(f"{type(module).__name__} has no trainable parameters: there is nothing to fit; "
                            "run `loragen test` instead")
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
@@ -53,9 +63,37 @@ class ScheduledTraining:
     ``train/lr``)."""
 
     _step_start = 0.0
+    max_nonfinite_steps = MAX_NONFINITE_STEPS
+    _nonfinite_total = 0
+    _nonfinite_run = 0
 
     def configure_optimizers(self) -> Any:
         return adamw_warmup_cosine(self)
+
+    def on_after_backward(self) -> None:
+        """Drop the gradients of a non-finite step (see the module docstring); stop after too many in a row.
+        Under DDP the gradients are already averaged, so every rank decides the same."""
+        grads = [p.grad for p in self.parameters() if p.requires_grad and p.grad is not None]
+        if not grads:
+            return
+        finite = bool(torch.isfinite(torch.stack([g.float().sum() for g in grads])).all())
+        if finite:
+            self._nonfinite_run = 0
+        else:
+            for param in self.parameters():
+                param.grad = None
+            self._nonfinite_total += 1
+            self._nonfinite_run += 1
+            step = self.trainer.global_step if self._trainer is not None else 0
+            if self._nonfinite_run >= self.max_nonfinite_steps:
+                raise LoRAGenError(
+                    f"stopped at step {step}: {self._nonfinite_run} consecutive steps with a non-finite loss or "
+                    "gradients (none reached the weights; the last checkpoint is from before them): lower "
+                    "model.init_args.lr, check the data, or resume with --ckpt_path last")
+            warnings.warn(f"step {step}: non-finite loss or gradients, step skipped (the weights are unchanged; "
+                          f"{self._nonfinite_total} skipped so far)", stacklevel=2)
+        if self._trainer is not None:
+            self.log("train/nonfinite_steps", float(self._nonfinite_total), reduce_fx="max")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_start = time.perf_counter()
