@@ -77,13 +77,13 @@ def _cli_class() -> type:
             generate`` does what it says."""
             from pathlib import Path
 
-            import torch
+            from loragen.files import load_checkpoint
 
             subcommand = self.config.get("subcommand")
             ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
             if not ckpt_path or not Path(ckpt_path).is_file():
                 return
-            hparams = dict(torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {}))
+            hparams = dict(load_checkpoint(ckpt_path).get("hyper_parameters", {}))
             class_path = hparams.pop("_class_path", None)
             skip = EVAL_ONLY_ARGS if subcommand == "fit" else (*EVAL_ONLY_ARGS, "init_from")  # weights come from X
             hparams = {k: v for k, v in hparams.items()

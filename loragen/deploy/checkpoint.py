@@ -45,17 +45,11 @@ class EdgeSide:
 
 def read_checkpoint(path: str | Path) -> CheckpointInfo:
     """Hash and read a checkpoint (one-line errors for a missing file or a file loragen did not write)."""
-    import torch
+    from loragen.files import load_checkpoint
 
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise LoRAGenError(f"checkpoint {path} does not exist or is not a file: give a .ckpt of `loragen fit`")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # any unpickling failure means "not a checkpoint"
-        raise LoRAGenError(f"{path} is not a readable checkpoint ({err.__class__.__name__}): give the .ckpt "
-                           "written by `loragen fit`") from err
-    if not isinstance(ckpt, dict) or "fingerprint" not in ckpt.get("loragen", {}):
+    ckpt = load_checkpoint(path)
+    if "fingerprint" not in ckpt["loragen"]:
         raise LoRAGenError(f"{path} has no loragen pair fingerprint: it was not written by loragen")
     from loragen.models.lora_gen_module import LoRAGenModule
 

@@ -125,6 +125,10 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
         _validate(SimpleNamespace(**{**defaults, **hp}))
         validate_source(hp.get("cloud", defaults["cloud"]))
         validate_source(hp.get("edge", defaults["edge"]))
+        if hp.get("init_from"):  # a file that is not a loragen checkpoint fails here, before any model loads
+            from loragen.files import load_checkpoint
+
+            load_checkpoint(hp["init_from"])
 
     def eval_settings(self) -> list[str]:
         settings = ["loragen"]
@@ -313,11 +317,12 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
                                  "rng": _rng_state()}
 
     def _init_from(self, path: str) -> None:
+        from loragen.files import load_checkpoint
         from loragen.models.components.fingerprint import PairFingerprint
 
         if not Path(path).is_file():
             raise LoRAGenError(f"model.init_from checkpoint {path} does not exist: check the path")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(path)
         stored = checkpoint.get("loragen", {}).get("fingerprint")
         if stored is None:
             raise LoRAGenError(f"{path} has no loragen pair fingerprint: it was not written by loragen")

@@ -71,12 +71,12 @@ def load_backbone(source: str, *, dtype: str | None = None, frozen: bool = True)
         directory, gguf_file = _resolve(kind, value)
         kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
         tok = _load_tokenizer_from(directory, kwargs)
-        try:
+        try:  # never trust_remote_code: a directory's own modeling code is not run
             model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
-        except OSError as err:
+        except (OSError, ValueError) as err:
             raise LoRAGenError(
-                f"could not load model {source!r} ({err.__class__.__name__}): give a bundled:/tiny: "
-                "source, a local model directory, a .gguf file, or a hub id reachable from this machine"
+                f"could not load model {source!r} ({_first_line(err)}): give a bundled:/tiny: source, a local "
+                "model directory, a .gguf file, or a hub id reachable from this machine"
             ) from err
     if dtype is not None:
         model = model.to(getattr(torch, dtype))
@@ -169,11 +169,17 @@ def _load_tokenizer_from(directory: str, kwargs: dict[str, Any]) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(directory, **kwargs)
-    except OSError as err:
+    except (OSError, ValueError) as err:
         raise LoRAGenError(
-            f"could not load the tokenizer of {directory!r}: it is neither a local model directory "
-            "nor a hub id reachable from this machine"
+            f"could not load the tokenizer of {directory!r} ({_first_line(err)}): give a local model directory "
+            "with its tokenizer files or a hub id reachable from this machine"
         ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    """``ErrorClass: first line of the message`` (cut short), for one-line errors."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"{err.__class__.__name__}: {text[:160]}" if text else err.__class__.__name__
 
 
 def _ensure_pad_token(tok: Any) -> None:
