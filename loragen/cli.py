@@ -108,6 +108,16 @@ def _cli_class() -> type:
                 cls = getattr(importlib.import_module(module_name), class_name)
                 if hasattr(cls, "check_config"):
                     cls.check_config(**dict(section.get("init_args") or {}))
+            root = (config.get("trainer") or {}).get("default_root_dir")
+            if self.subcommand == "fit" and root:  # one fit per run directory: a second is refused, not interleaved
+                from loragen.files import lock_run_directory
+
+                self._run_lock = lock_run_directory(root)
+
+        def after_fit(self) -> None:
+            from loragen.files import release_run_directory
+
+            release_run_directory(getattr(self, "_run_lock", None))
 
     return LoRAGenCLI
 

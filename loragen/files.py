@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
@@ -91,4 +92,52 @@ def load_checkpoint(path: str | Path) -> dict:
         raise LoRAGenError(f"{path} was not written by loragen (it has no loragen section): give a .ckpt written "
                            "by `loragen fit`")
     return checkpoint
+
+
+RUN_LOCK = ".loragen-fit.lock"
+_HELD: dict[str, Any] = {}  # run directories this process holds (a process may fit the same directory again)
+
+
+def lock_run_directory(directory: str | os.PathLike[str]) -> Any:
+    """Hold an exclusive lock on a run directory for the life of this process (``loragen fit``): a second
+    fit pointed at the same directory fails in one line instead of interleaving checkpoints and logs.
+    The kernel releases the lock when the process ends, however it ends (even SIGKILL), so a crashed run
+    never blocks its own resume. Child processes of a multi-process strategy (``LOCAL_RANK`` > 0) share
+    their launcher's run and take no lock."""
+    import fcntl
+
+    from loragen import LoRAGenError
+
+    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+        return None
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    key = str(directory.resolve())
+    if key in _HELD:
+        return _HELD[key]
+    handle = open(directory / RUN_LOCK, "a+")  # noqa: SIM115  (held open: the lock lives as long as it)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise LoRAGenError(f"run directory {directory} is in use by another `loragen fit` ({holder}): wait for it "
+                           "to finish or give another --trainer.default_root_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    _HELD[key] = handle
+    return handle
+
+
+def release_run_directory(handle: Any) -> None:
+    """Give a run directory's lock back (the end of a fit)."""
+    if handle is None:
+        return
+    for key, held in list(_HELD.items()):
+        if held is handle:
+            del _HELD[key]
+    handle.close()
 

@@ -48,6 +48,20 @@ class KillAt(Callback):
         self._kill(trainer, "validation")
 
 
+class HoldUntil(Callback):
+    """Pause training at step 1 until ``release`` exists (so another process can try the same run directory)."""
+
+    def __init__(self, release: str) -> None:
+        self.release = Path(release)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        import time
+
+        deadline = time.time() + 300
+        while trainer.global_step == 1 and not self.release.exists() and time.time() < deadline:
+            time.sleep(0.1)
+
+
 def _fit(run_dir: Path, kill: tuple[str, int] | None = None, resume: bool = False) -> subprocess.CompletedProcess:
     config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     config["trainer"].update(max_steps=STEPS, limit_train_batches=3, val_check_interval=2, limit_val_batches=1,
@@ -105,3 +119,41 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted
         assert float(mine["step"]) == float(ref["step"]) == STEPS
         assert torch.allclose(mine["exp_avg"], ref["exp_avg"], atol=TOLERANCE)
         assert torch.allclose(mine["exp_avg_sq"], ref["exp_avg_sq"], atol=TOLERANCE)
+
+
+def test_a_second_fit_on_the_same_run_directory_is_refused(tmp_path):
+    """Two `loragen fit` runs pointed at one run directory: the second stops in one line, the first finishes."""
+    import time
+
+    from loragen.files import RUN_LOCK
+
+    run_dir = tmp_path / "run"
+    config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    config["trainer"].update(max_steps=3, default_root_dir=str(run_dir), logger=False, enable_progress_bar=False,
+                             limit_val_batches=0)
+    release = tmp_path / "release"
+    first_config = {**config, "trainer": {**config["trainer"], "callbacks": [
+        *config["trainer"]["callbacks"], {"class_path": "tests.test_kill.HoldUntil",
+                                         "init_args": {"release": str(release)}}]}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    (tmp_path / "first.yaml").write_text(yaml.safe_dump(first_config))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "loragen.cli", "fit", "--config", str(path)]
+    first = subprocess.Popen([*args[:-1], str(tmp_path / "first.yaml")], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / RUN_LOCK).is_file() or not (run_dir / RUN_LOCK).read_text().strip():
+            assert first.poll() is None and time.time() < deadline, "the first fit never took the lock"
+            time.sleep(0.2)
+        second = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 2
+        assert f"run directory {run_dir} is in use by another `loragen fit` (pid {first.pid})" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        release.touch()
+        _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr[-3000:]
+    again = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]  # the lock ends with its process
