@@ -17,8 +17,7 @@ import yaml
 
 from loragen.data.tasks import TaskLoader
 from tests.conftest import HAS_BUNDLED
-from tests.harness import HARNESS_NAME, SPLITS, harness_doc, run_harness, write_harness_docs  # noqa: F401
-from tests.harness import docs_for as _docs
+from tests.harness import HARNESS_NAME, SPLITS, docs_for, run_harness, write_harness_docs
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -48,7 +47,7 @@ def compare_with_harness(tmp_path: Path, edge: str, harness_model: Path, tasks: 
     loader = TaskLoader(data_dir, shots=0)
     docs_dir, sources = tmp_path / "docs", {}
     for task in tasks:
-        sources[task], docs = _docs(loader, task, limit, splits[task])
+        sources[task], docs = docs_for(loader, task, limit, splits[task])
         write_harness_docs(HARNESS_NAME.get(task, task), docs, docs_dir)
     data = {"class_path": "loragen.data.task_datamodule.TaskDataModule",
             "init_args": {"test_tasks": [f"{t}:{splits[t]}" for t in tasks], "data_dir": str(data_dir), "shots": 0,

@@ -216,11 +216,11 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
         return self.model.edge_lora.routing(lora.indices[None], lora.weights[None])
 
     def _generate_for(self, prompts: list[list[int]]) -> list[Any]:
-        """One generated LoRA per tokenized system prompt (one cloud batch)."""
-        width = max(len(ids) for ids in prompts)
-        ids = torch.tensor([p + [0] * (width - len(p)) for p in prompts], device=self.device)
-        mask = torch.tensor([[1] * len(p) + [0] * (width - len(p)) for p in prompts], device=self.device)
-        return self.model.generate(ids, mask)
+        """One generated LoRA per tokenized system prompt (one cloud batch, right-padded)."""
+        from loragen.data.tokenize import pad
+
+        ids, mask = pad(prompts, 0), pad([[1] * len(p) for p in prompts], 0)
+        return self.model.generate(ids.to(self.device), mask.to(self.device))
 
     def _generic_lora(self) -> Any:
         if GENERIC_KEY not in self.task_loras:
@@ -237,8 +237,8 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
         examples = getattr(self.trainer.datamodule, "examples", {}).get(stage, []) if self._trainer else []
         prompts: dict[bytes, list[int]] = {}
         first_of_task: dict[str, bytes] = {}
-        for example in examples:
-            key = torch.tensor(example["system_ids"]).numpy().tobytes()
+        keyed = [(example["task"], prompt_key(example["system_ids"])) for example in examples]
+        for example, (_, key) in zip(examples, keyed, strict=True):
             if key not in prompts and (len(prompts) < PRECOMPUTED_PROMPTS or example["task"] not in first_of_task):
                 prompts[key] = example["system_ids"]
             first_of_task.setdefault(example["task"], key)
@@ -252,9 +252,8 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
             tasks = list(first_of_task)
             if len(tasks) > 1:  # every prompt of task i is served the LoRA of task i+1's (first) prompt
                 following = {t: first_of_task[tasks[(i + 1) % len(tasks)]] for i, t in enumerate(tasks)}
-                for example in examples:
-                    key = torch.tensor(example["system_ids"]).numpy().tobytes()
-                    self.rotation.setdefault(key, following[example["task"]])
+                for task, key in keyed:
+                    self.rotation.setdefault(key, following[task])
             self.gate_distance = gate_distances([self.task_loras[first_of_task[t]].gates for t in tasks],
                                                 self._generic_lora().gates)
 
@@ -409,9 +408,14 @@ def gate_distances(task_gates: list[torch.Tensor], generic: torch.Tensor) -> dic
             "definition": "total-variation distance of the gates, averaged over layers and prompt pairs"}
 
 
+def prompt_key(ids: Any) -> bytes:
+    """Identity of one tokenized system prompt (token ids, a list or a 1-D tensor without padding)."""
+    return torch.as_tensor(ids, dtype=torch.long).cpu().numpy().tobytes()
+
+
 def _row_key(ids: torch.Tensor, mask: torch.Tensor) -> bytes:
-    """Identity of one tokenized system prompt (padding removed)."""
-    return ids[mask.bool()].cpu().numpy().tobytes()
+    """Identity of one padded batch row's system prompt."""
+    return prompt_key(ids[mask.bool()])
 
 
 def _distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:

@@ -57,21 +57,24 @@ def score_requests(model: Any, requests: Sequence[tuple[list[int], list[int]]],
     are input embeddings placed before every context (learned soft prompts).
     """
     scores = [0.0] * len(requests)
+    if _sliding_window(model):
+        # A sliding window counts cache slots, and a right-padded context leaves padding slots before its
+        # continuation: such models read each request whole instead of sharing its context.
+        order = sorted(range(len(requests)), key=lambda i: -(len(requests[i][0]) + len(requests[i][1])))
+        for start in range(0, len(order), max_rows):
+            chunk = order[start:start + max_rows]
+            for i, value in zip(chunk, _score_whole(model, [requests[i] for i in chunk], prefix_embeds), strict=True):
+                scores[i] = value
+        return scores
     contexts: dict[tuple[int, ...], list[int]] = {}  # distinct context -> its requests
     for i, (context, _) in enumerate(requests):
-        # A sliding-window attention counts its window in cache slots, and a right-padded context leaves
-        # padding slots before its continuation: such models read each request whole (one "context" each).
-        key = tuple(context) if not _sliding_window(model) else (i, *context)
-        contexts.setdefault(key, []).append(i)
+        contexts.setdefault(tuple(context), []).append(i)
     order = sorted(contexts, key=len, reverse=True)
     for start in range(0, len(order), max_rows):
         chunk = order[start:start + max_rows]
         members = [(b, i) for b, context in enumerate(chunk) for i in contexts[context]]
-        if _sliding_window(model):
-            sums = _score_whole(model, [requests[i] for _, i in members], prefix_embeds)
-        else:
-            sums = _score_chunk(model, [tuple(requests[contexts[c][0]][0]) for c in chunk],
-                                [requests[i][1] for _, i in members], [b for b, _ in members], prefix_embeds)
+        sums = _score_chunk(model, chunk, [requests[i][1] for _, i in members], [b for b, _ in members],
+                            prefix_embeds)
         for (_, i), value in zip(members, sums, strict=True):
             scores[i] = value
     return scores
