@@ -9,6 +9,10 @@ same command skips finished points (resumable). Every point's model settings are
 anything starts (e.g. ``top_k > num_experts`` is rejected). At the end ``sweep.md``, ``sweep.csv``
 and ``sweep.png`` (metric vs. the first grid key, one line per value of the second) are written.
 
+``--points FILE`` runs named points instead of a grid: a YAML mapping ``name: {dotted.key: value, ...}``
+(``base: {}`` is the base config itself), for studies that change one factor, or a few keys together,
+at a time (``configs/sweeps/recipe_study.yaml``). Its plot is one bar per point with its interval.
+
 For W&B users with an account, ``configs/sweeps/*.yaml`` are the same grids as W&B sweep configs.
 """
 
@@ -28,8 +32,25 @@ from typing import Any
 from loragen import LoRAGenError
 
 
+def split_values(values: str) -> list[str]:
+    """``"1,[a,b],{x: 1, y: 2}"`` → ``["1", "[a,b]", "{x: 1, y: 2}"]``: commas inside brackets stay."""
+    parts, depth, current = [], 0, ""
+    for char in values:
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [*parts, current]
+
+
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
-    """``["model.init_args.num_experts=2,4"]`` → ``{"model.init_args.num_experts": [2, 4]}``."""
+    """``["model.init_args.num_experts=2,4"]`` → ``{"model.init_args.num_experts": [2, 4]}``; list
+    values in brackets (``target_modules=[q_proj,v_proj],[gate_proj]``) stay whole."""
     import yaml
 
     grid: dict[str, list[Any]] = {}
@@ -37,8 +58,30 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
         key, sep, values = item.partition("=")
         if not sep or not key or not values:
             raise LoRAGenError(f"--grid {item!r} is not KEY=V1,V2,...: e.g. model.init_args.num_experts=2,4,8")
-        grid[key] = [yaml.safe_load(v) for v in values.split(",")]
+        grid[key] = [yaml.safe_load(v) for v in split_values(values)]
     return grid
+
+
+def read_points(path: str) -> dict[str, dict[str, Any]]:
+    """A ``--points`` file: ``{name: {dotted.key: value}}``, names usable as directory names."""
+    import re
+
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise LoRAGenError(f"--points file {path} does not exist")
+    points = yaml.safe_load(file.read_text())
+    if not isinstance(points, dict) or not points:
+        raise LoRAGenError(f"--points file {path} must be a mapping of point names to overrides, e.g. "
+                           "'base: {}' and 'low_lr: {model.init_args.lr: 3e-4}'")
+    for name, overrides in points.items():
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.=-]+", name):
+            raise LoRAGenError(f"--points file {path}: point name {name!r} must be letters, digits, _ . = -")
+        if not isinstance(overrides or {}, dict) or not all(isinstance(k, str) for k in (overrides or {})):
+            raise LoRAGenError(f"--points file {path}: point {name!r} must map dotted config keys to values, "
+                               "e.g. {model.init_args.lr: 3e-4}")
+    return {name: dict(overrides or {}) for name, overrides in points.items()}
 
 
 def set_key(config: dict[str, Any], dotted: str, value: Any) -> None:
@@ -116,9 +159,14 @@ def run_point(config_path: Path, run_dir: Path, extra: list[str], fit: bool = Tr
     return {"results": json.loads(found[-1].read_text()), "seconds": time.perf_counter() - start}
 
 
-def summarize_point(point: dict[str, Any], outcome: dict[str, Any]) -> dict[str, Any]:
-    row: dict[str, Any] = {k.rsplit(".", 1)[-1]: v for k, v in point.items()}
-    rows = outcome["results"]["rows"]
+def summarize_point(point: dict[str, Any], outcome: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """One table row: the point's name (``--points``) or values (grid), every result row's mean with
+    its interval, per-task accuracies of the method's row, tokens, gate distance and time."""
+    row: dict[str, Any] = {"point": name} if name is not None else {}
+    if name is None:
+        row.update({k.rsplit(".", 1)[-1]: v for k, v in point.items()})
+    results = outcome["results"]
+    rows = results["rows"]
     for result_row in rows:  # the method's own row unprefixed, every other row under its key
         prefix = "" if result_row["key"] == rows[0]["key"] else f"{result_row['key']}_"
         row[f"{prefix}acc_mean"] = round(result_row["mean"], 4)
@@ -127,6 +175,10 @@ def summarize_point(point: dict[str, Any], outcome: dict[str, Any]) -> dict[str,
         row[f"{prefix}acc_hmean"] = round(result_row["hmean"], 4)
         if not prefix:
             row["tokens_per_request"] = round(result_row["tokens_per_request"], 1)
+            if name is not None:
+                row.update({f"acc_{task}": round(acc, 4) for task, acc in result_row["accuracy"].items()})
+    if results.get("gate_distance"):
+        row["gate_distance"] = round(results["gate_distance"]["between_prompts"], 3)
     row["seconds"] = round(outcome["seconds"], 1)
     return row
 
@@ -151,7 +203,24 @@ def write_tables(rows: list[dict[str, Any]], out: Path, grid: dict[str, list[Any
     (out / "sweep.md").write_text("\n".join(lines) + "\n")
     paths = [out / "sweep.csv", out / "sweep.md"]
     keys = [k.rsplit(".", 1)[-1] for k in grid]
-    if rows and metric in rows[0]:
+    if rows and metric in rows[0] and "point" in rows[0]:  # named points: one bar each
+        plt = pyplot()
+        fig, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.2))
+        names = [row["point"] for row in rows]
+        values = [row[metric] for row in rows]
+        ax.barh(names, values, xerr=[row.get(f"{metric}_ci") or 0.0 for row in rows], capsize=3, color="#4c72b0")
+        for extra in ("prompted", "zero_shot"):  # reference rows, when the runs scored them
+            if f"{extra}_{metric}" in rows[0]:
+                ax.axvline(rows[0][f"{extra}_{metric}"], ls="--", color="gray" if extra == "zero_shot" else "k",
+                           label=f"{extra} edge")
+        ax.invert_yaxis()
+        ax.set_xlabel(metric)
+        ax.set_xlim(min(values) - 0.1, max(values) + 0.1)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="x")
+        paths.append(save_figure(fig, out / "sweep.png"))
+    elif rows and metric in rows[0]:
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(5, 3.5))
         series_key = keys[1] if len(keys) > 1 else None
@@ -169,36 +238,43 @@ def write_tables(rows: list[dict[str, Any]], out: Path, grid: dict[str, list[Any
     return paths
 
 
-def sweep(config: str, grid: dict[str, list[Any]], out: str, metric: str = "acc_mean",
-          extra: list[str] | None = None) -> list[dict[str, Any]]:
+def sweep(config: str, grid: dict[str, list[Any]] | None, out: str, metric: str = "acc_mean",
+          extra: list[str] | None = None, points: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Run every point of ``grid`` (all combinations) or of ``points`` (named override sets)."""
     import yaml
 
+    if (grid is None) == (points is None):
+        raise LoRAGenError("give either --grid KEY=V1,V2 (a grid) or --points FILE (named points), not both")
     base = yaml.safe_load(Path(config).read_text())
     out_dir = Path(out)
-    points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+    if points is not None:
+        named = list(points.items())
+    else:
+        combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+        named = [(point_name(point), point) for point in combos]
     plans = []
-    for point in points:  # validate everything before anything starts
-        run_dir = out_dir / point_name(point)
+    for name, point in named:  # validate everything before anything starts
+        run_dir = out_dir / name
         resolved = point_config(base, point, run_dir)
-        validate_point(resolved, point_name(point))
-        plans.append((point, run_dir, resolved))
+        validate_point(resolved, name)
+        plans.append((name, point, run_dir, resolved))
     rows = []
-    for i, (point, run_dir, resolved) in enumerate(plans, 1):
+    for i, (name, point, run_dir, resolved) in enumerate(plans, 1):
         marker = run_dir / "point.json"
         if marker.is_file():
-            print(f"[{i}/{len(plans)}] {run_dir.name}: done before, skipped")
+            print(f"[{i}/{len(plans)}] {name}: done before, skipped")
             rows.append(json.loads(marker.read_text())["row"])
             continue
         run_dir.mkdir(parents=True, exist_ok=True)
         config_path = run_dir / "config.yaml"
         config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
-        print(f"[{i}/{len(plans)}] {run_dir.name}: fit + test ...", flush=True)
+        print(f"[{i}/{len(plans)}] {name}: fit + test ...", flush=True)
         outcome = run_point(config_path, run_dir, extra or [])
-        row = summarize_point(point, outcome)
+        row = summarize_point(point, outcome, name if points is not None else None)
         marker.write_text(json.dumps({"point": point, "row": row, "results": outcome["results"]}, indent=1))
-        print(f"[{i}/{len(plans)}] {run_dir.name}: {metric}={row.get(metric)} ({row['seconds']:.0f} s)", flush=True)
+        print(f"[{i}/{len(plans)}] {name}: {metric}={row.get(metric)} ({row['seconds']:.0f} s)", flush=True)
         rows.append(row)
-    paths = write_tables(rows, out_dir, grid, metric)
+    paths = write_tables(rows, out_dir, grid or {}, metric)
     print((out_dir / "sweep.md").read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
     return rows
@@ -208,13 +284,17 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="loragen sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="base LightningCLI config (YAML)")
-    parser.add_argument("--grid", action="append", required=True, metavar="KEY=V1,V2",
+    parser.add_argument("--grid", action="append", metavar="KEY=V1,V2",
                         help="a config key and its values; repeat for a grid (first key = plot x-axis)")
+    parser.add_argument("--points", metavar="FILE",
+                        help="YAML of named points {name: {dotted.key: value}} instead of a grid")
     parser.add_argument("--out", default="runs/sweep", help="sweep directory (one subdirectory per point)")
     parser.add_argument("--metric", default="acc_mean", help="column of the table to plot")
     args, extra = parser.parse_known_args(argv)
     try:
-        sweep(args.config, parse_grid(args.grid), args.out, args.metric, extra)
+        points = read_points(args.points) if args.points else None
+        grid = parse_grid(args.grid) if args.grid else None
+        sweep(args.config, grid, args.out, args.metric, extra, points)
     except LoRAGenError as err:
         print(f"loragen sweep: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

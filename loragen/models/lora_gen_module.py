@@ -46,6 +46,8 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
         router_hidden: router MLP width (0 = linear router).
         layer_embedding: learned per-layer embedding in the router.
         router_noise: training noise, ``none | gaussian | gumbel``.
+        router_center: subtract the running mean of the meta-token states (per layer, over the training
+            prompts) before the router, so it sees what differs between prompts.
         aux_loss: balance loss, ``cv2`` (paper) ``| switch | none``.
         aux_coef: its coefficient α.
         train_meta_tokens: learn the meta-token embeddings (backprop through the frozen cloud).
@@ -75,7 +77,8 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
     def __init__(self, cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
                  num_experts: int = 8, top_k: int = 2, rank: int = 8, lora_alpha: float = 16.0,
                  target_modules: list[str] | None = None, router_hidden: int = 256,
-                 layer_embedding: bool = True, router_noise: str = "gaussian", aux_loss: str = "cv2",
+                 layer_embedding: bool = True, router_noise: str = "gaussian", router_center: bool = False,
+                 aux_loss: str = "cv2",
                  aux_coef: float = 0.01, train_meta_tokens: bool = False, cloud_lora_rank: int = 0,
                  lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 10, min_lr_ratio: float = 0.1,
                  eval_path: str = "merged", reference: bool = True, zero_shot_reference: bool = True,
@@ -94,7 +97,8 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
         self.model = LoRAGen(cloud_bb, edge_bb, num_experts=num_experts, top_k=top_k, rank=rank,
                              lora_alpha=lora_alpha, target_modules=tuple(target_modules or DEFAULT_TARGETS),
                              router_hidden=router_hidden, layer_embedding=layer_embedding,
-                             router_noise=router_noise, train_meta_tokens=train_meta_tokens,
+                             router_noise=router_noise, router_center=router_center,
+                             train_meta_tokens=train_meta_tokens,
                              cloud_lora_rank=cloud_lora_rank, seed=seed)
         self.strict_loading = False  # checkpoints hold only trained weights, not the backbones
         if init_from:

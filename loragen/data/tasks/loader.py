@@ -9,6 +9,14 @@ Few-shot examples are drawn once per task, deterministically from ``(seed, task)
 of the task's ``shot_splits`` that is available, and every item equal to one of them (same user
 input) is removed from every split built -- so an example is never also an evaluated item, and a
 training item never sees its own answer in its system prompt.
+
+``holdout > 0`` carves a *dev* split from each task's train split: the split ``holdout`` is a seeded
+random subset of that many train items, and ``train`` (training records and the few-shot pool alike)
+is the rest — model selection on tasks whose labelled evaluation sets must stay untouched.
+
+``shot_draws > 1`` gives training records varied system prompts: draw 0 is the task's fixed prompt
+(the one every evaluation reads); draws 1.. are further seeded few-shot samples, and training record
+``i`` reads draw ``i mod shot_draws`` (the next draw when its own item is one of that draw's shots).
 """
 
 from __future__ import annotations
@@ -25,14 +33,21 @@ from loragen.data.tasks.io import hub_rows, labels_file, read_labels, read_rows
 from loragen.data.tasks.registry import get_task
 
 HUB = "hub"
+HOLDOUT = "holdout"  # the dev split carved from train when ``holdout > 0``
 
 
 class TaskLoader:
     def __init__(self, data_dir: str | Path | None = None, files: Mapping[str, Mapping[str, str]] | None = None,
                  shots: int = 3, seed: int = 0, strict: bool = False,
-                 tasks: Mapping[str, TaskSpec] | None = None, formulation: str = "cloze") -> None:
+                 tasks: Mapping[str, TaskSpec] | None = None, formulation: str = "cloze", holdout: int = 0,
+                 shot_draws: int = 1) -> None:
         if shots < 0:
             raise LoRAGenError(f"data.shots must be >= 0, got {shots}")
+        if holdout < 0:
+            raise LoRAGenError(f"data.holdout must be >= 0, got {holdout}")
+        if shot_draws < 1:
+            raise LoRAGenError(f"data.shot_draws must be >= 1 (1 = the task's one fixed prompt), got {shot_draws}")
+        self.holdout, self.shot_draws = holdout, shot_draws
         if formulation not in FORMULATIONS:
             raise LoRAGenError(f"unknown formulation {formulation!r}: choose one of {', '.join(FORMULATIONS)}")
         self.formulation = formulation
@@ -42,6 +57,7 @@ class TaskLoader:
         self.extra = dict(tasks or {})
         self._items: dict[tuple[str, str], list[tuple[str, Item]]] = {}
         self._shots: dict[str, tuple[str | None, list[Item]]] = {}
+        self._draws: dict[str, list[list[Item]]] = {}
 
     def spec(self, task: str) -> TaskSpec:
         return get_task(task, self.extra)
@@ -50,6 +66,11 @@ class TaskLoader:
 
     def source(self, task: str, split: str) -> Path | str:
         """Where (task, split) comes from: a file path or ``"hub"``; errors name the fix."""
+        if split == HOLDOUT:
+            if not self.holdout:
+                raise LoRAGenError(f"task {task!r}: the {HOLDOUT!r} split is carved from train only when "
+                                   "data.init_args.holdout > 0 (items per task, e.g. 200)")
+            split = "train"
         spec = self.spec(task)
         override = self.files.get(task, {}).get(split)
         hub_ok = spec.hub is not None and split in spec.hub.splits
@@ -98,7 +119,24 @@ class TaskLoader:
         return [(loc, spec.formulate(item, self.formulation)) for loc, item in self.parsed(task, split)]
 
     def parsed(self, task: str, split: str) -> list[tuple[str, Item]]:
-        """Parsed items of (task, split) with their ``file:line``; malformed rows are reported and skipped."""
+        """Parsed items of (task, split) with their ``file:line``; with ``holdout`` the ``holdout`` split
+        is carved from train and train is the rest."""
+        if not self.holdout or split not in ("train", HOLDOUT):
+            return self._read(task, split)
+        if (task, HOLDOUT) not in self._items:
+            train = self._read(task, "train")
+            if len(train) < self.holdout + max(self.shots, 1):
+                raise LoRAGenError(f"task {task!r}: its train split has {len(train)} items, too few to hold out "
+                                   f"{self.holdout} and keep {max(self.shots, 1)}: lower data.init_args.holdout or "
+                                   f"point data.init_args.files.{task}.train at a larger file")
+            rng = random.Random(f"loragen-holdout|{task}|{self.seed}")
+            chosen = set(rng.sample(range(len(train)), self.holdout))
+            self._items[(task, HOLDOUT)] = [pair for i, pair in enumerate(train) if i in chosen]
+            self._items[(task, "train-kept")] = [pair for i, pair in enumerate(train) if i not in chosen]
+        return self._items[(task, HOLDOUT if split == HOLDOUT else "train-kept")]
+
+    def _read(self, task: str, split: str) -> list[tuple[str, Item]]:
+        """Parsed items of a file split with their ``file:line``; malformed rows are reported and skipped."""
         key = (task, split)
         if key not in self._items:
             self.check(task, split)
@@ -162,11 +200,26 @@ class TaskLoader:
     def system_prompt(self, task: str) -> str:
         return self.spec(task).system_prompt(self.shot_items(task))
 
-    def records(self, task: str, split: str) -> list[Record]:
+    def shot_draws_of(self, task: str) -> list[list[Item]]:
+        """The task's few-shot draws: draw 0 is ``shot_items`` (the evaluation prompt's), then
+        ``shot_draws - 1`` further seeded samples from the same pool."""
+        if task not in self._draws:
+            draws = [self.shot_items(task)]
+            split = self._shots[task][0]
+            if split is not None and self.shot_draws > 1:
+                pool = [item for _, item in self.items(task, split)]
+                for d in range(1, self.shot_draws):
+                    rng = random.Random(f"loragen-shots|{task}|{self.seed}|draw{d}")
+                    draws.append([pool[i] for i in rng.sample(range(len(pool)), min(self.shots, len(pool)))])
+            self._draws[task] = draws
+        return self._draws[task]
+
+    def records(self, task: str, split: str, vary_shots: bool = False) -> list[Record]:
+        """The records of (task, split); ``vary_shots`` (training) spreads them over the task's few-shot
+        draws (see the module docstring), else every record reads the task's fixed prompt."""
         spec = self.spec(task)
         items = self.items(task, split)
         shots = self.shot_items(task)
-        system = spec.system_prompt(shots)
         taken = {(s.input, s.options) for s in shots}
         kept = [(loc, item) for loc, item in items if (item.input, item.options) not in taken]
         if len(kept) < len(items) and split != self._shots[task][0]:
@@ -174,4 +227,15 @@ class TaskLoader:
                           f"few-shot examples (from {self._shots[task][0]})", stacklevel=2)
         if not kept:
             raise LoRAGenError(f"task {task!r} ({split}) has no items left besides its few-shot examples")
-        return [spec.to_record(item, system, split, loc) for loc, item in kept]
+        draws = self.shot_draws_of(task) if vary_shots else [shots]
+        systems = [spec.system_prompt(draw) for draw in draws]
+        draw_keys = [{(s.input, s.options) for s in draw} for draw in draws]
+        records = []
+        for i, (loc, item) in enumerate(kept):
+            d = i % len(draws)
+            for step in range(len(draws)):  # an item never reads its own answer among the shots
+                if (item.input, item.options) not in draw_keys[(d + step) % len(draws)]:
+                    d = (d + step) % len(draws)
+                    break
+            records.append(spec.to_record(item, systems[d], split, loc))
+        return records

@@ -30,7 +30,7 @@ class LoRAGen(nn.Module):
                  rank: int = 8, lora_alpha: float = 16.0,
                  target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
                  router_hidden: int = 256, layer_embedding: bool = True, router_noise: str = "gaussian",
-                 train_meta_tokens: bool = False, cloud_lora_rank: int = 0, seed: int = 0) -> None:
+                 router_center: bool = False, train_meta_tokens: bool = False, cloud_lora_rank: int = 0, seed: int = 0) -> None:
         super().__init__()
         self.cloud_backbone, self.edge_backbone = cloud, edge
         self.edge = edge.model
@@ -39,7 +39,8 @@ class LoRAGen(nn.Module):
         self.generator = CloudGenerator(cloud.model, self.pool.num_layers, train_meta_tokens=train_meta_tokens,
                                         cloud_lora_rank=cloud_lora_rank, seed=seed)
         self.router = Router(self.generator.hidden_size, num_experts, top_k, self.pool.num_layers,
-                             hidden=router_hidden, layer_embedding=layer_embedding, noise=router_noise)
+                             hidden=router_hidden, layer_embedding=layer_embedding, noise=router_noise,
+                             center=router_center)
         self.edge_lora = EdgeLoRA(self.edge, self.pool)
         self.fingerprint = PairFingerprint.of(cloud, edge, self.pool.module_shapes)
 
@@ -78,8 +79,10 @@ class LoRAGen(nn.Module):
         return [self.pool.assemble(g).detach() for g in routing.gates]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """Only what is trained: meta tokens, cloud LoRA, router and pool (never the backbones)."""
+        """Only what is trained: meta tokens, cloud LoRA, router (with its buffers) and pool (never the
+        backbones)."""
         names = {n for n, p in self.named_parameters() if p.requires_grad}
         names |= {n for n, _ in self.named_parameters() if n.startswith(("router.", "pool.", "generator.meta"))}
+        names |= {n for n, _ in self.named_buffers() if n.startswith("router.")}
         full = self.state_dict()
         return {n: full[n] for n in sorted(names)}
