@@ -23,8 +23,10 @@ subcommands:
   test       evaluate on data.test_files; writes results.json / results.md in the run directory
   predict    write the specialized edge model's answers as JSONL (merged LoRA, no system prompt)
   generate   checkpoint + system prompt -> PEFT adapter, merged HF model, or compact gates file
-  apply      gates file + checkpoint -> PEFT adapter or merged HF model (edge side, no cloud pass)
+  apply      gates file (or --server URL) + checkpoint -> PEFT adapter or merged HF model (edge
+             side, no cloud pass)
   chat       talk to the specialized edge model (no system prompt in its context)
+  serve      the generator as an HTTP service (LitServe): POST /v1/generate -> gates or PEFT adapter
   sweep      offline grid of fit + test (e.g. num_experts x aux_coef), resumable, table + plot
   compare    LoRA-Gen vs. baselines (base, few-shot, LoRA +/- system prompt, MixLoRA, LoRAMoE,
              prompt tuning) on one config: comparison.md/csv/json + accuracy-vs-latency plot
@@ -39,7 +41,7 @@ Run `loragen SUBCOMMAND --help` for every option of a subcommand.
 """
 
 
-DEPLOY_COMMANDS = ("generate", "apply", "chat")
+DEPLOY_COMMANDS = ("generate", "apply", "chat", "serve")
 # model arguments that only change how a trained model is evaluated, never its weights
 # arguments older loragen versions stored in checkpoints and this one no longer has (dropped on load)
 RETIRED_ARGS = ("length_normalize",)

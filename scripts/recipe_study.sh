@@ -28,7 +28,7 @@ loragen sweep --config configs/commonsense/study.yaml --points "$OUT/points.yaml
 # the references on the same dev items (they do not depend on the point), with the base point's rows
 if ! find "$OUT/references" -name results.json 2>/dev/null | grep -q .; then
   loragen test --config configs/commonsense/study.yaml --data.init_args.data_dir "$DATA" \
-    --ckpt_path "$OUT/base/checkpoints/last.ckpt" --model.init_args.reference true \
+    --ckpt_path "$OUT/base/checkpoints/last.ckpt" --model.init_args.reference true --data.init_args.reference true \
     --model.init_args.zero_shot_reference true --trainer.default_root_dir "$OUT/references" \
     --trainer.logger.init_args.save_dir "$OUT/references" --verbose false
 fi

@@ -86,27 +86,60 @@ class Deployment:
 
     def gates(self, system_prompt: str) -> tuple[GatesRecord, bool]:
         """The gates for a system prompt and whether they came from the cache (no cloud pass)."""
-        import torch
+        (outcome,) = self.gates_many([system_prompt])
+        if isinstance(outcome, LoRAGenError):
+            raise outcome
+        return outcome
 
-        check_system_prompt(system_prompt)
-        key = sha256_text(system_prompt)
-        if self.cache is not None:
-            record = self.cache.get(self.info.sha256, key)
-            if record is not None and record.fingerprint == self.info.fingerprint:
-                return record, True
-        ids = torch.tensor([self.system_ids(system_prompt)])
-        start = time.perf_counter()
-        (lora,) = self.module.model.generate(ids, torch.ones_like(ids))
-        seconds = time.perf_counter() - start
-        record = GatesRecord(gates=lora.gates.detach().float().cpu(), fingerprint=self.info.fingerprint,
-                             checkpoint_sha256=self.info.sha256, system_prompt_sha256=key,
-                             cloud_seconds=seconds, system_tokens=int(ids.shape[1]))
+    def gates_many(self, prompts: list[str]) -> list[tuple[GatesRecord, bool] | LoRAGenError]:
+        """Gates for several system prompts at once (the service's batches): cache hits first, then
+        every distinct missing prompt in one right-padded cloud pass. Each position gets
+        ``(record, from_cache)``, or the ``LoRAGenError`` that stops that prompt alone (empty, too
+        long); the others are still served. A single prompt runs exactly as ``gates`` always has."""
+        from loragen.data.tokenize import pad
+
+        results: list[tuple[GatesRecord, bool] | LoRAGenError | None] = [None] * len(prompts)
+        misses: dict[str, list[int]] = {}  # prompt -> its positions
+        ids_of: dict[str, list[int]] = {}
+        for i, prompt in enumerate(prompts):
+            try:
+                check_system_prompt(prompt)
+                cached = self._cached(sha256_text(prompt))
+                if cached is not None:
+                    results[i] = (cached, True)
+                    continue
+                if prompt not in ids_of:
+                    ids_of[prompt] = self.system_ids(prompt)
+                misses.setdefault(prompt, []).append(i)
+            except LoRAGenError as err:
+                results[i] = err
+        if misses:
+            rows = [ids_of[prompt] for prompt in misses]
+            ids, mask = pad(rows, 0), pad([[1] * len(r) for r in rows], 0)
+            start = time.perf_counter()
+            loras = self.module.model.generate(ids, mask)
+            seconds = time.perf_counter() - start
+            for (prompt, positions), lora, row in zip(misses.items(), loras, rows, strict=True):
+                record = GatesRecord(gates=lora.gates.detach().float().cpu(), fingerprint=self.info.fingerprint,
+                                     checkpoint_sha256=self.info.sha256, system_prompt_sha256=sha256_text(prompt),
+                                     cloud_seconds=seconds, system_tokens=len(row))
+                self._store(record)
+                for n, position in enumerate(positions):  # a repeat inside the batch shares the pass
+                    results[position] = (record, n > 0)
+        return results  # type: ignore[return-value]
+
+    def _cached(self, key: str) -> GatesRecord | None:
+        if self.cache is None:
+            return None
+        record = self.cache.get(self.info.sha256, key)
+        return record if record is not None and record.fingerprint == self.info.fingerprint else None
+
+    def _store(self, record: GatesRecord) -> None:
         if self.cache is not None:
             try:
                 self.cache.put(record)
             except OSError as err:  # a read-only cache must not stop deployment
                 warnings.warn(f"could not write the gates cache in {self.cache.directory}: {err}", stacklevel=2)
-        return record, False
 
     def lora(self, record: GatesRecord, where: str = "gates") -> GeneratedLoRA:
         """Assemble the ``GeneratedLoRA`` of a gates record with this checkpoint's expert pool."""

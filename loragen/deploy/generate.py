@@ -68,12 +68,36 @@ def apply(gates_path: str | os.PathLike[str], ckpt_path: str | os.PathLike[str],
           fmt: str = "peft", *, edge: str | None = None, overwrite: bool = False,
           out: TextIO | None = None) -> dict[str, Any]:
     """``loragen apply``: gates + checkpoint → PEFT adapter or merged model, without the cloud model."""
-    _check_format(fmt, ("peft", "merged"))
+    _check_format(fmt, FORMATS)
     check_output_dir(Path(output), overwrite)
-    record = GatesRecord.from_dict(read_meta(gates_path), where=f"gates file {gates_path}")
+    where = f"gates file {gates_path}"
+    record = GatesRecord.from_dict(read_meta(gates_path), where=where)
     deployment = Deployment(ckpt_path, edge=edge, cache=False)
-    record.check_matches(deployment.info.fingerprint, deployment.info.sha256, f"gates file {gates_path}")
-    meta = export(deployment, record, output, fmt, overwrite=overwrite, reused=True,
-                  extra={"applied_from": str(Path(gates_path).resolve())})
+    return _apply_record(deployment, record, where, output, fmt, overwrite, out,
+                         {"applied_from": str(Path(gates_path).resolve())})
+
+
+def apply_from_server(url: str, system_prompt: str, ckpt_path: str | os.PathLike[str],
+                      output: str | os.PathLike[str], fmt: str = "peft", *, edge: str | None = None,
+                      overwrite: bool = False, api_key: str | None = None, timeout: float = 300.0,
+                      out: TextIO | None = None) -> dict[str, Any]:
+    """``loragen apply --server``: gates fetched from ``loragen serve`` + the local checkpoint's expert
+    pool → PEFT adapter, merged model or gates, without the cloud model."""
+    from loragen.deploy.client import GeneratorClient
+
+    _check_format(fmt, FORMATS)
+    check_system_prompt(system_prompt)
+    check_output_dir(Path(output), overwrite)
+    deployment = Deployment(ckpt_path, edge=edge, cache=False)  # a bad checkpoint fails before any request
+    client = GeneratorClient(url, api_key=api_key, timeout=timeout)
+    record, cached = client.gates(system_prompt)
+    return _apply_record(deployment, record, f"gates from {url}", output, fmt, overwrite, out,
+                         {"applied_from": url, "server_cached": cached})
+
+
+def _apply_record(deployment: Deployment, record: GatesRecord, where: str, output: str | os.PathLike[str],
+                  fmt: str, overwrite: bool, out: TextIO | None, extra: dict[str, Any]) -> dict[str, Any]:
+    record.check_matches(deployment.info.fingerprint, deployment.info.sha256, where)
+    meta = export(deployment, record, output, fmt, overwrite=overwrite, reused=True, extra=extra)
     print(format_report(meta["report"], "loragen apply") + f"\n\nwrote {fmt} to {output}", file=out or sys.stdout)
     return meta

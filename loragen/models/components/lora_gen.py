@@ -30,7 +30,8 @@ class LoRAGen(nn.Module):
                  rank: int = 8, lora_alpha: float = 16.0,
                  target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
                  router_hidden: int = 256, layer_embedding: bool = True, router_noise: str = "gaussian",
-                 router_center: bool = False, train_meta_tokens: bool = False, cloud_lora_rank: int = 0, seed: int = 0) -> None:
+                 router_center: bool = False, train_meta_tokens: bool = False, cloud_lora_rank: int = 0,
+                 seed: int = 0) -> None:
         super().__init__()
         self.cloud_backbone, self.edge_backbone = cloud, edge
         self.edge = edge.model
