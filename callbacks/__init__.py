@@ -3,7 +3,8 @@
 from callbacks.deployment_eval import DeploymentEvaluation
 from callbacks.nonfinite import NonFiniteGuard
 from callbacks.prediction_writer import JsonlPredictionWriter
+from callbacks.progress_lines import ProgressLines
 from callbacks.router_stats import RouterCollapseWarning, RouterStatistics
 
-__all__ = ["DeploymentEvaluation", "JsonlPredictionWriter", "NonFiniteGuard", "RouterCollapseWarning",
+__all__ = ["DeploymentEvaluation", "JsonlPredictionWriter", "NonFiniteGuard", "ProgressLines", "RouterCollapseWarning",
            "RouterStatistics"]

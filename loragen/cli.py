@@ -116,6 +116,25 @@ def _cli_class() -> type:
 
                 self._run_lock = lock_run_directory(root)
 
+        def _progress_lines(self) -> None:
+            """Without a terminal the rich progress bar prints nothing: print plain progress lines."""
+            from callbacks.progress_lines import ProgressLines
+
+            if not sys.stdout.isatty() and not any(isinstance(c, ProgressLines) for c in self.trainer.callbacks):
+                self.trainer.callbacks.append(ProgressLines())
+
+        def before_fit(self) -> None:
+            self._progress_lines()
+
+        def before_validate(self) -> None:
+            self._progress_lines()
+
+        def before_test(self) -> None:
+            self._progress_lines()
+
+        def before_predict(self) -> None:
+            self._progress_lines()
+
         def after_fit(self) -> None:
             from loragen.files import release_run_directory
 

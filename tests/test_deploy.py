@@ -91,8 +91,8 @@ def test_help_of_every_subcommand_answers_without_importing_torch():
             "    sys.argv = ['loragen', cmd, '--help']\n    try:\n        main()\n    except SystemExit as e:\n"
             "        assert e.code in (0, None)\nassert 'torch' not in sys.modules and 'litserve' not in sys.modules")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    for flag in ("--system_prompt_file", "--format", "--gates", "--compare", "--max_new_tokens", "--adapter", "--server",
-                 "--insecure-no-auth", "--max_batch_size", "--api_key_file"):
+    for flag in ("--system_prompt_file", "--format", "--gates", "--compare", "--max_new_tokens", "--adapter",
+                 "--server", "--insecure-no-auth", "--max_batch_size", "--api_key_file"):
         assert flag in out
 
 
