@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from loragen import LoRAGenError
+from loragen.files import atomic_write_text
 
 LORAGEN_CLASS = "loragen.models.lora_gen_module.LoRAGenModule"
 BASELINES = "loragen.models.baselines"
@@ -176,7 +177,6 @@ def budget_line(budgets: dict[str, str]) -> str:
 
 
 def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: dict[str, Any]) -> list[Path]:
-    from loragen.files import atomic_write_text
     from loragen.metrics.intervals import NOTE
     from loragen.metrics.results import with_ci
     from loragen.report import markdown_table, pyplot, save_figure, write_csv
@@ -257,7 +257,7 @@ def compare(config: str, methods: list[str], out: str, sets: dict[str, dict[str,
                 continue
             record = {"method": method, "identity": identity, "results": outcome["results"],
                       "row": summarize_method(method, outcome["results"], outcome["seconds"])}
-            marker.write_text(json.dumps(record, indent=1))
+            atomic_write_text(marker, json.dumps(record, indent=1))
             print(f"[{i}/{len(plans)}] {method}: mean accuracy {record['row']['mean']:.1f} "
                   f"({record['row']['seconds']:.0f} s)", flush=True)
         rows.append(record["row"])

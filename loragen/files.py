@@ -7,13 +7,17 @@ into place only when complete, so an interrupted write never leaves something th
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from loragen import LoRAGenError
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
@@ -32,29 +36,85 @@ def normal_permissions(directory: Path) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
+class TargetTaken(LoRAGenError):
+    """Another process wrote the target while this one was building it; theirs is kept."""
+
+
+def _temp_prefix(name: str, kind: str) -> str:
+    """Temporary names carry the writer's pid, so a later run can tell a hard-killed writer's leftovers
+    (pid gone) from a live writer's work in progress."""
+    return f".{name}.{kind}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(parent: Path, name: str) -> list[Path]:
+    """Remove the temporary files/directories of ``name`` in ``parent`` left by writers that were
+    killed (their pid is gone); returns what was removed."""
+    removed = []
+    if not parent.is_dir():
+        return removed
+    pattern = re.compile(rf"^\.{re.escape(name)}\.(tmp|old)-(\d+)-")
+    for path in parent.iterdir():
+        match = pattern.match(path.name)
+        if match and int(match.group(2)) != os.getpid() and not _pid_alive(int(match.group(2))):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
-def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary directory beside ``target``; on success it replaces ``target`` (whose old
-    contents are removed), on failure it is deleted and ``target`` is left as it was."""
+def atomic_directory(target: str | os.PathLike[str], replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary directory beside ``target``; on success it becomes ``target``.
+
+    ``replace``: an existing ``target`` is replaced (kept until the swap, restored if the swap fails);
+    otherwise the swap is a plain rename that fails if ``target`` became a non-empty directory in the
+    meantime (another process won): ``TargetTaken``, and that process's result stays. On failure the
+    temporary directory is deleted and ``target`` is left as it was; a hard-killed writer's leftovers
+    are removed by the next writer of the same target (``remove_stale_temps``)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    remove_stale_temps(target.parent, target.name)
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(target.name, "tmp"), dir=target.parent))
+    old: Path | None = None
     try:
         yield tmp
         normal_permissions(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        if replace and target.exists():
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(target.name, "old"), dir=target.parent))
+            os.replace(target, old / "d")
+        try:
+            os.rename(tmp, target)  # replaces an empty directory; fails on a non-empty one
+        except OSError as err:
+            if old is not None and not target.exists():
+                os.replace(old / "d", target)
+            if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                raise TargetTaken(f"{target} was written by another process while this one worked; that result "
+                                  "is kept: choose another output, or pass --overwrite to replace it") from None
+            raise
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same directory."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    remove_stale_temps(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name, "tmp"), dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from loragen import LoRAGenError
+from loragen.files import atomic_write_text
 
 
 def split_values(values: str) -> list[str]:
@@ -271,7 +272,7 @@ def sweep(config: str, grid: dict[str, list[Any]] | None, out: str, metric: str 
         print(f"[{i}/{len(plans)}] {name}: fit + test ...", flush=True)
         outcome = run_point(config_path, run_dir, extra or [])
         row = summarize_point(point, outcome, name if points is not None else None)
-        marker.write_text(json.dumps({"point": point, "row": row, "results": outcome["results"]}, indent=1))
+        atomic_write_text(marker, json.dumps({"point": point, "row": row, "results": outcome["results"]}, indent=1))
         print(f"[{i}/{len(plans)}] {name}: {metric}={row.get(metric)} ({row['seconds']:.0f} s)", flush=True)
         rows.append(row)
     paths = write_tables(rows, out_dir, grid or {}, metric)

@@ -1,7 +1,9 @@
 """Files written by deployment: hashes, ``loragen_meta.json`` and atomic output directories.
 
 An output directory is built in a temporary directory beside the target and moved into place only
-when complete, so an interrupted or failed write leaves no output directory (and no partial one).
+when complete, so an interrupted or failed write leaves no output directory (and no partial one; a
+hard-killed writer's temporary directory is removed by the next write to the same target). Of two
+processes writing the same output at once, the first to finish keeps it and the other is told so.
 ``--overwrite`` replaces only an empty directory or a previous loragen output (one with a
 ``loragen_meta.json``), never an arbitrary directory.
 """
@@ -12,14 +14,12 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from loragen import LoRAGenError
-from loragen.files import normal_permissions, sha256_file  # noqa: F401  (sha256_file is re-exported)
+from loragen.files import atomic_directory, sha256_file  # noqa: F401  (sha256_file is re-exported)
 
 META_FILE = "loragen_meta.json"
 META_FORMAT = 1
@@ -51,28 +51,12 @@ def check_output_dir(target: Path, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def atomic_output_dir(target: str | os.PathLike[str], overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary directory beside ``target``; on success it replaces ``target``."""
+    """Yield a temporary directory beside ``target``; on success it becomes ``target`` (see
+    ``loragen.files.atomic_directory``: a concurrent writer that finished first keeps its result)."""
     target = Path(target)
     check_output_dir(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    old: Path | None = None
-    try:
+    with atomic_directory(target, replace=overwrite) as tmp:
         yield tmp
-        normal_permissions(tmp)
-        if target.exists():  # empty, or a previous loragen output with --overwrite: keep it until the swap
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / "d")
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            if old is not None:
-                os.replace(old / "d", target)
-            raise
-    finally:
-        for leftover in (tmp, old):
-            if leftover is not None and leftover.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from loragen import LoRAGenError
 from loragen.deploy.gates import GatesRecord
+from loragen.files import atomic_write_text
 
 
 def default_cache_dir() -> Path:
@@ -43,15 +43,7 @@ class GatesCache:
         return record
 
     def put(self, record: GatesRecord) -> Path:
-        """Write atomically (temporary file + rename), so readers never see a partial entry."""
+        """Write atomically (temporary file + rename), so readers never see a partial entry; of two
+        processes writing the same entry the last rename wins, and both wrote a valid entry."""
         path = self.path(record.checkpoint_sha256, record.system_prompt_sha256)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".entry-", suffix=".json", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(record.to_dict(), fh)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return path
+        return atomic_write_text(path, json.dumps(record.to_dict()))
