@@ -32,3 +32,13 @@ if ! find "$OUT/references" -name results.json 2>/dev/null | grep -q .; then
     --model.init_args.zero_shot_reference true --trainer.default_root_dir "$OUT/references" \
     --trainer.logger.init_args.save_dir "$OUT/references" --verbose false
 fi
+
+# the prompt-sensitivity rows (own vs. another task's vs. a task-free prompt's LoRA) of the best point
+BEST=$(python -c "import csv,sys; rows=list(csv.DictReader(open(sys.argv[1]))); \
+print(max(rows, key=lambda r: float(r['acc_mean']))['point'])" "$OUT/sweep.csv")
+if ! find "$OUT/sensitivity-$BEST" -name results.json 2>/dev/null | grep -q .; then
+  loragen test --config "$OUT/$BEST/config.yaml" --data.init_args.data_dir "$DATA" --ckpt_path "$OUT/$BEST/checkpoints/last.ckpt" \
+    --model.init_args.sensitivity true --trainer.default_root_dir "$OUT/sensitivity-$BEST" \
+    --trainer.logger.init_args.save_dir "$OUT/sensitivity-$BEST" --verbose false
+fi
+echo "best point: $BEST"

@@ -58,8 +58,9 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
         zero_shot_reference: also score the plain edge model without system prompt or LoRA.
         sensitivity: the prompt-sensitivity check: also serve each task's items with another task's
             generated LoRA (the distinct system prompts rotated by one) and with the LoRA of a task-free
-            prompt, and report the mean gate distance between prompts. A generator that reads its
-            prompt does better with the task's own LoRA (the paired differences say whether it does).
+            prompt. A generator that reads its prompt does better with the task's own LoRA (the paired
+            differences say whether it does). The mean gate distance between the prompts (and to the
+            task-free one) is reported by every test, with or without these rows.
         scoring: ``loglik`` (pick the option with the highest log-likelihood) or ``generate`` (greedy
             answer, graded by the task's answer extraction; unparseable answers count as wrong and are
             counted). Records without options are always graded by generation.
@@ -252,19 +253,21 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
         for start in range(0, len(keys), PRECOMPUTED_PROMPTS):  # bounded cloud batches
             chunk = keys[start:start + PRECOMPUTED_PROMPTS]
             self.task_loras.update(zip(chunk, self._generate_for([prompts[k] for k in chunk]), strict=True))
-        if self._sensitivity_now():
+        if not self._fitting():  # gate distances are cheap (one LoRA per prompt): every test reports them
             tasks = list(first_of_task)
-            if len(tasks) > 1:  # every prompt of task i is served the LoRA of task i+1's (first) prompt
+            if self._sensitivity_now() and len(tasks) > 1:  # task i's prompts get task i+1's (first) LoRA
                 following = {t: first_of_task[tasks[(i + 1) % len(tasks)]] for i, t in enumerate(tasks)}
                 for task, key in keyed:
                     self.rotation.setdefault(key, following[task])
             self.gate_distance = gate_distances([self.task_loras[first_of_task[t]].gates for t in tasks],
                                                 self._generic_lora().gates)
 
+    def _fitting(self) -> bool:
+        return self._trainer is not None and self.trainer.state.fn == "fit"
+
     def _sensitivity_now(self) -> bool:
         """The prompt-sensitivity rows are a test-time check: validation during fit skips their cost."""
-        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
-        return bool(self.hparams.sensitivity) and not fitting
+        return bool(self.hparams.sensitivity) and not self._fitting()
 
     def on_validation_epoch_start(self) -> None:
         self._prepare_epoch("val")
