@@ -171,6 +171,39 @@ def test_apply_rebuilds_each_format_bit_identically_without_the_cloud(ckpt, dep,
         assert meta["system_prompt_sha256"] == sha256_text(PROMPT)
 
 
+def test_apply_keeps_the_routers_k_when_a_selected_gate_underflows_to_zero(tmp_path):
+    """k comes from the checkpoint, never from the gates: a selected expert whose gate underflows to 0.0 still
+    counts, so `apply` builds the adapter `generate` builds (same rank, same bits)."""
+    import lightning as L
+
+    from loragen.models.lora_gen_module import LoRAGenModule
+
+    torch.manual_seed(0)
+    module = LoRAGenModule(cloud="tiny:qwen2", edge="tiny:llama", num_experts=4, top_k=2, rank=4, router_hidden=16,
+                           router_noise="none")
+    randomize_pool(module.model.pool, std=0.2)
+    with torch.no_grad():  # logits 200, 0, -200, -300 whatever the prompt: top-2 gates (1.0, exp(-200) = 0.0)
+        last = module.model.router.mlp[2]
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([200.0, 0.0, -200.0, -300.0]))
+    trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                        enable_model_summary=False)
+    trainer.strategy.connect(module)
+    ckpt = tmp_path / "underflow.ckpt"
+    trainer.save_checkpoint(ckpt)
+    for fmt in ("gates", "peft"):
+        _cli("generate", "--ckpt_path", str(ckpt), "--system_prompt", PROMPT, "--output", str(tmp_path / fmt),
+             "--format", fmt, "--no_cache")
+    gates = json.loads((tmp_path / "gates" / META_FILE).read_text())["gates"]["values"]
+    assert all(sorted(row, reverse=True)[:2] == [1.0, 0.0] for row in gates)  # one selected gate is exactly 0
+    _cli("apply", "--gates", str(tmp_path / "gates"), "--ckpt_path", str(ckpt), "--output", str(tmp_path / "ap"),
+         "--format", "peft")
+    for out in ("peft", "ap"):
+        assert json.loads((tmp_path / out / "adapter_config.json").read_text())["r"] == 8  # k·r = 2·4, not 1·4
+    a, b = (_tensors(tmp_path / out / "adapter_model.safetensors") for out in ("peft", "ap"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_the_same_request_twice_costs_one_cloud_pass(ckpt, tmp_path, monkeypatch):
     import loragen.deploy.deployment as deployment
     from loragen.models.components.lora_gen import LoRAGen

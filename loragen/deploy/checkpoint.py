@@ -98,7 +98,7 @@ def load_edge_side(info: CheckpointInfo, edge: str | None = None) -> EdgeSide:
              "edge_vocab": len(backbone.tokenizer), "target_shapes": dict(sorted(shapes.items()))}
     PairFingerprint.from_dict(info.fingerprint).check_compatible(PairFingerprint.from_dict(given))
     pool = ExpertPool(backbone.model, targets, num_experts=hp["num_experts"], rank=hp["rank"],
-                      lora_alpha=hp["lora_alpha"], seed=hp["seed"])
+                      lora_alpha=hp["lora_alpha"], top_k=hp["top_k"], seed=hp["seed"])  # k: the router's
     try:
         pool.load_state_dict(info.pool_state)
     except RuntimeError as err:
