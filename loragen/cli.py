@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 
 TOP_HELP = """usage: loragen {fit,validate,test,predict} [--config FILE] [--print_config] [options]
 
@@ -125,6 +126,15 @@ def _cli_class() -> type:
 
         def before_fit(self) -> None:
             self._progress_lines()
+            if self.config[self.subcommand].get("ckpt_path") is None:  # a fresh run beside an earlier one: say so
+                from lightning.pytorch.callbacks import ModelCheckpoint
+
+                for callback in self.trainer.callbacks:
+                    last = Path(callback.dirpath or "") / "last.ckpt" if isinstance(callback, ModelCheckpoint) else None
+                    if last is not None and callback.dirpath and last.is_file():
+                        print(f"loragen: {callback.dirpath} holds an earlier run's last.ckpt: this run starts from "
+                              "scratch and writes last-v1.ckpt beside it; pass --ckpt_path last to resume instead",
+                              file=sys.stderr, flush=True)
 
         def before_validate(self) -> None:
             self._progress_lines()
@@ -153,15 +163,21 @@ def run(args: list[str] | None = None) -> object:
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     import lightning as L
+    from jsonargparse import set_parsing_settings
 
     from loragen import LoRAGenError
     from loragen.data.datamodule import RecordDataModule
+
+    # configs derive their output paths from the run directory, e.g. ``save_dir: ${trainer.default_root_dir}``:
+    # interpolations resolve after every config and flag is merged, so ``--trainer.default_root_dir`` moves them
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
     cli_class = _cli_class()
     try:  # model: LoRAGenModule or any baseline (loragen.models.baselines), chosen by class_path
         return cli_class(L.LightningModule, RecordDataModule, subclass_mode_model=True, subclass_mode_data=True,
                          args=args, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
                          save_config_callback=cli_class.save_config_class,
-                         trainer_class=L.Trainer, auto_configure_optimizers=False)
+                         trainer_class=L.Trainer, auto_configure_optimizers=False,
+                         parser_kwargs={"parser_mode": "omegaconf+"})
     except LoRAGenError as err:
         print(f"loragen: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

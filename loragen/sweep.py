@@ -11,7 +11,7 @@ and ``sweep.png`` (metric vs. the first grid key, one line per value of the seco
 
 ``--points FILE`` runs named points instead of a grid: a YAML mapping ``name: {dotted.key: value, ...}``
 (``base: {}`` is the base config itself), for studies that change one factor, or a few keys together,
-at a time (``configs/sweeps/recipe_study.yaml``). Its plot is one bar per point with its interval.
+at a time (``configs/studies/recipe.yaml``). Its plot is one bar per point with its interval.
 
 For W&B users with an account, ``configs/sweeps/*.yaml`` are the same grids as W&B sweep configs.
 """

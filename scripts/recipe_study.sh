@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The recipe study on the bundled pair (README "Recipe study"): every point of
-# configs/sweeps/recipe_study.yaml trained 100 steps on the seen tasks and tested on the dev split
+# configs/studies/recipe.yaml trained 100 steps on the seen tasks and tested on the dev split
 # carved from the unseen tasks' train files, then the prompted and zero-shot edge on the same items.
 # Resumable: re-running skips finished points and continues an interrupted one from its checkpoint.
 #   bash scripts/recipe_study.sh PATH_TO_DATA [OUT]     (PATH_TO_DATA: the layout of ../shared/data)
@@ -20,7 +20,7 @@ if [ ! -f "$PRE/done" ]; then
 init_args: {dirpath: $PRE/checkpoints, save_last: true, save_top_k: 0}}]" "${resume[@]}"
   touch "$PRE/done"
 fi
-sed "s#runs/study/alpaca-pretrain#$PRE#" configs/sweeps/recipe_study.yaml > "$OUT/points.yaml"
+sed "s#runs/study/alpaca-pretrain#$PRE#" configs/studies/recipe.yaml > "$OUT/points.yaml"
 
 loragen sweep --config configs/commonsense/study.yaml --points "$OUT/points.yaml" --out "$OUT" \
   --data.init_args.data_dir "$DATA"

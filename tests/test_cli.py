@@ -87,7 +87,7 @@ def _print_config(capsys, *configs: str) -> dict:
     return yaml.safe_load(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("config", [c for c in CONFIGS if not c.startswith("configs/sweeps/")])
+@pytest.mark.parametrize("config", [c for c in CONFIGS if not c.startswith(("configs/sweeps/", "configs/studies/"))])
 def test_every_config_parses(config, capsys):
     data = yaml.safe_load((ROOT / config).read_text())
     # Partial configs (a model pair, a strategy) are layered on top of a full one.
@@ -113,6 +113,21 @@ def test_wandb_sweep_configs_name_real_config_keys(config, capsys):
         for part in dotted.split("."):
             assert part in node, f"{dotted} is not a key of {base}"
             node = node[part]
+
+
+def test_study_points_name_real_config_keys(capsys):
+    """Every point of the recipe study changes keys its base config (configs/commonsense/study.yaml) has."""
+    from loragen.sweep import read_points
+
+    printed = _print_config(capsys, "configs/commonsense/study.yaml")
+    points = read_points(str(ROOT / "configs" / "studies" / "recipe.yaml"))
+    assert "base" in points and not points["base"]
+    for name, overrides in points.items():
+        for dotted in overrides:
+            node = printed
+            for part in dotted.split("."):
+                assert part in node, f"point {name}: {dotted} is not a key of configs/commonsense/study.yaml"
+                node = node[part]
 
 
 def test_wandb_offline_run_records_config_fingerprint_metrics_and_tables(tmp_path):
