@@ -177,3 +177,20 @@ def test_csv_logger_runs_without_wandb_installed(tmp_path):
     metrics = next(tmp_path.rglob("metrics.csv")).read_text()
     assert "train/loss" in metrics
     assert "pair_fingerprint" in next(tmp_path.rglob("hparams.yaml")).read_text()
+
+
+@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
+                         ids=["hub-off", "hub-unreachable"])
+def test_an_unknown_hub_id_is_one_line_before_any_model_loads(env):
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "loragen.cli", "fit", "--config", TINY, "--model.init_args.edge",
+                           "nosuch/model", "--trainer.max_steps", "1"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_DISABLE_TELEMETRY": "1", **env},
+                          timeout=300)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("loragen: error: model 'nosuch/model' is not"), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "bundled:smollm2-135m-instruct" in errors[0]

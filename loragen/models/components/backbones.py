@@ -13,6 +13,7 @@ Sources (one string, the same in configs and on the command line):
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -118,6 +119,39 @@ def validate_source(source: str) -> None:
         _bundled_gguf_path(value)
     elif kind == "gguf" and not Path(value).is_file():
         raise LoRAGenError(f"GGUF file {value!r} does not exist: check the path")
+    elif kind == "hub":
+        _check_hub_id(value)
+
+
+@functools.cache
+def _check_hub_id(repo_id: str) -> None:
+    """A hub id must be in the local hub cache or the hub must answer for it: checked in seconds (one
+    request, no retries), instead of a minute of retries and a traceback when the model loads."""
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(cached, str):
+        return
+    fix = "give a local model directory, a .gguf file or bundled:smollm2-135m-instruct"
+    if constants.HF_HUB_OFFLINE:
+        raise LoRAGenError(f"model {repo_id!r} is not in the local hub cache and the hub is off (HF_HUB_OFFLINE): "
+                           f"{fix}")
+    import urllib.error
+    import urllib.request
+
+    url = f"{constants.ENDPOINT}/api/models/{repo_id}"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=5):  # noqa: S310
+            return
+    except urllib.error.HTTPError as err:
+        if err.code == 403:  # gated: the id exists, loading asks for accepted terms and a token
+            return
+        raise LoRAGenError(f"model {repo_id!r} is not on the hub ({err.code}: no such or a private model) and not in "
+                           f"the local cache: check the id (log in for a private one), or {fix}") from None
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise LoRAGenError(f"model {repo_id!r} is not in the local hub cache and the hub cannot be reached from this "
+                           f"machine ({reason}): {fix}") from None
 
 
 # ----------------------------------------------------------------------------- sources
