@@ -81,9 +81,13 @@ def _cli_class() -> type:
             from pathlib import Path
 
             from loragen.files import load_checkpoint
+            from loragen.release import is_release, resolve_checkpoint
 
             subcommand = self.config.get("subcommand")
             ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+            if ckpt_path and is_release(ckpt_path):  # bundled:NAME: its checkpoint, built once in the cache
+                ckpt_path = str(resolve_checkpoint(ckpt_path))
+                self.config[subcommand]["ckpt_path"] = ckpt_path
             if not ckpt_path or not Path(ckpt_path).is_file():
                 return
             hparams = dict(load_checkpoint(ckpt_path).get("hyper_parameters", {}))

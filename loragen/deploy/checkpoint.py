@@ -46,8 +46,9 @@ class EdgeSide:
 def read_checkpoint(path: str | Path) -> CheckpointInfo:
     """Hash and read a checkpoint (one-line errors for a missing file or a file loragen did not write)."""
     from loragen.files import load_checkpoint
+    from loragen.release import resolve_checkpoint
 
-    path = Path(path).expanduser()
+    path = resolve_checkpoint(path)  # a released generator (bundled:NAME) becomes its cached checkpoint
     ckpt = load_checkpoint(path)
     if "fingerprint" not in ckpt["loragen"]:
         raise LoRAGenError(f"{path} has no loragen pair fingerprint: it was not written by loragen")

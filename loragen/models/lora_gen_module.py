@@ -132,8 +132,9 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
         validate_source(hp.get("edge", defaults["edge"]))
         if hp.get("init_from"):  # a file that is not a loragen checkpoint fails here, before any model loads
             from loragen.files import load_checkpoint
+            from loragen.release import resolve_checkpoint
 
-            load_checkpoint(hp["init_from"])
+            load_checkpoint(resolve_checkpoint(hp["init_from"]))
 
     def eval_settings(self) -> list[str]:
         settings = ["loragen"]
@@ -325,7 +326,9 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
     def _init_from(self, path: str) -> None:
         from loragen.files import load_checkpoint
         from loragen.models.components.fingerprint import PairFingerprint
+        from loragen.release import resolve_checkpoint
 
+        path = str(resolve_checkpoint(path))
         if not Path(path).is_file():
             raise LoRAGenError(f"model.init_from checkpoint {path} does not exist: check the path")
         checkpoint = load_checkpoint(path)

@@ -1,0 +1,168 @@
+"""Released generators: trained weights only, shipped in the package, addressable as ``bundled:NAME``.
+
+A release directory holds
+
+- ``generator.safetensors``: the trained weights (meta tokens, router, expert pool), float16 by
+  default (half the size of the training checkpoint's float32, and no optimizer state);
+- ``release.json``: the model's hyperparameters, the cloud/edge pair fingerprint, the sha256 of the
+  weights file, the training steps and command, the data licences and where the results card is.
+
+``resolve_checkpoint("bundled:NAME")`` (or a release directory) gives a loragen checkpoint file built
+from it once in ``$LORAGEN_CACHE/releases/`` (weights upcast to float32, the file's sha256 checked first),
+so every command that takes ``--ckpt_path`` (``test``, ``generate``, ``apply``, ``chat``, ``serve``,
+``model.init_from``) takes a release as it is. Anything else is returned as the path it is.
+
+    python -m loragen.release export CKPT DIR --name NAME --command "bash scripts/train_release.sh ..."
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from loragen import LoRAGenError
+
+PREFIX = "bundled:"
+RELEASE_DIR = Path(__file__).resolve().parent / "releases"
+WEIGHTS, META = "generator.safetensors", "release.json"
+FORMAT = 1
+DTYPES = ("float16", "bfloat16", "float32")
+
+
+def known_releases() -> dict[str, Path]:
+    """Releases shipped in the package: ``releases/<name>/`` with both files present."""
+    if not RELEASE_DIR.is_dir():
+        return {}
+    return {p.name: p for p in sorted(RELEASE_DIR.iterdir()) if (p / WEIGHTS).is_file() and (p / META).is_file()}
+
+
+def is_release(source: str | os.PathLike[str]) -> bool:
+    text = str(source)
+    return text.startswith(PREFIX) or (Path(text).is_dir() and (Path(text) / META).is_file())
+
+
+def export_release(ckpt_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, name: str,
+                   command: str, licences: list[str] | None = None, dtype: str = "float16",
+                   results: str | None = None) -> dict[str, Any]:
+    """Write the trained weights of a loragen checkpoint as a release (atomically)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from loragen.files import atomic_directory, load_checkpoint, sha256_file
+
+    if dtype not in DTYPES:
+        raise LoRAGenError(f"release dtype {dtype!r} is unknown: choose one of {list(DTYPES)}")
+    checkpoint = load_checkpoint(ckpt_path)
+    info = checkpoint.get("loragen") or {}
+    if "fingerprint" not in info:
+        raise LoRAGenError(f"{ckpt_path} has no loragen pair fingerprint: it was not written by loragen")
+    hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k != "_instantiator"}
+    hparams.setdefault("_class_path", "loragen.models.lora_gen_module.LoRAGenModule")  # releases are LoRA-Gen's
+    trained = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    weights = {k: v.detach().to(getattr(torch, dtype)).contiguous() if v.is_floating_point() else v
+               for k, v in trained.items()}
+    data = checkpoint.get("datamodule_hyper_parameters", {})
+    with atomic_directory(out_dir) as tmp:
+        save_file(weights, str(tmp / WEIGHTS))
+        meta = {"loragen_release": FORMAT, "name": name, "weights": WEIGHTS,
+                "weights_sha256": sha256_file(tmp / WEIGHTS), "dtype": dtype, "hyper_parameters": hparams,
+                "fingerprint": info["fingerprint"],
+                "max_system_tokens": data.get("max_system_tokens"), "trained_steps": checkpoint.get("global_step"),
+                "training_command": command, "data_licences": list(licences or []), "results": results,
+                "source_checkpoint_sha256": sha256_file(ckpt_path)}
+        (tmp / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return meta
+
+
+def _release_dir(source: str) -> Path:
+    if source.startswith(PREFIX):
+        name = source[len(PREFIX):]
+        releases = known_releases()
+        if name not in releases:
+            from loragen.models.components.backbones import BUNDLED
+
+            if name in BUNDLED:
+                raise LoRAGenError(f"{source} is a bundled base model, not a trained generator: give a checkpoint "
+                                   f"(released generators: {sorted(releases) or 'none in this install'})")
+            raise LoRAGenError(f"unknown released generator {name!r}: this install ships "
+                               f"{sorted(releases) or 'none'}; give a checkpoint written by `loragen fit`")
+        return releases[name]
+    return Path(source)
+
+
+def read_release(directory: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads((directory / META).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise LoRAGenError(f"{directory / META} is not a readable release file ({err.__class__.__name__}): reinstall "
+                           "loragen or re-export the release") from None
+    if meta.get("loragen_release") != FORMAT or "fingerprint" not in meta or "hyper_parameters" not in meta:
+        raise LoRAGenError(f"{directory / META} is not a loragen release (format {FORMAT}): re-export it")
+    return meta
+
+
+def resolve_checkpoint(source: str | os.PathLike[str]) -> Path:
+    """A ``--ckpt_path`` value as a checkpoint file: a release becomes its cached loragen checkpoint."""
+    if not is_release(source):
+        return Path(source).expanduser()
+    import torch
+    from safetensors.torch import load_file
+
+    from loragen.files import atomic_write_bytes, sha256_file
+    from loragen.models.components.backbones import cache_root
+
+    directory = _release_dir(str(source))
+    meta = read_release(directory)
+    digest = sha256_file(directory / meta.get("weights", WEIGHTS))
+    if digest != meta["weights_sha256"]:
+        raise LoRAGenError(f"{directory / WEIGHTS} does not match the sha256 in {META} (corrupted or edited): "
+                           "reinstall loragen or re-export the release")
+    target = cache_root() / "releases" / f"{meta['name']}-{digest[:16]}.ckpt"
+    if target.is_file():
+        return target
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(directory / WEIGHTS)).items()}
+    import io
+
+    import lightning
+
+    checkpoint = {"state_dict": state, "hyper_parameters": meta["hyper_parameters"], "epoch": 0,
+                  "global_step": meta.get("trained_steps") or 0, "pytorch-lightning_version": lightning.__version__,
+                  "datamodule_hyper_parameters": {"max_system_tokens": meta.get("max_system_tokens")},
+                  "loragen": {"fingerprint": meta["fingerprint"], "format": 1, "release": meta["name"],
+                              "release_weights_sha256": digest}}
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    atomic_write_bytes(target, buffer.getvalue())
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m loragen.release", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    export = sub.add_parser("export", help="write a checkpoint's trained weights as a release directory")
+    export.add_argument("ckpt_path")
+    export.add_argument("out_dir")
+    export.add_argument("--name", required=True)
+    export.add_argument("--command", required=True, help="the command that trained it (recorded)")
+    export.add_argument("--licence", action="append", default=[], help="a data licence line (repeatable)")
+    export.add_argument("--dtype", default="float16", choices=DTYPES)
+    export.add_argument("--results", help="where the release's results card is (recorded)")
+    args = parser.parse_args(argv)
+    try:
+        meta = export_release(args.ckpt_path, args.out_dir, name=args.name, command=args.command,
+                              licences=args.licence, dtype=args.dtype, results=args.results)
+    except LoRAGenError as err:
+        print(f"loragen release: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    size = (Path(args.out_dir) / WEIGHTS).stat().st_size
+    print(f"wrote {args.out_dir}: {size / 1e6:.1f} MB of {meta['dtype']} weights, {meta['trained_steps']} steps, "
+          f"sha256 {meta['weights_sha256'][:16]}…")
+
+
+if __name__ == "__main__":
+    main()

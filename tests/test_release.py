@@ -1,0 +1,86 @@
+"""Released generators (weights-only safetensors + release.json) work wherever a checkpoint does."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from loragen import LoRAGenError
+from loragen.deploy.cli import main as deploy_main
+from loragen.deploy.deployment import Deployment
+from loragen.release import META, WEIGHTS, export_release, known_releases, resolve_checkpoint
+from tests.test_deploy import PROMPT, _save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORAGEN_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return _save_checkpoint(tmp_path_factory.mktemp("release") / "gen.ckpt", "tiny:qwen2", "tiny:llama")
+
+
+def test_a_float32_release_reproduces_the_checkpoint_bit_for_bit(ckpt, tmp_path):
+    meta = export_release(ckpt, tmp_path / "rel", name="tiny-gen", command="loragen fit ...", dtype="float32",
+                          licences=["quickstart data: CC BY-SA"])
+    assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == [WEIGHTS, META]
+    assert meta["fingerprint"]["edge"] == "tiny:llama" and meta["data_licences"] == ["quickstart data: CC BY-SA"]
+    resolved = resolve_checkpoint(tmp_path / "rel")
+    assert resolved.is_file() and resolve_checkpoint(tmp_path / "rel") == resolved  # built once
+    original, released = Deployment(ckpt, cache=False), Deployment(resolved, cache=False)
+    assert torch.equal(original.gates(PROMPT)[0].gates, released.gates(PROMPT)[0].gates)
+    pool, released_pool = original.edge_side.pool.state_dict(), released.edge_side.pool.state_dict()
+    assert pool.keys() == released_pool.keys() and all(torch.equal(pool[k], released_pool[k]) for k in pool)
+
+
+def test_a_float16_release_is_half_the_size_and_close(ckpt, tmp_path):
+    export_release(ckpt, tmp_path / "rel16", name="tiny-gen", command="c")
+    export_release(ckpt, tmp_path / "rel32", name="tiny-gen", command="c", dtype="float32")
+    small, full = ((tmp_path / d / WEIGHTS).stat().st_size for d in ("rel16", "rel32"))
+    assert small < 0.55 * full
+    gates16 = Deployment(resolve_checkpoint(tmp_path / "rel16"), cache=False).gates(PROMPT)[0].gates
+    gates32 = Deployment(ckpt, cache=False).gates(PROMPT)[0].gates
+    assert torch.equal(gates16 > 0, gates32 > 0)  # the same experts
+    torch.testing.assert_close(gates16, gates32, atol=2e-3, rtol=0)
+
+
+def test_commands_take_a_release_as_their_checkpoint(ckpt, tmp_path):
+    export_release(ckpt, tmp_path / "rel", name="tiny-gen", command="c", dtype="float32")
+    out = io.StringIO()
+    deploy_main(["generate", "--ckpt_path", str(tmp_path / "rel"), "--system_prompt", PROMPT, "--output",
+                 str(tmp_path / "gates"), "--format", "gates"], stdout=out)
+    meta = json.loads((tmp_path / "gates" / "loragen_meta.json").read_text())
+    assert meta["checkpoint"].endswith(".ckpt")
+    done = subprocess.run([sys.executable, "-m", "loragen.cli", "test", "--config", "configs/tiny.yaml",
+                           "--ckpt_path", str(tmp_path / "rel"), "--trainer.default_root_dir", str(tmp_path / "run"),
+                           "--trainer.logger.init_args.save_dir", str(tmp_path / "run"), "--verbose", "false"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "LORAGEN_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    (results,) = (tmp_path / "run").rglob("results.json")
+    assert json.loads(results.read_text())["items"] > 0
+
+
+def test_a_tampered_or_unknown_release_is_one_line(ckpt, tmp_path):
+    export_release(ckpt, tmp_path / "rel", name="tiny-gen", command="c")
+    data = bytearray((tmp_path / "rel" / WEIGHTS).read_bytes())
+    data[-1] ^= 1
+    (tmp_path / "rel" / WEIGHTS).write_bytes(bytes(data))
+    with pytest.raises(LoRAGenError, match="does not match the sha256"):
+        resolve_checkpoint(tmp_path / "rel")
+    with pytest.raises(LoRAGenError, match="unknown released generator 'nosuch'"):
+        resolve_checkpoint("bundled:nosuch")
+    with pytest.raises(LoRAGenError, match="bundled base model, not a trained generator"):
+        resolve_checkpoint("bundled:smollm2-135m-instruct")
+    assert isinstance(known_releases(), dict)
