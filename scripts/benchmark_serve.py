@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,11 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from loragen.deploy.client import LocalService  # noqa: E402
 
 
 def task_prompts(count: int) -> list[str]:
@@ -50,33 +42,11 @@ def task_prompts(count: int) -> list[str]:
     return [f"{systems[i % len(systems)]}\n\n(Deployment request {i}.)" for i in range(count)]
 
 
-class Service:
+class Service(LocalService):
     def __init__(self, ckpt: str, batch: int, key: str, workdir: Path, batch_timeout: float) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(ckpt, workdir, "--max_batch_size", str(batch), "--batch_timeout", str(batch_timeout), key=key,
+                         env={"LORAGEN_CACHE": str(workdir / f"cache-b{batch}")}, name=f"serve-b{batch}")
         self.key = key
-        env = {**os.environ, "LORAGEN_API_KEY": key, "LORAGEN_CACHE": str(workdir / f"cache-b{batch}")}
-        self.log = open(workdir / f"serve-b{batch}.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "loragen.cli", "serve", "--ckpt_path", ckpt, "--port",
-                                      str(self.port), "--max_batch_size", str(batch), "--batch_timeout",
-                                      str(batch_timeout)], env=env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if self.get("/health") == b"ok":
-                    break
-            except (urllib.error.URLError, OSError):
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise SystemExit(f"loragen serve did not start; see {workdir}/serve-b{batch}.log")
-            time.sleep(0.5)
-
-    def get(self, path: str) -> bytes:
-        request = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {self.key}"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.read()
 
     def generate(self, prompt: str, timeout: float) -> tuple[float, dict | None]:
         body = json.dumps({"system_prompt": prompt, "format": "gates"}).encode()
@@ -90,15 +60,6 @@ class Service:
         except (urllib.error.URLError, OSError, ValueError):
             data = None
         return time.perf_counter() - start, data
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        self.log.close()
 
 
 def phase(service: Service, prompts: list[str], clients: int, deadline: float, timeout: float) -> dict:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +21,7 @@ import torch
 from loragen import LoRAGenError
 from loragen.deploy.artifacts import META_FILE
 from loragen.deploy.cli import main as deploy_main
-from loragen.deploy.client import GeneratorClient
+from loragen.deploy.client import GeneratorClient, LocalService
 from loragen.deploy.deployment import Deployment
 from loragen.deploy.gates import GatesRecord
 from tests.test_deploy import PROMPT, _save_checkpoint, _tensors
@@ -31,48 +29,12 @@ from tests.test_deploy import PROMPT, _save_checkpoint, _tensors
 KEY = "test-key-0123456789"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """A `loragen serve` process in its own process group (so a kill reaches its workers too)."""
-
-    def __init__(self, ckpt: Path, workdir: Path, *args: str, key: str | None = KEY) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.cache = workdir / "cache"
-        env = {**os.environ, "LORAGEN_CACHE": str(self.cache), "OMP_NUM_THREADS": "1"}
-        auth = ["--insecure-no-auth"]
-        if key is not None:
-            (workdir / "key").write_text(key + "\n")
-            auth = ["--api_key_file", str(workdir / "key")]
-        self.log = open(workdir / "serve.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "loragen.cli", "serve", "--ckpt_path", str(ckpt),
-                                      "--port", str(self.port), *auth, *args], cwd=workdir, env=env,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 180
-        while not GeneratorClient(self.url, api_key=key).health():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"loragen serve did not come up: {(workdir / 'serve.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self.log.close()
+def Server(ckpt: Path, workdir: Path, *args: str, key: str | None = KEY) -> LocalService:  # noqa: N802
+    """A real `loragen serve` on 127.0.0.1, one thread, its own gates cache (``.cache``)."""
+    service = LocalService(ckpt, workdir, *args, key=key,
+                           env={"LORAGEN_CACHE": str(workdir / "cache"), "OMP_NUM_THREADS": "1"})
+    service.cache = workdir / "cache"
+    return service
 
 
 @pytest.fixture(scope="module")

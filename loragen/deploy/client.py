@@ -111,3 +111,70 @@ def _detail(err: urllib.error.HTTPError) -> str:
     if isinstance(detail, list):  # FastAPI validation errors: a list of {loc, msg}
         detail = "; ".join(f"{'.'.join(str(x) for x in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail)
     return str(detail)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class LocalService:
+    """A ``loragen serve`` process on 127.0.0.1 and a free port, in its own process group (so stopping or
+    killing it reaches its LitServe workers too): for tests, benchmarks and local tools.
+
+    ``args`` are further ``loragen serve`` options; the API key is passed through ``--api_key_file``
+    (``key=None``: ``--insecure-no-auth``). The constructor returns once ``/health`` answers ``ok``."""
+
+    def __init__(self, ckpt_path: str | os.PathLike[str], workdir: str | os.PathLike[str], *args: str,
+                 key: str | None = None, env: dict[str, str] | None = None, startup_timeout: float = 300.0,
+                 name: str = "serve") -> None:
+        import subprocess
+        import sys
+        import time
+
+        self.workdir = Path(workdir)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.client = GeneratorClient(self.url, api_key=key)
+        auth = ["--insecure-no-auth"]
+        if key is not None:
+            key_file = self.workdir / f"{name}.key"
+            key_file.write_text(key + "\n")
+            key_file.chmod(0o600)
+            auth = ["--api_key_file", str(key_file)]
+        self.log_path = self.workdir / f"{name}.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([sys.executable, "-m", "loragen.cli", "serve", "--ckpt_path", str(ckpt_path),
+                                      "--port", str(self.port), *auth, *args], cwd=self.workdir,
+                                     env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + startup_timeout
+        while not self.client.health():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise LoRAGenError(f"loragen serve did not come up: {self.log_path.read_text()[-2000:]}")
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        """SIGKILL the whole server (a crash), and wait for it."""
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        """SIGTERM (graceful), SIGKILL after 30 s."""
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
