@@ -245,7 +245,13 @@ class RecordDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation during fit is optional: without val data a fit trains without it (``loragen
+        validate`` still needs the data and says so)."""
+        trainer = getattr(self, "trainer", None)
+        validating = trainer is not None and trainer.state.fn == "validate"
+        if not self.has_stage("val") and not validating:
+            return []
         return self._loader("val", shuffle=False)
 
     def test_dataloader(self) -> DataLoader:

@@ -1,0 +1,61 @@
+"""Every config under configs/ runs: one `fast_dev_run` step (train + validation, or a test batch) of a real
+LightningCLI run, on tiny models, with the shipped data, the test fixtures or the shared benchmark files.
+
+Pair configs (hub models) only change the model sources, which this test replaces by tiny ones, so they are
+parsed by tests/test_cli.py and not run here; FSDP, DeepSpeed and multi-process DDP need several devices (DDP
+is run on two CPU processes by tests/test_training.py)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+
+from loragen.cli import run
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+FIXTURES = ROOT / "tests" / "fixtures"
+TINY_PAIR = ["--model.init_args.cloud", "tiny:qwen2", "--model.init_args.edge", "tiny:llama"]
+
+# config layers -> (subcommand, data directory or None, extra arguments)
+RUNS = {
+    "quickstart.yaml": ("fit", None, []),
+    "tiny.yaml": ("fit", None, []),
+    "commonsense/seen.yaml": ("fit", SHARED, ["--data.init_args.train_limit_per_task", "8"]),
+    "commonsense/study.yaml": ("fit", SHARED, ["--data.init_args.train_limit_per_task", "8"]),
+    "commonsense/unseen.yaml": ("test", FIXTURES, ["--data.init_args.files", "{piqa: {train: piqa/train.jsonl}}"]),
+    "gpt4tools/train.yaml": ("fit", FIXTURES, []),
+    "pretrain/alpaca.yaml": ("fit", SHARED, []),
+    **{f"tiny.yaml+baselines/{p.name}": ("test" if p.stem.startswith("base_") else "fit", None, [])
+       for p in sorted((ROOT / "configs" / "baselines").glob("*.yaml"))},  # base_*: nothing to train
+    "tiny.yaml+strategies/bf16.yaml": ("fit", None, []),
+}
+
+
+def test_every_runnable_config_is_listed():
+    listed = {layer for key in RUNS for layer in key.split("+")}
+    skipped = {p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.yaml")
+               if p.parent.name in ("pairs", "sweeps", "studies") or p.stem in ("ddp", "fsdp", "deepspeed")}
+    every = {p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.yaml")}
+    assert every - skipped <= listed, f"configs not run by this test: {sorted(every - skipped - listed)}"
+
+
+@pytest.mark.parametrize("layers", list(RUNS))
+def test_config_runs_one_step_on_tiny_models(layers, tmp_path):
+    command, data_dir, extra = RUNS[layers]
+    if data_dir is SHARED and not SHARED.is_dir():
+        pytest.skip(f"shared benchmark data not found at {SHARED}")
+    configs = [a for layer in layers.split("+") for a in ("--config", str(ROOT / "configs" / layer))]
+    data = ["--data.init_args.data_dir", str(data_dir)] if data_dir is not None else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cli = run([command, *configs, *TINY_PAIR, *data, *extra, "--trainer.fast_dev_run", "1",
+                   "--trainer.default_root_dir", str(tmp_path)])
+    state = cli.trainer.state
+    assert state.finished and state.fn == command
+    if command == "fit":
+        assert cli.trainer.global_step == 1
+    else:
+        assert cli.trainer.callback_metrics  # a test batch was scored
