@@ -59,3 +59,17 @@ def test_config_runs_one_step_on_tiny_models(layers, tmp_path):
         assert cli.trainer.global_step == 1
     else:
         assert cli.trainer.callback_metrics  # a test batch was scored
+
+
+def test_fit_without_val_data_trains_and_validate_without_it_says_so(tmp_path, capsys):
+    tiny = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--data.init_args.val_files", "null",
+            "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2", "--trainer.logger", "false"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cli = run(["fit", *tiny])
+        assert cli.trainer.global_step == 2 and not cli.trainer.callback_metrics.get("val/acc_mean")
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            run(["validate", *tiny])
+    assert exit_info.value.code == 2
+    assert "no val data: set data.val_files" in capsys.readouterr().err
