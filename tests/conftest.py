@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+import yaml
+
+from loragen.data.datamodule import RecordDataModule
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -45,3 +50,79 @@ def randomize_pool(pool, std: float = 0.05, seed: int = 0) -> None:
     with torch.no_grad():
         for p in pool.B.values():
             p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+# ----------------------------------------------------------------------------- shared helpers (tiny models)
+
+TINY = {"cloud": "tiny:qwen2", "edge": "tiny:llama", "num_experts": 4, "top_k": 2, "rank": 4, "router_hidden": 16,
+        "lr": 0.01, "warmup_steps": 1}
+
+
+def _data(**kw):
+    args = {"train_files": "quickstart:train", "val_files": "quickstart:val", "test_files": "quickstart:test",
+            "cloud": "tiny:qwen2", "edge": "tiny:llama", "batch_size": 4, "eval_batch_size": 8,
+            "max_system_tokens": 192, "max_input_tokens": 96, "limit_per_task": 3}
+    return RecordDataModule(**{**args, **kw})
+
+
+def _trainer(tmp_path, **kw):
+    args = {"max_steps": 4, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
+            "default_root_dir": str(tmp_path), "limit_val_batches": 0, "deterministic": True,
+            "enable_checkpointing": False}
+    return L.Trainer(**{**args, **kw})
+
+
+def _trained(module):
+    return {k: v.detach().clone() for k, v in module.model.trainable_state_dict().items()}
+
+
+PROMPT = "You are a careful math tutor. Answer with a single number and nothing else."
+INPUT = "What is 12 + 30?"
+
+
+def _save_checkpoint(path: Path, cloud: str, edge: str) -> Path:
+    """A real loragen checkpoint (through on_save_checkpoint) without a training loop."""
+    import lightning as L
+
+    from loragen.models.lora_gen_module import LoRAGenModule
+
+    torch.manual_seed(0)
+    module = LoRAGenModule(cloud=cloud, edge=edge, num_experts=4, top_k=2, rank=4, router_hidden=16)
+    randomize_pool(module.model.pool, std=0.2)  # B is zero-initialised: make the LoRA matter
+    trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                        enable_model_summary=False)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def _tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"  # CI puts a copy of shared/ beside the repository
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared benchmark data not found at {SHARED}")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from loragen.models.components.backbones import load_backbone
+
+    backbone = load_backbone("tiny:llama")
+    directory = tmp_path_factory.mktemp("tiny-llama")
+    backbone.model.save_pretrained(directory)
+    backbone.tokenizer.save_pretrained(directory)
+    return directory
+
+
+def _print_config(capsys, *configs: str) -> dict:
+    args = [a for c in configs for a in ("--config", str(ROOT / c))]
+    from loragen.cli import run
+
+    with pytest.raises(SystemExit) as exc:
+        run(["fit", *args, "--print_config"])
+    assert exc.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)

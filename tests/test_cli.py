@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from loragen.cli import run
+from tests.conftest import _print_config
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -77,14 +78,6 @@ def test_bad_config_fails_before_any_model_is_loaded(tmp_path, monkeypatch, caps
 
 
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
-
-
-def _print_config(capsys, *configs: str) -> dict:
-    args = [a for c in configs for a in ("--config", str(ROOT / c))]
-    with pytest.raises(SystemExit) as exc:
-        run(["fit", *args, "--print_config"])
-    assert exc.value.code in (0, None)
-    return yaml.safe_load(capsys.readouterr().out)
 
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if not c.startswith(("configs/sweeps/", "configs/studies/"))])

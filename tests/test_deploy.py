@@ -17,26 +17,7 @@ from loragen.deploy.deployment import Deployment
 from loragen.deploy.generate import export, generate
 from loragen.deploy.report import DEFAULT_SAMPLE_INPUT
 from loragen.models.components.backbones import load_backbone
-from tests.conftest import randomize_pool
-
-PROMPT = "You are a careful math tutor. Answer with a single number and nothing else."
-INPUT = "What is 12 + 30?"
-
-
-def _save_checkpoint(path: Path, cloud: str, edge: str) -> Path:
-    """A real loragen checkpoint (through on_save_checkpoint) without a training loop."""
-    import lightning as L
-
-    from loragen.models.lora_gen_module import LoRAGenModule
-
-    torch.manual_seed(0)
-    module = LoRAGenModule(cloud=cloud, edge=edge, num_experts=4, top_k=2, rank=4, router_hidden=16)
-    randomize_pool(module.model.pool, std=0.2)  # B is zero-initialised: make the LoRA matter
-    trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                        enable_model_summary=False)
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(path)
-    return path
+from tests.conftest import INPUT, PROMPT, _save_checkpoint, _tensors, randomize_pool
 
 
 @pytest.fixture(scope="module")
@@ -78,12 +59,6 @@ def _cli(*argv: str, stdin: str = "") -> str:
     out = io.StringIO()
     main(list(argv), stdin=io.StringIO(stdin), stdout=out)
     return out.getvalue()
-
-
-def _tensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 def test_help_of_every_subcommand_answers_without_importing_torch():

@@ -23,12 +23,8 @@ import torch
 import yaml
 
 from loragen.data.tasks import TaskLoader
+from tests.conftest import SHARED, needs_shared
 from tests.harness import HARNESS_NAME, SPLITS, docs_for, run_harness, write_harness_docs
-from tests.test_harness_parity import (
-    SHARED,
-    needs_shared,
-    tiny_dir,  # noqa: F401  (the fixture saving the tiny Llama to a directory)
-)
 
 TASK = "arc_easy"
 ITEMS = 30

@@ -16,13 +16,11 @@ import pytest
 import yaml
 
 from loragen.data.tasks import TaskLoader
-from tests.conftest import HAS_BUNDLED
+from tests.conftest import HAS_BUNDLED, SHARED, needs_shared
 from tests.harness import HARNESS_NAME, SPLITS, docs_for, run_harness, write_harness_docs
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
 FIXTURES = Path(__file__).parent / "fixtures"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared benchmark data not found at {SHARED}")
 
 def _loragen_lines(tmp_path: Path, edge: str, data: dict) -> list[dict]:
     """``loragen test`` of the plain edge (zero-shot) on ``data`` (a DataModule config): items.jsonl."""
@@ -78,17 +76,6 @@ def _table(tasks: list[str], per_task: dict[str, list[dict]], theirs: dict) -> d
                        "harness_acc_norm": sum(b["acc_norm"] for b in rows) / n if norm else None,
                        "differ": differ, "differ_norm": differ_norm}
     return table
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from loragen.models.components.backbones import load_backbone
-
-    backbone = load_backbone("tiny:llama")
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    backbone.model.save_pretrained(directory)
-    backbone.tokenizer.save_pretrained(directory)
-    return directory
 
 
 @needs_shared

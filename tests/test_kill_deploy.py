@@ -24,7 +24,7 @@ import torch
 from loragen.deploy.artifacts import META_FILE
 from loragen.deploy.deployment import Deployment
 from loragen.deploy.gates import GatesRecord
-from tests.test_deploy import PROMPT, _save_checkpoint
+from tests.conftest import PROMPT, _save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

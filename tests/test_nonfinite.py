@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from callbacks import NonFiniteGuard
 from loragen import LoRAGenError
 from loragen.models.lora_gen_module import LoRAGenModule
-from tests.test_training import TINY, _data, _trained, _trainer
+from tests.conftest import TINY, _data, _trained, _trainer
 
 
 def _poisoned(module: LoRAGenModule, batches: set[int]) -> list[dict[str, torch.Tensor]]:

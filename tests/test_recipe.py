@@ -116,7 +116,7 @@ def test_centred_router_mean_is_the_training_mean_and_removes_a_shared_component
 
 def test_centred_router_buffer_travels_with_the_trained_weights():
     from loragen.models.lora_gen_module import LoRAGenModule
-    from tests.test_training import TINY
+    from tests.conftest import TINY
 
     module = LoRAGenModule(**{**TINY, "router_center": True})
     state = module.model.trainable_state_dict()

@@ -16,7 +16,7 @@ from loragen import LoRAGenError
 from loragen.deploy.cli import main as deploy_main
 from loragen.deploy.deployment import Deployment
 from loragen.release import META, WEIGHTS, export_release, known_releases, resolve_checkpoint
-from tests.test_deploy import PROMPT, _save_checkpoint
+from tests.conftest import PROMPT, _save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -24,7 +24,7 @@ from loragen.deploy.cli import main as deploy_main
 from loragen.deploy.client import GeneratorClient, LocalService
 from loragen.deploy.deployment import Deployment
 from loragen.deploy.gates import GatesRecord
-from tests.test_deploy import PROMPT, _save_checkpoint, _tensors
+from tests.conftest import PROMPT, _save_checkpoint, _tensors
 
 KEY = "test-key-0123456789"
 

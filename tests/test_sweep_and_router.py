@@ -14,7 +14,7 @@ from callbacks.router_stats import RouterCollapseWarning, RouterStatistics, gate
 from loragen import LoRAGenError
 from loragen.models.lora_gen_module import LoRAGenModule
 from loragen.sweep import parse_grid, sweep
-from tests.test_training import TINY, _data, _trainer
+from tests.conftest import TINY, _data, _trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
