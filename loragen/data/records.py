@@ -15,13 +15,13 @@ Records are used as written whatever the scoring mode: write the input your scor
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loragen import LoRAGenError
+from loragen.data.jsonrows import Malformed, read_rows
 
 
 @dataclass
@@ -87,28 +87,8 @@ def load_records(path: str | Path, *, strict: bool = False, task: str | None = N
     if not path.is_file():
         raise LoRAGenError(f"data file {path} does not exist: check the path in your config (data.*_files)")
     default_task = task or path.name.split(".")[0]
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        text = None
-    items: list[tuple[str, Any]] = []  # (where, parsed JSON or the problem found on that line)
-    if text is not None and text.lstrip().startswith("["):
-        try:
-            items = [(f"{path}:item {i}", obj) for i, obj in enumerate(json.loads(text))]
-        except json.JSONDecodeError as err:
-            raise LoRAGenError(f"{path}: invalid JSON ({err.msg} at line {err.lineno}): fix the file") from err
-    else:
-        with open(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, 1):
-                if not raw.strip():
-                    continue
-                where = f"{path}:{lineno}"
-                try:
-                    items.append((where, json.loads(raw.decode("utf-8"))))
-                except UnicodeDecodeError:
-                    items.append((where, RecordError(f"{where}: line is not valid UTF-8")))
-                except json.JSONDecodeError as err:
-                    items.append((where, RecordError(f"{where}: invalid JSON ({err.msg})")))
+    items = [(where, RecordError(f"{where}: {obj}") if isinstance(obj, Malformed) else obj)
+             for where, obj in read_rows(path)]
     records: list[Record] = []
     problems: list[str] = []
     for where, obj in items:

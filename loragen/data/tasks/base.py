@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from loragen import LoRAGenError
+from loragen.data.jsonrows import Malformed  # noqa: F401  (re-exported: task parsers raise it)
 from loragen.data.records import Record
 
 FORMULATIONS = ("cloze", "choices")
@@ -26,10 +27,6 @@ def formulation_for(scoring: str) -> str:
     if scoring not in SCORING_MODES:
         raise LoRAGenError(f"scoring={scoring!r} is unknown: choose one of {', '.join(SCORING_MODES)}")
     return "choices" if scoring == "generate" else "cloze"
-
-
-class Malformed(Exception):
-    """A raw row that cannot be used; the loader adds the file and line."""
 
 
 @dataclass
