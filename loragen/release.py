@@ -83,7 +83,7 @@ def _release_dir(source: str) -> Path:
         name = source[len(PREFIX):]
         releases = known_releases()
         if name not in releases:
-            from loragen.models.components.backbones import BUNDLED
+            from loragen.backbones import BUNDLED
 
             if name in BUNDLED:
                 raise LoRAGenError(f"{source} is a bundled base model, not a trained generator: give a checkpoint "
@@ -112,8 +112,8 @@ def resolve_checkpoint(source: str | os.PathLike[str]) -> Path:
     import torch
     from safetensors.torch import load_file
 
+    from loragen.backbones import cache_root
     from loragen.files import atomic_write_bytes, sha256_file
-    from loragen.models.components.backbones import cache_root
 
     directory = _release_dir(str(source))
     meta = read_release(directory)

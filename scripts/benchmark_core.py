@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
-    from loragen.models.components import backbones
+    from loragen import backbones
     from loragen.models.components.lora_gen import LoRAGen
 
     figures: dict[str, float] = {}

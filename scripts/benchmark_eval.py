@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from lm_eval.models.huggingface import HFLM
 
+    from loragen.backbones import model_directory
     from loragen.data.task_datamodule import TaskDataModule
     from loragen.data.tasks import TaskLoader
     from loragen.models.baselines import BaseModel
-    from loragen.models.components.backbones import model_directory
     from tests.harness import HARNESS_NAME, SPLITS, docs_for, run_harness, write_harness_docs
 
     task, split = args.task, SPLITS[args.task]

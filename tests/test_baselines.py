@@ -238,7 +238,7 @@ def test_baseline_configs_layer_on_a_loragen_config_and_keep_its_pair(name, caps
 def test_lora_adapter_export_loads_in_peft_with_the_same_outputs(tmp_path):
     from peft import PeftModel
 
-    from loragen.models.components.backbones import load_backbone
+    from loragen.backbones import load_backbone
 
     module = LoRABaseline(**EDGE)
     with torch.no_grad():

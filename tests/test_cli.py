@@ -68,7 +68,7 @@ def test_fit_test_predict_and_resume_through_the_cli(tmp_path):
      (["--data.init_args.train_files", "missing.jsonl"], "does not exist")],
 )
 def test_bad_config_fails_before_any_model_is_loaded(tmp_path, monkeypatch, capsys, extra, fragment):
-    import loragen.models.components.backbones as backbones
+    import loragen.backbones as backbones
 
     monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(SystemExit) as exc:

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from loragen.backbones import load_backbone
 from loragen.deploy.artifacts import META_FILE, sha256_file, sha256_text
 from loragen.deploy.cli import main
 from loragen.deploy.deployment import Deployment
 from loragen.deploy.generate import export, generate
 from loragen.deploy.report import DEFAULT_SAMPLE_INPUT
-from loragen.models.components.backbones import load_backbone
 from tests.conftest import INPUT, PROMPT, _save_checkpoint, _tensors, randomize_pool
 
 

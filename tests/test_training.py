@@ -188,7 +188,7 @@ def test_truncation_is_counted_in_a_warning_not_a_crash():
 
 
 def test_impossible_settings_fail_before_any_model_loads(monkeypatch):
-    import loragen.models.components.backbones as backbones
+    import loragen.backbones as backbones
 
     monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
     with pytest.raises(LoRAGenError, match="top_k"):

@@ -78,7 +78,7 @@ def test_the_cli_refuses_bad_checkpoints_before_any_work(tmp_path, command):
 
 def test_a_model_directory_with_its_own_code_is_not_run(tmp_path):
     """transformers' trust_remote_code stays off: the directory's modeling code is never imported."""
-    from loragen.models.components.backbones import load_backbone
+    from loragen.backbones import load_backbone
 
     model_dir = tmp_path / "custom"
     model_dir.mkdir()

@@ -140,7 +140,7 @@ class RecordDataModule(L.LightningDataModule):
 
     def _tokenizer(self) -> RecordTokenizer:
         if self._tok is None:
-            from loragen.models.components.backbones import load_tokenizer
+            from loragen.backbones import load_tokenizer
 
             cloud_tok = load_tokenizer(self.hparams.cloud)
             edge_tok = cloud_tok if self.hparams.edge == self.hparams.cloud else load_tokenizer(self.hparams.edge)

@@ -17,7 +17,7 @@ from loragen.files import atomic_write_text
 
 
 def default_cache_dir() -> Path:
-    from loragen.models.components.backbones import cache_root
+    from loragen.backbones import cache_root
 
     return cache_root() / "generated"
 

@@ -45,8 +45,8 @@ def from_adapter(adapter: str | Path, edge: str | None = None, system_prompt: st
     """A PEFT adapter written by ``loragen generate --format peft`` on its base edge model."""
     from peft import PeftModel
 
+    from loragen.backbones import load_backbone
     from loragen.deploy.artifacts import META_FILE, read_meta, sha256_text
-    from loragen.models.components.backbones import load_backbone
 
     adapter = Path(adapter)
     if not (adapter / "adapter_config.json").is_file():

@@ -16,7 +16,7 @@ from loragen import LoRAGenError
 from loragen.deploy.artifacts import sha256_file
 
 if TYPE_CHECKING:
-    from loragen.models.components.backbones import Backbone
+    from loragen.backbones import Backbone
     from loragen.models.components.edge_lora import EdgeLoRA
     from loragen.models.components.expert_pool import ExpertPool
     from loragen.models.lora_gen_module import LoRAGenModule
@@ -81,7 +81,7 @@ def edge_side_of(module: LoRAGenModule) -> EdgeSide:
 
 def load_edge_side(info: CheckpointInfo, edge: str | None = None) -> EdgeSide:
     """Edge model + trained expert pool only (no cloud model); the edge is checked against the fingerprint."""
-    from loragen.models.components.backbones import load_backbone
+    from loragen.backbones import load_backbone
     from loragen.models.components.edge_lora import EdgeLoRA
     from loragen.models.components.expert_pool import DEFAULT_TARGETS, ExpertPool, find_target_sites
     from loragen.models.components.fingerprint import PairFingerprint

@@ -89,7 +89,7 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.check_config(**self.hparams)
-        from loragen.models.components.backbones import load_backbone
+        from loragen.backbones import load_backbone
         from loragen.models.components.lora_gen import LoRAGen
 
         cloud_bb = load_backbone(cloud)
@@ -123,7 +123,7 @@ class LoRAGenModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
         """Reject impossible settings before any model is loaded (also called by the CLI)."""
         from types import SimpleNamespace
 
-        from loragen.models.components.backbones import validate_source
+        from loragen.backbones import validate_source
 
         defaults = {k: v.default for k, v in inspect.signature(LoRAGenModule.__init__).parameters.items()
                     if v.default is not inspect.Parameter.empty}

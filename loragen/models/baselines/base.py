@@ -47,7 +47,7 @@ class EdgeBaselineModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
     # ------------------------------------------------------------------ construction
 
     def _load_edge(self, edge: str, seed: int) -> None:
-        from loragen.models.components.backbones import load_backbone
+        from loragen.backbones import load_backbone
 
         self.check_config(**self.hparams)
         self.backbone = load_backbone(edge)
@@ -62,7 +62,7 @@ class EdgeBaselineModule(ScheduledTraining, EvaluationMixin, L.LightningModule):
     @classmethod
     def check_config(cls, **hp: Any) -> None:
         """Reject impossible settings before any model is loaded (also called by the CLI)."""
-        from loragen.models.components.backbones import validate_source
+        from loragen.backbones import validate_source
 
         defaults = {k: v.default for k, v in inspect.signature(cls.__init__).parameters.items()
                     if v.default is not inspect.Parameter.empty}

@@ -1,7 +1,7 @@
 """Plain ``nn.Module`` building blocks of LoRA-Gen; no Lightning in here.
 
-- ``backbones``: load a frozen causal LM + tokenizer from any source (bundled GGUF, hub id, local
-  directory, ``.gguf`` file, ``tiny:*`` random configs).
+(The backbones they wrap are loaded by ``loragen.backbones``, which data, models and deployment share.)
+
 - ``generator``: the cloud LM with learnable meta tokens → one hidden state per edge layer.
 - ``router``: meta-token states → sparse top-k gates over experts, plus balance losses.
 - ``expert_pool``: LoRA experts per (edge layer, target module, expert); ``assemble(gates)``.

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from loragen.models.components.backbones import Backbone
+from loragen.backbones import Backbone
 from loragen.models.components.edge_lora import EdgeLoRA
 from loragen.models.components.expert_pool import DEFAULT_TARGETS, ExpertPool, GeneratedLoRA
 from loragen.models.components.fingerprint import PairFingerprint
