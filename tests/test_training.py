@@ -265,7 +265,7 @@ def test_mixed_choice_and_free_form_batches_and_generation_scoring(tmp_path, mon
     dm = _data(test_files=str(mixed))
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
-    module._trainer = None
+    module.trainer.datamodule = dm  # the DataModule grades its tasks' answers (boolq: its extractor)
     verdict = lambda i: module._verdicts(batch, "prompt", [i])[i][2:]  # noqa: E731  (acc, acc_norm, unparseable)
     assert verdict(0) == (0, 0, 1)  # boolq extractor finds no true/false: unparseable (and wrong)
     assert verdict(0) == (0, 0, 0)  # "false" parsed, wrong

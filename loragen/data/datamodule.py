@@ -149,6 +149,18 @@ class RecordDataModule(L.LightningDataModule):
             self._tok = RecordTokenizer(cloud_tok, edge_tok, limits)
         return self._tok
 
+    def judge(self, text: str, record: Record) -> bool | None:
+        """Grade a generated answer to ``record``: its task's answer extraction when the task is known (the
+        registry, or this DataModule's own task definitions), else an exact match; None = unparseable."""
+        from loragen.data.tasks.registry import get_task
+        from loragen.metrics.extraction import exact_match
+
+        try:
+            spec = get_task(record.task, getattr(self, "extra_specs", None))
+        except LoRAGenError:
+            return exact_match(text, record.output)
+        return spec.is_correct(text, record)
+
     def has_stage(self, stage: str) -> bool:
         """Whether data is configured for ``stage`` (train / val / test / predict)."""
         return bool(self.files[stage])

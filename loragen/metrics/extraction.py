@@ -131,3 +131,10 @@ def answers_match(kind: str, predicted: str | None, reference: str | None) -> bo
     if kind == "option_text":
         return _norm(predicted) == _norm(reference)
     return predicted.strip().lower() == reference.strip().lower()
+
+
+def exact_match(text: str, reference: str) -> bool | None:
+    """Whitespace- and case-insensitive equality of a generated answer with the reference; None (unparseable)
+    for an empty answer. The grading of records whose task has no answer extraction of its own."""
+    answer = " ".join(text.split()).lower()
+    return (answer == " ".join(reference.split()).lower()) if answer else None

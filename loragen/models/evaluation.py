@@ -117,20 +117,13 @@ class EvaluationMixin:
         return tok.decode(out[0], skip_special_tokens=True)
 
     def _judge(self, text: str, record: Any) -> bool | None:
-        """Grade a generated answer: the task's extractor if the task is registered, else exact match."""
-        spec = None
+        """Grade a generated answer as the DataModule's tasks grade it (``judge``), else by exact match."""
         datamodule = self.trainer.datamodule if self._trainer is not None else None
-        extra = getattr(datamodule, "extra_specs", None)
-        try:
-            from loragen.data.tasks.registry import get_task
+        if datamodule is not None and hasattr(datamodule, "judge"):
+            return datamodule.judge(text, record)
+        from loragen.metrics.extraction import exact_match
 
-            spec = get_task(record.task, extra)
-        except LoRAGenError:
-            spec = None
-        if spec is not None:
-            return spec.is_correct(text, record)
-        answer = " ".join(text.split()).lower()
-        return (answer == " ".join(record.output.split()).lower()) if answer else None
+        return exact_match(text, record.output)
 
     def _verdicts(self, batch: dict[str, Any], prompt_key: str, items: list[int]) -> dict[int, tuple[int, ...]]:
         """(pred, pred_norm, acc, acc_norm, unparseable) per item; multiple-choice items of ``items`` are
