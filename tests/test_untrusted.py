@@ -92,4 +92,4 @@ def test_a_model_directory_with_its_own_code_is_not_run(tmp_path):
         load_backbone(str(model_dir))
     assert "\n" not in str(err.value) and str(model_dir) in str(err.value)
     assert not marker.exists()
-    assert "trust_remote_code=True" not in (ROOT / "loragen" / "models" / "components" / "backbones.py").read_text()
+    assert "trust_remote_code=True" not in (ROOT / "loragen" / "backbones.py").read_text()
