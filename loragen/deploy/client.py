@@ -147,7 +147,8 @@ class LocalService:
             auth = ["--api_key_file", str(key_file)]
         self.log_path = self.workdir / f"{name}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "loragen.cli", "serve", "--ckpt_path", str(ckpt_path),
+        ckpt = Path(ckpt_path).resolve() if Path(ckpt_path).exists() else ckpt_path  # the server runs in workdir
+        self.proc = subprocess.Popen([sys.executable, "-m", "loragen.cli", "serve", "--ckpt_path", str(ckpt),
                                       "--port", str(self.port), *auth, *args], cwd=self.workdir,
                                      env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
