@@ -44,8 +44,8 @@ def task_prompts(count: int) -> list[str]:
 
 class Service(LocalService):
     def __init__(self, ckpt: str, batch: int, key: str, workdir: Path, batch_timeout: float) -> None:
-        super().__init__(ckpt, workdir, "--max_batch_size", str(batch), "--batch_timeout", str(batch_timeout), key=key,
-                         env={"LORAGEN_CACHE": str(workdir / f"cache-b{batch}")}, name=f"serve-b{batch}")
+        super().__init__(ckpt, workdir, "--max_batch_size", str(batch), "--batch_timeout", str(batch_timeout),
+                         "--cache_dir", str(workdir / f"gates-b{batch}"), key=key, name=f"serve-b{batch}")
         self.key = key
 
     def generate(self, prompt: str, timeout: float) -> tuple[float, dict | None]:

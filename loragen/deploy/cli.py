@@ -96,6 +96,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--edge", metavar="SRC", help="edge model source (default: the checkpoint's)")
         parser.add_argument("--log_level", default="warning", choices=["debug", "info", "warning", "error"],
                             help="server log level (default warning; keys are never logged)")
+        parser.add_argument("--cache_dir", metavar="DIR",
+                            help="gates cache directory (default: $LORAGEN_CACHE/generated, shared with generate)")
         _add_cache(parser)
     else:
         source = parser.add_mutually_exclusive_group(required=True)
@@ -161,7 +163,8 @@ def _run(command: str, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) 
 
         serve(args.ckpt_path, host=args.host, port=args.port, insecure_no_auth=args.insecure_no_auth,
               api_key_file=args.api_key_file, log_level=args.log_level, cloud=args.cloud, edge=args.edge,
-              cache=not args.no_cache, max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout,
+              cache=not args.no_cache, cache_dir=args.cache_dir, max_batch_size=args.max_batch_size,
+              batch_timeout=args.batch_timeout,
               max_body_bytes=args.max_body_bytes, timeout=args.timeout)
     else:
         from loragen.deploy import chat
