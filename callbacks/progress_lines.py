@@ -36,6 +36,7 @@ class ProgressLines(L.Callback):
         self._first_step = 0
         self._samples = 0
         self._eval_done = 0
+        self._saved = (0.0, 0.0)  # the fit's clock while a validation inside it runs
 
     def _print(self, line: str) -> None:
         print(line, file=self.stream or sys.stdout, flush=True)

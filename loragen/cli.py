@@ -134,20 +134,14 @@ def _cli_class() -> type:
                 from lightning.pytorch.callbacks import ModelCheckpoint
 
                 for callback in self.trainer.callbacks:
-                    last = Path(callback.dirpath or "") / "last.ckpt" if isinstance(callback, ModelCheckpoint) else None
-                    if last is not None and callback.dirpath and last.is_file():
+                    if isinstance(callback, ModelCheckpoint) and callback.dirpath and \
+                            (Path(callback.dirpath) / "last.ckpt").is_file():
                         print(f"loragen: {callback.dirpath} holds an earlier run's last.ckpt: this run starts from "
                               "scratch and writes last-v1.ckpt beside it; pass --ckpt_path last to resume instead",
                               file=sys.stderr, flush=True)
 
-        def before_validate(self) -> None:
-            self._progress_lines()
-
-        def before_test(self) -> None:
-            self._progress_lines()
-
-        def before_predict(self) -> None:
-            self._progress_lines()
+        # the other subcommands only need the progress lines
+        before_validate = before_test = before_predict = _progress_lines
 
         def after_fit(self) -> None:
             from loragen.files import release_run_directory

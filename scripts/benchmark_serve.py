@@ -22,15 +22,14 @@ import statistics
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from loragen.deploy.client import LocalService  # noqa: E402
+from loragen import LoRAGenError  # noqa: E402
+from loragen.deploy.client import GENERATE_PATH, LocalService  # noqa: E402
 
 
 def task_prompts(count: int) -> list[str]:
@@ -46,18 +45,15 @@ class Service(LocalService):
     def __init__(self, ckpt: str, batch: int, key: str, workdir: Path, batch_timeout: float) -> None:
         super().__init__(ckpt, workdir, "--max_batch_size", str(batch), "--batch_timeout", str(batch_timeout),
                          "--cache_dir", str(workdir / f"gates-b{batch}"), key=key, name=f"serve-b{batch}")
-        self.key = key
 
     def generate(self, prompt: str, timeout: float) -> tuple[float, dict | None]:
-        body = json.dumps({"system_prompt": prompt, "format": "gates"}).encode()
-        request = urllib.request.Request(self.url + "/v1/generate", data=body, method="POST",
-                                         headers={"Authorization": f"Bearer {self.key}",
-                                                  "Content-Type": "application/json"})
+        """Seconds for one gates request, and its JSON (None when it failed)."""
+        self.client.timeout = timeout
         start = time.perf_counter()
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                data = json.loads(response.read())
-        except (urllib.error.URLError, OSError, ValueError):
+            body, _ = self.client.request(GENERATE_PATH, {"system_prompt": prompt, "format": "gates"})
+            data = json.loads(body)
+        except (LoRAGenError, ValueError):
             data = None
         return time.perf_counter() - start, data
 

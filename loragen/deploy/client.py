@@ -49,7 +49,9 @@ class GeneratorClient:
             raise LoRAGenError(f"--server {url!r} is not an http(s) URL: e.g. http://127.0.0.1:8000")
         self.url, self.api_key, self.timeout = url.rstrip("/"), api_key, timeout
 
-    def _request(self, path: str, body: dict[str, Any] | None = None) -> tuple[bytes, str]:
+    def request(self, path: str, body: dict[str, Any] | None = None) -> tuple[bytes, str]:
+        """GET ``path`` (or POST ``body`` as JSON) with the key; the body and content type, or a one-line
+        ``LoRAGenError`` naming the refusal or the unreachable server."""
         headers = {"Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -71,19 +73,19 @@ class GeneratorClient:
 
     def health(self) -> bool:
         try:
-            body, _ = self._request("/health")
+            body, _ = self.request("/health")
         except LoRAGenError:
             return False
         return body.strip().strip(b'"') == b"ok"
 
     def model_info(self) -> dict[str, Any]:
         """The server's pair fingerprint, expert-pool shape and checkpoint sha256."""
-        body, _ = self._request(MODEL_PATH)
+        body, _ = self.request(MODEL_PATH)
         return json.loads(body)
 
     def gates(self, system_prompt: str) -> tuple[GatesRecord, bool]:
         """The gates for ``system_prompt`` (checked), and whether the server had them cached."""
-        body, _ = self._request(GENERATE_PATH, {"system_prompt": system_prompt, "format": "gates"})
+        body, _ = self.request(GENERATE_PATH, {"system_prompt": system_prompt, "format": "gates"})
         try:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -96,7 +98,7 @@ class GeneratorClient:
 
     def peft_archive(self, system_prompt: str) -> bytes:
         """The PEFT adapter the server builds, as zip bytes (for clients without loragen)."""
-        body, kind = self._request(GENERATE_PATH, {"system_prompt": system_prompt, "format": "peft"})
+        body, kind = self.request(GENERATE_PATH, {"system_prompt": system_prompt, "format": "peft"})
         if "zip" not in kind:
             raise LoRAGenError(f"the server at {self.url} sent {kind or 'no content type'} instead of a zip archive")
         return body

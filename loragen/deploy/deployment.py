@@ -101,10 +101,12 @@ class Deployment:
         results: list[tuple[GatesRecord, bool] | LoRAGenError | None] = [None] * len(prompts)
         misses: dict[str, list[int]] = {}  # prompt -> its positions
         ids_of: dict[str, list[int]] = {}
+        key_of: dict[str, str] = {}
         for i, prompt in enumerate(prompts):
             try:
                 check_system_prompt(prompt)
-                cached = self._cached(sha256_text(prompt))
+                key_of[prompt] = key_of.get(prompt) or sha256_text(prompt)
+                cached = self._cached(key_of[prompt])
                 if cached is not None:
                     results[i] = (cached, True)
                     continue
@@ -121,7 +123,7 @@ class Deployment:
             seconds = time.perf_counter() - start
             for (prompt, positions), lora, row in zip(misses.items(), loras, rows, strict=True):
                 record = GatesRecord(gates=lora.gates.detach().float().cpu(), fingerprint=self.info.fingerprint,
-                                     checkpoint_sha256=self.info.sha256, system_prompt_sha256=sha256_text(prompt),
+                                     checkpoint_sha256=self.info.sha256, system_prompt_sha256=key_of[prompt],
                                      cloud_seconds=seconds, system_tokens=len(row))
                 self._store(record)
                 for n, position in enumerate(positions):  # a repeat inside the batch shares the pass
