@@ -2,10 +2,12 @@
 # Train the released generator for the bundled pair (README "Released generator") and export it into the
 # package as bundled:smollm2-135m-lora-gen: the recipe of configs/commonsense/seen.yaml on the seen
 # commonsense tasks, checkpointed every 100 steps and resumable across sessions (re-run the same command).
+# No validation during training (it would only monitor, at the cost of the prompted/zero-shot references
+# every 500 steps): the results card is measured after training with scripts/release_card.sh.
 #   bash scripts/train_release.sh PATH_TO_DATA [STEPS]     (PATH_TO_DATA: the layout of ../shared/data)
 set -euo pipefail
 DATA=${1:?usage: bash scripts/train_release.sh PATH_TO_DATA [STEPS]}
-STEPS=${2:-2000}
+STEPS=${2:-1500}
 ROOT=${RELEASE_RUN:-runs/release}
 NAME=smollm2-135m-lora-gen
 cd "$(dirname "$0")/.."
@@ -18,7 +20,7 @@ fi
 mkdir -p "$ROOT"
 timer=(); [ -x /usr/bin/time ] && timer=(/usr/bin/time -v -o "$ROOT/time-$(date +%Y%m%d-%H%M%S).log")  # wall time, peak memory
 "${timer[@]}" loragen fit --config configs/commonsense/seen.yaml --data.init_args.data_dir "$DATA" \
-  --trainer.default_root_dir "$ROOT" --trainer.max_steps "$STEPS" "${resume[@]}"
+  --trainer.default_root_dir "$ROOT" --trainer.max_steps "$STEPS" --trainer.limit_val_batches 0 "${resume[@]}"
 python -m loragen.release export "$ROOT/checkpoints/last.ckpt" "loragen/releases/$NAME" --name "$NAME" \
   --command "bash scripts/train_release.sh DATA $STEPS" \
   --licence "ARC-Easy, ARC-Challenge (CC BY-SA 4.0), BoolQ (CC BY-SA 3.0), OpenBookQA (research use), via LLM-Adapters (ODC-By 1.0)" \

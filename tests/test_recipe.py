@@ -53,6 +53,23 @@ def test_holdout_is_a_seeded_dev_split_that_train_and_shots_never_touch(piqa_dir
         TaskLoader(piqa_dir, shots=2).check("piqa", "holdout")
 
 
+def test_holdout_skip_draws_a_second_split_disjoint_from_the_first(piqa_dir):
+    first = TaskLoader(piqa_dir, shots=2, seed=0, holdout=10).records("piqa", "holdout")
+    loader = TaskLoader(piqa_dir, shots=2, seed=0, holdout=12, holdout_skip=10)
+    second, train = loader.records("piqa", "holdout"), loader.records("piqa", "train")
+    shots = {s.input for s in loader.shot_items("piqa")}
+    assert len(second) == 12 and len(train) == 40 - 10 - 12 - 2
+    assert not _inputs(second) & _inputs(first), "the report split reuses model-selection items"
+    assert not (_inputs(first) | _inputs(second)) & (_inputs(train) | shots)
+    assert len(_inputs(first) | _inputs(second) | _inputs(train) | shots) == 40
+    again = TaskLoader(piqa_dir, shots=2, seed=0, holdout=12, holdout_skip=10).records("piqa", "holdout")
+    assert _inputs(again) == _inputs(second)
+    with pytest.raises(LoRAGenError, match="too few to hold out 29 after the 10 skipped"):
+        TaskLoader(piqa_dir, shots=2, holdout=29, holdout_skip=10).records("piqa", "holdout")
+    with pytest.raises(LoRAGenError, match="holdout_skip must be >= 0 and needs data.holdout > 0"):
+        TaskLoader(piqa_dir, shots=2, holdout_skip=10)
+
+
 def test_holdout_through_the_datamodule_and_its_config_check(piqa_dir):
     kw = {"data_dir": str(piqa_dir), "train_tasks": ["piqa"], "test_tasks": ["piqa:holdout"], "shots": 2,
           "cloud": "tiny:qwen2", "edge": "tiny:llama"}

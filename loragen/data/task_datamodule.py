@@ -55,6 +55,9 @@ class TaskDataModule(RecordDataModule):
         holdout: carve a dev split named ``holdout`` of this many seeded items from each task's train
             split (train keeps the rest), e.g. ``test_tasks: [piqa:holdout, winogrande:holdout]`` to
             select recipes without touching the tasks' evaluation sets. 0 = no carving.
+        holdout_skip: draw the ``holdout`` split from the train items outside the ``holdout_skip`` items
+            that ``holdout: <holdout_skip>`` carves (same seed and files; train excludes both): a second,
+            untouched split to report on after model selection on the first. 0 = no skipping.
         train_split / val_split / test_split: the split each stage uses when an entry names none
             (LLM-Adapters files have no validation split: use ``val_split: test`` with them).
         extra_tasks: user task definitions (see ``loragen.data.tasks.registry``): declarative
@@ -69,7 +72,7 @@ class TaskDataModule(RecordDataModule):
                  data_dir: str | None = None, files: dict[str, dict[str, str]] | None = None, shots: int = 3,
                  train_split: str = "train", val_split: str = "val", test_split: str = "test",
                  extra_tasks: list[dict[str, Any]] | None = None, train_limit_per_task: int | None = None,
-                 shot_draws: int = 1, holdout: int = 0,
+                 shot_draws: int = 1, holdout: int = 0, holdout_skip: int = 0,
                  cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
                  batch_size: int = 8, eval_batch_size: int = 8, max_system_tokens: int = 1024,
                  max_input_tokens: int = 256, max_output_tokens: int = 64, limit_per_task: int | None = None,
@@ -86,13 +89,14 @@ class TaskDataModule(RecordDataModule):
         self.stage_tasks = _stage_pairs(dict(self.hparams))
         self.loader = TaskLoader(data_dir, plain_config(files), shots=shots, seed=seed, strict=strict,
                                  tasks=self.extra_specs, formulation=formulation_for(scoring), holdout=holdout,
-                                 shot_draws=shot_draws)
+                                 shot_draws=shot_draws, holdout_skip=holdout_skip)
 
     @staticmethod
     def check_config(**kw: Any) -> None:
         """Unknown tasks, splits and missing files fail here, before any model or tokenizer is loaded."""
         check_sizes(kw)
-        for key in ("shots", "train_limit_per_task", "limit_per_task", "val_limit_per_task", "holdout"):
+        for key in ("shots", "train_limit_per_task", "limit_per_task", "val_limit_per_task", "holdout",
+                    "holdout_skip"):
             if kw.get(key) is not None and kw[key] < 0:
                 raise LoRAGenError(f"data.{key} must be >= 0, got {kw[key]}")
         extra = _extra_specs(kw.get("extra_tasks"))
@@ -103,7 +107,8 @@ class TaskDataModule(RecordDataModule):
             for task, _ in stage_pairs:
                 get_task(task, extra)  # unknown names list the known tasks
         loader = TaskLoader(kw.get("data_dir"), plain_config(kw.get("files")), shots=kw.get("shots", 3) or 0,
-                            tasks=extra, holdout=kw.get("holdout") or 0, shot_draws=kw.get("shot_draws", 1))
+                            tasks=extra, holdout=kw.get("holdout") or 0, shot_draws=kw.get("shot_draws", 1),
+                            holdout_skip=kw.get("holdout_skip") or 0)
         for task, split in dict.fromkeys(p for stage_pairs in pairs.values() for p in stage_pairs):
             loader.check(task, split)
             loader.shot_split(task)  # a task with shots needs a split to draw them from (reads nothing)

@@ -13,6 +13,9 @@ training item never sees its own answer in its system prompt.
 ``holdout > 0`` carves a *dev* split from each task's train split: the split ``holdout`` is a seeded
 random subset of that many train items, and ``train`` (training records and the few-shot pool alike)
 is the rest — model selection on tasks whose labelled evaluation sets must stay untouched.
+``holdout_skip > 0`` draws that split from the train items *outside* the ``holdout_skip`` items a
+``holdout: <holdout_skip>`` loader carves (same seed and file), and train excludes both: a second,
+untouched split for the final report after model selection on the first.
 
 ``shot_draws > 1`` gives training records varied system prompts: draw 0 is the task's fixed prompt
 (the one every evaluation reads); draws 1.. are further seeded few-shot samples, and training record
@@ -40,14 +43,17 @@ class TaskLoader:
     def __init__(self, data_dir: str | Path | None = None, files: Mapping[str, Mapping[str, str]] | None = None,
                  shots: int = 3, seed: int = 0, strict: bool = False,
                  tasks: Mapping[str, TaskSpec] | None = None, formulation: str = "cloze", holdout: int = 0,
-                 shot_draws: int = 1) -> None:
+                 shot_draws: int = 1, holdout_skip: int = 0) -> None:
         if shots < 0:
             raise LoRAGenError(f"data.shots must be >= 0, got {shots}")
         if holdout < 0:
             raise LoRAGenError(f"data.holdout must be >= 0, got {holdout}")
         if shot_draws < 1:
             raise LoRAGenError(f"data.shot_draws must be >= 1 (1 = the task's one fixed prompt), got {shot_draws}")
-        self.holdout, self.shot_draws = holdout, shot_draws
+        if holdout_skip < 0 or (holdout_skip and not holdout):
+            raise LoRAGenError(f"data.holdout_skip must be >= 0 and needs data.holdout > 0, got holdout_skip="
+                               f"{holdout_skip} with holdout={holdout}")
+        self.holdout, self.holdout_skip, self.shot_draws = holdout, holdout_skip, shot_draws
         if formulation not in FORMULATIONS:
             raise LoRAGenError(f"unknown formulation {formulation!r}: choose one of {', '.join(FORMULATIONS)}")
         self.formulation = formulation
@@ -125,14 +131,20 @@ class TaskLoader:
             return self._read(task, split)
         if (task, HOLDOUT) not in self._items:
             train = self._read(task, "train")
-            if len(train) < self.holdout + max(self.shots, 1):
+            if len(train) < self.holdout_skip + self.holdout + max(self.shots, 1):
+                after = f" after the {self.holdout_skip} skipped" if self.holdout_skip else ""
                 raise LoRAGenError(f"task {task!r}: its train split has {len(train)} items, too few to hold out "
-                                   f"{self.holdout} and keep {max(self.shots, 1)}: lower data.init_args.holdout or "
-                                   f"point data.init_args.files.{task}.train at a larger file")
-            rng = random.Random(f"loragen-holdout|{task}|{self.seed}")
-            chosen = set(rng.sample(range(len(train)), self.holdout))
+                                   f"{self.holdout}{after} and keep {max(self.shots, 1)}: lower data.init_args.holdout "
+                                   f"or point data.init_args.files.{task}.train at a larger file")
+            seed = f"loragen-holdout|{task}|{self.seed}"
+            # the skipped items are exactly those a ``holdout: <holdout_skip>`` loader carves
+            skipped = set(random.Random(seed).sample(range(len(train)), self.holdout_skip))
+            rest = [i for i in range(len(train)) if i not in skipped]
+            rng = random.Random(f"{seed}|after {len(skipped)}" if skipped else seed)  # no skip: the original carve
+            chosen = set(rng.sample(rest, self.holdout))
             self._items[(task, HOLDOUT)] = [pair for i, pair in enumerate(train) if i in chosen]
-            self._items[(task, "train-kept")] = [pair for i, pair in enumerate(train) if i not in chosen]
+            self._items[(task, "train-kept")] = [pair for i, pair in enumerate(train)
+                                                 if i not in chosen and i not in skipped]
         return self._items[(task, HOLDOUT if split == HOLDOUT else "train-kept")]
 
     def _read(self, task: str, split: str) -> list[tuple[str, Item]]:
