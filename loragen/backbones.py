@@ -112,6 +112,17 @@ def model_directory(source: str) -> Path:
                        "(a tiny: model can be written to one with save_pretrained)")
 
 
+def gguf_file(source: str) -> Path | None:
+    """The GGUF file a source was loaded from (a bundled model's or a ``.gguf`` path), else None: what
+    llama.cpp exports copy the tokenizer, chat template and hyperparameters from."""
+    kind, value = _parse_source(source)
+    if kind == "bundled":
+        return _bundled_gguf_path(value)
+    if kind == "gguf":
+        return Path(value).expanduser()
+    return None
+
+
 def validate_source(source: str) -> None:
     """Fail fast (before any model is loaded) on a source string that cannot work."""
     kind, value = _parse_source(source)

@@ -23,6 +23,8 @@ from loragen.files import atomic_directory, sha256_file  # noqa: F401  (sha256_f
 
 META_FILE = "loragen_meta.json"
 META_FORMAT = 1
+FORMATS = ("peft", "merged", "gates", "gguf", "gguf-lora")  # what an output directory can hold
+GGUF_FORMATS = ("gguf", "gguf-lora")  # for llama.cpp (loragen.deploy.gguf_export)
 
 
 def sha256_text(text: str) -> str:

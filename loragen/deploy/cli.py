@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from loragen import LoRAGenError
+from loragen.deploy.artifacts import FORMATS
 from loragen.deploy.report import DEFAULT_SAMPLE_INPUT
 
 _DESCRIPTIONS = {
@@ -44,15 +45,24 @@ def _add_cache(parser: argparse.ArgumentParser) -> None:
                         help="neither read nor write the generated-gates cache ($LORAGEN_CACHE/generated)")
 
 
+def _add_gguf_type(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gguf_type", default="f16", choices=["f16", "q8_0", "f32"],
+                        help="weight type of --format gguf (default f16; norms stay f32); gguf-lora is f16 "
+                             "unless f32 is asked for")
+
+
 def build_parser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"loragen {command}", description=_DESCRIPTIONS[command])
     if command == "generate":
         parser.add_argument("--ckpt_path", required=True, metavar="CKPT", help="checkpoint written by loragen fit")
         _add_prompt(parser, required=True)
         parser.add_argument("--output", required=True, metavar="DIR", help="output directory (written atomically)")
-        parser.add_argument("--format", default="peft", choices=["peft", "merged", "gates"],
+        parser.add_argument("--format", default="peft", choices=list(FORMATS),
                             help="peft: PEFT LoRA adapter (rank k*r); merged: HF model with the LoRA merged; "
-                                 "gates: L x n gates + fingerprint + checkpoint hash (a few kB, see `apply`)")
+                                 "gates: L x n gates + fingerprint + checkpoint hash (a few kB, see `apply`); "
+                                 "gguf: the specialized edge as one llama.cpp GGUF file; gguf-lora: the LoRA as a "
+                                 "llama.cpp adapter for the base edge GGUF")
+        _add_gguf_type(parser)
         parser.add_argument("--cloud", metavar="SRC", help="cloud model source (default: the checkpoint's)")
         parser.add_argument("--edge", metavar="SRC", help="edge model source (default: the checkpoint's)")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing loragen output directory")
@@ -70,8 +80,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         parser.add_argument("--ckpt_path", required=True, metavar="CKPT",
                             help="the checkpoint the gates came from (its expert pool builds the LoRA)")
         parser.add_argument("--output", required=True, metavar="DIR", help="output directory (written atomically)")
-        parser.add_argument("--format", default="peft", choices=["peft", "merged", "gates"],
-                            help="what to write (gates: keep the fetched gates record, a few kB)")
+        parser.add_argument("--format", default="peft", choices=list(FORMATS),
+                            help="what to write, as for `generate` (gates: keep the fetched gates record, a few kB)")
+        _add_gguf_type(parser)
         parser.add_argument("--edge", metavar="SRC", help="edge model source (default: the checkpoint's)")
         parser.add_argument("--overwrite", action="store_true", help="replace an existing loragen output directory")
     elif command == "serve":
@@ -131,7 +142,8 @@ def _run(command: str, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) 
         from loragen.deploy.generate import generate
 
         generate(args.ckpt_path, _system_prompt(args), args.output, args.format, cloud=args.cloud, edge=args.edge,
-                 overwrite=args.overwrite, sample_input=args.sample_input, cache=not args.no_cache, out=stdout)
+                 overwrite=args.overwrite, sample_input=args.sample_input, cache=not args.no_cache, out=stdout,
+                 gguf_type=args.gguf_type)
     elif command == "apply":
         from loragen.deploy.generate import apply, apply_from_server
 
@@ -143,13 +155,14 @@ def _run(command: str, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) 
             from loragen.deploy.client import read_api_key
 
             apply_from_server(args.server, prompt, args.ckpt_path, args.output, args.format, edge=args.edge,
-                              overwrite=args.overwrite, api_key=read_api_key(args.api_key_file), out=stdout)
+                              overwrite=args.overwrite, api_key=read_api_key(args.api_key_file), out=stdout,
+                              gguf_type=args.gguf_type)
         else:
             if args.system_prompt is not None or args.system_prompt_file is not None:
                 raise LoRAGenError("a gates file already fixes the system prompt: drop --system_prompt(_file), or "
                                    "use --server URL to fetch gates for a prompt")
             apply(args.gates, args.ckpt_path, args.output, args.format, edge=args.edge, overwrite=args.overwrite,
-                  out=stdout)
+                  out=stdout, gguf_type=args.gguf_type)
     elif command == "serve":
         for name, low in (("max_batch_size", 1), ("max_body_bytes", 1), ("timeout", 0)):
             if getattr(args, name) < low or (name == "timeout" and args.timeout == 0):

@@ -4,6 +4,8 @@
 - ``merged``: a Hugging Face model directory with the LoRA merged into the weights (config,
   safetensors, tokenizer, generation config); the in-memory edge model is unmerged afterwards.
 - ``gates``: only the gates record (in ``loragen_meta.json``); ``loragen apply`` rebuilds the others.
+- ``gguf`` / ``gguf-lora``: for llama.cpp, the specialized edge model as one GGUF file or the LoRA as a
+  llama.cpp adapter (``loragen.deploy.gguf_export``).
 """
 
 from __future__ import annotations
@@ -13,11 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from loragen.deploy.artifacts import dir_bytes
+from loragen.deploy.artifacts import GGUF_FORMATS, dir_bytes
 from loragen.deploy.checkpoint import EdgeSide
 from loragen.deploy.gates import GatesRecord
-
-FORMATS = ("peft", "merged", "gates")
 
 
 def base_model_name(side: EdgeSide) -> str:
@@ -60,11 +60,31 @@ def gates_bytes(record: GatesRecord) -> int:
     return len(json.dumps(record.to_dict()).encode("utf-8"))
 
 
-def write_payload(side: EdgeSide, lora: Any, record: GatesRecord, fmt: str, directory: Path) -> dict[str, Any]:
+def gguf_keys(side: EdgeSide, record: GatesRecord) -> dict[str, Any]:
+    """What a GGUF output records of its origin (``loragen.*`` keys): the base GGUF it was written for
+    (an adapter on another base is refused by ``loragen chat --gguf``), checkpoint, prompt and pair."""
+    from loragen.backbones import gguf_file
+    from loragen.files import sha256_file
+
+    base = gguf_file(side.backbone.source)
+    return {"checkpoint_sha256": record.checkpoint_sha256, "system_prompt_sha256": record.system_prompt_sha256,
+            "fingerprint": record.fingerprint, "edge": side.backbone.source,
+            "base_gguf_sha256": sha256_file(base) if base is not None else None}
+
+
+def write_payload(side: EdgeSide, lora: Any, record: GatesRecord, fmt: str, directory: Path,
+                  gguf_type: str = "f16") -> dict[str, Any]:
     """Write ``fmt`` into ``directory``; returns merge seconds and the payload's bytes."""
     from loragen.models.components.edge_lora import save_peft_adapter
 
-    if fmt == "peft":
+    if fmt in GGUF_FORMATS:
+        from loragen.deploy import gguf_export
+
+        path = directory / gguf_export.file_name(fmt, gguf_type)
+        write = gguf_export.write_model if fmt == "gguf" else gguf_export.write_lora
+        write(side, lora, path, gguf_type, gguf_keys(side, record))
+        merge_seconds = timed_merge(side, lora)
+    elif fmt == "peft":
         save_peft_adapter(lora, directory, base_model_name_or_path=base_model_name(side))
         merge_seconds = timed_merge(side, lora)
     elif fmt == "merged":
