@@ -1,6 +1,7 @@
 """``loragen chat``: talk to the specialized edge model, which never sees the system prompt.
 
 Reads user lines until EOF (a terminal or a pipe) and streams each greedy answer as it is decoded.
+``from_gguf`` runs a specialized GGUF (or base GGUF + ``gguf-lora`` adapter) in llama.cpp instead.
 ``compare`` also answers with the base edge model given the full system prompt (``system + "\\n\\n" +
 input``, as in the prompted reference of ``loragen test``), with tokens and latency for each.
 """
@@ -30,6 +31,7 @@ class ChatModel:
     specialized: Callable[[], contextlib.AbstractContextManager[None]]
     base: Callable[[], contextlib.AbstractContextManager[None]]
     system_prompt: str | None = None
+    runtime: str = "transformers"  # or "llama.cpp" (a GGUF through llama-cpp-python)
 
 
 def from_deployment(deployment: Deployment, system_prompt: str) -> ChatModel:
@@ -75,6 +77,40 @@ def from_adapter(adapter: str | Path, edge: str | None = None, system_prompt: st
     return ChatModel(model, backbone.tokenizer, specialized, model.disable_adapter, system_prompt)
 
 
+def from_gguf(model_path: str | Path, lora_path: str | Path | None = None) -> ChatModel:
+    """A GGUF written by ``loragen generate --format gguf`` (or a base GGUF + a ``gguf-lora`` adapter)
+    in llama.cpp: the specialized edge as an edge device runs it."""
+    from loragen.deploy import llamacpp
+
+    llm = llamacpp.load(model_path, lora_path=lora_path)
+    return ChatModel(llm, None, contextlib.nullcontext, contextlib.nullcontext, runtime="llama.cpp")
+
+
+def _stream_llama(llm: Any, prompt: str, out: TextIO, max_new_tokens: int) -> dict[str, Any]:
+    """Greedy answer streamed from llama.cpp (a fresh context per answer)."""
+    import codecs
+
+    from loragen.deploy.llamacpp import tokenize
+
+    ids = tokenize(llm, prompt)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    llm.reset()
+    start, first, new = time.perf_counter(), None, 0
+    for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+        if token == llm.token_eos():
+            break
+        first = first or time.perf_counter()
+        new += 1
+        out.write(decoder.decode(llm.detokenize([token])))
+        out.flush()
+        if new >= max_new_tokens:
+            break
+    out.write(decoder.decode(b"", final=True) + "\n")
+    seconds = time.perf_counter() - start
+    return {"prompt_tokens": len(ids), "new_tokens": new, "seconds": seconds,
+            "first_token_seconds": (first - start) if first else seconds}
+
+
 def _streamer(tokenizer: Any, out: TextIO) -> Any:
     from transformers import TextStreamer
 
@@ -100,6 +136,12 @@ def stream_answer(chat_model: ChatModel, prompt: str, out: TextIO, label: str, m
     import torch
     from transformers import GenerationConfig
 
+    if chat_model.runtime == "llama.cpp":
+        out.write(f"[{label}] ")
+        stats = _stream_llama(chat_model.model, prompt, out, max_new_tokens)
+        out.write(f"  ({stats['new_tokens']} new tokens in {stats['seconds']:.2f} s, first after "
+                  f"{stats['first_token_seconds']:.2f} s; prompt {stats['prompt_tokens']} tokens)\n")
+        return stats
     tok = chat_model.tokenizer
     ids = tok(prompt, return_tensors="pt")["input_ids"]
     config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,

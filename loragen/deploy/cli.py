@@ -29,7 +29,9 @@ _DESCRIPTIONS = {
              "the gates cache is the one `loragen generate` uses. An API key is required ($LORAGEN_API_KEY or "
              "--api_key_file) unless --insecure-no-auth is given; clients send 'Authorization: Bearer KEY'.",
     "chat": "Talk to the specialized edge model, which answers WITHOUT the system prompt in its context. "
-            "Reads lines from the terminal or a pipe until EOF and streams greedy answers.",
+            "Reads lines from the terminal or a pipe until EOF and streams greedy answers. The model is the "
+            "checkpoint's edge with the prompt's LoRA merged (--ckpt_path), a PEFT adapter (--adapter), or a GGUF "
+            "run in llama.cpp (--gguf, optionally with a --lora adapter).",
 }
 
 
@@ -115,6 +117,9 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         source.add_argument("--ckpt_path", metavar="CKPT", help="checkpoint: generate (or reuse cached) gates "
                             "for --system_prompt and merge them into the edge model")
         source.add_argument("--adapter", metavar="DIR", help="PEFT adapter from `loragen generate --format peft`")
+        source.add_argument("--gguf", metavar="FILE", help="a GGUF from `loragen generate --format gguf`, run in "
+                            "llama.cpp (llama-cpp-python); with --lora, the base edge GGUF")
+        parser.add_argument("--lora", metavar="FILE", help="with --gguf: a `--format gguf-lora` adapter for that base")
         _add_prompt(parser, required=False)
         parser.add_argument("--cloud", metavar="SRC", help="cloud model source (with --ckpt_path)")
         parser.add_argument("--edge", metavar="SRC",
@@ -185,7 +190,14 @@ def _run(command: str, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) 
         if args.max_new_tokens < 1:
             raise LoRAGenError(f"--max_new_tokens must be >= 1, got {args.max_new_tokens}")
         prompt = _system_prompt(args)
-        if args.adapter:
+        if args.lora and not args.gguf:
+            raise LoRAGenError("--lora is a llama.cpp adapter: give its base edge GGUF with --gguf")
+        if args.gguf:
+            if args.compare or prompt is not None:
+                raise LoRAGenError("a GGUF already fixes the system prompt: drop --system_prompt(_file) and "
+                                   "--compare, or chat with --ckpt_path to compare with the prompted base model")
+            model = chat.from_gguf(args.gguf, args.lora)
+        elif args.adapter:
             model = chat.from_adapter(args.adapter, args.edge, prompt)
         else:
             from loragen.deploy.deployment import Deployment, check_system_prompt

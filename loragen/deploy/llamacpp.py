@@ -1,0 +1,98 @@
+"""The edge runtime: GGUF files written by ``loragen generate --format gguf | gguf-lora`` in llama.cpp,
+through llama-cpp-python (the optional extra ``loragen[edge]``, which builds llama.cpp from source).
+
+``load`` opens a specialized GGUF, or a base GGUF with a ``gguf-lora`` adapter after checking that the
+adapter was written for that very base file; ``logits``, ``greedy`` and ``option_logliks`` read the
+runtime's own numbers for the parity tests, ``loragen chat --gguf`` and ``scripts/benchmark_gguf.py``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loragen import LoRAGenError
+
+INSTALL = ("llama-cpp-python is not installed: pip install -e '.[edge]' (it builds llama.cpp from source, about "
+           "10 minutes on 2 cores)")
+
+
+def load(model_path: str | os.PathLike[str], *, lora_path: str | os.PathLike[str] | None = None, n_ctx: int = 2048,
+         logits_all: bool = False, n_threads: int | None = None) -> Any:
+    """A ``llama_cpp.Llama`` on ``model_path`` (+ ``lora_path``); one-line errors for a missing file, an
+    adapter written for another base GGUF, or a missing runtime."""
+    model_path = _existing(model_path, "GGUF model")
+    if lora_path is not None:
+        check_adapter_base(_existing(lora_path, "GGUF LoRA adapter"), model_path)
+    try:
+        from llama_cpp import Llama
+    except ImportError as err:
+        raise LoRAGenError(INSTALL) from err
+    threads = n_threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or None
+    return Llama(model_path=str(model_path), lora_path=None if lora_path is None else str(lora_path), n_ctx=n_ctx,
+                 logits_all=logits_all, n_threads=threads, n_threads_batch=threads, seed=0, verbose=False)
+
+
+def check_adapter_base(lora_path: Path, model_path: Path) -> None:
+    """Refuse an adapter on a base GGUF other than the one it was written for (llama.cpp itself checks
+    only the architecture and shapes, so another model of the same shape would load silently)."""
+    from loragen.deploy.gguf_export import read_loragen_keys
+    from loragen.files import sha256_file
+
+    keys = read_loragen_keys(lora_path)
+    if keys.get("base_gguf_sha256") and sha256_file(model_path) != keys["base_gguf_sha256"]:
+        raise LoRAGenError(f"{lora_path} was written for another edge GGUF than {model_path} (sha256 differs): load "
+                           f"it with the base GGUF of its edge {keys.get('edge', '?')!r}")
+    loragen_keys = read_loragen_keys(model_path)
+    if loragen_keys.get("system_prompt_sha256"):
+        raise LoRAGenError(f"{model_path} is already a specialized GGUF (a LoRA is merged into it): load {lora_path} "
+                           "on the base edge GGUF instead")
+
+
+def tokenize(llm: Any, text: str) -> list[int]:
+    """Token ids as the edge tokenizer gives them (the GGUF's own BOS rule, special tokens as text)."""
+    return llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+
+
+def logits(llm: Any, tokens: Sequence[int]) -> np.ndarray:
+    """(len(tokens), vocab) next-token logits of a fresh pass (the model must be loaded with ``logits_all``)."""
+    llm.reset()
+    llm.eval(list(tokens))
+    return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+
+
+def greedy(llm: Any, tokens: Sequence[int], max_new_tokens: int) -> list[int]:
+    """Greedy continuation of ``tokens`` (a fresh context: nothing reused from an earlier request)."""
+    llm.reset()
+    out: list[int] = []
+    for token in llm.generate(list(tokens), temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+        if token == llm.token_eos():
+            break
+        out.append(int(token))
+        if len(out) >= max_new_tokens:
+            break
+    return out
+
+
+def option_logliks(llm: Any, requests: Sequence[tuple[list[int], list[int]]]) -> list[float]:
+    """Summed log-likelihood of each (context ids, continuation ids), read off llama.cpp's logits at the
+    positions that predict the continuation (lm-evaluation-harness's definition)."""
+    scores = []
+    for context, continuation in requests:
+        rows = logits(llm, [*context, *continuation])[len(context) - 1: -1].astype(np.float64)
+        rows -= rows.max(axis=-1, keepdims=True)
+        logprobs = rows - np.log(np.exp(rows).sum(axis=-1, keepdims=True))
+        scores.append(float(logprobs[np.arange(len(continuation)), continuation].sum()))
+    return scores
+
+
+def _existing(path: str | os.PathLike[str], what: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LoRAGenError(f"{what} {path} does not exist: give the .gguf file written by `loragen generate --format "
+                           f"{'gguf-lora' if 'LoRA' in what else 'gguf'}` (or the base edge GGUF)")
+    return path
