@@ -203,7 +203,7 @@ def test_the_same_request_twice_costs_one_cloud_pass(ckpt, tmp_path, monkeypatch
     assert len(calls) == 2 and third["gates"] == first["gates"] and json.loads(entry.read_text())
 
 
-@pytest.mark.parametrize("fmt", ["merged", "gates"])
+@pytest.mark.parametrize("fmt", ["merged", "gates", "gguf-lora"])
 def test_a_failure_midway_leaves_no_output_and_keeps_a_previous_one(dep, tmp_path, monkeypatch, fmt):
     import loragen.deploy.generate as gen
 
