@@ -163,9 +163,9 @@ def test_the_base_edge_exports_to_exactly_the_source_ggufs_weights(exported):
 
 
 INPUTS = 10
-F32_LOGIT_TOL = 2e-3  # llama.cpp f32 vs PyTorch fp32: summation order only
-F16_LOGIT_TOL = 0.25  # f16 weights and activations (ggml's f16 matmul rounds the activations to f16)
-Q4_1_LOGIT_TOL = 1.5  # the original Q4_1 base + adapter: ggml quantizes the activations to 8 bits (Q8_1)
+F32_LOGIT_TOL = 0.05  # llama.cpp f32 vs PyTorch fp32: summation order only (logits span about ±30)
+F16_LOGIT_TOL = 0.15  # f16 weights and activations (ggml's f16 matmul rounds the activations to f16)
+Q4_1_LOGIT_TOL = 1.0  # the original Q4_1 base + adapter: ggml quantizes the activations to 8 bits (Q8_1)
 
 
 @pytest.fixture(scope="module")
