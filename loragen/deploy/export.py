@@ -61,15 +61,9 @@ def gates_bytes(record: GatesRecord) -> int:
 
 
 def gguf_keys(side: EdgeSide, record: GatesRecord) -> dict[str, Any]:
-    """What a GGUF output records of its origin (``loragen.*`` keys): the base GGUF it was written for
-    (an adapter on another base is refused by ``loragen chat --gguf``), checkpoint, prompt and pair."""
-    from loragen.backbones import gguf_file
-    from loragen.files import sha256_file
-
-    base = gguf_file(side.backbone.source)
+    """What a GGUF output records of its origin (``loragen.*`` keys): checkpoint, prompt, pair, edge."""
     return {"checkpoint_sha256": record.checkpoint_sha256, "system_prompt_sha256": record.system_prompt_sha256,
-            "fingerprint": record.fingerprint, "edge": side.backbone.source,
-            "base_gguf_sha256": sha256_file(base) if base is not None else None}
+            "fingerprint": record.fingerprint, "edge": side.backbone.source}
 
 
 def write_payload(side: EdgeSide, lora: Any, record: GatesRecord, fmt: str, directory: Path,

@@ -11,8 +11,8 @@
 Tensor names come from gguf-py's name map; llama.cpp's Llama graph expects the rows of ``attn_q`` /
 ``attn_k`` in its rotary layout, so those weights (and the ``B`` factors of their LoRA) are permuted
 exactly as llama.cpp's own converter does. Both files carry ``loragen.*`` keys: checkpoint and
-system-prompt sha256, the pair fingerprint and the sha256 of the base GGUF an adapter was written
-for, so an adapter is never silently applied to another edge.
+system-prompt sha256, the pair fingerprint and ``source_gguf_sha256``, the edge GGUF they derive from
+(for an adapter: the base it was written for), so an adapter is never silently applied to another edge.
 """
 
 from __future__ import annotations
@@ -100,6 +100,7 @@ def write_model(side: EdgeSide, lora: GeneratedLoRA | None, path: Path, gguf_typ
     import torch
 
     from loragen.backbones import gguf_file
+    from loragen.files import sha256_file
 
     source = gguf_file(side.backbone.source)
     assert source is not None, "check_exportable first"
@@ -117,7 +118,7 @@ def write_model(side: EdgeSide, lora: GeneratedLoRA | None, path: Path, gguf_typ
     writer.add_file_type({"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
                           "f32": gguf.LlamaFileType.ALL_F32}[gguf_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _add_loragen_keys(writer, meta or {})
+    _add_loragen_keys(writer, {**(meta or {}), "source_gguf_sha256": sha256_file(source)})
     merged = side.edge_lora.merged_lora(lora) if lora is not None else contextlib.nullcontext()
     with merged, torch.no_grad():
         params = dict(model.named_parameters())
@@ -140,13 +141,17 @@ def write_lora(side: EdgeSide, lora: GeneratedLoRA, path: Path, gguf_type: str =
     """``lora`` as a llama.cpp LoRA adapter GGUF (``lora_a``: k·r × in, ``lora_b``: out × k·r)."""
     import gguf
 
+    from loragen.backbones import gguf_file
+    from loragen.files import sha256_file
+
     model = side.backbone.model
     names = tensor_names(model)
     writer = gguf.GGUFWriter(str(path), model.config.model_type)
     writer.add_string("general.type", "adapter")
     writer.add_string("adapter.type", "lora")
     writer.add_float32("adapter.lora.alpha", float(lora.scale * lora.rank))  # alpha / rank = s
-    _add_loragen_keys(writer, meta or {})
+    base = gguf_file(side.backbone.source)  # the base GGUF it is for (None: an edge loaded from a directory)
+    _add_loragen_keys(writer, {**(meta or {}), "source_gguf_sha256": sha256_file(base) if base else None})
     adapter_type = "f32" if gguf_type == "f32" else "f16"  # B is k·r wide: too narrow for q8_0 blocks
     for site in side.pool.sites:
         a, b = lora.factors[site.path]
@@ -202,9 +207,9 @@ def _reader(path: Path) -> Any:
 
     try:
         return gguf.GGUFReader(str(path))
-    except (OSError, ValueError) as err:
-        raise LoRAGenError(f"{path} is not a readable GGUF file ({err.__class__.__name__}): give a .gguf model "
-                           "file") from err
+    except (OSError, ValueError, IndexError, KeyError) as err:  # gguf-py's errors for truncated or foreign files
+        raise LoRAGenError(f"{path} is not a readable GGUF file ({err.__class__.__name__}; truncated or not GGUF): "
+                           "give a complete .gguf file") from err
 
 
 def _field(reader: Any, key: str) -> Any:

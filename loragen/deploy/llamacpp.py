@@ -25,7 +25,10 @@ def load(model_path: str | os.PathLike[str], *, lora_path: str | os.PathLike[str
          logits_all: bool = False, n_threads: int | None = None) -> Any:
     """A ``llama_cpp.Llama`` on ``model_path`` (+ ``lora_path``); one-line errors for a missing file, an
     adapter written for another base GGUF, or a missing runtime."""
+    from loragen.deploy.gguf_export import read_loragen_keys
+
     model_path = _existing(model_path, "GGUF model")
+    read_loragen_keys(model_path)  # a file that is not a whole GGUF fails here, in one line
     if lora_path is not None:
         check_adapter_base(_existing(lora_path, "GGUF LoRA adapter"), model_path)
     try:
@@ -33,24 +36,29 @@ def load(model_path: str | os.PathLike[str], *, lora_path: str | os.PathLike[str
     except ImportError as err:
         raise LoRAGenError(INSTALL) from err
     threads = n_threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or None
-    return Llama(model_path=str(model_path), lora_path=None if lora_path is None else str(lora_path), n_ctx=n_ctx,
-                 logits_all=logits_all, n_threads=threads, n_threads_batch=threads, seed=0, verbose=False)
+    try:
+        return Llama(model_path=str(model_path), lora_path=None if lora_path is None else str(lora_path), n_ctx=n_ctx,
+                     logits_all=logits_all, n_threads=threads, n_threads_batch=threads, seed=0, verbose=False)
+    except (ValueError, RuntimeError) as err:  # llama.cpp refused the file (architecture, tensors, adapter)
+        raise LoRAGenError(f"llama.cpp could not load {model_path}{f' with {lora_path}' if lora_path else ''} "
+                           f"({' '.join(str(err).split())}): give GGUF files written for this edge") from err
 
 
 def check_adapter_base(lora_path: Path, model_path: Path) -> None:
     """Refuse an adapter on a base GGUF other than the one it was written for (llama.cpp itself checks
-    only the architecture and shapes, so another model of the same shape would load silently)."""
+    only the architecture and shapes, so another model of the same shape would load silently). The base
+    is the edge GGUF the adapter records, or a loragen re-export of it (e.g. in f16) without a LoRA."""
     from loragen.deploy.gguf_export import read_loragen_keys
     from loragen.files import sha256_file
 
-    keys = read_loragen_keys(lora_path)
-    if keys.get("base_gguf_sha256") and sha256_file(model_path) != keys["base_gguf_sha256"]:
-        raise LoRAGenError(f"{lora_path} was written for another edge GGUF than {model_path} (sha256 differs): load "
-                           f"it with the base GGUF of its edge {keys.get('edge', '?')!r}")
-    loragen_keys = read_loragen_keys(model_path)
-    if loragen_keys.get("system_prompt_sha256"):
+    wanted = read_loragen_keys(lora_path).get("source_gguf_sha256")
+    model_keys = read_loragen_keys(model_path)
+    if model_keys.get("system_prompt_sha256"):
         raise LoRAGenError(f"{model_path} is already a specialized GGUF (a LoRA is merged into it): load {lora_path} "
                            "on the base edge GGUF instead")
+    if wanted and (model_keys.get("source_gguf_sha256") or sha256_file(model_path)) != wanted:
+        raise LoRAGenError(f"{lora_path} was written for another edge GGUF than {model_path} (sha256 differs): load "
+                           "it with the base GGUF of the edge named in its loragen_meta.json")
 
 
 def tokenize(llm: Any, text: str) -> list[int]:
