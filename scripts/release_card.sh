@@ -9,6 +9,7 @@
 # (another task's LoRA, a task-free prompt's LoRA), with 95% intervals and paired differences.
 #   bash scripts/release_card.sh PATH_TO_DATA [CKPT] [ITEMS_PER_TASK] [OUT]
 # CKPT defaults to the shipped release (bundled:smollm2-135m-lora-gen); re-running skips finished runs.
+# ONLY=seen or ONLY=unseen runs one part (e.g. both at once, each with OMP_NUM_THREADS=1, on 2 cores).
 set -euo pipefail
 DATA=${1:?usage: bash scripts/release_card.sh PATH_TO_DATA [CKPT] [ITEMS_PER_TASK] [OUT]}
 CKPT=${2:-bundled:smollm2-135m-lora-gen}
@@ -19,6 +20,7 @@ cd "$(dirname "$0")/.."
 
 card() {  # NAME, then the test's extra arguments
   local name=$1; shift
+  if [ -n "${ONLY:-}" ] && [ "$ONLY" != "$name" ]; then return; fi
   if [ -f "$OUT/$name/results.md" ]; then echo "release_card: $name done before, skipped"; return; fi
   loragen test --config configs/commonsense/seen.yaml --data.init_args.data_dir "$DATA" --ckpt_path "$CKPT" \
     --model.init_args.reference true --model.init_args.zero_shot_reference true --model.init_args.sensitivity true \
@@ -31,4 +33,6 @@ card unseen --data.init_args.test_tasks "[piqa:holdout, winogrande:holdout]" \
   --data.init_args.holdout "$ITEMS" --data.init_args.holdout_skip 100 \
   --data.init_args.files "{winogrande: {train: winogrande/train_s.jsonl}}"
 
-for name in seen unseen; do echo; echo "## $name tasks"; echo; cat "$OUT/$name/results.md"; done | tee "$OUT/card.md"
+if [ -f "$OUT/seen/results.md" ] && [ -f "$OUT/unseen/results.md" ]; then
+  for name in seen unseen; do echo; echo "## $name tasks"; echo; cat "$OUT/$name/results.md"; done | tee "$OUT/card.md"
+fi

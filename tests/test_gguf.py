@@ -117,14 +117,21 @@ def _quickstart(name: str) -> list:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, arc_prompt) -> dict[str, Path]:
+def release(arc_prompt):
+    """The released generator (edge side loaded once), its gates and LoRA for the ARC-Easy prompt."""
+    dep = _release_or_skip()
+    record, _ = dep.gates(arc_prompt)
+    return dep, record, dep.lora(record)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, release) -> dict[str, Path]:
     """The released generator's LoRA for the ARC-Easy prompt in every GGUF form, plus the base edge."""
     from loragen.deploy import gguf_export
     from loragen.deploy.export import gguf_keys
 
-    dep = _release_or_skip()
-    record, _ = dep.gates(arc_prompt)
-    lora, side = dep.lora(record), dep.edge_side
+    dep, record, lora = release
+    side = dep.edge_side
     root = tmp_path_factory.mktemp("gguf-bundled")
     files = {}
     for name, fmt, kind in (("f32", "gguf", "f32"), ("f16", "gguf", "f16"), ("q8_0", "gguf", "q8_0"),
@@ -169,10 +176,9 @@ Q4_1_LOGIT_TOL = 1.0  # the original Q4_1 base + adapter: ggml quantizes the act
 
 
 @pytest.fixture(scope="module")
-def reference(exported, arc_prompt):
+def reference(exported, release):
     """loragen's merged fp32 edge (PyTorch): inputs, their tokens, last-position logits, greedy answers."""
-    dep = Deployment(RELEASE, cache=False)
-    record, _ = dep.gates(arc_prompt)
+    dep, _, lora = release
     side = dep.edge_side
     model, tok = side.backbone.model, side.backbone.tokenizer
     texts = [r.input for r in _quickstart("arc_easy.val.jsonl")[:INPUTS]]
@@ -182,7 +188,7 @@ def reference(exported, arc_prompt):
             ids = tok(text)["input_ids"]
             out["tokens"].append(ids)
             out["base_logits"].append(model(input_ids=torch.tensor([ids])).logits[0, -1].numpy())
-        with side.edge_lora.merged_lora(dep.lora(record)):
+        with side.edge_lora.merged_lora(lora):
             for ids in out["tokens"]:
                 out["logits"].append(model(input_ids=torch.tensor([ids])).logits[0, -1].numpy())
                 generated = model.generate(input_ids=torch.tensor([ids]), do_sample=False, max_new_tokens=8,
