@@ -1,4 +1,4 @@
-"""A non-editable install ships `loragen`, `callbacks` and the quickstart data."""
+"""A non-editable install ships `loragen`, `callbacks`, the quickstart data and the released generator."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ def test_wheel_installs_both_packages_and_the_data(tmp_path):
         "files = resolve_files('quickstart:test')\n"
         "assert len(files) == 4 and all(f.is_relative_to(site) for f in files)\n"
         "assert (site / 'loragen/data/quickstart/LLM_ADAPTERS_DATA_LICENSE.txt').is_file()\n"
+        "from loragen.release import known_releases\n"
+        "release = known_releases()['smollm2-135m-lora-gen']\n"
+        "assert release.is_relative_to(site), release\n"
+        "assert (release / 'generator.safetensors').stat().st_size <= 40e6\n"
     )
     env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=env)
