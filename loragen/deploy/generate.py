@@ -73,6 +73,11 @@ def generate(ckpt_path: str | os.PathLike[str], system_prompt: str, output: str 
     check_system_prompt(system_prompt)
     check_output_dir(Path(output), overwrite)
     deployment = Deployment(ckpt_path, cloud=cloud, edge=edge, cache=cache, cache_dir=cache_dir)
+    if fmt in GGUF_FORMATS:  # an edge llama.cpp cannot take fails before the cloud pass and its cache entry
+        from loragen.deploy.gguf_export import check_source
+
+        pair = deployment.info.fingerprint
+        check_source(edge or pair["edge"], pair.get("edge_arch"), fmt, gguf_type)
     record, cached = deployment.gates(system_prompt)
     meta = export(deployment, record, output, fmt, overwrite=overwrite, reused=cached,
                   system_prompt=system_prompt, sample_input=sample_input, gguf_type=gguf_type)

@@ -40,32 +40,36 @@ def file_name(fmt: str, gguf_type: str) -> str:
     return f"{'specialized' if fmt == 'gguf' else 'lora'}-{gguf_type}.gguf"
 
 
-def check_exportable(side: EdgeSide, fmt: str, gguf_type: str) -> None:
-    """Every reason the export would fail, as one line, before anything is written."""
+def check_source(edge_source: str, arch: str | None, fmt: str, gguf_type: str) -> None:
+    """The checks that need no model: the GGUF type, the edge architecture and (``gguf``) the edge's own
+    GGUF file. ``loragen generate`` runs them from the checkpoint's fingerprint before the cloud pass."""
     from loragen.backbones import gguf_file
 
     if gguf_type not in GGUF_TYPES:
         raise LoRAGenError(f"GGUF type {gguf_type!r} is unknown: choose one of {list(GGUF_TYPES)}")
-    config = side.backbone.model.config
-    arch = getattr(config, "model_type", None)
     if arch not in ARCHS:
         raise LoRAGenError(f"the edge model's architecture {arch!r} has no llama.cpp export in loragen (supported: "
                            f"{', '.join(ARCHS)}): use --format peft or merged for this edge")
-    names = tensor_names(side.backbone.model)
-    for site in side.pool.sites:
-        if f"{site.path}.weight" not in names:
-            raise LoRAGenError(f"target module {site.path} has no llama.cpp tensor, so llama.cpp cannot carry its "
-                               "LoRA: train with target modules among q/k/v/o_proj and gate/up/down_proj")
     if fmt == "gguf":
-        source = gguf_file(side.backbone.source)
+        source = gguf_file(edge_source)
         if source is None:
             raise LoRAGenError(f"--format gguf copies the tokenizer and chat template from the edge's GGUF file, and "
-                               f"the edge {side.backbone.source!r} is not one: pass --edge FILE.gguf (a model "
+                               f"the edge {edge_source!r} is not one: pass --edge FILE.gguf (a model "
                                "directory converts with llama.cpp's convert_hf_to_gguf.py) or use --format gguf-lora")
         source_arch = _field(_reader(source), "general.architecture")
         if source_arch != arch:
             raise LoRAGenError(f"the edge GGUF {source} is a {source_arch!r} model but the edge is {arch!r}: pass the "
                                "GGUF of the checkpoint's edge model")
+
+
+def check_exportable(side: EdgeSide, fmt: str, gguf_type: str) -> None:
+    """Every reason the export would fail, as one line, before anything is written."""
+    check_source(side.backbone.source, getattr(side.backbone.model.config, "model_type", None), fmt, gguf_type)
+    names = tensor_names(side.backbone.model)
+    for site in side.pool.sites:
+        if f"{site.path}.weight" not in names:
+            raise LoRAGenError(f"target module {site.path} has no llama.cpp tensor, so llama.cpp cannot carry its "
+                               "LoRA: train with target modules among q/k/v/o_proj and gate/up/down_proj")
 
 
 def tensor_names(model: Any) -> dict[str, str]:
