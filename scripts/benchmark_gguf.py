@@ -29,19 +29,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _request(llm, tokens: list[int], max_new_tokens: int) -> dict[str, float]:
     """One request from an empty context: prefill, time to first token, total."""
+    from loragen.deploy.llamacpp import stream
+
     llm.reset()
     start = time.perf_counter()
     llm.eval(tokens)
     prefill = time.perf_counter() - start
-    llm.reset()
     start, first, new = time.perf_counter(), None, 0
-    for token in llm.generate(tokens, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+    for _ in stream(llm, tokens, max_new_tokens):
         first = first or time.perf_counter()
-        if token == llm.token_eos():
-            break
         new += 1
-        if new >= max_new_tokens:
-            break
     total = time.perf_counter() - start
     return {"prompt_tokens": len(tokens), "prefill_ms": 1000 * prefill,
             "ttft_ms": 1000 * ((first or time.perf_counter()) - start), "total_ms": 1000 * total, "new_tokens": new}

@@ -90,21 +90,16 @@ def _stream_llama(llm: Any, prompt: str, out: TextIO, max_new_tokens: int) -> di
     """Greedy answer streamed from llama.cpp (a fresh context per answer)."""
     import codecs
 
-    from loragen.deploy.llamacpp import tokenize
+    from loragen.deploy.llamacpp import stream, tokenize
 
     ids = tokenize(llm, prompt)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    llm.reset()
     start, first, new = time.perf_counter(), None, 0
-    for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
-        if token == llm.token_eos():
-            break
+    for token in stream(llm, ids, max_new_tokens):
         first = first or time.perf_counter()
         new += 1
         out.write(decoder.decode(llm.detokenize([token])))
         out.flush()
-        if new >= max_new_tokens:
-            break
     out.write(decoder.decode(b"", final=True) + "\n")
     seconds = time.perf_counter() - start
     return {"prompt_tokens": len(ids), "new_tokens": new, "seconds": seconds,

@@ -75,9 +75,11 @@ def write_payload(side: EdgeSide, lora: Any, record: GatesRecord, fmt: str, dire
         from loragen.deploy import gguf_export
 
         path = directory / gguf_export.file_name(fmt, gguf_type)
-        write = gguf_export.write_model if fmt == "gguf" else gguf_export.write_lora
-        write(side, lora, path, gguf_type, gguf_keys(side, record))
-        merge_seconds = timed_merge(side, lora)
+        if fmt == "gguf":  # merges once, and times it
+            merge_seconds = gguf_export.write_model(side, lora, path, gguf_type, gguf_keys(side, record))
+        else:
+            gguf_export.write_lora(side, lora, path, gguf_type, gguf_keys(side, record))
+            merge_seconds = timed_merge(side, lora)
     elif fmt == "peft":
         save_peft_adapter(lora, directory, base_model_name_or_path=base_model_name(side))
         merge_seconds = timed_merge(side, lora)

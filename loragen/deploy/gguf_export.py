@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,8 +99,9 @@ def to_llama_cpp_rows(array: np.ndarray, gguf_name: str, config: Any) -> np.ndar
 
 
 def write_model(side: EdgeSide, lora: GeneratedLoRA | None, path: Path, gguf_type: str = "f16",
-                meta: dict[str, Any] | None = None) -> None:
-    """The edge model with ``lora`` merged (the base model for ``None``) as one GGUF file at ``path``."""
+                meta: dict[str, Any] | None = None) -> float:
+    """The edge model with ``lora`` merged (the base model for ``None``) as one GGUF file at ``path``;
+    returns the seconds the merge took."""
     import gguf
     import torch
 
@@ -123,8 +125,10 @@ def write_model(side: EdgeSide, lora: GeneratedLoRA | None, path: Path, gguf_typ
                           "f32": gguf.LlamaFileType.ALL_F32}[gguf_type])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_loragen_keys(writer, {**(meta or {}), "source_gguf_sha256": sha256_file(source)})
+    start = time.perf_counter()
     merged = side.edge_lora.merged_lora(lora) if lora is not None else contextlib.nullcontext()
     with merged, torch.no_grad():
+        merge_seconds = time.perf_counter() - start
         params = dict(model.named_parameters())
         for tensor in reader.tensors:
             if tensor.name not in names:
@@ -138,6 +142,7 @@ def write_model(side: EdgeSide, lora: GeneratedLoRA | None, path: Path, gguf_typ
                                    "checkpoint's edge model")
             _add_tensor(writer, tensor.name, array, gguf_type)
     _finish(writer)
+    return merge_seconds
 
 
 def write_lora(side: EdgeSide, lora: GeneratedLoRA, path: Path, gguf_type: str = "f16",

@@ -9,7 +9,7 @@ runtime's own numbers for the parity tests, ``loragen chat --gguf`` and ``script
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,9 @@ def load(model_path: str | os.PathLike[str], *, lora_path: str | os.PathLike[str
     from loragen.deploy.gguf_export import read_loragen_keys
 
     model_path = _existing(model_path, "GGUF model")
-    read_loragen_keys(model_path)  # a file that is not a whole GGUF fails here, in one line
+    model_keys = read_loragen_keys(model_path)  # a file that is not a whole GGUF fails here, in one line
     if lora_path is not None:
-        check_adapter_base(_existing(lora_path, "GGUF LoRA adapter"), model_path)
+        check_adapter_base(_existing(lora_path, "GGUF LoRA adapter"), model_path, model_keys)
     try:
         from llama_cpp import Llama
     except ImportError as err:
@@ -44,15 +44,15 @@ def load(model_path: str | os.PathLike[str], *, lora_path: str | os.PathLike[str
                            f"({' '.join(str(err).split())}): give GGUF files written for this edge") from err
 
 
-def check_adapter_base(lora_path: Path, model_path: Path) -> None:
+def check_adapter_base(lora_path: Path, model_path: Path, model_keys: dict[str, Any]) -> None:
     """Refuse an adapter on a base GGUF other than the one it was written for (llama.cpp itself checks
     only the architecture and shapes, so another model of the same shape would load silently). The base
-    is the edge GGUF the adapter records, or a loragen re-export of it (e.g. in f16) without a LoRA."""
+    is the edge GGUF the adapter records, or a loragen re-export of it (e.g. in f16) without a LoRA;
+    ``model_keys`` are the base's ``loragen.*`` keys (``load`` has read them)."""
     from loragen.deploy.gguf_export import read_loragen_keys
     from loragen.files import sha256_file
 
     wanted = read_loragen_keys(lora_path).get("source_gguf_sha256")
-    model_keys = read_loragen_keys(model_path)
     if model_keys.get("system_prompt_sha256"):
         raise LoRAGenError(f"{model_path} is already a specialized GGUF (a LoRA is merged into it): load {lora_path} "
                            "on the base edge GGUF instead")
@@ -73,17 +73,23 @@ def logits(llm: Any, tokens: Sequence[int]) -> np.ndarray:
     return np.array(llm.scores[: len(tokens)], dtype=np.float32)
 
 
-def greedy(llm: Any, tokens: Sequence[int], max_new_tokens: int) -> list[int]:
-    """Greedy continuation of ``tokens`` (a fresh context: nothing reused from an earlier request)."""
+def stream(llm: Any, tokens: Sequence[int], max_new_tokens: int) -> Iterator[int]:
+    """Greedy new tokens after ``tokens``, from a fresh context (nothing reused from an earlier request),
+    until end of text or ``max_new_tokens``."""
     llm.reset()
-    out: list[int] = []
+    new = 0
     for token in llm.generate(list(tokens), temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
         if token == llm.token_eos():
-            break
-        out.append(int(token))
-        if len(out) >= max_new_tokens:
-            break
-    return out
+            return
+        yield int(token)
+        new += 1
+        if new >= max_new_tokens:
+            return
+
+
+def greedy(llm: Any, tokens: Sequence[int], max_new_tokens: int) -> list[int]:
+    """The whole greedy continuation of ``tokens`` (``stream`` collected)."""
+    return list(stream(llm, tokens, max_new_tokens))
 
 
 def option_logliks(llm: Any, requests: Sequence[tuple[list[int], list[int]]]) -> list[float]:
