@@ -1,10 +1,8 @@
 """Lightning callbacks shipped with loragen (importable as ``callbacks.*`` next to ``loragen``)."""
 
-from callbacks.deployment_eval import DeploymentEvaluation
 from callbacks.nonfinite import NonFiniteGuard
 from callbacks.prediction_writer import JsonlPredictionWriter
 from callbacks.progress_lines import ProgressLines
 from callbacks.router_stats import RouterCollapseWarning, RouterStatistics
 
-__all__ = ["DeploymentEvaluation", "JsonlPredictionWriter", "NonFiniteGuard", "ProgressLines", "RouterCollapseWarning",
-           "RouterStatistics"]
+__all__ = ["JsonlPredictionWriter", "NonFiniteGuard", "ProgressLines", "RouterCollapseWarning", "RouterStatistics"]

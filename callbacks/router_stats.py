@@ -81,7 +81,7 @@ class RouterStatistics(Callback):
             warnings.warn(
                 f"router collapse: expert(s) {self.collapsed} received under {100 * self.collapse_threshold:g}% of "
                 f"the routing weight in epoch {trainer.current_epoch} (shares {[round(float(s), 4) for s in share]}); "
-                "raise model.aux_coef or lower num_experts",
+                "raise model.pool.aux_coef or lower model.pool.num_experts",
                 RouterCollapseWarning, stacklevel=2,
             )
         if self.save_heatmaps and trainer.is_global_zero:

@@ -36,19 +36,13 @@ common options:
   --config FILE           YAML config (see configs/; e.g. configs/quickstart.yaml)
   --print_config          print the fully resolved config and exit
   --ckpt_path PATH|last   checkpoint to resume from or evaluate
-  --model.*, --data.*, --trainer.*   any field, e.g. --model.num_experts 4 --trainer.max_steps 50
+  --model.*, --data.*, --trainer.*   any field, e.g. --model.pool.num_experts 4 --trainer.max_steps 50
 
 Run `loragen SUBCOMMAND --help` for every option of a subcommand.
 """
 
 
 DEPLOY_COMMANDS = ("generate", "apply", "chat", "serve")
-# model arguments that only change how a trained model is evaluated, never its weights
-# arguments older loragen versions stored in checkpoints and this one no longer has (dropped on load)
-RETIRED_ARGS = ("length_normalize",)
-EVAL_ONLY_ARGS = ("reference", "zero_shot_reference", "sensitivity", "scoring", "metric", "max_new_tokens",
-                  "eval_path")
-
 
 def _cli_class() -> type:
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -70,51 +64,33 @@ def _cli_class() -> type:
             parser.link_arguments("model.init_args.cloud", "data.init_args.cloud")
             parser.link_arguments("model.init_args.edge", "data.init_args.edge")
             # the data asks each question in the formulation the model's scoring grades
-            parser.link_arguments("model.init_args.scoring", "data.init_args.scoring")
+            parser.link_arguments("model.init_args.eval.scoring", "data.init_args.scoring")
 
-        def _parse_ckpt_path(self) -> None:
-            """Lightning fills the model's arguments from a ``--ckpt_path`` checkpoint (so the model matches
-            its weights) and would thereby override the config and the command line for every argument.
-            Evaluation-only settings (scoring, references, generation length, eval path) are taken from
-            the config and the command line instead, so ``loragen test --ckpt_path X --model.init_args.scoring
-            generate`` does what it says."""
-            from pathlib import Path
-
-            from loragen.files import load_checkpoint
-            from loragen.release import is_release, resolve_checkpoint
-
+        def parse_arguments(self, parser, args) -> None:  # noqa: ANN001
+            """A ``--ckpt_path`` that is a released generator (``bundled:NAME``) or a checkpoint of an older
+            loragen becomes the loragen checkpoint it stands for, before Lightning reads the model's
+            arguments from it (the weight-shaping ones: a checkpoint never stores how it is evaluated)."""
+            super().parse_arguments(parser, args)
             subcommand = self.config.get("subcommand")
             ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-            if ckpt_path and is_release(ckpt_path):  # bundled:NAME: its checkpoint, built once in the cache
-                ckpt_path = str(resolve_checkpoint(ckpt_path))
-                self.config[subcommand]["ckpt_path"] = ckpt_path
-            if not ckpt_path or not Path(ckpt_path).is_file():
-                return
-            hparams = dict(load_checkpoint(ckpt_path).get("hyper_parameters", {}))
-            class_path = hparams.pop("_class_path", None)
-            skip = EVAL_ONLY_ARGS if subcommand == "fit" else (*EVAL_ONLY_ARGS, "init_from")  # weights come from X
-            hparams = {k: v for k, v in hparams.items()
-                       if not k.startswith("_") and k not in skip and k not in RETIRED_ARGS}
-            if hparams and class_path:  # written by this CLI: the class is known
-                model = {"class_path": class_path, "init_args": hparams}
-                try:
-                    self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
-                except SystemExit:
-                    sys.stderr.write(f"loragen: the model arguments stored in {ckpt_path} do not parse "
-                                     f"for {class_path}\n")
-                    raise
+            if ckpt_path:
+                from loragen.release import resolve_checkpoint
+
+                self.config[subcommand]["ckpt_path"] = str(resolve_checkpoint(ckpt_path))
 
         def before_instantiate_classes(self) -> None:
             """Check model and data settings (cheaply) before any model is loaded."""
+            from loragen.models.edge_method import check_method_args
+
             config = self.config[self.subcommand] if self.subcommand else self.config
-            for key in ("model", "data"):
-                section = config.get(key)
-                if section is None or not section.get("class_path"):
-                    continue
-                module_name, _, class_name = section["class_path"].rpartition(".")
+            model, data = config.get("model"), config.get("data")
+            if model is not None and model.get("class_path"):  # the typed groups validate themselves
+                check_method_args(model["class_path"], model.get("init_args") or {})
+            if data is not None and data.get("class_path"):  # files and tasks exist, before any model loads
+                module_name, _, class_name = data["class_path"].rpartition(".")
                 cls = getattr(importlib.import_module(module_name), class_name)
                 if hasattr(cls, "check_config"):
-                    cls.check_config(**dict(section.get("init_args") or {}))
+                    cls.check_config(**dict(data.get("init_args") or {}))
             root = (config.get("trainer") or {}).get("default_root_dir")
             if self.subcommand == "fit" and root:  # one fit per run directory: a second is refused, not interleaved
                 from loragen.files import lock_run_directory

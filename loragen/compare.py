@@ -2,15 +2,17 @@
 
     loragen compare --config configs/quickstart.yaml --out runs/compare
     loragen compare --config configs/quickstart.yaml --methods loragen,lora,lora_prompted \\
-        --set lora.rank=16 --out runs/compare
+        --set lora.pool.rank=16 --out runs/compare
 
 The configuration is a LoRA-Gen one (``model.class_path`` = ``LoRAGenModule``). Every method gets
 the same data (tasks, splits, shots, limits), trainer (step budget, precision, strategy), optimizer
-settings (``lr``, ``weight_decay``, ``warmup_steps``, ``min_lr_ratio``: the same AdamW + warmup/cosine
-schedule), scoring and seed; the MoE baselines also take LoRA-Gen's expert count, rank, top-k and
-balance loss, so pools are the same size. ``--set METHOD.KEY=VALUE`` overrides one method's model
-argument. Untrained methods (``base``, ``few_shot``) are only tested. Any other option is passed to
-every ``loragen fit`` / ``loragen test`` (e.g. ``--trainer.max_steps 30``).
+group (the same AdamW + warmup/cosine schedule), evaluation group (scoring, metric, answer length)
+and seed; every method that takes a ``pool`` group gets LoRA-Gen's whole pool (LoRA its rank, alpha
+and targets; the MoE baselines also its expert count, top-k and balance loss), so adapters are the same
+size. Groups are copied whole, so a field added to a group reaches every method. ``--set
+METHOD.KEY=VALUE`` overrides one method's model argument (``lora.pool.rank=16``: one group field).
+Untrained methods (``base``, ``few_shot``) are only tested. Any other option is passed to every
+``loragen fit`` / ``loragen test`` (e.g. ``--trainer.max_steps 30``).
 
 Each method runs ``loragen fit`` + ``loragen test`` in its own subprocess and directory
 (``<out>/<method>/``); a finished method leaves ``method.json`` and is skipped when the command is
@@ -33,9 +35,7 @@ from loragen.files import atomic_write_text
 
 LORAGEN_CLASS = "loragen.models.lora_gen_module.LoRAGenModule"
 BASELINES = "loragen.models.baselines"
-SHARED_ARGS = ("edge", "cloud", "lr", "weight_decay", "warmup_steps", "min_lr_ratio", "scoring",
-               "metric", "max_new_tokens", "seed")
-POOL_ARGS = ("num_experts", "rank", "lora_alpha", "aux_loss", "aux_coef")
+SHARED_ARGS = ("edge", "cloud", "optim", "eval", "pool", "seed")  # whole groups: what every method shares
 
 METHODS: dict[str, dict[str, Any]] = {
     "loragen": {"class_path": LORAGEN_CLASS, "init_args": {}, "train": True,
@@ -48,20 +48,20 @@ METHODS: dict[str, dict[str, Any]] = {
              "help": "one PEFT LoRA on the edge, trained on the mixture, no system prompt"},
     "lora_prompted": {"class_path": f"{BASELINES}.LoRABaseline", "init_args": {"system_prompt": True},
                       "train": True, "help": "one PEFT LoRA, trained and served with the system prompt in context"},
-    "mixlora": {"class_path": f"{BASELINES}.MixLoRABaseline", "init_args": {}, "train": True, "pool": True,
+    "mixlora": {"class_path": f"{BASELINES}.MixLoRABaseline", "init_args": {}, "train": True,
                 "help": "MixLoRA-style top-k token routing over LoRA experts in each MLP + attention LoRA"},
-    "loramoe": {"class_path": f"{BASELINES}.LoRAMoEBaseline", "init_args": {}, "train": True, "pool": True,
+    "loramoe": {"class_path": f"{BASELINES}.LoRAMoEBaseline", "init_args": {}, "train": True,
                 "help": "LoRAMoE-style dense (soft) token routing over LoRA experts in the MLP linears"},
     "prompt_tuning": {"class_path": f"{BASELINES}.PromptTuningBaseline", "init_args": {}, "train": True,
                       "help": "PEFT prompt tuning: a learned soft prompt read before every request"},
 }
 DEFAULT_METHODS = list(METHODS)
 __doc__ += "\n".join(f"  {name:<14} {spec['help']}" for name, spec in METHODS.items())
-LORAGEN_ONLY_CALLBACKS = ("DeploymentEvaluation", "RouterStatistics")
+LORAGEN_ONLY_CALLBACKS = ("RouterStatistics",)
 
 
 def parse_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
-    """``["lora.rank=16"]`` → ``{"lora": {"rank": 16}}``."""
+    """``["lora.rank=16", "lora.pool.rank=16"]`` → ``{"lora": {"rank": 16, "pool": {"rank": 16}}}``."""
     import yaml
 
     sets: dict[str, dict[str, Any]] = {}
@@ -69,53 +69,59 @@ def parse_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]
         key, sep, value = item.partition("=")
         method, dot, arg = key.partition(".")
         if not sep or not dot or not arg:
-            raise LoRAGenError(f"--set {item!r} is not METHOD.KEY=VALUE: e.g. lora.rank=16")
+            raise LoRAGenError(f"--set {item!r} is not METHOD.KEY=VALUE: e.g. lora.pool.rank=16")
         if method not in methods:
             raise LoRAGenError(f"--set {item!r} names method {method!r}, which is not compared: use one of {methods}")
-        sets.setdefault(method, {})[arg] = yaml.safe_load(value)
+        node = sets.setdefault(method, {})
+        *parents, leaf = arg.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = yaml.safe_load(value)
     return sets
 
 
-def _check_overrides(method: str, overrides: dict[str, Any]) -> None:
-    import importlib
-    import inspect
-
-    module_name, _, class_name = METHODS[method]["class_path"].rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    for key in overrides:
-        if key not in known:
-            raise LoRAGenError(f"--set {method}.{key}: {class_name} has no argument {key!r} (its arguments: "
-                               f"{', '.join(known)})")
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides`` applied (a group override changes only the fields it names)."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        both = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = _merge(merged[key], value) if both else value
+    return merged
 
 
 def method_config(base: dict[str, Any], method: str, overrides: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """The base (LoRA-Gen) config turned into ``method``'s config, outputs moved into ``run_dir``."""
+    """The base (LoRA-Gen) config turned into ``method``'s config, outputs moved into ``run_dir``: the
+    shared arguments and groups the method takes are copied whole, then the method's own settings and
+    the ``--set`` overrides are applied; everything is validated before anything runs."""
+    from loragen.models.edge_method import check_method_args, method_arguments
     from loragen.sweep import point_config
 
     spec = METHODS[method]
-    _check_overrides(method, overrides)
     config = point_config(base, {}, run_dir)
     loragen_args = dict((config.get("model") or {}).get("init_args") or {})
     if method == "loragen":
         # its references are the base / few_shot rows of the comparison: not computed twice
-        init_args = {**loragen_args, "reference": False, "zero_shot_reference": False, **overrides}
-        config.setdefault("data", {}).setdefault("init_args", {})["reference"] = init_args["reference"]
+        init_args = _merge(loragen_args, {"eval": {"reference": False, "zero_shot_reference": False}})
+        init_args = _merge(init_args, overrides)
     else:
-        init_args = {k: loragen_args[k] for k in SHARED_ARGS if k in loragen_args}
-        if method.startswith("lora") and method != "loramoe" and loragen_args.get("target_modules"):
-            init_args["target_modules"] = loragen_args["target_modules"]  # the same edge linears as LoRA-Gen
-        if spec.get("pool"):
-            init_args.update({k: loragen_args[k] for k in POOL_ARGS if k in loragen_args})
-            if method == "mixlora" and "top_k" in loragen_args:
-                init_args["top_k"] = loragen_args["top_k"]
-        init_args.update(spec["init_args"])
-        init_args.update(overrides)
-        if init_args.get("system_prompt"):  # evaluated on the edge prompts that include the system prompt
-            config.setdefault("data", {}).setdefault("init_args", {})["reference"] = True
+        import importlib
+
+        module_name, _, class_name = spec["class_path"].rpartition(".")
+        takes = method_arguments(getattr(importlib.import_module(module_name), class_name))
+        init_args = {k: loragen_args[k] for k in SHARED_ARGS if k in loragen_args and k in takes}
+        init_args = _merge(_merge(init_args, spec["init_args"]), overrides)
         callbacks = config["trainer"].get("callbacks") or []
         config["trainer"]["callbacks"] = [c for c in callbacks if not (isinstance(c, dict) and any(
             c.get("class_path", "").endswith(name) for name in LORAGEN_ONLY_CALLBACKS))]
+    try:
+        check_method_args(spec["class_path"], init_args)
+    except LoRAGenError as err:
+        raise LoRAGenError(f"method {method}: {err}") from None
+    data = config.setdefault("data", {}).setdefault("init_args", {})
+    if method == "loragen":
+        data["reference"] = bool(init_args["eval"].get("reference"))
+    elif init_args.get("system_prompt"):  # evaluated on the edge prompts that include the system prompt
+        data["reference"] = True
     config["model"] = {"class_path": spec["class_path"], "init_args": init_args}
     return config
 
@@ -161,8 +167,9 @@ def budget(config: dict[str, Any]) -> str:
         if trainer.get(key) not in (None, 1, -1, 1.0) or (key == "max_time" and trainer.get(key)):
             parts.append(f"{key}={trainer[key]}")
     parts.append(f"batch_size={data.get('batch_size', 'default')}")
-    parts.append(f"AdamW lr={model.get('lr', 'default')}, warmup={model.get('warmup_steps', 'default')} steps, "
-                 f"cosine to {model.get('min_lr_ratio', 'default')}×lr")
+    optim = model.get("optim") or {}
+    parts.append(f"AdamW lr={optim.get('lr', 'default')}, warmup={optim.get('warmup_steps', 'default')} steps, "
+                 f"cosine to {optim.get('min_lr_ratio', 'default')}×lr")
     if model.get("init_from"):
         parts.append(f"starting from {model['init_from']}")
     return ", ".join(parts)
@@ -219,7 +226,7 @@ def compare(config: str, methods: list[str], out: str, sets: dict[str, dict[str,
             extra: list[str] | None = None) -> list[dict[str, Any]]:
     import yaml
 
-    from loragen.sweep import run_point, validate_point
+    from loragen.sweep import run_point
 
     base = yaml.safe_load(Path(config).read_text())
     class_path = ((base.get("model") or {}).get("class_path")) or ""
@@ -231,7 +238,6 @@ def compare(config: str, methods: list[str], out: str, sets: dict[str, dict[str,
     for method in methods:  # validate everything before anything starts
         run_dir = out_dir / method
         resolved = method_config(base, method, (sets or {}).get(method, {}), run_dir)
-        validate_point(resolved, method)
         plans.append((method, run_dir, resolved))
     rows, meta, budgets, failed = [], {}, {}, []
     for i, (method, run_dir, resolved) in enumerate(plans, 1):

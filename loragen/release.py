@@ -18,6 +18,7 @@ so every command that takes ``--ckpt_path`` (``test``, ``generate``, ``apply``, 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -106,14 +107,17 @@ def read_release(directory: Path) -> dict[str, Any]:
 
 
 def resolve_checkpoint(source: str | os.PathLike[str]) -> Path:
-    """A ``--ckpt_path`` value as a checkpoint file: a release becomes its cached loragen checkpoint."""
+    """A ``--ckpt_path`` value as a checkpoint file of this loragen: a release becomes its cached
+    loragen checkpoint; a checkpoint written before the typed config groups becomes an upgraded copy
+    in the cache (its flat model arguments regrouped, evaluation settings dropped; weights untouched)."""
     if not is_release(source):
-        return Path(source).expanduser()
-    import torch
+        path = Path(source).expanduser()
+        return _upgraded(path) if path.is_file() else path
     from safetensors.torch import load_file
 
     from loragen.backbones import cache_root
-    from loragen.files import atomic_write_bytes, sha256_file
+    from loragen.files import sha256_file
+    from loragen.models.config import upgrade_hparams
 
     directory = _release_dir(str(source))
     meta = read_release(directory)
@@ -121,23 +125,52 @@ def resolve_checkpoint(source: str | os.PathLike[str]) -> Path:
     if digest != meta["weights_sha256"]:
         raise LoRAGenError(f"{directory / WEIGHTS} does not match the sha256 in {META} (corrupted or edited): "
                            "reinstall loragen or re-export the release")
-    target = cache_root() / "releases" / f"{meta['name']}-{digest[:16]}.ckpt"
+    hparams = upgrade_hparams(meta["hyper_parameters"]) or meta["hyper_parameters"]
+    tag = hashlib.sha256(json.dumps(hparams, sort_keys=True).encode()).hexdigest()[:8]
+    target = cache_root() / "releases" / f"{meta['name']}-{digest[:16]}-{tag}.ckpt"
     if target.is_file():
         return target
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(directory / WEIGHTS)).items()}
-    import io
-
     import lightning
 
-    checkpoint = {"state_dict": state, "hyper_parameters": meta["hyper_parameters"], "epoch": 0,
+    checkpoint = {"state_dict": state, "hyper_parameters": hparams, "epoch": 0,
                   "global_step": meta.get("trained_steps") or 0, "pytorch-lightning_version": lightning.__version__,
                   "datamodule_hyper_parameters": {"max_system_tokens": meta.get("max_system_tokens")},
                   "loragen": {"fingerprint": meta["fingerprint"], "format": 1, "release": meta["name"],
                               "release_weights_sha256": digest}}
+    _save(checkpoint, target)
+    return target
+
+
+def _upgraded(path: Path) -> Path:
+    """``path`` itself, or for a checkpoint of an older loragen its upgraded copy (built once in the cache)."""
+    from loragen.backbones import cache_root
+    from loragen.files import load_checkpoint, sha256_file
+    from loragen.models.config import upgrade_hparams
+
+    checkpoint = load_checkpoint(path)  # a file that is not a loragen checkpoint fails here, in one line
+    hparams = upgrade_hparams(checkpoint.get("hyper_parameters") or {})
+    if hparams is None:
+        return path
+    target = cache_root() / "upgraded" / f"{path.stem}-{sha256_file(path)[:16]}.ckpt"
+    if not target.is_file():
+        checkpoint["hyper_parameters"] = hparams
+        _save(checkpoint, target)
+    print(f"loragen: {path} was written by an older loragen (flat model arguments): using its upgraded copy "
+          f"{target}", file=sys.stderr, flush=True)
+    return target
+
+
+def _save(checkpoint: dict[str, Any], target: Path) -> None:
+    import io
+
+    import torch
+
+    from loragen.files import atomic_write_bytes
+
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     atomic_write_bytes(target, buffer.getvalue())
-    return target
 
 
 def main(argv: list[str] | None = None) -> None:

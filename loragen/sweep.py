@@ -1,7 +1,7 @@
 """``loragen sweep``: an offline grid of ``loragen fit`` + ``loragen test``, one run directory per point.
 
     loragen sweep --config configs/quickstart.yaml \\
-        --grid model.init_args.num_experts=2,4,8 --grid model.init_args.aux_coef=0,0.01 --out runs/sweep
+        --grid model.init_args.pool.num_experts=2,4,8 --grid model.init_args.pool.aux_coef=0,0.01 --out runs/sweep
 
 Each point gets ``<out>/<key=value__...>/`` with its fully resolved ``config.yaml``, checkpoints,
 logs, ``results.json`` and a ``point.json`` marker written when the point finished; re-running the
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib
 import itertools
 import json
 import subprocess
@@ -50,7 +49,7 @@ def split_values(values: str) -> list[str]:
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
-    """``["model.init_args.num_experts=2,4"]`` → ``{"model.init_args.num_experts": [2, 4]}``; list
+    """``["model.init_args.pool.num_experts=2,4"]`` → ``{"model.init_args.pool.num_experts": [2, 4]}``; list
     values in brackets (``target_modules=[q_proj,v_proj],[gate_proj]``) stay whole."""
     import yaml
 
@@ -58,7 +57,7 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
     for item in items:
         key, sep, values = item.partition("=")
         if not sep or not key or not values:
-            raise LoRAGenError(f"--grid {item!r} is not KEY=V1,V2,...: e.g. model.init_args.num_experts=2,4,8")
+            raise LoRAGenError(f"--grid {item!r} is not KEY=V1,V2,...: e.g. model.init_args.pool.num_experts=2,4,8")
         grid[key] = [yaml.safe_load(v) for v in split_values(values)]
     return grid
 
@@ -75,13 +74,13 @@ def read_points(path: str) -> dict[str, dict[str, Any]]:
     points = yaml.safe_load(file.read_text())
     if not isinstance(points, dict) or not points:
         raise LoRAGenError(f"--points file {path} must be a mapping of point names to overrides, e.g. "
-                           "'base: {}' and 'low_lr: {model.init_args.lr: 3e-4}'")
+                           "'base: {}' and 'low_lr: {model.init_args.optim.lr: 3e-4}'")
     for name, overrides in points.items():
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.=-]+", name):
             raise LoRAGenError(f"--points file {path}: point name {name!r} must be letters, digits, _ . = -")
         if not isinstance(overrides or {}, dict) or not all(isinstance(k, str) for k in (overrides or {})):
             raise LoRAGenError(f"--points file {path}: point {name!r} must map dotted config keys to values, "
-                               "e.g. {model.init_args.lr: 3e-4}")
+                               "e.g. {model.init_args.optim.lr: 3e-4}")
     return {name: dict(overrides or {}) for name, overrides in points.items()}
 
 
@@ -119,13 +118,12 @@ def validate_point(config: dict[str, Any], name: str) -> None:
     class_path = model.get("class_path", "")
     if not class_path:
         return
-    module_name, _, class_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    if hasattr(cls, "check_config"):
-        try:
-            cls.check_config(**(model.get("init_args") or {}))
-        except LoRAGenError as err:
-            raise LoRAGenError(f"sweep point {name} is invalid: {err}") from None
+    from loragen.models.edge_method import check_method_args
+
+    try:
+        check_method_args(class_path, model.get("init_args") or {})
+    except LoRAGenError as err:
+        raise LoRAGenError(f"sweep point {name} is invalid: {err}") from None
 
 
 def run_point(config_path: Path, run_dir: Path, extra: list[str], fit: bool = True) -> dict[str, Any]:

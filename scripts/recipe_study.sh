@@ -15,7 +15,7 @@ PRE="$OUT/alpaca-pretrain"
 if [ ! -f "$PRE/done" ]; then
   resume=(); [ -f "$PRE/checkpoints/last.ckpt" ] && resume=(--ckpt_path "$PRE/checkpoints/last.ckpt")
   loragen fit --config configs/pretrain/alpaca.yaml --data.init_args.data_dir "$DATA" \
-    --trainer.max_steps 50 --model.init_args.warmup_steps 10 --trainer.default_root_dir "$PRE" \
+    --trainer.max_steps 50 --model.init_args.optim.warmup_steps 10 --trainer.default_root_dir "$PRE" \
     --trainer.logger false --trainer.callbacks "[{class_path: lightning.pytorch.callbacks.ModelCheckpoint, \
 init_args: {dirpath: $PRE/checkpoints, save_last: true, save_top_k: 0}}]" "${resume[@]}"
   touch "$PRE/done"
@@ -28,8 +28,8 @@ loragen sweep --config configs/commonsense/study.yaml --points "$OUT/points.yaml
 # the references on the same dev items (they do not depend on the point), with the base point's rows
 if ! find "$OUT/references" -name results.json 2>/dev/null | grep -q .; then
   loragen test --config configs/commonsense/study.yaml --data.init_args.data_dir "$DATA" \
-    --ckpt_path "$OUT/base/checkpoints/last.ckpt" --model.init_args.reference true --data.init_args.reference true \
-    --model.init_args.zero_shot_reference true --trainer.default_root_dir "$OUT/references" \
+    --ckpt_path "$OUT/base/checkpoints/last.ckpt" --model.init_args.eval.reference true --data.init_args.reference true \
+    --model.init_args.eval.zero_shot_reference true --trainer.default_root_dir "$OUT/references" \
     --trainer.logger.init_args.save_dir "$OUT/references" --verbose false
 fi
 
@@ -38,7 +38,7 @@ BEST=$(python -c "import csv,sys; rows=list(csv.DictReader(open(sys.argv[1]))); 
 print(max(rows, key=lambda r: float(r['acc_mean']))['point'])" "$OUT/sweep.csv")
 if ! find "$OUT/sensitivity-$BEST" -name results.json 2>/dev/null | grep -q .; then
   loragen test --config "$OUT/$BEST/config.yaml" --data.init_args.data_dir "$DATA" --ckpt_path "$OUT/$BEST/checkpoints/last.ckpt" \
-    --model.init_args.sensitivity true --trainer.default_root_dir "$OUT/sensitivity-$BEST" \
+    --model.init_args.eval.sensitivity true --trainer.default_root_dir "$OUT/sensitivity-$BEST" \
     --trainer.logger.init_args.save_dir "$OUT/sensitivity-$BEST" --verbose false
 fi
 echo "best point: $BEST"

@@ -23,7 +23,7 @@ card() {  # NAME, then the test's extra arguments
   if [ -n "${ONLY:-}" ] && [ "$ONLY" != "$name" ]; then return; fi
   if [ -f "$OUT/$name/results.md" ]; then echo "release_card: $name done before, skipped"; return; fi
   loragen test --config configs/commonsense/seen.yaml --data.init_args.data_dir "$DATA" --ckpt_path "$CKPT" \
-    --model.init_args.reference true --model.init_args.zero_shot_reference true --model.init_args.sensitivity true \
+    --model.init_args.eval.reference true --model.init_args.eval.zero_shot_reference true --model.init_args.eval.sensitivity true \
     --data.init_args.reference true --trainer.default_root_dir "$OUT/$name" --trainer.logger false \
     --verbose false "$@"   # no logger: results.json / results.md / items.jsonl land in $OUT/$name
 }

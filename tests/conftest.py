@@ -54,8 +54,9 @@ def randomize_pool(pool, std: float = 0.05, seed: int = 0) -> None:
 
 # ----------------------------------------------------------------------------- shared helpers (tiny models)
 
-TINY = {"cloud": "tiny:qwen2", "edge": "tiny:llama", "num_experts": 4, "top_k": 2, "rank": 4, "router_hidden": 16,
-        "lr": 0.01, "warmup_steps": 1}
+TINY_POOL = {"num_experts": 4, "top_k": 2, "rank": 4}
+TINY = {"cloud": "tiny:qwen2", "edge": "tiny:llama", "pool": TINY_POOL, "router_hidden": 16,
+        "optim": {"lr": 0.01, "warmup_steps": 1}}
 
 
 def _data(**kw):
@@ -87,7 +88,7 @@ def _save_checkpoint(path: Path, cloud: str, edge: str) -> Path:
     from loragen.models.lora_gen_module import LoRAGenModule
 
     torch.manual_seed(0)
-    module = LoRAGenModule(cloud=cloud, edge=edge, num_experts=4, top_k=2, rank=4, router_hidden=16)
+    module = LoRAGenModule(cloud=cloud, edge=edge, pool=TINY_POOL, router_hidden=16)
     randomize_pool(module.model.pool, std=0.2)  # B is zero-initialised: make the LoRA matter
     trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_checkpointing=False,
                         enable_model_summary=False)

@@ -12,19 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from callbacks import DeploymentEvaluation
 from loragen import LoRAGenError
 from loragen.data.tokenize import Collator
 from loragen.models.baselines import BaseModel, LoRABaseline, LoRAMoEBaseline, MixLoRABaseline, PromptTuningBaseline
 from tests.conftest import _data, _trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-EDGE = {"edge": "tiny:llama", "cloud": "tiny:qwen2", "lr": 0.01, "warmup_steps": 1}
+EDGE = {"edge": "tiny:llama", "cloud": "tiny:qwen2", "optim": {"lr": 0.01, "warmup_steps": 1}}
 TRAINED = {
     "lora": (LoRABaseline, {}),
     "lora_prompted": (LoRABaseline, {"system_prompt": True}),
-    "mixlora": (MixLoRABaseline, {"num_experts": 4, "top_k": 2, "rank": 4, "attention_rank": 4}),
-    "loramoe": (LoRAMoEBaseline, {"num_experts": 4, "rank": 4}),
+    "mixlora": (MixLoRABaseline, {"pool": {"num_experts": 4, "top_k": 2, "rank": 4}, "attention_rank": 4}),
+    "loramoe": (LoRAMoEBaseline, {"pool": {"num_experts": 4, "rank": 4}}),
     "prompt_tuning": (PromptTuningBaseline, {"num_virtual_tokens": 16}),
 }
 
@@ -117,7 +116,7 @@ def test_prompt_tuning_scoring_equals_a_full_forward_with_the_soft_prompt():
 
 
 def test_baseline_checkpoints_hold_only_trained_weights_and_refuse_other_methods(tmp_path):
-    module = MixLoRABaseline(**EDGE, num_experts=2, top_k=1, rank=2, attention_rank=0)
+    module = MixLoRABaseline(**EDGE, pool={"num_experts": 2, "top_k": 1, "rank": 2}, attention_rank=0)
     with torch.no_grad():
         for name, param in module.named_parameters():
             if "lora_B" in name:
@@ -126,7 +125,7 @@ def test_baseline_checkpoints_hold_only_trained_weights_and_refuse_other_methods
     module.on_save_checkpoint(checkpoint)
     trained = {n for n, p in module.named_parameters() if p.requires_grad}
     assert set(checkpoint["state_dict"]) == trained
-    fresh = MixLoRABaseline(**EDGE, num_experts=2, top_k=1, rank=2, attention_rank=0)
+    fresh = MixLoRABaseline(**EDGE, pool={"num_experts": 2, "top_k": 1, "rank": 2}, attention_rank=0)
     fresh.on_load_checkpoint(checkpoint)
     fresh.load_state_dict(checkpoint["state_dict"])
     ids = torch.randint(3, 200, (1, 9))
@@ -135,26 +134,34 @@ def test_baseline_checkpoints_hold_only_trained_weights_and_refuse_other_methods
     assert fresh.trained_steps == 7
     other = {"state_dict": dict(checkpoint["state_dict"]), "loragen": checkpoint["loragen"]}
     with pytest.raises(LoRAGenError, match="method: checkpoint 'mixlora'"):
-        LoRAMoEBaseline(**EDGE, num_experts=2, rank=2).on_load_checkpoint(other)
+        LoRAMoEBaseline(**EDGE, pool={"num_experts": 2, "top_k": 1, "rank": 2}).on_load_checkpoint(other)
     with pytest.raises(LoRAGenError, match=r"has shape \(2, .*trained with other settings"):
-        MixLoRABaseline(**EDGE, num_experts=2, top_k=1, rank=3, attention_rank=0).on_load_checkpoint(other)
+        wider = MixLoRABaseline(**EDGE, pool={"num_experts": 2, "top_k": 1, "rank": 3}, attention_rank=0)
+        wider.on_load_checkpoint(other)
 
 
 def test_bad_baseline_settings_fail_in_one_line():
-    with pytest.raises(LoRAGenError, match="top_k=3 must be between 1 and num_experts=2"):
-        MixLoRABaseline.check_config(num_experts=2, top_k=3)
+    """Each refused before the edge model loads (a typed group validates itself; a method checks its own)."""
+    from loragen.models.edge_method import check_method_args
+
+    baselines = "loragen.models.baselines."
+    with pytest.raises(LoRAGenError, match="pool.top_k=3 must be between 1 and pool.num_experts=2"):
+        MixLoRABaseline(**EDGE, pool={"num_experts": 2, "top_k": 3})
     with pytest.raises(LoRAGenError, match="num_virtual_tokens=0"):
-        PromptTuningBaseline.check_config(num_virtual_tokens=0)
+        check_method_args(baselines + "PromptTuningBaseline", {"num_virtual_tokens": 0})
     with pytest.raises(LoRAGenError, match="scoring='vote' is unknown"):
-        LoRABaseline.check_config(scoring="vote")
+        check_method_args(baselines + "LoRABaseline", {"eval": {"scoring": "vote"}})
+    with pytest.raises(LoRAGenError, match="LoRABaseline has no argument 'num_virtual_tokens'"):
+        check_method_args(baselines + "LoRABaseline", {"num_virtual_tokens": 4})
+    with pytest.raises(LoRAGenError, match=r"lora_dropout=1.5 must be in \[0, 1\)"):
+        LoRABaseline(**EDGE, lora_dropout=1.5)
 
 
 def test_base_model_refuses_to_fit_and_few_shot_pays_for_the_system_prompt(tmp_path):
     results = {}
     for few_shot in (False, True):
         module = BaseModel(**EDGE, system_prompt=few_shot)
-        # a config written for LoRA-Gen may keep its evaluation callback: it leaves baselines alone
-        trainer = _trainer(tmp_path, limit_test_batches=2, callbacks=[DeploymentEvaluation()])
+        trainer = _trainer(tmp_path, limit_test_batches=2)
         trainer.test(module, datamodule=_data(), verbose=False)
         results[few_shot] = module.last_results
     zero, few = results[False], results[True]
@@ -209,7 +216,7 @@ def test_compare_reports_a_failed_method_and_still_tables_the_others(tmp_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (["--methods", "loragen,dora"], "unknown method(s) ['dora']"),
-    (["--model.init_args.rank", "2"], "--model.init_args.rank would reach every method's model: use --set"),
+    (["--model.init_args.pool.rank", "2"], "--model.init_args.pool.rank would reach every method's model: use --set"),
     (["--set", "mixlora.rank=2", "--methods", "lora"], "names method 'mixlora', which is not compared"),
     (["--set", "lora.top_k=9", "--methods", "lora"], "LoRABaseline has no argument 'top_k'"),
     (["--set", "mixlora.top_k=9", "--methods", "mixlora"], "mixlora is invalid: top_k=9 must be between 1 and"),
@@ -258,7 +265,9 @@ def test_lora_adapter_export_loads_in_peft_with_the_same_outputs(tmp_path):
 def test_prompt_tuning_and_moe_baselines_run_on_a_bf16_edge():
     from loragen.models.scoring import score_requests
 
-    for module in (PromptTuningBaseline(**EDGE, num_virtual_tokens=4), MixLoRABaseline(**EDGE, num_experts=2, rank=2)):
+    modules = (PromptTuningBaseline(**EDGE, num_virtual_tokens=4),
+               MixLoRABaseline(**EDGE, pool={"num_experts": 2, "rank": 2}))
+    for module in modules:
         for param in module.edge.parameters():
             if not param.requires_grad:  # a bf16 edge, trained weights kept in float32 (as PEFT does)
                 param.data = param.data.to(torch.bfloat16)

@@ -37,14 +37,19 @@ def test_fit_test_predict_and_resume_through_the_cli(tmp_path):
     assert last.is_file() and last.stat().st_size < 2_000_000
     ckpt = torch.load(last, weights_only=False)
     assert ckpt["global_step"] == 4
+    # the weight-shaping groups are stored; how to evaluate never is
+    assert ckpt["hyper_parameters"]["pool"]["num_experts"] == 4 and "eval" not in ckpt["hyper_parameters"]
     cli = run(["fit", *_args(tmp_path, "--trainer.max_steps", "6"), "--ckpt_path", str(last)])
     assert cli.trainer.global_step == 6
-    cli = run(["test", *_args(tmp_path), "--ckpt_path", str(last)])
+    # the pool comes from the checkpoint, whatever the command line says
+    cli = run(["test", *_args(tmp_path, "--model.init_args.pool.num_experts", "2"), "--ckpt_path", str(last)])
+    assert cli.model.model.pool.num_experts == 4
     results = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())
     assert results["items"] == 16 and len(results["rows"]) == 5  # + the two prompt-sensitivity rows
     # evaluation settings given at test time win over the checkpoint's (architecture still comes from it)
-    cli = run(["test", *_args(tmp_path, "--model.init_args.zero_shot_reference", "false", "--model.init_args.scoring",
-                                "generate", "--model.init_args.max_new_tokens", "2"), "--ckpt_path", str(last)])
+    evaluation = ("--model.init_args.eval.zero_shot_reference", "false", "--model.init_args.eval.scoring", "generate",
+                  "--model.init_args.eval.max_new_tokens", "2")
+    cli = run(["test", *_args(tmp_path, *evaluation), "--ckpt_path", str(last)])
     results = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())
     assert [r["key"] for r in results["rows"]] == ["loragen", "rotated", "generic", "prompted"]
     assert results["scoring"] == "generation + answer extraction"
@@ -62,8 +67,8 @@ def test_fit_test_predict_and_resume_through_the_cli(tmp_path):
 @pytest.mark.parametrize(
     "extra, fragment",
     [(["--model.init_args.num_expertz", "3"], "num_expertz"),
-     (["--model.init_args.num_experts", "three"], "num_experts"),
-     (["--model.init_args.top_k", "9"], "top_k"),
+     (["--model.init_args.pool.num_experts", "three"], "num_experts"),
+     (["--model.init_args.pool.top_k", "9"], "top_k"),
      (["--model.init_args.edge", "nope:model"], "unknown model source scheme"),
      (["--data.init_args.train_files", "missing.jsonl"], "does not exist")],
 )
@@ -146,7 +151,7 @@ def test_wandb_offline_run_records_config_fingerprint_metrics_and_tables(tmp_pat
             if all(n in data for n in needles) or time.time() > deadline:
                 return data
 
-    fit_needles = (b"pair_fingerprint", b"tiny:llama", b"resolved_config", b"num_experts", b"train/loss",
+    fit_needles = (b"edge_arch", b"tiny:llama", b"resolved_config", b"num_experts", b"train/loss",
                    b"train/gate_entropy")
     fit_log = record_log(runs[0], fit_needles)
     for needle in fit_needles:
@@ -169,7 +174,8 @@ def test_csv_logger_runs_without_wandb_installed(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, cwd=ROOT)
     metrics = next(tmp_path.rglob("metrics.csv")).read_text()
     assert "train/loss" in metrics
-    assert "pair_fingerprint" in next(tmp_path.rglob("hparams.yaml")).read_text()
+    hparams = next(tmp_path.rglob("hparams.yaml")).read_text()
+    assert "edge_arch" in hparams and "max_new_tokens" in hparams  # the pair fingerprint and the eval group
 
 
 @pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
@@ -187,3 +193,27 @@ def test_an_unknown_hub_id_is_one_line_before_any_model_loads(env):
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("loragen: error: model 'nosuch/model' is not"), done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "bundled:smollm2-135m-instruct" in errors[0]
+
+
+def test_a_checkpoint_of_the_flat_argument_layout_is_upgraded(tmp_path, monkeypatch):
+    """Checkpoints written before the typed groups (flat ``num_experts``, ``lr``, ``scoring``, a retired
+    ``length_normalize``) still test and deploy: an upgraded copy (same weights) is used, its evaluation
+    settings dropped."""
+    from loragen.deploy.checkpoint import read_checkpoint
+
+    monkeypatch.setenv("LORAGEN_CACHE", str(tmp_path / "cache"))
+    run(["fit", *_args(tmp_path, "--trainer.max_steps", "2")])
+    (last,) = tmp_path.rglob("last.ckpt")
+    ckpt = torch.load(last, weights_only=False)
+    hp = ckpt["hyper_parameters"]
+    flat = {k: v for k, v in hp.items() if k not in ("pool", "optim")}
+    flat.update(hp["pool"] | hp["optim"] | {"scoring": "generate", "eval_path": "functional", "length_normalize": True})
+    ckpt["hyper_parameters"] = flat
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save(ckpt, legacy)
+    cli = run(["test", *_args(tmp_path / "t"), "--ckpt_path", str(legacy)])
+    assert cli.model.pool_config.num_experts == 4 and cli.model.evaluation.scoring == "loglik"  # config's eval
+    info = read_checkpoint(legacy)
+    assert info.pool.num_experts == 4 and info.hparams["optim"]["lr"] == 0.01 and "scoring" not in info.hparams
+    state = torch.load(info.path, weights_only=True)["state_dict"]
+    assert all(torch.equal(state[k], v) for k, v in ckpt["state_dict"].items())  # the weights untouched

@@ -4,7 +4,7 @@
   ranks and deduplicated (the distributed sampler pads an odd number of items by repeating one), and
   ``trainer.log_dir`` -- a collective -- is asked on every rank, not on rank 0 alone (which stalls
   or crashes the run).
-- ``--model.init_args.zero_shot_reference false`` removes the zero-shot row even with the
+- ``--model.init_args.eval.zero_shot_reference false`` removes the zero-shot row even with the
   quickstart config's ``callbacks.DeploymentEvaluation``.
 """
 
@@ -135,7 +135,7 @@ def test_quickstart_callbacks_obey_the_zero_shot_reference_switch(tmp_path, monk
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setattr(sys, "argv", ["loragen"])  # pytest's own arguments are not the CLI's
     runs = {}
-    for name, extra in (("default", ()), ("off", ("--model.init_args.zero_shot_reference", "false"))):
+    for name, extra in (("default", ()), ("off", ("--model.init_args.eval.zero_shot_reference", "false"))):
         cli, results = _quickstart_test(tmp_path / name, *extra)
         callbacks = [type(c).__name__ for c in cli.trainer.callbacks]
         assert "DeploymentEvaluation" in callbacks and "LearningRateMonitor" in callbacks

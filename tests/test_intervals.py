@@ -166,9 +166,9 @@ def test_compare_and_sweep_tables_show_intervals_and_still_read_older_results(tm
     with open(tmp_path / "comparison.csv") as fh:
         table = list(csv.DictReader(fh))
     assert float(table[0]["acc/boolq_ci"]) == round(boolq_ci, 2) and table[1]["mean_ci"] == ""
-    grid = {"model.init_args.num_experts": [2, 4]}
-    points = [summarize_point({"model.init_args.num_experts": 2}, {"results": new, "seconds": 1.0}),
-              summarize_point({"model.init_args.num_experts": 4}, {"results": old, "seconds": 1.0})]
+    grid = {"model.init_args.pool.num_experts": [2, 4]}
+    points = [summarize_point({"model.init_args.pool.num_experts": 2}, {"results": new, "seconds": 1.0}),
+              summarize_point({"model.init_args.pool.num_experts": 4}, {"results": old, "seconds": 1.0})]
     write_tables(points, tmp_path, grid, "acc_mean")
     sweep_md = (tmp_path / "sweep.md").read_text()
     mean, mean_ci = new["rows"][0]["mean"], new["rows"][0]["mean_ci"]

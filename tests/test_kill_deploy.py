@@ -170,7 +170,7 @@ TINY_RUN = ["--trainer.max_steps", "40", "--trainer.val_check_interval", "40", "
 def test_a_killed_sweep_or_compare_resumes_the_unfinished_point(tmp_path, runner):
     out = tmp_path / "runs"
     if runner == "sweep":
-        argv = ["sweep", "--config", "configs/tiny.yaml", "--grid", "model.init_args.num_experts=2,4", "--out",
+        argv = ["sweep", "--config", "configs/tiny.yaml", "--grid", "model.init_args.pool.num_experts=2,4", "--out",
                 str(out), *TINY_RUN]
         first, second = out / "num_experts=2", out / "num_experts=4"
         marker = "point.json"

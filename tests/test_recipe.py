@@ -143,8 +143,8 @@ def test_centred_router_buffer_travels_with_the_trained_weights():
 
 def test_split_values_keeps_bracketed_lists_whole():
     assert split_values("1,[a,b],{x: 1, y: 2}") == ["1", "[a,b]", "{x: 1, y: 2}"]
-    grid = parse_grid(["model.init_args.target_modules=[q_proj,v_proj],[gate_proj]"])
-    assert grid == {"model.init_args.target_modules": [["q_proj", "v_proj"], ["gate_proj"]]}
+    grid = parse_grid(["model.init_args.pool.target_modules=[q_proj,v_proj],[gate_proj]"])
+    assert grid == {"model.init_args.pool.target_modules": [["q_proj", "v_proj"], ["gate_proj"]]}
 
 
 def test_points_file_is_validated(tmp_path):
@@ -162,7 +162,8 @@ def test_points_file_is_validated(tmp_path):
 
 def test_named_points_run_with_a_table_bars_and_resume(tmp_path, capsys):
     points_file = tmp_path / "points.yaml"
-    points_file.write_text("base: {}\ntwo_experts: {model.init_args.num_experts: 2, model.init_args.aux_coef: 0.0}\n")
+    points_file.write_text("base: {}\n"
+                           "two_experts: {model.init_args.pool.num_experts: 2, model.init_args.pool.aux_coef: 0.0}\n")
     extra = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--data.init_args.limit_per_task", "2"]
     out = tmp_path / "study"
     with warnings.catch_warnings():

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_offline_sweep_writes_table_plot_and_resumes(tmp_path, capsys):
-    grid = parse_grid(["model.init_args.num_experts=2,4", "model.init_args.aux_coef=0,0.01"])
+    grid = parse_grid(["model.init_args.pool.num_experts=2,4", "model.init_args.pool.aux_coef=0,0.01"])
     extra = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--data.init_args.limit_per_task", "2"]
     rows = sweep(str(ROOT / "configs" / "tiny.yaml"), grid, str(tmp_path), extra=extra)
     assert [(r["num_experts"], r["aux_coef"]) for r in rows] == [(2, 0), (2, 0.01), (4, 0), (4, 0.01)]
@@ -40,7 +40,7 @@ def test_offline_sweep_writes_table_plot_and_resumes(tmp_path, capsys):
 
 
 def test_sweep_rejects_invalid_points_before_starting(tmp_path):
-    grid = parse_grid(["model.init_args.num_experts=2,4", "model.init_args.top_k=3"])
+    grid = parse_grid(["model.init_args.pool.num_experts=2,4", "model.init_args.pool.top_k=3"])
     with pytest.raises(LoRAGenError, match=r"num_experts=2__top_k=3 is invalid: top_k=3"):
         sweep(str(ROOT / "configs" / "tiny.yaml"), grid, str(tmp_path))
     assert not any(tmp_path.iterdir())

@@ -137,7 +137,7 @@ def test_merged_evaluation_equals_functional_and_restores_weights(tmp_path):
     before = {k: v.clone() for k, v in module.model.edge.state_dict().items()}
     results = {}
     for path in ("merged", "functional"):
-        module.hparams.eval_path = path
+        module.evaluation.path = path
         _trainer(tmp_path).test(module, _data())
         results[path] = module.last_results
     for row_m, row_f in zip(results["merged"]["rows"], results["functional"]["rows"], strict=True):
@@ -191,10 +191,16 @@ def test_impossible_settings_fail_before_any_model_loads(monkeypatch):
     import loragen.backbones as backbones
 
     monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("model loaded"))
-    with pytest.raises(LoRAGenError, match="top_k"):
-        LoRAGenModule(**{**TINY, "top_k": 5})
+    with pytest.raises(LoRAGenError, match="pool.top_k=5 must be between 1 and pool.num_experts=4"):
+        LoRAGenModule(**{**TINY, "pool": {**TINY["pool"], "top_k": 5}})
     with pytest.raises(LoRAGenError, match="unknown model source scheme"):
         LoRAGenModule(**{**TINY, "cloud": "hf://x"})
+    with pytest.raises(LoRAGenError, match="eval.metric='f1' is unknown"):
+        LoRAGenModule(**TINY, eval={"metric": "f1"})
+    with pytest.raises(LoRAGenError, match="optim has no field 'learning_rate'"):
+        LoRAGenModule(**{**TINY, "optim": {"learning_rate": 1e-3}})
+    with pytest.raises(LoRAGenError, match="router_noise='loud' is unknown"):
+        LoRAGenModule(**TINY, router_noise="loud")
 
 
 def test_prompt_sensitivity_rows_serve_other_prompts_loras(tmp_path, monkeypatch):
@@ -203,7 +209,7 @@ def test_prompt_sensitivity_rows_serve_other_prompts_loras(tmp_path, monkeypatch
     from tests.conftest import randomize_pool
 
     L.seed_everything(0)
-    module = LoRAGenModule(**{**TINY, "reference": False, "zero_shot_reference": False})
+    module = LoRAGenModule(**TINY, eval={"reference": False, "zero_shot_reference": False})
     randomize_pool(module.model.pool, std=0.2)
     served, current = [], {}
     grade, serve = LoRAGenModule._grade_items, LoRAGenModule._served
@@ -253,15 +259,15 @@ def test_mixed_choice_and_free_form_batches_and_generation_scoring(tmp_path, mon
              "options": ["true", "false"], "label": 0, "task": "boolq"},
             {"system": "Solve.", "input": "Question: 2+2?\nAnswer:", "output": "4", "task": "free"}]
     mixed.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    module = LoRAGenModule(**{**TINY, "max_new_tokens": 4})
+    module = LoRAGenModule(**TINY, eval={"max_new_tokens": 4})
     _trainer(tmp_path).test(module, _data(test_files=str(mixed)))
     result = {r["key"]: r for r in module.last_results["rows"]}["loragen"]
     assert set(result["accuracy"]) == {"boolq", "free"} and module.last_results["items"] == 2
 
     answers = iter(["I am not sure", "false", "4"])
     monkeypatch.setattr(LoRAGenModule, "_generate_text", lambda self, prompt: next(answers))
-    module.hparams.scoring = "generate"
-    module.hparams.reference = module.hparams.zero_shot_reference = False
+    module.evaluation.scoring = "generate"
+    module.evaluation.reference = module.evaluation.zero_shot_reference = False
     dm = _data(test_files=str(mixed))
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))
@@ -288,23 +294,32 @@ def test_init_from_loads_trained_weights_without_optimizer_state(tmp_path):
         LoRAGenModule(**{**TINY, "edge": "tiny:gemma"}, init_from=str(path))
 
 
-def test_deployment_evaluation_callback_generates_once_per_task(tmp_path):
-    from callbacks import DeploymentEvaluation
+def test_evaluation_generates_once_per_task_and_verifies_the_restore(tmp_path, monkeypatch):
+    """One generator run per epoch for every task's prompt (none per batch); the model's own switches decide
+    the rows; and a merge that is not undone stops the evaluation (the base class checks every edge weight)."""
     from tests.conftest import randomize_pool
 
     L.seed_everything(0)
-    module = LoRAGenModule(**{**TINY, "reference": True, "zero_shot_reference": False})
+    module = LoRAGenModule(**TINY, eval={"reference": True, "zero_shot_reference": False})
     randomize_pool(module.model.pool, std=0.2)
     calls = []
     generate = module.model.generate
     module.model.generate = lambda ids, mask: calls.append(ids.shape[0]) or generate(ids, mask)
-    callback = DeploymentEvaluation()
-    _trainer(tmp_path, callbacks=[callback]).test(module, _data(eval_batch_size=3))
+    _trainer(tmp_path).test(module, _data(eval_batch_size=3))
     assert calls == [4, 1]  # one generator run for the 4 tasks' prompts (+ the task-free prompt), none per batch
-    keys = [r["key"] for r in module.last_results["rows"]]
-    # the model's own switches decide which rows are evaluated
-    assert keys == ["loragen", "rotated", "generic", "prompted"]
-    with_callback = module.last_results["rows"][0]["accuracy"]
+    assert [r["key"] for r in module.last_results["rows"]] == ["loragen", "rotated", "generic", "prompted"]
+    first = module.last_results["rows"][0]["accuracy"]
     module.model.generate = generate
     _trainer(tmp_path / "b").test(module, _data(eval_batch_size=3))
-    assert module.last_results["rows"][0]["accuracy"] == with_callback
+    assert module.last_results["rows"][0]["accuracy"] == first
+
+    release = LoRAGenModule.release_serving
+
+    def corrupting(self):  # a restore that leaves one weight off by a bit
+        release(self)
+        with torch.no_grad():
+            next(self.model.edge.parameters()).view(-1)[0] += 1e-3
+
+    monkeypatch.setattr(LoRAGenModule, "release_serving", corrupting)
+    with pytest.raises(RuntimeError, match="changed during evaluation"):
+        _trainer(tmp_path / "c").test(module, _data(eval_batch_size=3))

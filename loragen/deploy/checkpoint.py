@@ -6,7 +6,6 @@ needs: ``loragen apply`` and cache hits never load the cloud model.
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ if TYPE_CHECKING:
     from loragen.backbones import Backbone
     from loragen.models.components.edge_lora import EdgeLoRA
     from loragen.models.components.expert_pool import ExpertPool
+    from loragen.models.config import PoolConfig
     from loragen.models.lora_gen_module import LoRAGenModule
 
 _MISSING_KEYS = "Found keys that are in the model state dict but not in the checkpoint"  # backbones: expected
@@ -29,7 +29,8 @@ class CheckpointInfo:
     path: Path
     sha256: str
     fingerprint: dict[str, Any]
-    hparams: dict[str, Any]  # LoRAGenModule.__init__ arguments (defaults filled in)
+    hparams: dict[str, Any]  # LoRAGenModule.__init__ arguments as the checkpoint stores them
+    pool: PoolConfig  # the expert pool group (its defaults filled in)
     data_hparams: dict[str, Any]
     pool_state: dict[str, Any]  # ExpertPool state dict (A.*, B.*)
 
@@ -52,14 +53,13 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     ckpt = load_checkpoint(path)
     if "fingerprint" not in ckpt["loragen"]:
         raise LoRAGenError(f"{path} has no loragen pair fingerprint: it was not written by loragen")
-    from loragen.models.lora_gen_module import LoRAGenModule
+    from loragen.models.config import group
 
-    defaults = {k: v.default for k, v in inspect.signature(LoRAGenModule.__init__).parameters.items()
-                if v.default is not inspect.Parameter.empty}
+    hparams = dict(ckpt.get("hyper_parameters", {}))
     prefix = "model.pool."
     pool_state = {k[len(prefix):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
     return CheckpointInfo(path=path, sha256=sha256_file(path), fingerprint=dict(ckpt["loragen"]["fingerprint"]),
-                          hparams={**defaults, **dict(ckpt.get("hyper_parameters", {}))},
+                          hparams=hparams, pool=group("pool", hparams.get("pool")),
                           data_hparams=dict(ckpt.get("datamodule_hyper_parameters", {})), pool_state=pool_state)
 
 
@@ -86,10 +86,10 @@ def load_edge_side(info: CheckpointInfo, edge: str | None = None) -> EdgeSide:
     from loragen.models.components.expert_pool import DEFAULT_TARGETS, ExpertPool, find_target_sites
     from loragen.models.components.fingerprint import PairFingerprint
 
-    hp = info.hparams
+    pool_config = info.pool
     source = edge or info.fingerprint["edge"]
     backbone = load_backbone(source)
-    targets = tuple(hp["target_modules"] or DEFAULT_TARGETS)
+    targets = pool_config.targets(DEFAULT_TARGETS)
     try:
         shapes = {s.name: [s.out_features, s.in_features] for s in find_target_sites(backbone.model, targets)}
     except LoRAGenError:
@@ -98,8 +98,8 @@ def load_edge_side(info: CheckpointInfo, edge: str | None = None) -> EdgeSide:
              "edge_layers": backbone.num_layers, "edge_hidden": backbone.hidden_size,
              "edge_vocab": len(backbone.tokenizer), "target_shapes": dict(sorted(shapes.items()))}
     PairFingerprint.from_dict(info.fingerprint).check_compatible(PairFingerprint.from_dict(given))
-    pool = ExpertPool(backbone.model, targets, num_experts=hp["num_experts"], rank=hp["rank"],
-                      lora_alpha=hp["lora_alpha"], top_k=hp["top_k"], seed=hp["seed"])  # k: the router's
+    pool = ExpertPool(backbone.model, targets, num_experts=pool_config.num_experts, rank=pool_config.rank,
+                      lora_alpha=pool_config.lora_alpha, top_k=pool_config.top_k, seed=info.hparams.get("seed", 0))
     try:
         pool.load_state_dict(info.pool_state)
     except RuntimeError as err:

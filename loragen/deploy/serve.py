@@ -154,10 +154,10 @@ def model_info(ckpt_path: str) -> dict[str, Any]:
     from loragen.deploy.checkpoint import read_checkpoint
 
     info = read_checkpoint(ckpt_path)
-    hp = info.hparams
+    pool = info.pool
     return {"checkpoint_sha256": info.sha256, "fingerprint": info.fingerprint,
-            "pool": {"num_experts": hp["num_experts"], "top_k": hp["top_k"], "rank": hp["rank"],
-                     "lora_alpha": hp["lora_alpha"], "layers": info.fingerprint["edge_layers"],
+            "pool": {"num_experts": pool.num_experts, "top_k": pool.top_k, "rank": pool.rank,
+                     "lora_alpha": pool.lora_alpha, "layers": info.fingerprint["edge_layers"],
                      "target_modules": sorted(info.fingerprint.get("target_shapes", {}))},
             "formats": list(PAYLOAD_FORMATS)}
 

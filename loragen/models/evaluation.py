@@ -13,7 +13,8 @@ At the end of a test epoch ``results.json`` / ``results.md`` and ``items.jsonl``
 and setting: chosen option, label, correctness, source) are written into the run directory, the table
 is printed and logged to W&B.
 
-A LightningModule using it sets ``SETTINGS`` (key -> label, the first being its own method), calls
+A LightningModule using it (``loragen.models.edge_method.EdgeMethod``) sets ``SETTINGS`` (key -> label,
+the first being its own method), holds its ``eval`` group as ``self.evaluation``, calls
 ``_init_evaluation()`` in ``__init__`` and provides ``scoring_model()`` (the causal LM as it
 currently is), ``edge_tokenizer()``, ``result_info()`` (extra fields for ``results.json``) and
 ``_evaluate(batch, stage)``; ``eval_settings()`` / ``paired_settings()`` say which rows are computed.
@@ -30,20 +31,9 @@ import torch
 from torch import nn
 
 from loragen import LoRAGenError
-from loragen.metrics.results import METRICS
 from loragen.models.scoring import score_requests
 
 LATENCY_ITEMS_PER_TASK = 8
-
-
-def check_eval_settings(hp: Any) -> None:
-    """Scoring and metric settings every method shares (``hp``: attributes or a mapping)."""
-    from loragen.data.tasks.base import formulation_for
-
-    get = hp.get if isinstance(hp, dict) else lambda k, d=None: getattr(hp, k, d)
-    formulation_for(get("scoring"))  # an unknown scoring mode fails here
-    if get("metric", "acc_norm") not in METRICS:
-        raise LoRAGenError(f"metric={get('metric')!r} is unknown: choose one of {', '.join(METRICS)}")
 
 
 class EvaluationMixin:
@@ -107,7 +97,8 @@ class EvaluationMixin:
         model, tok = self.scoring_model(), self.edge_tokenizer()
         ids = torch.tensor([prompt], device=self.device)
         prefix = self.prefix_embeds()
-        common = {"do_sample": False, "max_new_tokens": self.hparams.max_new_tokens, "pad_token_id": tok.pad_token_id}
+        common = {"do_sample": False, "max_new_tokens": self.evaluation.max_new_tokens,
+                  "pad_token_id": tok.pad_token_id}
         if prefix is None:
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **common)
             return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
@@ -129,7 +120,7 @@ class EvaluationMixin:
         """(pred, pred_norm, acc, acc_norm, unparseable) per item; multiple-choice items of ``items`` are
         scored together (one batched pass over all their options)."""
         requests_key = "ref_requests" if prompt_key == "ref_prompt" else "requests"
-        loglik = self.hparams.scoring == "loglik"
+        loglik = self.evaluation.scoring == "loglik"
         choice = [i for i in items if loglik and batch[requests_key][i]]
         flat = [r for i in choice for r in batch[requests_key][i]]
         scores = iter(score_requests(self.scoring_model(), flat, prefix_embeds=self.prefix_embeds()))
@@ -227,11 +218,11 @@ class EvaluationMixin:
         for values in outcomes.values():
             values["task"] = np.searchsorted(present, values["task"])
         self._last_outcomes = outcomes
-        metric = self.hparams.metric if self.hparams.scoring == "loglik" else "acc"
+        metric = self.evaluation.metric if self.evaluation.scoring == "loglik" else "acc"
         labels = {s: self.SETTINGS[s] for s in outcomes}
         results = build_results(outcomes, labels, tasks, metric, paired=self.paired_settings())
         results["stage"] = stage
-        results["scoring"] = ("generation + answer extraction" if self.hparams.scoring == "generate"
+        results["scoring"] = ("generation + answer extraction" if self.evaluation.scoring == "generate"
                               else "option log-likelihood (lm-evaluation-harness formulation)")
         results["latency"] = f"ms/request: the first {LATENCY_ITEMS_PER_TASK} items of each task, one at a time"
         results.update(self.result_info())

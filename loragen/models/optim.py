@@ -29,9 +29,9 @@ NO_DECAY_NAMES = ("norm", "meta_tokens", "layer_embedding", "prompt_embeddings",
 
 
 def adamw_warmup_cosine(module: Any) -> dict[str, Any]:
-    """``configure_optimizers`` output for a LightningModule whose hparams hold ``lr``,
-    ``weight_decay``, ``warmup_steps`` and ``min_lr_ratio``."""
-    hp = module.hparams
+    """``configure_optimizers`` output for a LightningModule with an ``optim`` group
+    (``loragen.models.config.OptimConfig``)."""
+    hp = module.optim
     decay, no_decay = [], []
     for name, param in module.named_parameters():
         if not param.requires_grad:
@@ -89,7 +89,7 @@ class ScheduledTraining:
                 raise LoRAGenError(
                     f"stopped at step {step}: {self._nonfinite_run} consecutive steps with a non-finite loss or "
                     "gradients (none reached the weights; the last checkpoint is from before them): lower "
-                    "model.init_args.lr, check the data, or resume with --ckpt_path last")
+                    "model.init_args.optim.lr, check the data, or resume with --ckpt_path last")
             warnings.warn(f"step {step}: non-finite loss or gradients, step skipped (the weights are unchanged; "
                           f"{self._nonfinite_total} skipped so far)", stacklevel=2)
         if self._trainer is not None:

@@ -19,7 +19,7 @@ from loragen.data.jsonrows import Malformed  # noqa: F401  (re-exported: task pa
 from loragen.data.records import Record
 
 FORMULATIONS = ("cloze", "choices")
-SCORING_MODES = ("loglik", "generate")  # how a model grades items (``model.init_args.scoring``)
+SCORING_MODES = ("loglik", "generate")  # how a model grades items (``model.init_args.eval.scoring``)
 
 
 def formulation_for(scoring: str) -> str:

@@ -18,15 +18,16 @@ import torch
 from loragen import LoRAGenError
 from loragen.models.baselines.base import EdgeBaselineModule
 from loragen.models.components.expert_pool import DEFAULT_TARGETS
+from loragen.models.config import PoolConfig, group
 
 
 class LoRABaseline(EdgeBaselineModule):
     """One PEFT LoRA adapter on the edge model.
 
     Args:
-        rank / lora_alpha: LoRA rank and alpha (scale = alpha / rank).
-        target_modules: edge linears that receive LoRA (default: every attention and MLP projection,
-            as LoRA-Gen's pool).
+        pool: the adapter takes the pool's ``rank``, ``lora_alpha`` and ``target_modules`` (default: every
+            attention and MLP projection, as LoRA-Gen's pool), so ``loragen compare`` matches LoRA-Gen's
+            expert size; experts, top-k and the balance loss do not apply to one adapter.
         lora_dropout: dropout on the LoRA input in training.
         Others: see ``EdgeBaselineModule``.
     """
@@ -35,35 +36,27 @@ class LoRABaseline(EdgeBaselineModule):
     LABEL = "LoRA"
     MERGEABLE = True
 
-    def __init__(self, edge: str = "bundled:smollm2-135m-instruct", cloud: str = "bundled:smollm2-135m-instruct",
-                 system_prompt: bool = False, rank: int = 8, lora_alpha: float = 16.0,
-                 target_modules: list[str] | None = None, lora_dropout: float = 0.0,
-                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 10, min_lr_ratio: float = 0.1,
-                 scoring: str = "loglik", metric: str = "acc_norm", max_new_tokens: int = 32,
-                 seed: int = 0) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self._load_edge(edge, seed)
+    def __init__(self, pool: PoolConfig | None = None, lora_dropout: float = 0.0, **kwargs: Any) -> None:
+        self.check_args({"lora_dropout": lora_dropout})
+        pool = group("pool", pool)
+        super().__init__(**kwargs)
+        self.pool_config, self.lora_dropout = pool, lora_dropout
         from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(r=rank, lora_alpha=lora_alpha, target_modules=list(target_modules or DEFAULT_TARGETS),
+        config = LoraConfig(r=pool.rank, lora_alpha=pool.lora_alpha, target_modules=list(pool.targets(DEFAULT_TARGETS)),
                             lora_dropout=lora_dropout, bias="none")
         # PEFT injects its LoRA layers into ``self.edge`` in place; the wrapper is kept out of the
         # module tree so parameters are not registered twice.
         object.__setattr__(self, "_peft", get_peft_model(self.edge, config))
 
-    @classmethod
-    def _check(cls, hp: dict[str, Any]) -> None:
-        if hp["rank"] < 1:
-            raise LoRAGenError(f"rank={hp['rank']} must be >= 1")
-        if hp["target_modules"] is not None and not hp["target_modules"]:
-            raise LoRAGenError("target_modules is empty: name at least one edge linear, e.g. q_proj")
-        if not 0 <= hp["lora_dropout"] < 1:
-            raise LoRAGenError(f"lora_dropout={hp['lora_dropout']} must be in [0, 1)")
+    @staticmethod
+    def check_args(args: dict[str, Any]) -> None:
+        if not 0 <= args.get("lora_dropout", 0.0) < 1:
+            raise LoRAGenError(f"lora_dropout={args['lora_dropout']} must be in [0, 1)")
 
     def train(self, mode: bool = True) -> LoRABaseline:
         super().train(mode)
-        if mode and self.hparams.lora_dropout:  # the LoRA dropout layers follow the training mode
+        if mode and self.lora_dropout:  # the LoRA dropout layers follow the training mode
             for name, module in self.edge.named_modules():
                 if "lora_dropout" in name:
                     module.train(True)

@@ -19,86 +19,75 @@ import torch
 
 from loragen import LoRAGenError
 from loragen.models.baselines.base import EdgeBaselineModule
-from loragen.models.components.router import AUX_KINDS
+from loragen.models.config import PoolConfig, group
 
 
 class _MoEBaseline(EdgeBaselineModule):
     MERGEABLE = False
 
-    @classmethod
-    def _check(cls, hp: dict[str, Any]) -> None:
-        if hp["num_experts"] < 1 or hp["rank"] < 1:
-            raise LoRAGenError(f"num_experts={hp['num_experts']} and rank={hp['rank']} must be >= 1")
-        if not 1 <= hp.get("top_k", 1) <= hp["num_experts"]:
-            raise LoRAGenError(f"top_k={hp['top_k']} must be between 1 and num_experts={hp['num_experts']}")
-        if hp["aux_loss"] not in AUX_KINDS:
-            raise LoRAGenError(f"aux_loss={hp['aux_loss']!r} is unknown: choose one of {list(AUX_KINDS)}")
-        if hp["attention_rank"] < 0:
-            raise LoRAGenError(f"attention_rank={hp['attention_rank']} must be >= 0 (0 = no attention LoRA)")
+    def __init__(self, pool: PoolConfig | None = None, attention_rank: int = 8, **kwargs: Any) -> None:
+        self.check_args({"attention_rank": attention_rank})
+        pool = group("pool", pool)
+        super().__init__(**kwargs)
+        self.pool_config = pool
+
+    @staticmethod
+    def check_args(args: dict[str, Any]) -> None:
+        if args.get("attention_rank", 0) < 0:
+            raise LoRAGenError(f"attention_rank={args['attention_rank']} must be >= 0 (0 = no attention LoRA)")
 
     def aux_loss(self, batch: dict[str, Any]) -> torch.Tensor:
         from loragen.models.components.moe_lora import moe_aux_loss
 
-        return moe_aux_loss(self.moe_layers, self.hparams.aux_loss, token_mask=batch["attention_mask"])
+        return moe_aux_loss(self.moe_layers, self.pool_config.aux_loss, token_mask=batch["attention_mask"])
 
     def result_info(self) -> dict[str, Any]:
-        return {**super().result_info(), "num_experts": self.hparams.num_experts}
+        return {**super().result_info(), "num_experts": self.pool_config.num_experts}
 
 
 class MixLoRABaseline(_MoEBaseline):
     """MixLoRA-style sparse mixture: token-level top-k routing over LoRA experts of each MLP.
 
     Args:
-        num_experts / top_k / rank / lora_alpha: experts per MLP, experts per token, expert LoRA rank
-            and alpha.
+        pool: experts per MLP (``num_experts``), experts per token (``top_k``), expert LoRA ``rank`` and
+            ``lora_alpha``, and the balance loss (``aux_loss`` / ``aux_coef``), as LoRA-Gen's pool
+            (``target_modules`` does not apply: the experts are whole MLPs).
         attention_rank: rank of the plain LoRA on q/k/v/o projections (0 = none).
-        aux_loss / aux_coef: balance loss (``cv2 | switch | none``) and its coefficient, as LoRA-Gen.
         Others: see ``EdgeBaselineModule``.
     """
 
     METHOD = "mixlora"
     LABEL = "MixLoRA (top-k token routing)"
 
-    def __init__(self, edge: str = "bundled:smollm2-135m-instruct", cloud: str = "bundled:smollm2-135m-instruct",
-                 system_prompt: bool = False, num_experts: int = 8, top_k: int = 2, rank: int = 8,
-                 lora_alpha: float = 16.0, attention_rank: int = 8, aux_loss: str = "cv2", aux_coef: float = 0.01,
-                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 10, min_lr_ratio: float = 0.1,
-                 scoring: str = "loglik", metric: str = "acc_norm", max_new_tokens: int = 32,
-                 seed: int = 0) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self._load_edge(edge, seed)
+    def __init__(self, attention_rank: int = 8, **kwargs: Any) -> None:
+        super().__init__(attention_rank=attention_rank, **kwargs)
         from loragen.models.components.moe_lora import install_mixlora
 
-        self.moe_layers = install_mixlora(self.edge, num_experts=num_experts, top_k=top_k, rank=rank,
-                                          lora_alpha=lora_alpha, attention_rank=attention_rank)
+        pool = self.pool_config
+        self.moe_layers = install_mixlora(self.edge, num_experts=pool.num_experts, top_k=pool.top_k, rank=pool.rank,
+                                          lora_alpha=pool.lora_alpha, attention_rank=attention_rank)
 
 
 class LoRAMoEBaseline(_MoEBaseline):
     """LoRAMoE-style dense mixture: every LoRA expert of each MLP linear, weighted per token by a softmax router.
 
     Args:
-        num_experts / rank / lora_alpha: experts per linear, their LoRA rank and alpha.
-        target_modules: MLP linears that get an expert pool.
+        pool: experts per linear (``num_experts``), their ``rank`` and ``lora_alpha``, the linears
+            (``target_modules``; null = the MLP linears) and the balance loss; ``top_k`` does not apply
+            (every expert contributes).
         attention_rank: rank of a plain LoRA on q/k/v/o projections (0 = none, as in LoRAMoE).
-        aux_loss / aux_coef: balance loss and its coefficient, as LoRA-Gen.
         Others: see ``EdgeBaselineModule``.
     """
 
     METHOD = "loramoe"
     LABEL = "LoRAMoE (dense token routing)"
 
-    def __init__(self, edge: str = "bundled:smollm2-135m-instruct", cloud: str = "bundled:smollm2-135m-instruct",
-                 system_prompt: bool = False, num_experts: int = 8, rank: int = 8, lora_alpha: float = 16.0,
-                 target_modules: list[str] | None = None, attention_rank: int = 0, aux_loss: str = "cv2",
-                 aux_coef: float = 0.01, lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 10,
-                 min_lr_ratio: float = 0.1, scoring: str = "loglik", metric: str = "acc_norm",
-                 max_new_tokens: int = 32, seed: int = 0) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self._load_edge(edge, seed)
+    def __init__(self, attention_rank: int = 0, **kwargs: Any) -> None:
+        super().__init__(attention_rank=attention_rank, **kwargs)
         from loragen.models.components.moe_lora import install_loramoe
 
-        self.moe_layers = install_loramoe(self.edge, num_experts=num_experts, rank=rank, lora_alpha=lora_alpha,
-                                          targets=tuple(target_modules or ("gate_proj", "up_proj", "down_proj")),
+        pool = self.pool_config
+        self.moe_layers = install_loramoe(self.edge, num_experts=pool.num_experts, rank=pool.rank,
+                                          lora_alpha=pool.lora_alpha,
+                                          targets=pool.targets(("gate_proj", "up_proj", "down_proj")),
                                           attention_rank=attention_rank)

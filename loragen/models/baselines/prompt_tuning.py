@@ -30,15 +30,10 @@ class PromptTuningBaseline(EdgeBaselineModule):
     LABEL = "prompt tuning"
     MERGEABLE = False
 
-    def __init__(self, edge: str = "bundled:smollm2-135m-instruct", cloud: str = "bundled:smollm2-135m-instruct",
-                 system_prompt: bool = False, num_virtual_tokens: int = 20,
-                 init_text: str = "Read the question, then give the correct answer.",
-                 lr: float = 1e-3, weight_decay: float = 0.01, warmup_steps: int = 10, min_lr_ratio: float = 0.1,
-                 scoring: str = "loglik", metric: str = "acc_norm", max_new_tokens: int = 32,
-                 seed: int = 0) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self._load_edge(edge, seed)
+    def __init__(self, num_virtual_tokens: int = 20,
+                 init_text: str = "Read the question, then give the correct answer.", **kwargs: Any) -> None:
+        self.check_args({"num_virtual_tokens": num_virtual_tokens})
+        super().__init__(**kwargs)
         from peft import PromptTuningConfig, TaskType, get_peft_model
 
         config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=num_virtual_tokens)
@@ -57,10 +52,10 @@ class PromptTuningBaseline(EdgeBaselineModule):
                 weight.normal_(0.0, float(table.std()))
         weight.requires_grad_(True)
 
-    @classmethod
-    def _check(cls, hp: dict[str, Any]) -> None:
-        if hp["num_virtual_tokens"] < 1:
-            raise LoRAGenError(f"num_virtual_tokens={hp['num_virtual_tokens']} must be >= 1")
+    @staticmethod
+    def check_args(args: dict[str, Any]) -> None:
+        if args.get("num_virtual_tokens", 1) < 1:
+            raise LoRAGenError(f"num_virtual_tokens={args['num_virtual_tokens']} must be >= 1")
 
     def prefix_embeds(self) -> torch.Tensor:
         """(1, n, hidden) in the edge's dtype (the trained parameter itself stays float32, as in PEFT)."""

@@ -1,0 +1,184 @@
+"""Typed configuration groups every edge method shares: ``optim``, ``eval`` and ``pool``.
+
+Each group is a dataclass with a docstring under every field, validated on construction (an
+impossible value fails in one line before any model loads). LightningCLI parses them as nested
+groups (``--model.init_args.pool.num_experts 4``, or ``pool: {num_experts: 4}`` in YAML), and
+``loragen compare`` copies whole groups from the LoRA-Gen config to every method that takes them,
+so a field added here reaches every method of a comparison.
+
+What a checkpoint keeps: the weight-shaping and training groups (``pool``, ``optim``) and the
+method's other arguments are stored with its weights, so ``--ckpt_path`` rebuilds the model it
+trained. ``eval`` is never stored: how a model is evaluated always comes from the config and the
+command line of the run that evaluates it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from typing import Any
+
+from loragen import LoRAGenError
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup, then cosine decay to ``min_lr_ratio · lr`` at the last step."""
+
+    lr: float = 1e-3
+    """Peak learning rate, reached after the warmup."""
+    weight_decay: float = 0.01
+    """Decoupled weight decay of matrices (biases, norms, meta tokens, soft prompts are not decayed)."""
+    warmup_steps: int = 10
+    """Optimizer steps of linear warmup from ``lr / (warmup_steps + 1)``."""
+    min_lr_ratio: float = 0.1
+    """Learning rate at the end of the cosine decay, as a fraction of ``lr``."""
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise LoRAGenError(f"optim.lr={self.lr} must be > 0")
+        if self.weight_decay < 0:
+            raise LoRAGenError(f"optim.weight_decay={self.weight_decay} must be >= 0")
+        if self.warmup_steps < 0:
+            raise LoRAGenError(f"optim.warmup_steps={self.warmup_steps} must be >= 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise LoRAGenError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
+
+
+@dataclass
+class EvalConfig:
+    """How validation, test and predict run; never read from a checkpoint."""
+
+    scoring: str = "loglik"
+    """``loglik``: pick the option with the highest log-likelihood, as lm-evaluation-harness asks the
+    question; ``generate``: a greedy answer graded by the task's answer extraction (unparseable
+    answers count as wrong and are counted). Records without options are always graded by generation."""
+    metric: str = "acc_norm"
+    """The headline of option scoring: ``acc_norm`` (log-likelihood ÷ option length in characters) or
+    ``acc`` (summed log-likelihood), as lm-evaluation-harness defines them; both are always written."""
+    max_new_tokens: int = 32
+    """Answer length for generation scoring and ``loragen predict``."""
+    reference: bool = True
+    """Also score the plain edge model reading the task's full system prompt, on the same items (the
+    row the method must beat). Computed by methods that serve the plain edge beside their own (LoRA-Gen);
+    for the baselines the ``few_shot`` method of ``loragen compare`` is this row."""
+    zero_shot_reference: bool = True
+    """Also score the plain edge model without system prompt or adapter (LoRA-Gen; for the baselines the
+    ``base`` method of ``loragen compare``)."""
+    sensitivity: bool = True
+    """LoRA-Gen's prompt-sensitivity rows at test time: each task's items also served with another
+    task's generated LoRA (rotated) and with a task-free prompt's LoRA, paired with the task's own."""
+    path: str = "merged"
+    """``merged``: the adapter merged into the edge weights, as deployed; ``functional``: applied as in
+    training (hooks), for parity checks."""
+    verify_restore: bool = True
+    """At the end of every evaluation epoch, check that each edge weight equals its value before it (a
+    merge that was not undone stops the run instead of training on corrupted weights)."""
+
+    def __post_init__(self) -> None:
+        from loragen.data.tasks.base import formulation_for
+        from loragen.metrics.results import METRICS
+
+        formulation_for(self.scoring)  # an unknown scoring mode fails here, naming the modes
+        if self.metric not in METRICS:
+            raise LoRAGenError(f"eval.metric={self.metric!r} is unknown: choose one of {', '.join(METRICS)}")
+        if self.max_new_tokens < 1:
+            raise LoRAGenError(f"eval.max_new_tokens={self.max_new_tokens} must be >= 1")
+        if self.path not in ("merged", "functional"):
+            raise LoRAGenError(f"eval.path={self.path!r} is unknown: choose merged or functional")
+
+
+@dataclass
+class PoolConfig:
+    """LoRA experts on the edge's linears, and the balance loss over them.
+
+    LoRA-Gen: one pool per (edge layer, target module), mixed per system prompt by the router. The
+    baselines take what applies to them: LoRA one adapter of ``rank`` / ``lora_alpha`` on
+    ``target_modules``; MixLoRA and LoRAMoE their per-token expert mixtures of the same size."""
+
+    num_experts: int = 8
+    """Experts per (edge layer, target module)."""
+    top_k: int = 2
+    """Experts mixed per layer (LoRA-Gen, per system prompt; MixLoRA, per token)."""
+    rank: int = 8
+    """LoRA rank of each expert."""
+    lora_alpha: float = 16.0
+    """LoRA alpha: the update is scaled by ``lora_alpha / rank``."""
+    target_modules: list[str] | None = None
+    """Edge linears that receive LoRA; null = the method's default (LoRA-Gen and LoRA: every attention
+    and MLP projection; LoRAMoE: the MLP linears)."""
+    aux_loss: str = "cv2"
+    """Balance loss over the experts: ``cv2`` (the paper: squared coefficient of variation of expert
+    importance) ``| switch | none``."""
+    aux_coef: float = 0.01
+    """Its coefficient α in ``loss = CE + α · aux``."""
+
+    def __post_init__(self) -> None:
+        from loragen.models.components.router import AUX_KINDS
+
+        if self.num_experts < 1 or self.rank < 1:
+            raise LoRAGenError(f"pool.num_experts={self.num_experts} and pool.rank={self.rank} must be >= 1")
+        if not 1 <= self.top_k <= self.num_experts:
+            raise LoRAGenError(f"pool.top_k={self.top_k} must be between 1 and pool.num_experts={self.num_experts}")
+        if self.target_modules is not None and not self.target_modules:
+            raise LoRAGenError("pool.target_modules is empty: name at least one edge linear, e.g. q_proj, or "
+                               "leave it null for the method's default")
+        if self.aux_loss not in AUX_KINDS:
+            raise LoRAGenError(f"pool.aux_loss={self.aux_loss!r} is unknown: choose one of {list(AUX_KINDS)}")
+        if self.aux_coef < 0:
+            raise LoRAGenError(f"pool.aux_coef={self.aux_coef} must be >= 0")
+
+    def targets(self, default: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(self.target_modules) if self.target_modules else default
+
+
+GROUPS: dict[str, type] = {"optim": OptimConfig, "eval": EvalConfig, "pool": PoolConfig}
+STORED_GROUPS = ("optim", "pool")  # what a checkpoint keeps; ``eval`` never
+# arguments older loragen versions stored in checkpoints and this one does not (dropped on upgrade): retired
+# ones, and ``init_from`` (a checkpoint's weights are its own: it never re-reads its starting point)
+RETIRED_ARGS = ("length_normalize", "init_from")
+_FLAT_NAMES = {"eval_path": ("eval", "path")}
+
+
+def group(kind: str, value: Any) -> Any:
+    """``value`` as the ``kind`` group: a group object as it is, a mapping (YAML, a checkpoint) built and
+    validated, None the defaults."""
+    cls = GROUPS[kind]
+    if isinstance(value, cls):
+        return value
+    if value is None:
+        return cls()
+    if hasattr(value, "as_dict"):  # a parsed config section (jsonargparse Namespace)
+        value = value.as_dict()
+    if not isinstance(value, dict):
+        raise LoRAGenError(f"{kind} must be a mapping of its fields, got {value!r}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        raise LoRAGenError(f"{kind} has no field {unknown[0]!r}: its fields are {', '.join(sorted(known))}")
+    return cls(**value)
+
+
+def as_plain(value: Any) -> Any:
+    """A group as the plain mapping checkpoints and logs store (anything else as it is)."""
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+
+
+def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any] | None:
+    """Model arguments stored by loragen before the typed groups (flat ``num_experts``, ``lr``, ``scoring``,
+    ...) in today's layout; None when they already are. Evaluation settings and retired arguments are
+    dropped (a checkpoint never decides how it is evaluated)."""
+    flat = {f.name: kind for kind, cls in GROUPS.items() for f in fields(cls)}
+    flat.update({name: kind for name, (kind, _) in _FLAT_NAMES.items()})
+    if not any(name in hparams for name in (*flat, *RETIRED_ARGS)):
+        return None
+    upgraded: dict[str, Any] = {}
+    groups: dict[str, dict[str, Any]] = {}
+    for name, value in hparams.items():
+        if name in RETIRED_ARGS or name not in flat or name in GROUPS:
+            if name not in RETIRED_ARGS:
+                upgraded[name] = value
+            continue
+        kind = flat[name]
+        groups.setdefault(kind, {})[_FLAT_NAMES.get(name, (kind, name))[1]] = value
+    upgraded.update({kind: values for kind, values in groups.items() if kind in STORED_GROUPS})
+    return upgraded

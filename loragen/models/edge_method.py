@@ -1,0 +1,315 @@
+"""``EdgeMethod``: the one LightningModule base of every edge method (LoRA-Gen and each baseline).
+
+It owns what every method does the same way: the training step (answer-token cross-entropy plus the
+method's auxiliary loss), evaluation (grading, reference rows, results files), predict rows, frozen
+backbones kept in eval mode, the checkpoint filter (trained weights only) and fill-in on load, the
+identity check of a checkpoint against the model, and deployment-faithful evaluation epochs: the
+method prepares how it is served once per epoch, and at the epoch's end the edge weights are checked
+to be bit-identical to what they were before it (``eval.verify_restore``).
+
+A method supplies only what differs:
+
+- ``training_forward(batch)`` → (edge hidden states, auxiliary loss or None);
+- ``served_groups(batch)`` → the batch's rows in groups, each with a context in which the edge is as
+  the method serves those rows (LoRA-Gen: the LoRA generated for their system prompt, merged; LoRA:
+  its merged adapter; the MoE methods and prompt tuning: as they run), and optionally
+  ``prepare_serving(stage)`` / ``release_serving()`` around an evaluation epoch;
+- ``scoring_model()``, ``edge_tokenizer()``, ``frozen_backbones()``, ``identity()``.
+
+A new method is one file under ``loragen/models/baselines/`` (a subclass of ``EdgeBaselineModule``,
+which adds the edge-only loading) plus a config under ``configs/baselines/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+
+from loragen import LoRAGenError
+from loragen.models.config import EvalConfig, OptimConfig, PoolConfig, as_plain, group
+from loragen.models.evaluation import EvaluationMixin, count_trainable
+from loragen.models.optim import ScheduledTraining
+from loragen.models.scoring import answer_loss
+
+Served = tuple[list[int], contextlib.AbstractContextManager]
+
+
+class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
+    """Base of every edge method.
+
+    Args (every method takes them):
+        cloud: cloud model source (``bundled:…``, ``tiny:…``, hub id, local directory, ``.gguf``); a
+            method without a generator only names the tokenizer of the DataModule's system prompts.
+        edge: edge model source.
+        optim: the optimizer group (``loragen.models.config.OptimConfig``).
+        eval: the evaluation group (``EvalConfig``); never stored in checkpoints.
+        seed: initialisation seed of the trained parameters.
+    """
+
+    METHOD = "edge"
+    LABEL = "edge model"
+    MERGEABLE = True
+    REFERENCE_ROWS = False  # serves the plain edge beside its own rows (the prompted / zero-shot references)
+
+    def __init__(self, cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
+                 optim: OptimConfig | None = None, eval: EvalConfig | None = None, seed: int = 0) -> None:  # noqa: A002
+        super().__init__()
+        from loragen.backbones import validate_source
+
+        self.optim, self.evaluation = group("optim", optim), group("eval", eval)
+        self.pool_config: PoolConfig | None = None
+        validate_source(cloud)
+        validate_source(edge)
+        # every constructor argument of the method, with the groups as plain mappings; ``eval`` is left out
+        # so that a checkpoint never decides how it is evaluated
+        self.save_hyperparameters(ignore=["eval", "init_from"])
+        for name, value in list(self.hparams.items()):
+            self.hparams[name] = as_plain(group(name, value)) if name in ("optim", "pool") else value
+        self.strict_loading = False  # checkpoints hold only trained weights, not the backbones
+        self._init_evaluation()
+        self.trained_steps: int | None = None  # optimizer steps of the loaded checkpoint (results files)
+        self._snapshot: dict[str, torch.Tensor] = {}
+        self._serving = False
+
+    # ------------------------------------------------------------------ what a method supplies
+
+    def training_forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Final edge hidden states of the training sequences and the auxiliary loss (or None)."""
+        raise NotImplementedError
+
+    def served_groups(self, batch: dict[str, Any]) -> list[Served]:
+        """The batch's rows in groups, each with the context in which the edge serves them."""
+        return [(list(range(batch["input_ids"].shape[0])), contextlib.nullcontext())]
+
+    def prepare_serving(self, stage: str) -> None:
+        """Before an evaluation or predict epoch (e.g. merge an adapter, generate each prompt's LoRA)."""
+
+    def release_serving(self) -> None:
+        """After it (and after an exception inside it): undo what ``prepare_serving`` did."""
+
+    def frozen_backbones(self) -> list[nn.Module]:
+        """Modules that stay in eval mode (frozen, no dropout) whatever Lightning asks for."""
+        return []
+
+    def trained_state_names(self) -> set[str]:
+        """State-dict keys a checkpoint keeps (the rest is the frozen backbones, rebuilt from their source)."""
+        return {n for n, p in self.named_parameters() if p.requires_grad}
+
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint records about the model it fits (stored under ``checkpoint['loragen']``)."""
+        raise NotImplementedError
+
+    def check_identity(self, stored: dict[str, Any]) -> None:
+        """Refuse a checkpoint written for another model, in one line."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ shared behaviour
+
+    @property
+    def train_with_system_prompt(self) -> bool:
+        """Read by the DataModule: training sequences carry the system prompt too."""
+        return False
+
+    @property
+    def prompt_key(self) -> str:
+        """The batch field holding the edge's prompt for each item."""
+        return "prompt"
+
+    def train(self, mode: bool = True) -> EdgeMethod:
+        super().train(mode)
+        for module in self.frozen_backbones():
+            module.eval()
+        return self
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self._trainer is not None:  # every run records which model it is about (W&B config, hparams.yaml)
+            for logger in self.trainer.loggers:
+                logger.log_hyperparams({"identity": self.identity(), "eval": as_plain(self.evaluation)})
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        hidden, aux = self.training_forward(batch)
+        ce = answer_loss(self.scoring_model(), hidden, batch["labels"])
+        loss = ce if aux is None else ce + self.pool_config.aux_coef * aux
+        logs = {"train/loss": loss, "train/ce": ce} | ({} if aux is None else {"train/aux": aux})
+        self.log_dict(logs, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    def eval_settings(self) -> list[str]:
+        settings = [self.METHOD]
+        if self.REFERENCE_ROWS and self.evaluation.reference:
+            settings.append("prompted")  # plain edge, full system prompt in context
+        if self.REFERENCE_ROWS and self.evaluation.zero_shot_reference:
+            settings.append("zero_shot")  # plain edge, user input only
+        return settings
+
+    def paired_settings(self) -> list[tuple[str, str]]:
+        return [(self.METHOD, other) for other in self.eval_settings()[1:]]
+
+    def result_info(self) -> dict[str, Any]:
+        return {"method": self.METHOD, "mergeable": self.MERGEABLE, "trainable_params": count_trainable(self),
+                "trained_steps": self.trained_steps, "edge": self.hparams.edge}
+
+    @torch.no_grad()
+    def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
+        size = batch["input_ids"].shape[0]
+        if "records" not in batch:  # no eval prompts prepared: answer loss only
+            hidden, _ = self.training_forward(batch)
+            self.log(f"{stage}/ce", answer_loss(self.scoring_model(), hidden, batch["labels"]), batch_size=size)
+            return
+        self.grade_served(batch, stage)
+        prompt_keys = {"prompted": "ref_prompt", "zero_shot": "prompt"}
+        for setting in (s for s in self.eval_settings() if s in prompt_keys):
+            self._grade_items(stage, setting, batch, prompt_keys[setting], range(size))
+
+    def grade_served(self, batch: dict[str, Any], stage: str) -> None:
+        """The method's own rows: each group of items answered by the edge as the method serves them."""
+        for members, serving in self.served_groups(batch):
+            with serving:
+                self._grade_items(stage, self.METHOD, batch, self.prompt_key, members, extra_tokens=self.prefix_tokens)
+
+    @torch.no_grad()
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Greedy answers of the edge as this method serves it."""
+        outputs: list[dict[str, Any]] = [{} for _ in range(batch["input_ids"].shape[0])]
+        for members, serving in self.served_groups(batch):
+            with serving:
+                for m in members:
+                    record, prompt = batch["records"][m], batch[self.prompt_key][m]
+                    text = self._generate_text(prompt).strip()
+                    outputs[m] = {"task": record.task, "input": record.input, "prediction": text,
+                                  "reference": record.output, "correct": self._judge(text, record),
+                                  "edge_prompt_tokens": len(prompt) + self.prefix_tokens}
+        return outputs
+
+    # ------------------------------------------------------------------ evaluation epochs
+
+    def _start_serving(self, stage: str) -> None:
+        if self._serving:
+            return
+        if self.evaluation.verify_restore:
+            self._snapshot = {n: p.detach().clone() for n, p in self.scoring_model().named_parameters()}
+        self.prepare_serving(stage)
+        self._serving = True
+
+    def _stop_serving(self, verify: bool = True) -> None:
+        if not self._serving:
+            return
+        self._serving = False
+        self.release_serving()
+        snapshot, self._snapshot = self._snapshot, {}
+        if verify and snapshot:
+            for name, param in self.scoring_model().named_parameters():
+                if not torch.equal(param, snapshot[name]):
+                    raise RuntimeError(f"edge weight {name} changed during evaluation: the merge was not undone")
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_serving("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_serving("test")
+
+    def on_predict_epoch_start(self) -> None:
+        self._start_serving("predict")
+
+    def on_validation_epoch_end(self) -> None:
+        self._stop_serving()
+        super().on_validation_epoch_end()
+
+    def on_test_epoch_end(self) -> None:
+        self._stop_serving()
+        super().on_test_epoch_end()
+
+    def on_predict_epoch_end(self) -> None:
+        self._stop_serving()
+
+    def on_exception(self, exception: BaseException) -> None:  # an interrupted evaluation still restores
+        self._stop_serving(verify=False)
+
+    @contextlib.contextmanager
+    def _epoch_or_call(self) -> Iterator[None]:
+        """Inside a Trainer epoch the serving is prepared already; a direct call prepares it for itself."""
+        if self._serving:
+            yield
+            return
+        self.prepare_serving("direct")
+        try:
+            yield
+        finally:
+            self.release_serving()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        keep = self.trained_state_names()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if k in keep or k.startswith("best_val_acc")}
+        checkpoint["loragen"] = {"format": 1, **self.identity()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.check_identity(checkpoint.get("loragen") or {})
+        self.trained_steps = checkpoint.get("global_step")
+        expected = self.trained_state_names()
+        missing = sorted(expected - set(checkpoint["state_dict"]))
+        if missing:
+            raise LoRAGenError(f"checkpoint lacks trained weights {missing[:3]}: it is incomplete or was trained "
+                               "with other settings (experts, rank, targets)")
+        mine = self.state_dict(keep_vars=True)
+        for name in sorted(expected):
+            stored, own = tuple(checkpoint["state_dict"][name].shape), tuple(mine[name].shape)
+            if stored != own:
+                raise LoRAGenError(f"checkpoint weight {name} has shape {stored}, this model's {own}: it was "
+                                   "trained with other settings (experts, rank, targets, virtual tokens)")
+        for name, tensor in mine.items():  # the frozen backbones are not stored: fill them in (references,
+            checkpoint["state_dict"].setdefault(name, tensor.detach())  # no copies), so loading reports none missing
+
+
+def method_arguments(cls: type) -> list[str]:
+    """The constructor arguments a method takes (its own and, through ``**kwargs``, its bases')."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or not issubclass(klass, EdgeMethod):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind is not p.VAR_KEYWORD and p.name not in names]
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def check_method_args(class_path: str, init_args: Any) -> type:
+    """Validate a method's arguments from a config before any model loads: the class exists, every
+    argument is one it takes, the groups build (each validates itself) and the model sources are
+    well-formed. Returns the class."""
+    import importlib
+
+    from loragen.backbones import validate_source
+
+    if hasattr(init_args, "as_dict"):  # a parsed config section (jsonargparse Namespace)
+        init_args = init_args.as_dict()
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        raise LoRAGenError(f"model class {class_path!r} does not exist: e.g. loragen.models.lora_gen_module."
+                           "LoRAGenModule or loragen.models.baselines.LoRABaseline") from None
+    if not (isinstance(cls, type) and issubclass(cls, EdgeMethod)):
+        return cls
+    known = method_arguments(cls)
+    for name, value in init_args.items():
+        if name not in known:
+            raise LoRAGenError(f"{class_name} has no argument {name!r} (its arguments: {', '.join(known)})")
+        if name in ("optim", "eval", "pool"):
+            group(name, value)
+    for name in ("cloud", "edge"):
+        if init_args.get(name):
+            validate_source(init_args[name])
+    if hasattr(cls, "check_args"):
+        cls.check_args(init_args)
+    return cls
