@@ -144,7 +144,8 @@ def run(args: list[str] | None = None) -> object:
 
     # configs derive their output paths from the run directory, e.g. ``save_dir: ${trainer.default_root_dir}``:
     # interpolations resolve after every config and flag is merged, so ``--trainer.default_root_dir`` moves them
-    set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
+    # ``--help`` shows the docstring under each field of the typed config groups
+    set_parsing_settings(omegaconf_absolute_to_relative_paths=True, docstring_parse_attribute_docstrings=True)
     cli_class = _cli_class()
     try:  # model: LoRAGenModule or any baseline (loragen.models.baselines), chosen by class_path
         return cli_class(L.LightningModule, RecordDataModule, subclass_mode_model=True, subclass_mode_data=True,

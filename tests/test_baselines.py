@@ -14,7 +14,14 @@ import torch
 
 from loragen import LoRAGenError
 from loragen.data.tokenize import Collator
-from loragen.models.baselines import BaseModel, LoRABaseline, LoRAMoEBaseline, MixLoRABaseline, PromptTuningBaseline
+from loragen.models.baselines import (
+    BaseModel,
+    EdgeBaselineModule,
+    LoRABaseline,
+    LoRAMoEBaseline,
+    MixLoRABaseline,
+    PromptTuningBaseline,
+)
 from tests.conftest import _data, _trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,7 +182,7 @@ def test_base_model_refuses_to_fit_and_few_shot_pays_for_the_system_prompt(tmp_p
 def test_compare_runs_methods_through_the_cli_writes_the_table_and_resumes(tmp_path):
     out = tmp_path / "cmp"
     cmd = [sys.executable, "-m", "loragen.cli", "compare", "--config", str(ROOT / "configs" / "tiny.yaml"),
-           "--methods", "loragen,base,few_shot,lora_prompted,loramoe", "--set", "loramoe.num_experts=2",
+           "--methods", "loragen,base,few_shot,lora_prompted,loramoe", "--set", "loramoe.pool.num_experts=2",
            "--out", str(out), "--trainer.max_steps", "2", "--data.init_args.limit_per_task", "2"]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -205,7 +212,7 @@ def test_compare_runs_methods_through_the_cli_writes_the_table_and_resumes(tmp_p
 def test_compare_reports_a_failed_method_and_still_tables_the_others(tmp_path):
     out = tmp_path / "cmp"
     cmd = [sys.executable, "-m", "loragen.cli", "compare", "--config", str(ROOT / "configs" / "tiny.yaml"),
-           "--methods", "lora,base", "--set", "lora.target_modules=[nope_proj]", "--out", str(out),
+           "--methods", "lora,base", "--set", "lora.pool.target_modules=[nope_proj]", "--out", str(out),
            "--data.init_args.limit_per_task", "1"]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert run.returncode == 2 and "1 method(s) failed: lora" in run.stderr, run.stderr[-2000:]
@@ -217,9 +224,10 @@ def test_compare_reports_a_failed_method_and_still_tables_the_others(tmp_path):
 @pytest.mark.parametrize("args, fragment", [
     (["--methods", "loragen,dora"], "unknown method(s) ['dora']"),
     (["--model.init_args.pool.rank", "2"], "--model.init_args.pool.rank would reach every method's model: use --set"),
-    (["--set", "mixlora.rank=2", "--methods", "lora"], "names method 'mixlora', which is not compared"),
+    (["--set", "mixlora.pool.rank=2", "--methods", "lora"], "names method 'mixlora', which is not compared"),
     (["--set", "lora.top_k=9", "--methods", "lora"], "LoRABaseline has no argument 'top_k'"),
-    (["--set", "mixlora.top_k=9", "--methods", "mixlora"], "mixlora is invalid: top_k=9 must be between 1 and"),
+    (["--set", "lora.pool.topk=9", "--methods", "lora"], "pool has no field 'topk'"),
+    (["--set", "mixlora.pool.top_k=9", "--methods", "mixlora"], "mixlora: pool.top_k=9 must be between 1 and"),
 ])
 def test_compare_rejects_bad_requests_before_running_anything(tmp_path, args, fragment):
     cmd = [sys.executable, "-m", "loragen.cli", "compare", "--config", str(ROOT / "configs" / "tiny.yaml"),
@@ -237,9 +245,9 @@ def test_baseline_configs_layer_on_a_loragen_config_and_keep_its_pair(name, caps
     model = printed["model"]
     assert model["class_path"].startswith("loragen.models.baselines.")
     assert model["init_args"]["edge"] == "tiny:llama" and model["init_args"]["cloud"] == "tiny:qwen2"
-    assert model["init_args"]["lr"] == 0.01  # the optimizer settings of the config below carry over
-    if name in ("mixlora", "loramoe"):
-        assert model["init_args"]["num_experts"] == 4  # the same pool size as the LoRA-Gen run
+    assert model["init_args"]["optim"]["lr"] == 0.01  # the optimizer group of the config below carries over
+    if name in ("lora", "lora_prompted", "mixlora", "loramoe"):
+        assert model["init_args"]["pool"]["num_experts"] == 4  # the same pool as the LoRA-Gen run
 
 
 def test_lora_adapter_export_loads_in_peft_with_the_same_outputs(tmp_path):
@@ -297,3 +305,38 @@ def test_compare_method_configs_instantiate_every_callback_of_a_real_config(tmp_
         for callback in config["trainer"].get("callbacks") or []:
             module, _, name = callback["class_path"].rpartition(".")
             getattr(importlib.import_module(module), name)(**(callback.get("init_args") or {}))
+
+
+class NormTuning(EdgeBaselineModule):
+    """A method that is not shipped, written as a new one would be: train the edge's RMSNorm weights."""
+
+    METHOD = "norm_tuning"
+    LABEL = "norm tuning"
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        for name, param in self.edge.named_parameters():
+            param.requires_grad_("norm" in name)
+
+
+def test_a_new_method_is_one_subclass_and_gets_training_evaluation_and_checkpoints(tmp_path):
+    """The base owns the step, evaluation, results, the checkpoint filter and the identity check: a method
+    that only installs what it trains fits, tests, saves only its weights and reloads them."""
+    module = NormTuning(**EDGE)
+    trainer = _trainer(tmp_path, max_steps=3)
+    trainer.fit(module, datamodule=_data())
+    trainer.test(module, datamodule=_data(), verbose=False)
+    results = module.last_results
+    assert [r["key"] for r in results["rows"]] == ["norm_tuning"] and results["items"] == 12
+    assert results["trainable_params"] == sum(p.numel() for n, p in module.edge.named_parameters() if "norm" in n)
+    path = tmp_path / "norm.ckpt"
+    trainer.save_checkpoint(path)
+    stored = torch.load(path, weights_only=True)
+    assert set(stored["state_dict"]) == {n for n, p in module.named_parameters() if p.requires_grad}
+    assert stored["hyper_parameters"]["optim"]["lr"] == 0.01
+    assert stored["loragen"]["baseline"]["method"] == "norm_tuning"
+    fresh = NormTuning.load_from_checkpoint(path, weights_only=True)
+    trained = dict(module.named_parameters())
+    assert all(torch.equal(p, trained[n]) for n, p in fresh.named_parameters() if p.requires_grad)
+    with pytest.raises(LoRAGenError, match="method: checkpoint 'norm_tuning'"):
+        LoRABaseline(**EDGE).on_load_checkpoint(stored)

@@ -154,8 +154,8 @@ def test_apply_keeps_the_routers_k_when_a_selected_gate_underflows_to_zero(tmp_p
     from loragen.models.lora_gen_module import LoRAGenModule
 
     torch.manual_seed(0)
-    module = LoRAGenModule(cloud="tiny:qwen2", edge="tiny:llama", num_experts=4, top_k=2, rank=4, router_hidden=16,
-                           router_noise="none")
+    module = LoRAGenModule(cloud="tiny:qwen2", edge="tiny:llama", pool={"num_experts": 4, "top_k": 2, "rank": 4},
+                           router_hidden=16, router_noise="none")
     randomize_pool(module.model.pool, std=0.2)
     with torch.no_grad():  # logits 200, 0, -200, -300 whatever the prompt: top-2 gates (1.0, exp(-200) = 0.0)
         last = module.model.router.mlp[2]

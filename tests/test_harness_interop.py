@@ -45,9 +45,10 @@ def _config(tmp_path: Path, directory: Path) -> Path:
     config = {
         "seed_everything": 0,
         "model": {"class_path": "loragen.models.lora_gen_module.LoRAGenModule",
-                  "init_args": {"cloud": str(directory), "edge": str(directory), "num_experts": 2, "top_k": 2,
-                                "rank": 2, "router_hidden": 16, "lr": 0.05, "warmup_steps": 0,
-                                "reference": False, "zero_shot_reference": False, "sensitivity": False}},
+                  "init_args": {"cloud": str(directory), "edge": str(directory), "router_hidden": 16,
+                                "pool": {"num_experts": 2, "top_k": 2, "rank": 2},
+                                "optim": {"lr": 0.05, "warmup_steps": 0},
+                                "eval": {"reference": False, "zero_shot_reference": False, "sensitivity": False}}},
         "data": {"class_path": "loragen.data.task_datamodule.TaskDataModule",
                  "init_args": {"train_tasks": [TASK], "test_tasks": [f"{TASK}:{SPLITS[TASK]}"], "data_dir": str(SHARED),
                                "shots": SHOTS, "seed": SEED, "train_limit_per_task": 48, "batch_size": 4,

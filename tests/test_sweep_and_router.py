@@ -41,7 +41,7 @@ def test_offline_sweep_writes_table_plot_and_resumes(tmp_path, capsys):
 
 def test_sweep_rejects_invalid_points_before_starting(tmp_path):
     grid = parse_grid(["model.init_args.pool.num_experts=2,4", "model.init_args.pool.top_k=3"])
-    with pytest.raises(LoRAGenError, match=r"num_experts=2__top_k=3 is invalid: top_k=3"):
+    with pytest.raises(LoRAGenError, match=r"num_experts=2__top_k=3 is invalid: pool.top_k=3"):
         sweep(str(ROOT / "configs" / "tiny.yaml"), grid, str(tmp_path))
     assert not any(tmp_path.iterdir())
     with pytest.raises(LoRAGenError, match="KEY=V1"):
@@ -50,7 +50,8 @@ def test_sweep_rejects_invalid_points_before_starting(tmp_path):
 
 def _routed_module(layer_experts):
     """A frozen router whose layer l always picks the experts ``layer_experts[l]``."""
-    module = LoRAGenModule(**{**TINY, "router_hidden": 0, "router_noise": "none", "lr": 1e-12, "aux_coef": 0.0})
+    module = LoRAGenModule(**{**TINY, "router_hidden": 0, "router_noise": "none", "optim": {"lr": 1e-12},
+                              "pool": {**TINY["pool"], "aux_coef": 0.0}})
     router = module.model.router
     dim = router.mlp.in_features
     with torch.no_grad():
@@ -100,7 +101,7 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
         for i in range(16):
             fh.write(json.dumps({"system": f"task {i % 2}", "input": f"question {i}", "output": f"ans{i % 10}",
                                  "task": f"t{i % 2}"}) + "\n")
-    settings = {**TINY, "router_noise": "none", "aux_coef": 0.0}
+    settings = {**TINY, "router_noise": "none", "pool": {**TINY["pool"], "aux_coef": 0.0}}
 
     def train(devices, batch_size, root):
         L.seed_everything(0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from pathlib import Path
@@ -137,7 +138,7 @@ def test_merged_evaluation_equals_functional_and_restores_weights(tmp_path):
     before = {k: v.clone() for k, v in module.model.edge.state_dict().items()}
     results = {}
     for path in ("merged", "functional"):
-        module.evaluation.path = path
+        module.evaluation = dataclasses.replace(module.evaluation, path=path)
         _trainer(tmp_path).test(module, _data())
         results[path] = module.last_results
     for row_m, row_f in zip(results["merged"]["rows"], results["functional"]["rows"], strict=True):
@@ -266,8 +267,8 @@ def test_mixed_choice_and_free_form_batches_and_generation_scoring(tmp_path, mon
 
     answers = iter(["I am not sure", "false", "4"])
     monkeypatch.setattr(LoRAGenModule, "_generate_text", lambda self, prompt: next(answers))
-    module.evaluation.scoring = "generate"
-    module.evaluation.reference = module.evaluation.zero_shot_reference = False
+    module.evaluation = dataclasses.replace(module.evaluation, scoring="generate", reference=False,
+                                            zero_shot_reference=False)
     dm = _data(test_files=str(mixed))
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))

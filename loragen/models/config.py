@@ -1,10 +1,10 @@
 """Typed configuration groups every edge method shares: ``optim``, ``eval`` and ``pool``.
 
-Each group is a dataclass with a docstring under every field, validated on construction (an
-impossible value fails in one line before any model loads). LightningCLI parses them as nested
-groups (``--model.init_args.pool.num_experts 4``, or ``pool: {num_experts: 4}`` in YAML), and
-``loragen compare`` copies whole groups from the LoRA-Gen config to every method that takes them,
-so a field added here reaches every method of a comparison.
+Each group is a frozen dataclass with a docstring under every field (``--help`` shows them),
+validated on construction (an impossible value fails in one line before any model loads).
+LightningCLI parses them as nested groups (``--model.init_args.pool.num_experts 4``, or
+``pool: {num_experts: 4}`` in YAML), and ``loragen compare`` copies whole groups from the LoRA-Gen
+config to every method that takes them, so a field added here reaches every method of a comparison.
 
 What a checkpoint keeps: the weight-shaping and training groups (``pool``, ``optim``) and the
 method's other arguments are stored with its weights, so ``--ckpt_path`` rebuilds the model it
@@ -20,7 +20,7 @@ from typing import Any
 from loragen import LoRAGenError
 
 
-@dataclass
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW with linear warmup, then cosine decay to ``min_lr_ratio · lr`` at the last step."""
 
@@ -44,7 +44,7 @@ class OptimConfig:
             raise LoRAGenError(f"optim.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     """How validation, test and predict run; never read from a checkpoint."""
 
@@ -87,7 +87,7 @@ class EvalConfig:
             raise LoRAGenError(f"eval.path={self.path!r} is unknown: choose merged or functional")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PoolConfig:
     """LoRA experts on the edge's linears, and the balance loss over them.
 

@@ -58,7 +58,7 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
     REFERENCE_ROWS = False  # serves the plain edge beside its own rows (the prompted / zero-shot references)
 
     def __init__(self, cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
-                 optim: OptimConfig | None = None, eval: EvalConfig | None = None, seed: int = 0) -> None:  # noqa: A002
+                 optim: OptimConfig = OptimConfig(), eval: EvalConfig = EvalConfig(), seed: int = 0) -> None:  # noqa: A002
         super().__init__()
         from loragen.backbones import validate_source
 

@@ -1,10 +1,12 @@
-"""``LoRAGenModule``: the LightningModule that trains and evaluates LoRA-Gen.
+"""``LoRAGenModule``: LoRA-Gen as an ``EdgeMethod`` (the base owns the step, evaluation and checkpoints).
 
-Training runs the functional path (each sample's generated LoRA applied by hooks, DESIGN §1.5);
-validation and test are deployment-faithful by default: for each distinct system prompt in a batch
-the generated LoRA is merged into the edge weights, the items are scored *without* the system
-prompt, and the exact original weights are restored. With ``reference=True`` the plain edge model
-is also scored with the full system prompt on the same items, so every results table carries it.
+What is LoRA-Gen's own: training runs the functional path (each sample's generated LoRA applied by
+hooks, DESIGN §1.5); validation, test and predict are deployment-faithful by default: at the start of
+each epoch the generator runs once per distinct system prompt of the stage, and each prompt's items
+are answered with its LoRA merged into the edge weights, *without* the system prompt; the exact
+original weights are restored (and checked by the base). With ``eval.reference`` the plain edge
+model is also scored with the full system prompt on the same items, so every results table carries
+it; ``eval.sensitivity`` adds the rotated and task-free prompts' LoRAs on the same items.
 """
 
 from __future__ import annotations
@@ -55,10 +57,10 @@ class LoRAGenModule(EdgeMethod):
     REFERENCE_ROWS = True
 
     def __init__(self, cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
-                 pool: PoolConfig | None = None, router_hidden: int = 256, layer_embedding: bool = True,
+                 pool: PoolConfig = PoolConfig(), router_hidden: int = 256, layer_embedding: bool = True,
                  router_noise: str = "gaussian", router_center: bool = False, train_meta_tokens: bool = False,
-                 cloud_lora_rank: int = 0, init_from: str | None = None, optim: OptimConfig | None = None,
-                 eval: EvalConfig | None = None, seed: int = 0) -> None:  # noqa: A002
+                 cloud_lora_rank: int = 0, init_from: str | None = None, optim: OptimConfig = OptimConfig(),
+                 eval: EvalConfig = EvalConfig(), seed: int = 0) -> None:  # noqa: A002
         self.check_args({"router_noise": router_noise, "cloud_lora_rank": cloud_lora_rank, "init_from": init_from})
         super().__init__(cloud=cloud, edge=edge, optim=optim, eval=eval, seed=seed)
         from loragen.backbones import load_backbone

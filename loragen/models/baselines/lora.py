@@ -36,7 +36,7 @@ class LoRABaseline(EdgeBaselineModule):
     LABEL = "LoRA"
     MERGEABLE = True
 
-    def __init__(self, pool: PoolConfig | None = None, lora_dropout: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, pool: PoolConfig = PoolConfig(), lora_dropout: float = 0.0, **kwargs: Any) -> None:
         self.check_args({"lora_dropout": lora_dropout})
         pool = group("pool", pool)
         super().__init__(**kwargs)

@@ -25,7 +25,7 @@ from loragen.models.config import PoolConfig, group
 class _MoEBaseline(EdgeBaselineModule):
     MERGEABLE = False
 
-    def __init__(self, pool: PoolConfig | None = None, attention_rank: int = 8, **kwargs: Any) -> None:
+    def __init__(self, pool: PoolConfig = PoolConfig(), attention_rank: int = 8, **kwargs: Any) -> None:
         self.check_args({"attention_rank": attention_rank})
         pool = group("pool", pool)
         super().__init__(**kwargs)
