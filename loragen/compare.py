@@ -61,7 +61,8 @@ LORAGEN_ONLY_CALLBACKS = ("RouterStatistics",)
 
 
 def parse_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
-    """``["lora.rank=16", "lora.pool.rank=16"]`` → ``{"lora": {"rank": 16, "pool": {"rank": 16}}}``."""
+    """``["lora.lora_dropout=0.1", "lora.pool.rank=16"]`` →
+    ``{"lora": {"lora_dropout": 0.1, "pool": {"rank": 16}}}``."""
     import yaml
 
     sets: dict[str, dict[str, Any]] = {}
@@ -299,14 +300,14 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma-separated methods, in table order (default: all: {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                        help="override one method's model argument, e.g. lora.rank=16 (repeatable)")
+                        help="override one method's model argument, e.g. lora.pool.rank=16 (repeatable)")
     parser.add_argument("--out", default="runs/compare", help="output directory (one subdirectory per method)")
     args, extra = parser.parse_known_args(argv)
     try:
         model_options = [a for a in extra if a.startswith("--model.")]
         if model_options:
             raise LoRAGenError(f"{model_options[0]} would reach every method's model: use --set METHOD.KEY=VALUE "
-                               "(e.g. --set loragen.num_experts=4), or change the config")
+                               "(e.g. --set loragen.pool.num_experts=4), or change the config")
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m not in METHODS]
         if unknown or not methods:

@@ -137,10 +137,11 @@ def _umask() -> int:
     return umask
 
 
-def load_checkpoint(path: str | Path) -> dict:
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     """A loragen checkpoint's contents, read with torch's weights-only unpickler (tensors, numbers,
     strings, containers: nothing in the file can run code). A missing file, a file that is not a
-    checkpoint (random bytes, a pickle with code in it) or one loragen did not write fails in one line."""
+    checkpoint (random bytes, a pickle with code in it) or one loragen did not write fails in one line.
+    ``mmap``: tensors stay on disk until touched (a cheap look at the metadata of a large file)."""
     import torch
 
     from loragen import LoRAGenError
@@ -149,7 +150,7 @@ def load_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise LoRAGenError(f"checkpoint {path} does not exist or is not a file: give a .ckpt written by `loragen fit`")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # unpickling refused or failed: not a checkpoint we trust
         raise LoRAGenError(f"{path} is not a loragen checkpoint ({err.__class__.__name__}; it was read weights-only, "
                            "so nothing in it ran): give a .ckpt written by `loragen fit`") from err

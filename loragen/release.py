@@ -10,7 +10,8 @@ A release directory holds
 ``resolve_checkpoint("bundled:NAME")`` (or a release directory) gives a loragen checkpoint file built
 from it once in ``$LORAGEN_CACHE/releases/`` (weights upcast to float32, the file's sha256 checked first),
 so every command that takes ``--ckpt_path`` (``test``, ``generate``, ``apply``, ``chat``, ``serve``,
-``model.init_from``) takes a release as it is. Anything else is returned as the path it is.
+``model.init_from``) takes a release as it is. A checkpoint of an older loragen (flat model arguments)
+becomes its upgraded copy in ``$LORAGEN_CACHE/upgraded/``; anything else is returned as the path it is.
 
     python -m loragen.release export CKPT DIR --name NAME --command "bash scripts/train_release.sh ..."
 """
@@ -54,6 +55,7 @@ def export_release(ckpt_path: str | os.PathLike[str], out_dir: str | os.PathLike
     from safetensors.torch import save_file
 
     from loragen.files import atomic_directory, load_checkpoint, sha256_file
+    from loragen.models.config import CHECKPOINT_FORMAT
 
     if dtype not in DTYPES:
         raise LoRAGenError(f"release dtype {dtype!r} is unknown: choose one of {list(DTYPES)}")
@@ -69,7 +71,7 @@ def export_release(ckpt_path: str | os.PathLike[str], out_dir: str | os.PathLike
     data = checkpoint.get("datamodule_hyper_parameters", {})
     with atomic_directory(out_dir) as tmp:
         save_file(weights, str(tmp / WEIGHTS))
-        meta = {"loragen_release": FORMAT, "name": name, "weights": WEIGHTS,
+        meta = {"loragen_release": FORMAT, "hparams_format": CHECKPOINT_FORMAT, "name": name, "weights": WEIGHTS,
                 "weights_sha256": sha256_file(tmp / WEIGHTS), "dtype": dtype, "hyper_parameters": hparams,
                 "fingerprint": info["fingerprint"],
                 "max_system_tokens": data.get("max_system_tokens"), "trained_steps": checkpoint.get("global_step"),
@@ -117,7 +119,7 @@ def resolve_checkpoint(source: str | os.PathLike[str]) -> Path:
 
     from loragen.backbones import cache_root
     from loragen.files import sha256_file
-    from loragen.models.config import upgrade_hparams
+    from loragen.models.config import CHECKPOINT_FORMAT, upgrade_hparams
 
     directory = _release_dir(str(source))
     meta = read_release(directory)
@@ -125,7 +127,9 @@ def resolve_checkpoint(source: str | os.PathLike[str]) -> Path:
     if digest != meta["weights_sha256"]:
         raise LoRAGenError(f"{directory / WEIGHTS} does not match the sha256 in {META} (corrupted or edited): "
                            "reinstall loragen or re-export the release")
-    hparams = upgrade_hparams(meta["hyper_parameters"]) or meta["hyper_parameters"]
+    hparams = meta["hyper_parameters"]
+    if meta.get("hparams_format", 1) < CHECKPOINT_FORMAT:  # a release exported before the typed groups
+        hparams = upgrade_hparams(hparams)
     tag = hashlib.sha256(json.dumps(hparams, sort_keys=True).encode()).hexdigest()[:8]
     target = cache_root() / "releases" / f"{meta['name']}-{digest[:16]}-{tag}.ckpt"
     if target.is_file():
@@ -136,25 +140,29 @@ def resolve_checkpoint(source: str | os.PathLike[str]) -> Path:
     checkpoint = {"state_dict": state, "hyper_parameters": hparams, "epoch": 0,
                   "global_step": meta.get("trained_steps") or 0, "pytorch-lightning_version": lightning.__version__,
                   "datamodule_hyper_parameters": {"max_system_tokens": meta.get("max_system_tokens")},
-                  "loragen": {"fingerprint": meta["fingerprint"], "format": 1, "release": meta["name"],
+                  "loragen": {"fingerprint": meta["fingerprint"], "format": CHECKPOINT_FORMAT, "release": meta["name"],
                               "release_weights_sha256": digest}}
     _save(checkpoint, target)
     return target
 
 
 def _upgraded(path: Path) -> Path:
-    """``path`` itself, or for a checkpoint of an older loragen its upgraded copy (built once in the cache)."""
+    """``path`` itself, or for a checkpoint of an older loragen (format 1: flat model arguments) its upgraded
+    copy, built once in the cache; the copy keeps the source's sha256, so deploy outputs and gates caches
+    made from the source still match it."""
     from loragen.backbones import cache_root
     from loragen.files import load_checkpoint, sha256_file
-    from loragen.models.config import upgrade_hparams
+    from loragen.models.config import CHECKPOINT_FORMAT, upgrade_hparams
 
-    checkpoint = load_checkpoint(path)  # a file that is not a loragen checkpoint fails here, in one line
-    hparams = upgrade_hparams(checkpoint.get("hyper_parameters") or {})
-    if hparams is None:
+    checkpoint = load_checkpoint(path, mmap=True)  # not a loragen checkpoint: fails here, in one line
+    if checkpoint["loragen"].get("format", 1) >= CHECKPOINT_FORMAT:
         return path
-    target = cache_root() / "upgraded" / f"{path.stem}-{sha256_file(path)[:16]}.ckpt"
+    digest = sha256_file(path)
+    target = cache_root() / "upgraded" / f"{path.stem}-{digest[:16]}.ckpt"
     if not target.is_file():
-        checkpoint["hyper_parameters"] = hparams
+        checkpoint = load_checkpoint(path)  # in memory, not mapped: it is rewritten
+        checkpoint["hyper_parameters"] = upgrade_hparams(checkpoint.get("hyper_parameters") or {})
+        checkpoint["loragen"].update(format=CHECKPOINT_FORMAT, upgraded_from_sha256=digest)
         _save(checkpoint, target)
     print(f"loragen: {path} was written by an older loragen (flat model arguments): using its upgraded copy "
           f"{target}", file=sys.stderr, flush=True)

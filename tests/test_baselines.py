@@ -340,3 +340,23 @@ def test_a_new_method_is_one_subclass_and_gets_training_evaluation_and_checkpoin
     assert all(torch.equal(p, trained[n]) for n, p in fresh.named_parameters() if p.requires_grad)
     with pytest.raises(LoRAGenError, match="method: checkpoint 'norm_tuning'"):
         LoRABaseline(**EDGE).on_load_checkpoint(stored)
+
+
+def test_an_exception_inside_an_evaluation_epoch_unmerges_the_adapter(tmp_path, monkeypatch):
+    """Lightning reports an exception to callbacks only: the module's own callback still undoes the epoch's
+    merge, so a module reused in the same process serves (and trains) on its original weights."""
+    module = LoRABaseline(**EDGE)
+    with torch.no_grad():
+        for name, param in module.edge.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0.0, 0.1)
+    before = {n: p.detach().clone() for n, p in module.edge.named_parameters()}
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(LoRABaseline, "_grade_items", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        _trainer(tmp_path).test(module, datamodule=_data(), verbose=False)
+    assert not module._serving and not module._peft.base_model.model.model.layers[0].self_attn.q_proj.merged
+    assert all(torch.equal(p, before[n]) for n, p in module.edge.named_parameters())

@@ -200,6 +200,7 @@ def test_a_checkpoint_of_the_flat_argument_layout_is_upgraded(tmp_path, monkeypa
     ``length_normalize``) still test and deploy: an upgraded copy (same weights) is used, its evaluation
     settings dropped."""
     from loragen.deploy.checkpoint import read_checkpoint
+    from loragen.files import sha256_file
 
     monkeypatch.setenv("LORAGEN_CACHE", str(tmp_path / "cache"))
     run(["fit", *_args(tmp_path, "--trainer.max_steps", "2")])
@@ -209,11 +210,13 @@ def test_a_checkpoint_of_the_flat_argument_layout_is_upgraded(tmp_path, monkeypa
     flat = {k: v for k, v in hp.items() if k not in ("pool", "optim")}
     flat.update(hp["pool"] | hp["optim"] | {"scoring": "generate", "eval_path": "functional", "length_normalize": True})
     ckpt["hyper_parameters"] = flat
+    ckpt["loragen"]["format"] = 1
     legacy = tmp_path / "legacy.ckpt"
     torch.save(ckpt, legacy)
     cli = run(["test", *_args(tmp_path / "t"), "--ckpt_path", str(legacy)])
     assert cli.model.pool_config.num_experts == 4 and cli.model.evaluation.scoring == "loglik"  # config's eval
     info = read_checkpoint(legacy)
+    assert info.sha256 == sha256_file(legacy)  # known by its own hash: earlier gates files still match it
     assert info.pool.num_experts == 4 and info.hparams["optim"]["lr"] == 0.01 and "scoring" not in info.hparams
     state = torch.load(info.path, weights_only=True)["state_dict"]
     assert all(torch.equal(state[k], v) for k, v in ckpt["state_dict"].items())  # the weights untouched

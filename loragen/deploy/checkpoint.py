@@ -58,7 +58,9 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     hparams = dict(ckpt.get("hyper_parameters", {}))
     prefix = "model.pool."
     pool_state = {k[len(prefix):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
-    return CheckpointInfo(path=path, sha256=sha256_file(path), fingerprint=dict(ckpt["loragen"]["fingerprint"]),
+    # an upgraded copy of an older checkpoint is known by its source's hash (what earlier outputs recorded)
+    sha256 = ckpt["loragen"].get("upgraded_from_sha256") or sha256_file(path)
+    return CheckpointInfo(path=path, sha256=sha256, fingerprint=dict(ckpt["loragen"]["fingerprint"]),
                           hparams=hparams, pool=group("pool", hparams.get("pool")),
                           data_hparams=dict(ckpt.get("datamodule_hyper_parameters", {})), pool_state=pool_state)
 

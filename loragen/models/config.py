@@ -92,8 +92,9 @@ class PoolConfig:
     """LoRA experts on the edge's linears, and the balance loss over them.
 
     LoRA-Gen: one pool per (edge layer, target module), mixed per system prompt by the router. The
-    baselines take what applies to them: LoRA one adapter of ``rank`` / ``lora_alpha`` on
-    ``target_modules``; MixLoRA and LoRAMoE their per-token expert mixtures of the same size."""
+    baselines take what applies to them: LoRA one adapter of the merged LoRA's rank ``top_k · rank``
+    and scale on ``target_modules``; MixLoRA and LoRAMoE their per-token expert mixtures of the same
+    size."""
 
     num_experts: int = 8
     """Experts per (edge layer, target module)."""
@@ -133,6 +134,7 @@ class PoolConfig:
 
 GROUPS: dict[str, type] = {"optim": OptimConfig, "eval": EvalConfig, "pool": PoolConfig}
 STORED_GROUPS = ("optim", "pool")  # what a checkpoint keeps; ``eval`` never
+CHECKPOINT_FORMAT = 2  # ``checkpoint["loragen"]["format"]``: 1 = flat model arguments, 2 = the typed groups
 # arguments older loragen versions stored in checkpoints and this one does not (dropped on upgrade): retired
 # ones, and ``init_from`` (a checkpoint's weights are its own: it never re-reads its starting point)
 RETIRED_ARGS = ("length_normalize", "init_from")
@@ -163,14 +165,12 @@ def as_plain(value: Any) -> Any:
     return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
 
 
-def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any] | None:
-    """Model arguments stored by loragen before the typed groups (flat ``num_experts``, ``lr``, ``scoring``,
-    ...) in today's layout; None when they already are. Evaluation settings and retired arguments are
-    dropped (a checkpoint never decides how it is evaluated)."""
+def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Model arguments stored by loragen before the typed groups (checkpoint format 1: flat ``num_experts``,
+    ``lr``, ``scoring``, ...) in today's layout. Evaluation settings and retired arguments are dropped (a
+    checkpoint never decides how it is evaluated)."""
     flat = {f.name: kind for kind, cls in GROUPS.items() for f in fields(cls)}
     flat.update({name: kind for name, (kind, _) in _FLAT_NAMES.items()})
-    if not any(name in hparams for name in (*flat, *RETIRED_ARGS)):
-        return None
     upgraded: dict[str, Any] = {}
     groups: dict[str, dict[str, Any]] = {}
     for name, value in hparams.items():

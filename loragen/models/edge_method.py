@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from loragen import LoRAGenError
-from loragen.models.config import EvalConfig, OptimConfig, PoolConfig, as_plain, group
+from loragen.models.config import CHECKPOINT_FORMAT, EvalConfig, OptimConfig, PoolConfig, as_plain, group
 from loragen.models.evaluation import EvaluationMixin, count_trainable
 from loragen.models.optim import ScheduledTraining
 from loragen.models.scoring import answer_loss
@@ -55,7 +55,9 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
     METHOD = "edge"
     LABEL = "edge model"
     MERGEABLE = True
-    REFERENCE_ROWS = False  # serves the plain edge beside its own rows (the prompted / zero-shot references)
+    # the prompted / zero-shot reference rows are graded outside ``served_groups`` but inside the epoch's
+    # ``prepare_serving``: a method sets this only if the edge is plain there (LoRA-Gen merges per group)
+    REFERENCE_ROWS = False
 
     def __init__(self, cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
                  optim: OptimConfig = OptimConfig(), eval: EvalConfig = EvalConfig(), seed: int = 0) -> None:  # noqa: A002
@@ -195,8 +197,8 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
             return
         if self.evaluation.verify_restore:
             self._snapshot = {n: p.detach().clone() for n, p in self.scoring_model().named_parameters()}
+        self._serving = True  # set first: a preparation that fails half-way is still released
         self.prepare_serving(stage)
-        self._serving = True
 
     def _stop_serving(self, verify: bool = True) -> None:
         if not self._serving:
@@ -229,8 +231,9 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
     def on_predict_epoch_end(self) -> None:
         self._stop_serving()
 
-    def on_exception(self, exception: BaseException) -> None:  # an interrupted evaluation still restores
-        self._stop_serving(verify=False)
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Lightning tells callbacks, not the module, about an exception: this one restores the edge."""
+        return [_ReleaseOnException()]
 
     @contextlib.contextmanager
     def _epoch_or_call(self) -> Iterator[None]:
@@ -250,7 +253,7 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
         keep = self.trained_state_names()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if k in keep or k.startswith("best_val_acc")}
-        checkpoint["loragen"] = {"format": 1, **self.identity()}
+        checkpoint["loragen"] = {"format": CHECKPOINT_FORMAT, **self.identity()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.check_identity(checkpoint.get("loragen") or {})
@@ -268,6 +271,15 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
                                    "trained with other settings (experts, rank, targets, virtual tokens)")
         for name, tensor in mine.items():  # the frozen backbones are not stored: fill them in (references,
             checkpoint["state_dict"].setdefault(name, tensor.detach())  # no copies), so loading reports none missing
+
+
+class _ReleaseOnException(L.Callback):
+    """An exception inside an evaluation epoch still undoes its serving (e.g. unmerges an adapter), so a
+    module reused in the same process is not left merged."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(pl_module, EdgeMethod):
+            pl_module._stop_serving(verify=False)
 
 
 def method_arguments(cls: type) -> list[str]:

@@ -214,7 +214,7 @@ class LoRAGenModule(EdgeMethod):
         for start in range(0, len(keys), PRECOMPUTED_PROMPTS):  # bounded cloud batches
             chunk = keys[start:start + PRECOMPUTED_PROMPTS]
             self.task_loras.update(zip(chunk, self._generate_for([prompts[k] for k in chunk]), strict=True))
-        if not self._fitting():  # gate distances are cheap (one LoRA per prompt): every test reports them
+        if stage in ("val", "test") and not self._fitting():  # cheap (one LoRA per prompt): every test has them
             tasks = list(first_of_task)
             if self._sensitivity_now() and len(tasks) > 1:  # task i's prompts get task i+1's (first) LoRA
                 following = {t: first_of_task[tasks[(i + 1) % len(tasks)]] for i, t in enumerate(tasks)}

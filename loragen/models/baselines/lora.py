@@ -25,9 +25,11 @@ class LoRABaseline(EdgeBaselineModule):
     """One PEFT LoRA adapter on the edge model.
 
     Args:
-        pool: the adapter takes the pool's ``rank``, ``lora_alpha`` and ``target_modules`` (default: every
-            attention and MLP projection, as LoRA-Gen's pool), so ``loragen compare`` matches LoRA-Gen's
-            expert size; experts, top-k and the balance loss do not apply to one adapter.
+        pool: one adapter of the rank and scale of the LoRA LoRA-Gen merges into the edge: rank
+            ``top_k · rank``, alpha ``top_k · lora_alpha`` (so ``alpha / rank`` is the pool's scale), on the
+            pool's ``target_modules`` (default: every attention and MLP projection). ``loragen compare``
+            passes LoRA-Gen's pool, so both serve adapters of one size; ``num_experts`` and the balance
+            loss do not apply to one adapter.
         lora_dropout: dropout on the LoRA input in training.
         Others: see ``EdgeBaselineModule``.
     """
@@ -43,8 +45,8 @@ class LoRABaseline(EdgeBaselineModule):
         self.pool_config, self.lora_dropout = pool, lora_dropout
         from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(r=pool.rank, lora_alpha=pool.lora_alpha, target_modules=list(pool.targets(DEFAULT_TARGETS)),
-                            lora_dropout=lora_dropout, bias="none")
+        config = LoraConfig(r=pool.top_k * pool.rank, lora_alpha=pool.top_k * pool.lora_alpha,
+                            target_modules=list(pool.targets(DEFAULT_TARGETS)), lora_dropout=lora_dropout, bias="none")
         # PEFT injects its LoRA layers into ``self.edge`` in place; the wrapper is kept out of the
         # module tree so parameters are not registered twice.
         object.__setattr__(self, "_peft", get_peft_model(self.edge, config))
