@@ -358,5 +358,5 @@ def test_an_exception_inside_an_evaluation_epoch_unmerges_the_adapter(tmp_path, 
     monkeypatch.setattr(LoRABaseline, "_grade_items", fail)
     with pytest.raises(RuntimeError, match="boom"):
         _trainer(tmp_path).test(module, datamodule=_data(), verbose=False)
-    assert not module._serving and not module._peft.base_model.model.model.layers[0].self_attn.q_proj.merged
+    assert not module._serving and not module.edge.model.layers[0].self_attn.q_proj.merged
     assert all(torch.equal(p, before[n]) for n, p in module.edge.named_parameters())
