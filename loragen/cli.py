@@ -7,7 +7,6 @@ model. Heavy libraries are imported only after the top-level ``--help`` has been
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from pathlib import Path
@@ -80,15 +79,14 @@ def _cli_class() -> type:
 
         def before_instantiate_classes(self) -> None:
             """Check model and data settings (cheaply) before any model is loaded."""
-            from loragen.models.edge_method import check_method_args
+            from loragen.models.edge_method import check_method_args, load_class
 
             config = self.config[self.subcommand] if self.subcommand else self.config
             model, data = config.get("model"), config.get("data")
             if model is not None and model.get("class_path"):  # the typed groups validate themselves
                 check_method_args(model["class_path"], model.get("init_args") or {})
             if data is not None and data.get("class_path"):  # files and tasks exist, before any model loads
-                module_name, _, class_name = data["class_path"].rpartition(".")
-                cls = getattr(importlib.import_module(module_name), class_name)
+                cls = load_class(data["class_path"])
                 if hasattr(cls, "check_config"):
                     cls.check_config(**dict(data.get("init_args") or {}))
             root = (config.get("trainer") or {}).get("default_root_dir")

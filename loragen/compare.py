@@ -94,7 +94,7 @@ def method_config(base: dict[str, Any], method: str, overrides: dict[str, Any], 
     """The base (LoRA-Gen) config turned into ``method``'s config, outputs moved into ``run_dir``: the
     shared arguments and groups the method takes are copied whole, then the method's own settings and
     the ``--set`` overrides are applied; everything is validated before anything runs."""
-    from loragen.models.edge_method import check_method_args, method_arguments
+    from loragen.models.edge_method import check_method_args, load_class, method_arguments
     from loragen.sweep import point_config
 
     spec = METHODS[method]
@@ -105,10 +105,7 @@ def method_config(base: dict[str, Any], method: str, overrides: dict[str, Any], 
         init_args = _merge(loragen_args, {"eval": {"reference": False, "zero_shot_reference": False}})
         init_args = _merge(init_args, overrides)
     else:
-        import importlib
-
-        module_name, _, class_name = spec["class_path"].rpartition(".")
-        takes = method_arguments(getattr(importlib.import_module(module_name), class_name))
+        takes = method_arguments(load_class(spec["class_path"]))
         init_args = {k: loragen_args[k] for k in SHARED_ARGS if k in loragen_args and k in takes}
         init_args = _merge(_merge(init_args, spec["init_args"]), overrides)
         callbacks = config["trainer"].get("callbacks") or []

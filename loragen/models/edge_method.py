@@ -32,7 +32,16 @@ import torch
 from torch import nn
 
 from loragen import LoRAGenError
-from loragen.models.config import CHECKPOINT_FORMAT, EvalConfig, OptimConfig, PoolConfig, as_plain, group
+from loragen.models.config import (
+    CHECKPOINT_FORMAT,
+    GROUPS,
+    STORED_GROUPS,
+    EvalConfig,
+    OptimConfig,
+    PoolConfig,
+    as_plain,
+    group,
+)
 from loragen.models.evaluation import EvaluationMixin, count_trainable
 from loragen.models.optim import ScheduledTraining
 from loragen.models.scoring import answer_loss
@@ -72,7 +81,7 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
         # so that a checkpoint never decides how it is evaluated
         self.save_hyperparameters(ignore=["eval", "init_from"])
         for name, value in list(self.hparams.items()):
-            self.hparams[name] = as_plain(group(name, value)) if name in ("optim", "pool") else value
+            self.hparams[name] = as_plain(group(name, value)) if name in STORED_GROUPS else value
         self.strict_loading = False  # checkpoints hold only trained weights, not the backbones
         self._init_evaluation()
         self.trained_steps: int | None = None  # optimizer steps of the loaded checkpoint (results files)
@@ -295,29 +304,34 @@ def method_arguments(cls: type) -> list[str]:
     return names
 
 
+def load_class(class_path: str) -> type:
+    """The class a config's ``class_path`` names, or a one-line error."""
+    import importlib
+
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError):
+        raise LoRAGenError(f"class {class_path!r} does not exist: e.g. loragen.models.lora_gen_module."
+                           "LoRAGenModule or loragen.models.baselines.LoRABaseline") from None
+
+
 def check_method_args(class_path: str, init_args: Any) -> type:
     """Validate a method's arguments from a config before any model loads: the class exists, every
     argument is one it takes, the groups build (each validates itself) and the model sources are
     well-formed. Returns the class."""
-    import importlib
-
     from loragen.backbones import validate_source
 
     if hasattr(init_args, "as_dict"):  # a parsed config section (jsonargparse Namespace)
         init_args = init_args.as_dict()
-    module_name, _, class_name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError, ValueError):
-        raise LoRAGenError(f"model class {class_path!r} does not exist: e.g. loragen.models.lora_gen_module."
-                           "LoRAGenModule or loragen.models.baselines.LoRABaseline") from None
+    cls = load_class(class_path)
     if not (isinstance(cls, type) and issubclass(cls, EdgeMethod)):
         return cls
     known = method_arguments(cls)
     for name, value in init_args.items():
         if name not in known:
-            raise LoRAGenError(f"{class_name} has no argument {name!r} (its arguments: {', '.join(known)})")
-        if name in ("optim", "eval", "pool"):
+            raise LoRAGenError(f"{cls.__name__} has no argument {name!r} (its arguments: {', '.join(known)})")
+        if name in GROUPS:
             group(name, value)
     for name in ("cloud", "edge"):
         if init_args.get(name):
