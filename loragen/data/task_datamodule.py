@@ -10,13 +10,13 @@ tokenization, limits and per-task evaluation grouping are ``RecordDataModule``'s
 
 from __future__ import annotations
 
-import random
-from typing import Any
+from typing import Any, Literal
 
 from loragen import LoRAGenError
 from loragen.data.datamodule import RecordDataModule, check_sizes
+from loragen.data.mixing import check_temperature, mix
 from loragen.data.records import Record
-from loragen.data.tasks import TaskLoader, TaskSpec, expand_tasks, get_task, task_from_config
+from loragen.data.tasks import REGISTRY, TaskLoader, TaskSpec, expand_tasks, get_task, task_from_config
 from loragen.data.tasks.base import formulation_for
 from loragen.data.tasks.registry import plain_config
 
@@ -29,6 +29,22 @@ def _stage_pairs(kw: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
     return {stage: expand_tasks(plain_config(kw.get(f"{stage}_tasks")), splits[stage]) for stage in STAGES}
 
 
+def check_unseen(train: list[tuple[str, str]], unseen: list[str] | None, extra: dict[str, TaskSpec]) -> None:
+    """A train task whose dataset is listed in ``data.unseen`` is refused, in one line."""
+    if not unseen:
+        return
+    datasets = {spec.dataset for spec in (*REGISTRY.values(), *extra.values())}
+    unknown = [name for name in unseen if name not in datasets]
+    if unknown:
+        raise LoRAGenError(f"data.unseen names unknown dataset(s) {', '.join(unknown)}: a dataset is a task's "
+                           "`dataset` (see `loragen tasks`)")
+    for task, _ in train:
+        dataset = get_task(task, extra).dataset
+        if dataset in unseen:
+            raise LoRAGenError(f"train task {task!r} is from dataset {dataset!r}, which data.unseen keeps out of "
+                               "training: remove it from data.train_tasks (or from data.unseen)")
+
+
 def _extra_specs(extra_tasks: Any) -> dict[str, TaskSpec]:
     specs: dict[str, TaskSpec] = {}
     for entry in plain_config(extra_tasks) or []:
@@ -38,12 +54,15 @@ def _extra_specs(extra_tasks: Any) -> dict[str, TaskSpec]:
 
 
 class TaskDataModule(RecordDataModule):
-    """Benchmark tasks by name (presets ``seen`` and ``unseen``), from local files or the hub.
+    """Benchmark tasks by name (presets ``seen``, ``unseen``, ``suite``, ``suite_no_nc``, ``dev_unseen``),
+    from local files or the hub.
 
     Args:
         train_tasks / val_tasks / test_tasks / predict_tasks: task names, presets (``seen`` =
-            arc_challenge, arc_easy, openbookqa, boolq, siqa; ``unseen`` = hellaswag, winogrande, piqa),
-            or ``name:split`` to pick a split for one entry.
+            arc_challenge, arc_easy, openbookqa, boolq, siqa; ``unseen`` = hellaswag, winogrande, piqa;
+            ``suite`` = every trainable task and family of the many-task suite, ``suite_no_nc`` the same
+            without non-commercial data, ``dev_unseen`` = the suite's held-out tasks; ``loragen tasks``
+            lists them), or ``name:split`` to pick a split for one entry.
         data_dir: folder holding the task files in the layout of ``../shared/data`` (e.g.
             ``llm-adapters/ARC-Easy/test.json``, ``siqa/train.jsonl``). None: load from the hub.
         files: per-task, per-split overrides, ``{task: {split: path or "hub"}}``; relative paths are
@@ -62,7 +81,21 @@ class TaskDataModule(RecordDataModule):
             (LLM-Adapters files have no validation split: use ``val_split: test`` with them).
         extra_tasks: user task definitions (see ``loragen.data.tasks.registry``): declarative
             mappings or ``{class_path: ..., init_args: ...}``.
-        train_limit_per_task: keep a seeded random subset of at most this many training records per task.
+        train_limit_per_task: the per-task cap of the training mixture: a task contributes at most this
+            many records (a seeded subset) before the temperature is applied.
+        mixing_temperature: T of the training mixture (as T5 / FLAN mix tasks): task i gets a share of the
+            mixture proportional to min(n_i, cap)^(1/T), the mixture's size staying sum(min(n_i, cap)); T = 1
+            is proportional to the capped sizes (a task's records, subset to the cap), larger T flattens
+            the mix toward equal shares (small tasks repeat their records, large ones are subsampled), and
+            no task exceeds the cap.
+        train_descriptions: how many of a task's descriptions training records draw from (seeded per
+            record): 1 = the task's one description; n = its description and the first n-1 paraphrases;
+            null = all of them. The held-out paraphrase is never drawn.
+        eval_description: ``canonical`` (evaluation prompts read each task's description) or ``heldout``
+            (its held-out paraphrase, which no training record reads: does a generator follow the meaning
+            or memorised strings?).
+        unseen: datasets never trained on (e.g. the project's unseen tasks and the suite's held-out ones): a
+            train task of one of them, a family included, is refused before any model loads.
         seed: data order and the few-shot draw.
         The remaining arguments are ``RecordDataModule``'s (tokenizer sources, batch sizes, limits).
     """
@@ -72,7 +105,9 @@ class TaskDataModule(RecordDataModule):
                  data_dir: str | None = None, files: dict[str, dict[str, str]] | None = None, shots: int = 3,
                  train_split: str = "train", val_split: str = "val", test_split: str = "test",
                  extra_tasks: list[dict[str, Any]] | None = None, train_limit_per_task: int | None = None,
-                 shot_draws: int = 1, holdout: int = 0, holdout_skip: int = 0,
+                 shot_draws: int = 1, holdout: int = 0, holdout_skip: int = 0, mixing_temperature: float = 1.0,
+                 train_descriptions: int | None = 1, eval_description: Literal["canonical", "heldout"] = "canonical",
+                 unseen: list[str] | None = None,
                  cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
                  batch_size: int = 8, eval_batch_size: int = 8, max_system_tokens: int = 1024,
                  max_input_tokens: int = 256, max_output_tokens: int = 64, limit_per_task: int | None = None,
@@ -89,7 +124,8 @@ class TaskDataModule(RecordDataModule):
         self.stage_tasks = _stage_pairs(dict(self.hparams))
         self.loader = TaskLoader(data_dir, plain_config(files), shots=shots, seed=seed, strict=strict,
                                  tasks=self.extra_specs, formulation=formulation_for(scoring), holdout=holdout,
-                                 shot_draws=shot_draws, holdout_skip=holdout_skip)
+                                 shot_draws=shot_draws, holdout_skip=holdout_skip,
+                                 train_descriptions=train_descriptions, eval_description=eval_description)
 
     @staticmethod
     def check_config(**kw: Any) -> None:
@@ -99,6 +135,7 @@ class TaskDataModule(RecordDataModule):
                     "holdout_skip"):
             if kw.get(key) is not None and kw[key] < 0:
                 raise LoRAGenError(f"data.{key} must be >= 0, got {kw[key]}")
+        check_temperature(kw.get("mixing_temperature", 1.0))
         extra = _extra_specs(kw.get("extra_tasks"))
         pairs = _stage_pairs(kw)
         if not any(pairs.values()):
@@ -106,9 +143,12 @@ class TaskDataModule(RecordDataModule):
         for stage_pairs in pairs.values():
             for task, _ in stage_pairs:
                 get_task(task, extra)  # unknown names list the known tasks
+        check_unseen(pairs["train"], plain_config(kw.get("unseen")), extra)
         loader = TaskLoader(kw.get("data_dir"), plain_config(kw.get("files")), shots=kw.get("shots", 3) or 0,
                             tasks=extra, holdout=kw.get("holdout") or 0, shot_draws=kw.get("shot_draws", 1),
-                            holdout_skip=kw.get("holdout_skip") or 0)
+                            holdout_skip=kw.get("holdout_skip") or 0,
+                            train_descriptions=kw.get("train_descriptions", 1),
+                            eval_description=kw.get("eval_description", "canonical"))
         for task, split in dict.fromkeys(p for stage_pairs in pairs.values() for p in stage_pairs):
             loader.check(task, split)
             loader.shot_split(task)  # a task with shots needs a split to draw them from (reads nothing)
@@ -117,16 +157,11 @@ class TaskDataModule(RecordDataModule):
         return bool(self.stage_tasks[stage])
 
     def read_records(self, stage: str) -> list[Record]:
-        records: list[Record] = []
-        limit = self.hparams.train_limit_per_task if stage == "train" else None
-        for task, split in self.stage_tasks[stage]:
-            task_records = self.loader.records(task, split, vary_shots=stage == "train")
-            if limit is not None and len(task_records) > limit:
-                rng = random.Random(f"loragen-train-subset|{task}|{self.hparams.seed}")
-                keep = sorted(rng.sample(range(len(task_records)), limit))
-                task_records = [task_records[i] for i in keep]
-            records.extend(task_records)
-        return records
+        by_task = {task: self.loader.records(task, split, vary_shots=stage == "train")
+                   for task, split in self.stage_tasks[stage]}
+        if stage == "train":
+            return mix(by_task, self.hparams.train_limit_per_task, self.hparams.mixing_temperature, self.hparams.seed)
+        return [r for task_records in by_task.values() for r in task_records]
 
     def system_prompt(self, task: str) -> str:
         """The system prompt the cloud reads for ``task`` (description + few-shot examples)."""

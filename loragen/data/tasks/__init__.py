@@ -1,7 +1,10 @@
-"""Task registry for the paper's benchmarks: one ``TaskSpec`` per task, turned into ``Record``s.
+"""Task registry: one ``TaskSpec`` per task, turned into ``Record``s.
 
 Built-in tasks: arc_challenge, arc_easy, openbookqa, boolq, siqa (preset ``seen``); hellaswag,
-winogrande, piqa (preset ``unseen``); gsm8k; alpaca (CC BY-NC 4.0, non-commercial); gpt4tools.
+winogrande, piqa (preset ``unseen``); gsm8k, math; alpaca (CC BY-NC 4.0, non-commercial); gpt4tools;
+the many-task suite's datasets (``classify``: rte, cb, qnli, esnli, mrpc, stsb, wic, sst2, trec,
+ag_news, mc_taco; ``reading``: commonsenseqa, dream, cosmosqa) and every dataset's task families
+(``DATASET.FAMILY``, see ``families``); presets ``suite``, ``suite_no_nc`` and ``dev_unseen`` (``suite``).
 Each module documents its sources (local file formats, hub id), splits and license.
 
     from loragen.data.tasks import TaskLoader
@@ -11,7 +14,20 @@ Users add tasks with ``register_task`` or from a config (``task_from_config``; s
 """
 
 from loragen.data.records import Record
-from loragen.data.tasks import alpaca, arc, boolq, gpt4tools, gsm8k, hellaswag, openbookqa, piqa, siqa, winogrande
+from loragen.data.tasks import (
+    alpaca,
+    arc,
+    boolq,
+    classify,
+    gpt4tools,
+    gsm8k,
+    hellaswag,
+    openbookqa,
+    piqa,
+    reading,
+    siqa,
+    winogrande,
+)
 from loragen.data.tasks.base import HubSource, Item, Malformed, TaskSpec
 from loragen.data.tasks.generic import ChoiceTask, FreeTask, LLMAdaptersTask
 from loragen.data.tasks.loader import HUB, TaskLoader
@@ -24,11 +40,13 @@ from loragen.data.tasks.registry import (
     register_task,
     task_from_config,
 )
+from loragen.data.tasks.suite import build_families, suite_presets
 
-for _module in (arc, openbookqa, boolq, siqa, hellaswag, winogrande, piqa, gsm8k, alpaca, gpt4tools):
-    for _spec in _module.TASKS:
-        register_task(_spec, replace=True)
-
+_NATIVE = [spec for module in (arc, openbookqa, boolq, siqa, hellaswag, winogrande, piqa, gsm8k, alpaca, gpt4tools,
+                               reading, classify) for spec in module.TASKS]
+for _spec in [*_NATIVE, *build_families(_NATIVE)]:
+    register_task(_spec, replace=True)
+PRESETS.update(suite_presets(REGISTRY))
 
 
 def task_records(task: str, split: str, data_dir: str | None = None, **loader_args) -> list[Record]:

@@ -12,10 +12,11 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from loragen import LoRAGenError
-from loragen.data.jsonrows import Malformed  # noqa: F401  (re-exported: task parsers raise it)
+from loragen.data.jsonrows import Malformed, Row, read_rows  # Malformed re-exported: task parsers raise it
 from loragen.data.records import Record
 
 FORMULATIONS = ("cloze", "choices")
@@ -62,6 +63,7 @@ class Item:
     meta: dict[str, Any] = field(default_factory=dict)
     question: str | None = None
     contexts: tuple[str, ...] | None = None
+    plain: str | None = None
 
 
 @dataclass
@@ -84,6 +86,18 @@ class TaskSpec:
             built (so an example is never also an evaluated or a training item). Empty: no shots
             (tasks whose system prompt comes from the item).
         license / notes: shown in ``describe()``; say where the data may not be used.
+        dataset: the dataset the items come from (default: ``name``); task families over the same
+            items share it, and so do licences, dev carves and the unseen-task guard.
+        family: ``native`` (the dataset's own formulation) or the family's name (``loragen.data.tasks.families``).
+        non_commercial: the data's licence forbids commercial use (``suite_no_nc`` leaves the task out).
+        harness: the lm-evaluation-harness task this formulation equals, or "" (see ``grading``).
+        carve: the dataset has one labelled file (``files['train']``): its ``val`` and ``test`` splits are
+            this many items carved from it (seeded by the dataset name), and ``train`` is the rest.
+        max_shots: at most this many few-shot examples in the system prompt (long inputs); None = ``shots``.
+        paraphrases: further descriptions of the same task, meaning the same as ``description``;
+            training may draw one per record (``data.train_descriptions``).
+        heldout_description: a paraphrase never used in training, for evaluation only
+            (``data.eval_description: heldout``).
     """
 
     name: str
@@ -96,12 +110,39 @@ class TaskSpec:
     shot_splits: tuple[str, ...] = ("train",)
     license: str = ""
     notes: str = ""
+    dataset: str = ""
+    family: str = "native"
+    non_commercial: bool = False
+    harness: str = ""
+    carve: int = 0
+    max_shots: int | None = None
+    paraphrases: tuple[str, ...] = ()
+    heldout_description: str | None = None
+
+    def __post_init__(self) -> None:
+        self.dataset = self.dataset or self.name
 
     @property
     def splits(self) -> list[str]:
         names = set(self.files) | set(self.hub.splits if self.hub else ())
+        if self.carve and "train" in self.files:
+            names |= {"val", "test"}
         order = {"train": 0, "val": 1, "test": 2}
         return sorted(names, key=lambda s: (order.get(s, 3), s))
+
+    def read(self, path: Path) -> list[Row]:
+        """The raw rows of a local file, each with its ``file:line`` (JSON array or JSONL by default; tasks
+        with other formats -- TSV, CSV, line-aligned files -- override this and return dict rows)."""
+        return read_rows(path)
+
+    def grading(self) -> str:
+        """How an item of this task is graded, in words (the suite's table)."""
+        free = {"text": "generation, exact match", "tool": "generation, GPT4Tools success rates",
+                "number": "generation, the final number"}
+        if self.answer_kind in free:
+            return free[self.answer_kind]
+        harness = f"= lm-eval `{self.harness}`" if self.harness else "loragen's formulation"
+        return f"option log-likelihood, acc / acc_norm ({harness})"
 
     def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
         """Turn one raw row (and its line of a ``*-labels.lst`` file, if any) into an ``Item``.
@@ -126,8 +167,10 @@ class TaskSpec:
         context = item.contexts[item.label] if item.contexts and item.label is not None else item.input
         return f"{context} {item.output}"
 
-    def system_prompt(self, shots: Sequence[Item]) -> str:
-        return "\n\n".join(part for part in [self.description, *(self.format_shot(s) for s in shots)] if part)
+    def system_prompt(self, shots: Sequence[Item], description: str | None = None) -> str:
+        """``description`` (default: the task's own) followed by the few-shot examples."""
+        text = self.description if description is None else description
+        return "\n\n".join(part for part in [text, *(self.format_shot(s) for s in shots)] if part)
 
     def to_record(self, item: Item, system: str, split: str, where: str) -> Record:
         meta = {"answer": item.answer, "split": split, "source": where, "answer_kind": self.answer_kind, **item.meta}

@@ -1,4 +1,5 @@
-"""GSM8K (Cobbe et al. 2021; MIT, Copyright (c) 2021 OpenAI -- keep the notice).
+"""GSM8K (Cobbe et al. 2021; MIT, Copyright (c) 2021 OpenAI -- keep the notice), and LLM-Adapters' ``math``
+word problems in the same form (``llm-adapters/math_data/train.json``).
 
 Local files: the official ``gsm8k/{train,test}.jsonl`` (question, answer = rationale with
 ``<<calc>>`` annotations and a final ``#### N``) and the LLM-Adapters ``llm-adapters/gsm8k/test.json``
@@ -54,3 +55,10 @@ GSM8K = Gsm8kTask(
     notes="The LLM-Adapters copy of the test split (llm-adapters/gsm8k/test.json) reads the same; point "
           "files.gsm8k.test at it to use it.")
 TASKS = [GSM8K]
+MATH = Gsm8kTask(
+    name="math", description="Solve the math word problem step by step and end with 'The answer is N.'",
+    files={"train": "llm-adapters/math_data/train.json"}, carve=300,
+    license="LLM-Adapters compilation ODC-By 1.0 (credit Hu et al., EMNLP 2023); the rationales are LLM-generated.",
+    notes="LLM-Adapters' math_data (arithmetic word problems with worked solutions), a train split only: val/test "
+          "are 300 items carved from it, train is the rest.")
+TASKS.append(MATH)

@@ -44,18 +44,25 @@ def known_tasks(extra: Mapping[str, TaskSpec] | None = None) -> list[str]:
 
 
 def get_task(name: str, extra: Mapping[str, TaskSpec] | None = None) -> TaskSpec:
-    """The spec of ``name`` (``extra`` first); an unknown name lists the known tasks and presets."""
+    """The spec of ``name`` (``extra`` first); an unknown name suggests the closest ones and lists the
+    datasets and presets (``loragen tasks`` lists every task)."""
     if extra and name in extra:
         return extra[name]
     if name in REGISTRY:
         return REGISTRY[name]
-    raise LoRAGenError(f"unknown task {name!r}: known tasks are {', '.join(known_tasks(extra))} "
-                       f"(presets: {', '.join(f'{k} = {list(v)}' for k, v in PRESETS.items())}); "
+    import difflib
+
+    close = difflib.get_close_matches(name, known_tasks(extra), n=3)
+    natives = [t for t in known_tasks(extra) if "." not in t]
+    raise LoRAGenError(f"unknown task {name!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
+                       + f": known tasks are {', '.join(natives)}, and their families DATASET.FAMILY "
+                       f"(`loragen tasks` lists all); presets: {', '.join(PRESETS)}; "
                        "add your own with data.init_args.extra_tasks")
 
 
 def expand_tasks(entries: str | Iterable[str] | None, default_split: str) -> list[tuple[str, str]]:
-    """Task list entries -> ``(task, split)`` pairs: presets expand, ``name:split`` picks a split."""
+    """Task list entries -> ``(task, split)`` pairs: presets expand, ``name:split`` picks a split (a preset's
+    members that name their own split, like ``piqa:holdout`` in ``dev_unseen``, keep it)."""
     if entries is None:
         return []
     if isinstance(entries, str):
@@ -66,10 +73,11 @@ def expand_tasks(entries: str | Iterable[str] | None, default_split: str) -> lis
             raise LoRAGenError(f"task list entries must be task names, got {entry!r}")
         name, _, split = entry.strip().partition(":")
         split = split or default_split
-        names = PRESETS.get(name, (name,))
-        for task in names:
-            if (task, split) not in pairs:
-                pairs.append((task, split))
+        for member in PRESETS.get(name, (name,)):
+            task, _, own = member.partition(":")
+            pair = (task, own or split)
+            if pair not in pairs:
+                pairs.append(pair)
     return pairs
 
 
