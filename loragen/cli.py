@@ -30,6 +30,8 @@ subcommands:
   sweep      offline grid of fit + test (e.g. num_experts x aux_coef), resumable, table + plot
   compare    LoRA-Gen vs. baselines (base, few-shot, LoRA +/- system prompt, MixLoRA, LoRAMoE,
              prompt tuning) on one config: comparison.md/csv/json + accuracy-vs-latency plot
+  tasks      the task registry as a table: family, dataset, items per split, descriptions, grading,
+             licence (--data_dir PATH counts the items; --preset suite)
 
 common options:
   --config FILE           YAML config (see configs/; e.g. configs/quickstart.yaml)
@@ -165,6 +167,11 @@ def main() -> None:
         from loragen.sweep import main as sweep_main
 
         sweep_main(argv[1:])
+        return
+    if argv[0] == "tasks":
+        from loragen.tasks_command import main as tasks_main
+
+        tasks_main(argv[1:])
         return
     if argv[0] == "compare":
         from loragen.compare import main as compare_main

@@ -28,6 +28,7 @@ RUNS = {
     "commonsense/unseen.yaml": ("test", FIXTURES, ["--data.init_args.files", "{piqa: {train: piqa/train.jsonl}}"]),
     "gpt4tools/train.yaml": ("fit", FIXTURES, []),
     "pretrain/alpaca.yaml": ("fit", SHARED, []),
+    "suite/train.yaml": ("fit", SHARED, ["--data.init_args.train_limit_per_task", "4"]),
     **{f"tiny.yaml+baselines/{p.name}": ("test" if p.stem.startswith("base_") else "fit", None, [])
        for p in sorted((ROOT / "configs" / "baselines").glob("*.yaml"))},  # base_*: nothing to train
     "tiny.yaml+strategies/bf16.yaml": ("fit", None, []),

@@ -112,12 +112,12 @@ class TaskDataModule(RecordDataModule):
                  batch_size: int = 8, eval_batch_size: int = 8, max_system_tokens: int = 1024,
                  max_input_tokens: int = 256, max_output_tokens: int = 64, limit_per_task: int | None = None,
                  val_limit_per_task: int | None = None, reference: bool = True, scoring: str = "loglik",
-                 strict: bool = False, num_workers: int = 0, seed: int = 0) -> None:
+                 strict: bool = False, length_grouped: bool = False, num_workers: int = 0, seed: int = 0) -> None:
         super().__init__(cloud=cloud, edge=edge, batch_size=batch_size, eval_batch_size=eval_batch_size,
                          max_system_tokens=max_system_tokens, max_input_tokens=max_input_tokens,
                          max_output_tokens=max_output_tokens, limit_per_task=limit_per_task,
                          val_limit_per_task=val_limit_per_task, reference=reference, scoring=scoring,
-                         strict=strict, num_workers=num_workers, seed=seed)
+                         strict=strict, length_grouped=length_grouped, num_workers=num_workers, seed=seed)
         # only this class's arguments (no *_files), so ``TaskDataModule(**hparams)`` rebuilds it
         self.save_hyperparameters(ignore=["train_files", "val_files", "test_files", "predict_files"])
         self.extra_specs = _extra_specs(extra_tasks)

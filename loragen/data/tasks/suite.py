@@ -113,3 +113,16 @@ def format_table(rows: list[dict[str, Any]], fmt: str) -> str:
         cells = [str(row[c]).replace("|", "/").replace("\n", " ") for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def summary(rows: list[dict[str, Any]], registry: dict[str, TaskSpec]) -> str:
+    """The totals of a table: datasets, tasks, families, descriptions, items (train + test of each dataset's
+    native task; val is test or a carve shared with it)."""
+    datasets = {row["dataset"] for row in rows}
+    families = {row["family"] for row in rows} - {"native"}
+    descriptions = sum(len({registry[r["task"]].description, *registry[r["task"]].paraphrases})
+                       + bool(registry[r["task"]].heldout_description) for r in rows)
+    items = sum(int(r["train"] or 0) + int(r["test"] or 0) for r in rows if r["family"] == "native")
+    counted = "" if not any(r["train"] != "" for r in rows) else f", {items:,} items (train + test of each dataset)"
+    return (f"{len(rows)} tasks over {len(datasets)} datasets, {len(families)} families besides the native "
+            f"formulations ({', '.join(sorted(families))}), {descriptions:,} descriptions{counted}.")
