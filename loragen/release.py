@@ -5,7 +5,8 @@ A release directory holds
 - ``generator.safetensors``: the trained weights (meta tokens, router, expert pool), float16 by
   default (half the size of the training checkpoint's float32, and no optimizer state);
 - ``release.json``: the model's hyperparameters, the cloud/edge pair fingerprint, the sha256 of the
-  weights file, the training steps and command, the data licences and where the results card is.
+  weights file, the training steps and command, the data it was trained on -- each dataset with its
+  tasks and licence, read from the checkpoint's training tasks -- and where the results card is.
 
 ``resolve_checkpoint("bundled:NAME")`` (or a release directory) gives a loragen checkpoint file built
 from it once in ``$LORAGEN_CACHE/releases/`` (weights upcast to float32, the file's sha256 checked first),
@@ -69,16 +70,31 @@ def export_release(ckpt_path: str | os.PathLike[str], out_dir: str | os.PathLike
     weights = {k: v.detach().to(getattr(torch, dtype)).contiguous() if v.is_floating_point() else v
                for k, v in trained.items()}
     data = checkpoint.get("datamodule_hyper_parameters", {})
+    trained_on = training_data(data)
+    if not licences:  # the licence of every dataset it was trained on, from the registry
+        licences = [f"{d['dataset']}: {d['licence']}" for d in trained_on]
     with atomic_directory(out_dir) as tmp:
         save_file(weights, str(tmp / WEIGHTS))
         meta = {"loragen_release": FORMAT, "hparams_format": CHECKPOINT_FORMAT, "name": name, "weights": WEIGHTS,
                 "weights_sha256": sha256_file(tmp / WEIGHTS), "dtype": dtype, "hyper_parameters": hparams,
                 "fingerprint": info["fingerprint"],
                 "max_system_tokens": data.get("max_system_tokens"), "trained_steps": checkpoint.get("global_step"),
-                "training_command": command, "data_licences": list(licences or []), "results": results,
+                "training_command": command, "data_licences": list(licences or []), "training_data": trained_on,
+                "non_commercial_data": sorted(d["dataset"] for d in trained_on if d["non_commercial"]),
+                "results": results,
                 "source_checkpoint_sha256": sha256_file(ckpt_path)}
         (tmp / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return meta
+
+
+def training_data(data_hparams: dict[str, Any]) -> list[dict[str, Any]]:
+    """The datasets a checkpoint's training tasks (registry names and presets) come from: each with its tasks,
+    licence and whether it is non-commercial. Empty for data given as record files."""
+    from loragen.data.tasks import REGISTRY, expand_tasks
+    from loragen.data.tasks.suite import licences
+
+    tasks = [task for task, _ in expand_tasks(data_hparams.get("train_tasks"), "train") if task in REGISTRY]
+    return licences(tasks, REGISTRY)
 
 
 def _release_dir(source: str) -> Path:
@@ -190,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("out_dir")
     export.add_argument("--name", required=True)
     export.add_argument("--command", required=True, help="the command that trained it (recorded)")
-    export.add_argument("--licence", action="append", default=[], help="a data licence line (repeatable)")
+    export.add_argument("--licence", action="append", default=[],
+                        help="a data licence line (repeatable); default: each training dataset's licence")
     export.add_argument("--dtype", default="float16", choices=DTYPES)
     export.add_argument("--results", help="where the release's results card is (recorded)")
     args = parser.parse_args(argv)

@@ -29,6 +29,11 @@ ignored). ``task`` names are given without the ``loragen_parity_`` prefix:
   ``sentence[:i] + option`` and the one continuation is ``" " + sentence[i + 1:].strip()`` (i = index of "_").
 - ``boolq_closed_book``: ``{"question": str, "label": 0 | 1}`` (1 = yes); prompt
   ``"Question: {question}?\\nAnswer:"`` (the harness's boolq without the passage), options ``" no"``, ``" yes"``.
+- the suite's tasks, in their hub schemas with an int ``label`` (the class index, the harness's choice order):
+  ``rte`` / ``cb`` ``{"premise", "hypothesis"}``; ``qnli`` ``{"question", "sentence"}``; ``mrpc``
+  ``{"sentence1", "sentence2"}``; ``wic`` ``{"sentence1", "sentence2", "start1", "end1"}``; ``sst2``
+  ``{"sentence"}``; ``mc_taco`` ``{"sentence", "question", "answer"}``; ``commonsense_qa`` like ARC's, with
+  ``answerKey`` a letter (loragen's ``commonsenseqa.letter`` family).
 
 Notes on lm_eval 0.4.13 (checked in its source):
 
@@ -66,7 +71,8 @@ from loragen.data.tasks.io import labels_file, read_labels, read_rows
 
 TEMPLATES = Path(__file__).parent / "harness_tasks"
 PREFIX = "loragen_parity_"
-TASKS = ("arc_easy", "arc_challenge", "openbookqa", "siqa", "piqa", "hellaswag", "winogrande", "boolq_closed_book")
+TASKS = ("arc_easy", "arc_challenge", "openbookqa", "siqa", "piqa", "hellaswag", "winogrande", "boolq_closed_book",
+         "rte", "cb", "wic", "qnli", "mrpc", "sst2", "mc_taco", "commonsense_qa")
 # Tasks whose doc_to_text returns the gold index and whose "choices" are contexts (one shared continuation).
 MULTIPLE_INPUT = frozenset({"winogrande"})
 
@@ -156,6 +162,9 @@ def _gold(task: str, sample: dict) -> int:
     if task in MULTIPLE_INPUT:
         return {"1": 0, "2": 1}[str(sample["doc"]["answer"])]
     target = sample["target"]
+    choices = [cont.strip() for _, cont in sample["arguments"]]
+    if isinstance(target, str) and target in choices:  # a letter target (commonsense_qa)
+        return choices.index(target)
     if isinstance(target, str) and target.strip().isdigit():
         return int(target)
     if not isinstance(target, int):
@@ -267,14 +276,19 @@ def run_harness(model_args: str | Any, tasks: list[str], data_dir: Path, work: P
 # task -> (split evaluated, harness task name); PIQA/WinoGrande evaluation splits are kept out of this
 # repository's data, so their train files serve as items here (nothing is trained in these tests).
 SPLITS = {"arc_easy": "test", "arc_challenge": "test", "openbookqa": "test", "siqa": "val", "piqa": "train",
-          "winogrande": "train", "boolq": "test", "hellaswag": "test"}
-HARNESS_NAME = {"boolq": "boolq_closed_book"}
+          "winogrande": "train", "boolq": "test", "hellaswag": "test", "rte": "val", "cb": "val", "wic": "val",
+          "qnli": "val", "mrpc": "val", "sst2": "val", "mc_taco": "test", "commonsenseqa.letter": "val"}
+HARNESS_NAME = {"boolq": "boolq_closed_book", "commonsenseqa.letter": "commonsense_qa"}
+LABEL_TASKS = ("rte", "cb", "wic", "qnli", "mrpc", "sst2", "mc_taco")
 
 
-def _raw_row(source: str) -> dict:
-    """The raw row a record was parsed from (``file:line``), with its labels-file line."""
+def _raw_row(source: str, task: str | None = None) -> dict:
+    """The raw row a record was parsed from (``file:line``; read by the task's own reader when given), with
+    its labels-file line."""
+    from loragen.data.tasks import get_task
+
     path = Path(source.rpartition(":")[0])
-    rows = read_rows(path)
+    rows = get_task(task).read(path) if task else read_rows(path)
     for i, (loc, row) in enumerate(rows):
         if loc == source:
             label_path = labels_file(path)
@@ -285,6 +299,15 @@ def _raw_row(source: str) -> dict:
 def harness_doc(task: str, record, item) -> dict:
     """The item as a document of the harness's dataset schema (texts as loragen parsed them)."""
     letters = [chr(ord("A") + k) for k in range(len(item.options))]
+    if task in LABEL_TASKS:  # the hub-schema row the task's reader gives, with the class index as the label
+        from loragen.data.tasks import get_task
+
+        raw = _raw_row(record.meta["source"], task)
+        values, index = get_task(task).row_fields(raw, None)
+        return {**raw, **values, "label": index}
+    if task == "commonsenseqa.letter":
+        return {"question": item.question, "choices": {"text": list(item.options), "label": letters},
+                "answerKey": letters[item.label]}
     if task in ("arc_easy", "arc_challenge", "openbookqa"):
         key = "question_stem" if task == "openbookqa" else "question"
         return {key: item.question, "choices": {"text": list(item.options), "label": letters},

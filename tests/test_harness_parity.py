@@ -87,6 +87,18 @@ def test_same_chosen_option_as_the_harness_for_every_item_on_a_tiny_model(tmp_pa
         assert row["loragen_acc"] == row["harness_acc"] and row["loragen_acc_norm"] == row["harness_acc_norm"]
 
 
+@needs_shared
+def test_suite_tasks_choose_the_same_option_as_the_harness_for_every_item_on_a_tiny_model(tmp_path, tiny_dir):
+    """The suite's datasets that lm-evaluation-harness has (SuperGLUE RTE / CB / WiC, GLUE QNLI / MRPC / SST-2,
+    MC-TACO) in their native formulation, and CommonsenseQA as its ``letter`` family (the harness's form)."""
+    tasks = ["rte", "cb", "wic", "qnli", "mrpc", "sst2", "mc_taco", "commonsenseqa.letter"]
+    table = compare_with_harness(tmp_path, str(tiny_dir), tiny_dir, tasks, SHARED, limit=30)
+    for task, row in table.items():
+        assert row["items"] == 30
+        assert row["differ"] == [] and row["differ_norm"] == [], (task, row)
+        assert row["loragen_acc"] == row["harness_acc"] and row["loragen_acc_norm"] == row["harness_acc_norm"]
+
+
 def test_same_chosen_option_as_the_harness_on_published_format_fixtures(tmp_path, tiny_dir):
     """Runs without the shared data (CI): HellaSwag's text cleaning (``[title]`` markup, a double space after
     it), PIQA and WinoGrande (partial scoring) on their published formats, with labels files."""

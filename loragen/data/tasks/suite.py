@@ -93,6 +93,8 @@ def table_rows(names: Iterable[str], registry: dict[str, TaskSpec], loader: Any 
                 row[split] = len(loader.parsed(name, split))
         pool = {spec.description, *spec.paraphrases} - {spec.heldout_description}
         row["descriptions"] = f"{len(pool)} + 1 held out" if spec.heldout_description else str(len(pool))
+        if not spec.description and not spec.paraphrases:
+            row["descriptions"] = "per item (its instruction)"
         row["grading"] = spec.grading()
         row["licence"] = spec.license.removeprefix("License: ").removeprefix("License ")
         rows.append(row)
@@ -120,7 +122,7 @@ def summary(rows: list[dict[str, Any]], registry: dict[str, TaskSpec]) -> str:
     native task; val is test or a carve shared with it)."""
     datasets = {row["dataset"] for row in rows}
     families = {row["family"] for row in rows} - {"native"}
-    descriptions = sum(len({registry[r["task"]].description, *registry[r["task"]].paraphrases})
+    descriptions = sum(len({registry[r["task"]].description, *registry[r["task"]].paraphrases} - {""})
                        + bool(registry[r["task"]].heldout_description) for r in rows)
     items = sum(int(r["train"] or 0) + int(r["test"] or 0) for r in rows if r["family"] == "native")
     counted = "" if not any(r["train"] != "" for r in rows) else f", {items:,} items (train + test of each dataset)"
