@@ -105,7 +105,8 @@ def main() -> None:
     parser.add_argument("--data_dir", required=True, help="the benchmark files (the layout of ../shared/data)")
     parser.add_argument("--steps", type=int, default=20, help="measured training steps per setting")
     parser.add_argument("--warmup", type=int, default=3, help="steps run before measuring")
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS),
+                        help="settings to measure; the ratios need 'seen'")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -115,18 +116,18 @@ def main() -> None:
         for name in args.settings:
             print(f"[benchmark_suite] {name}: {args.warmup} + {args.steps} training steps ...", flush=True)
             figures[name] = measure(name, args.data_dir, args.steps, args.warmup)
-    base = figures.get("seen")
+    base = figures.get("seen") or next(iter(figures.values()))
     print("\n| setting | samples/s (step) | edge tokens/s | tokens/sample (padded) | cloud s/new prompt | "
           "prompts in a 1500-step run | samples/s (1500-step run) | ratio to seen (step / run) |")
     print("|---|---|---|---|---|---|---|---|")
     for name, f in figures.items():
-        ratio = (f"{f['samples_per_s'] / base['samples_per_s']:.2f} / {f['run_samples_per_s'] / base['run_samples_per_s']:.2f}"
-                 if base else "")
+        step, run = f["samples_per_s"] / base["samples_per_s"], f["run_samples_per_s"] / base["run_samples_per_s"]
+        ratio = f"{step:.2f} / {run:.2f}"
         print(f"| {name} | {f['samples_per_s']:.2f} | {f['edge_tokens_per_s']:.0f} | {f['tokens_per_sample']:.1f} "
               f"({f['padded_tokens_per_sample']:.1f}) | {f['cloud_s_per_prompt']:.3f} | {f['prompts_in_run']} | "
               f"{f['run_samples_per_s']:.2f} | {ratio} |")
-    print(f"\nbatch {COMMON['batch_size']}, {args.steps} measured steps after {args.warmup}, bundled SmolLM2-135M pair, "
-          f"{torch.get_num_threads()} threads")
+    print(f"\nbatch {COMMON['batch_size']}, {args.steps} measured steps after {args.warmup}, bundled SmolLM2-135M "
+          f"pair, {torch.get_num_threads()} threads")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 

@@ -455,7 +455,8 @@ def test_check_config_fails_before_anything_is_loaded(monkeypatch):
     import loragen.backbones as backbones
 
     monkeypatch.setattr(backbones, "load_tokenizer", lambda *a, **k: pytest.fail("a tokenizer was loaded"))
-    with pytest.raises(LoRAGenError, match=r"unknown task 'arc_eazy' \(did you mean arc_easy.*known tasks are ag_news, alpaca, arc_challenge"):
+    with pytest.raises(LoRAGenError,
+                       match=r"unknown task 'arc_eazy' \(did you mean arc_easy.*known tasks are ag_news, alpaca"):
         TaskDataModule.check_config(train_tasks=["arc_eazy"], data_dir=str(FIXTURES))
     with pytest.raises(LoRAGenError, match="ARC-Easy/test.json for task 'arc_easy' \\(test\\) does not exist"):
         TaskDataModule.check_config(test_tasks=["arc_easy"], data_dir=str(FIXTURES))
