@@ -7,7 +7,9 @@ splitting off the time spent in cloud passes (one per distinct system prompt; st
 - ``seen``: today's release run (configs/commonsense/seen.yaml's data: five tasks, one description each);
 - ``seen+machinery``: the same five tasks through the suite's machinery (8 descriptions per task,
   temperature-2 mixing, length-grouped batches): what the new data path itself costs;
-- ``suite``: configs/suite/train.yaml's data (the suite preset).
+- ``suite``: configs/suite/train.yaml's data (the suite preset);
+- ``suite+margin`` / ``suite+null`` / ``suite+distill``: the suite with one specificity signal switched on
+  (``model.specificity``, coefficient 1): what each signal costs per step (their terms' values are printed).
 
 Printed per setting: samples/s and edge tokens/s of the training step without cloud passes, cloud seconds
 per new prompt, the distinct prompts a 1500-step run meets (from the sampler's real order), the samples/s
@@ -40,20 +42,27 @@ SETTINGS = {
               "files": {"winogrande": {"train": "winogrande/train_s.jsonl"}}, "train_descriptions": 8,
               "mixing_temperature": 2.0, "length_grouped": True},
 }
+for _signal in ("margin", "null", "distill"):
+    SETTINGS[f"suite+{_signal}"] = {**SETTINGS["suite"], "specificity": {f"{_signal}_coef": 1.0}}
+DEFAULT_SETTINGS = ["seen", "seen+machinery", "suite"]
 RUN_STEPS = 1500
+SIGNAL_LOGS = ("train/margin", "train/null", "train/distill")
 
 
 def measure(name: str, data_dir: str, steps: int, warmup: int) -> dict[str, float]:
     import lightning as L
 
     from loragen.data.task_datamodule import TaskDataModule
-    from loragen.models.config import PoolConfig
+    from loragen.models.config import PoolConfig, SpecificityConfig
     from loragen.models.lora_gen_module import LoRAGenModule
 
     L.seed_everything(0, verbose=False)
-    data = TaskDataModule(data_dir=data_dir, **COMMON, **SETTINGS[name])
+    setting = dict(SETTINGS[name])
+    specificity = SpecificityConfig(**setting.pop("specificity", {}))
+    data = TaskDataModule(data_dir=data_dir, **COMMON, **setting)
     model = LoRAGenModule(COMMON["cloud"], COMMON["edge"], pool=PoolConfig(num_experts=8, top_k=2, rank=8,
-                                                                            lora_alpha=16, aux_coef=1.0))
+                                                                            lora_alpha=16, aux_coef=1.0),
+                          specificity=specificity)
     generator = model.model.generator
     cloud = {"seconds": 0.0}
     run_cloud = generator._run_cloud
@@ -72,7 +81,8 @@ def measure(name: str, data_dir: str, steps: int, warmup: int) -> dict[str, floa
             self.start, self.cloud0, self.passes0 = time.perf_counter(), cloud["seconds"], generator.cloud_passes
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
-            rows.append({"seconds": time.perf_counter() - self.start, "cloud": cloud["seconds"] - self.cloud0,
+            terms = {k: float(v) for k, v in trainer.callback_metrics.items() if k in SIGNAL_LOGS}
+            rows.append({**terms, "seconds": time.perf_counter() - self.start, "cloud": cloud["seconds"] - self.cloud0,
                          "passes": generator.cloud_passes - self.passes0,
                          "tokens": float(batch["attention_mask"].sum()), "padded": float(batch["input_ids"].numel())})
 
@@ -87,7 +97,7 @@ def measure(name: str, data_dir: str, steps: int, warmup: int) -> dict[str, floa
     passes = sum(r["passes"] for r in rows)
     per_prompt = sum(r["cloud"] for r in rows) / max(passes, 1)
     # the distinct prompts a RUN_STEPS-step run meets, in the sampler's real order
-    examples = data.examples["train"]
+    examples = data.examples[data._examples_key("train")]
     sampler = data.train_dataloader().sampler
     order = list(iter(sampler))[: RUN_STEPS * COMMON["batch_size"]]
     prompts = len({tuple(examples[i]["system_ids"]) for i in order})
@@ -97,7 +107,8 @@ def measure(name: str, data_dir: str, steps: int, warmup: int) -> dict[str, floa
             sum(edge), "padded_tokens_per_sample": statistics.mean(r["padded"] for r in timed) / COMMON["batch_size"],
             "tokens_per_sample": statistics.mean(r["tokens"] for r in timed) / COMMON["batch_size"],
             "cloud_s_per_prompt": per_prompt, "prompts_in_run": prompts, "run_samples_per_s": amortised,
-            "training_records": len(examples), "wall_s": wall}
+            "training_records": len(examples), "wall_s": wall,
+            **{k: statistics.mean(r[k] for r in timed if k in r) for k in SIGNAL_LOGS if any(k in r for r in timed)}}
 
 
 def main() -> None:
@@ -105,7 +116,7 @@ def main() -> None:
     parser.add_argument("--data_dir", required=True, help="the benchmark files (the layout of ../shared/data)")
     parser.add_argument("--steps", type=int, default=20, help="measured training steps per setting")
     parser.add_argument("--warmup", type=int, default=3, help="steps run before measuring")
-    parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS),
+    parser.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, choices=list(SETTINGS),
                         help="settings to measure; the ratios need 'seen'")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
@@ -126,6 +137,10 @@ def main() -> None:
         print(f"| {name} | {f['samples_per_s']:.2f} | {f['edge_tokens_per_s']:.0f} | {f['tokens_per_sample']:.1f} "
               f"({f['padded_tokens_per_sample']:.1f}) | {f['cloud_s_per_prompt']:.3f} | {f['prompts_in_run']} | "
               f"{f['run_samples_per_s']:.2f} | {ratio} |")
+    for name, f in figures.items():
+        terms = ", ".join(f"{k.removeprefix('train/')} {f[k]:.4g}" for k in SIGNAL_LOGS if k in f)
+        if terms:
+            print(f"{name}: mean term over the measured steps: {terms}")
     print(f"\nbatch {COMMON['batch_size']}, {args.steps} measured steps after {args.warmup}, bundled SmolLM2-135M "
           f"pair, {torch.get_num_threads()} threads")
     if args.json:

@@ -215,16 +215,20 @@ class RecordDataModule(L.LightningDataModule):
             if key in self.examples or not self.has_stage(name):
                 continue
             if name == "train":
-                self._tokenize(key, partial(tok.train_example, with_system=key == "train+system"), split="train")
+                self._tokenize(key, partial(tok.train_example, with_system=key == "train+system",
+                                            teacher=key == "train+teacher"), split="train")
             else:
                 self._tokenize(name, lambda r: tok.eval_example(r, self.hparams.reference))
 
     def _examples_key(self, stage: str) -> str:
         """Where a stage's examples live. Methods that read the system prompt at every request (e.g.
-        LoRA with the system prompt) also train with it in the edge context: ``train+system``."""
+        LoRA with the system prompt) also train with it in the edge context: ``train+system``; methods that
+        distil the edge reading the prompt also get that sequence: ``train+teacher``."""
         module = self.trainer.lightning_module if self.trainer is not None else None
         if stage == "train" and getattr(module, "train_with_system_prompt", False):
             return "train+system"
+        if stage == "train" and getattr(module, "train_teacher_prompt", False):
+            return "train+teacher"
         return stage
 
     def _tokenize(self, name: str, make: Any, split: str | None = None) -> None:

@@ -107,14 +107,23 @@ class RecordTokenizer:
         return [self.pair_ids(record, c, o, with_system, scoring=True)
                 for c, o in zip(contexts, record.options or (), strict=True)]
 
-    def train_example(self, record: Record, with_system: bool = False) -> dict[str, Any]:
-        """Edge sequence = prompt + answer (loss on the answer only); ``with_system`` puts the system
-        prompt in the edge context too (baselines that read it at every request)."""
+    def _sequence(self, record: Record, with_system: bool) -> tuple[list[int], list[int]]:
         prompt, answer = self.pair_ids(record, record.train_context, record.output, with_system)
         if self.edge.eos_token_id is not None:
             answer = answer + [self.edge.eos_token_id]
-        return {"system_ids": self.system_ids(record.system), "input_ids": prompt + answer,
-                "labels": [IGNORE] * len(prompt) + answer, "task": record.task}
+        return prompt + answer, [IGNORE] * len(prompt) + answer
+
+    def train_example(self, record: Record, with_system: bool = False, teacher: bool = False) -> dict[str, Any]:
+        """Edge sequence = prompt + answer (loss on the answer only); ``with_system`` puts the system
+        prompt in the edge context too (baselines that read it at every request); ``teacher`` adds the
+        sequence with the system prompt as ``teacher_input_ids`` / ``teacher_labels`` (context distillation:
+        the edge reading the prompt is the target of the edge without it)."""
+        ids, labels = self._sequence(record, with_system)
+        example = {"system_ids": self.system_ids(record.system), "input_ids": ids, "labels": labels,
+                   "task": record.task}
+        if teacher:
+            example["teacher_input_ids"], example["teacher_labels"] = self._sequence(record, with_system=True)
+        return example
 
     def eval_example(self, record: Record, reference: bool) -> dict[str, Any]:
         """Gold sequence plus the edge prompt per setting and, for multiple choice, each option's
@@ -155,6 +164,9 @@ class Collator:
             "task": [e["task"] for e in examples],
         }
         batch.update(self._edge([e["input_ids"] for e in examples], [e["labels"] for e in examples], ""))
+        if "teacher_input_ids" in examples[0]:
+            batch.update(self._edge([e["teacher_input_ids"] for e in examples],
+                                    [e["teacher_labels"] for e in examples], "teacher_"))
         if "requests" in examples[0]:  # evaluation: ragged lists (see ``loragen.models.scoring``)
             batch["label"] = torch.tensor([e["label"] for e in examples])
             for key in ("requests", "ref_requests", "option_chars", "prompt", "ref_prompt", "uid", "task_pos"):

@@ -1,4 +1,5 @@
-"""Typed configuration groups every edge method shares: ``optim``, ``eval`` and ``pool``.
+"""Typed configuration groups every edge method shares: ``optim``, ``eval`` and ``pool`` (and LoRA-Gen's
+``specificity``).
 
 Each group is a frozen dataclass with a docstring under every field (``--help`` shows them),
 validated on construction (an impossible value fails in one line before any model loads).
@@ -14,7 +15,7 @@ command line of the run that evaluates it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 from loragen import LoRAGenError
@@ -132,8 +133,56 @@ class PoolConfig:
         return tuple(self.target_modules) if self.target_modules else default
 
 
-GROUPS: dict[str, type] = {"optim": OptimConfig, "eval": EvalConfig, "pool": PoolConfig}
-STORED_GROUPS = ("optim", "pool")  # what a checkpoint keeps; ``eval`` never
+# the evaluation's task-free probe (the "task-free prompt's LoRA" row): never a training null prompt, so that
+# row stays a held-out test of whether a generator reads its prompt
+GENERIC_PROMPT = "You are a helpful assistant."
+
+
+@dataclass(frozen=True)
+class SpecificityConfig:
+    """LoRA-Gen's training signals for a LoRA specific to its prompt (``loragen.models.specificity``); every
+    coefficient 0 (the default) trains on the answer loss alone, as before."""
+
+    margin_coef: float = 0.0
+    """Counterfactual margin: weight of ``relu(margin − (ll_own − ll_other))``, the mean answer-token
+    log-likelihood of a row under its own prompt's LoRA against another task's prompt's LoRA from the batch."""
+    margin: float = 0.5
+    """That margin, in nats per answer token."""
+    null_coef: float = 0.0
+    """Null-prompt control: weight of the mean squared Frobenius norm of the LoRA generated for each task-free
+    prompt of ``null_prompts`` (pulled toward the untouched edge)."""
+    null_prompts: list[str] = field(default_factory=lambda: ["", "Answer the following.", "You are an assistant.",
+                                                             "Respond to the user's input."])
+    """The task-free prompts of the null-prompt control (never the evaluation's task-free probe)."""
+    distill_coef: float = 0.0
+    """Context distillation: weight of ``T²·KL(edge reading the system prompt ‖ LoRA edge without it)`` over
+    the vocabulary at the answer positions."""
+    distill_temperature: float = 1.0
+    """Its temperature T."""
+
+    def __post_init__(self) -> None:
+        for name in ("margin_coef", "null_coef", "distill_coef"):
+            if getattr(self, name) < 0:
+                raise LoRAGenError(f"specificity.{name}={getattr(self, name)} must be >= 0 (0 = off)")
+        if self.margin < 0:
+            raise LoRAGenError(f"specificity.margin={self.margin} must be >= 0 (nats per answer token)")
+        if not self.distill_temperature > 0:
+            raise LoRAGenError(f"specificity.distill_temperature={self.distill_temperature} must be > 0")
+        if self.null_coef and not self.null_prompts:
+            raise LoRAGenError("specificity.null_coef > 0 needs at least one specificity.null_prompts entry")
+        if GENERIC_PROMPT in self.null_prompts:
+            raise LoRAGenError(f"specificity.null_prompts holds {GENERIC_PROMPT!r}, the evaluation's task-free probe: "
+                               "training it toward the untouched edge would make that check meaningless; use "
+                               "other task-free prompts")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.margin_coef or self.null_coef or self.distill_coef)
+
+
+GROUPS: dict[str, type] = {"optim": OptimConfig, "eval": EvalConfig, "pool": PoolConfig,
+                           "specificity": SpecificityConfig}
+STORED_GROUPS = ("optim", "pool", "specificity")  # what a checkpoint keeps; ``eval`` never
 CHECKPOINT_FORMAT = 2  # ``checkpoint["loragen"]["format"]``: 1 = flat model arguments, 2 = the typed groups
 # arguments older loragen versions stored in checkpoints and this one does not (dropped on upgrade): retired
 # ones, and ``init_from`` (a checkpoint's weights are its own: it never re-reads its starting point)

@@ -144,12 +144,20 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
             for logger in self.trainer.loggers:
                 logger.log_hyperparams({"identity": self.identity(), "eval": as_plain(self.evaluation)})
 
+    def extra_losses(self, batch: dict[str, Any], hidden: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
+        """Further training terms of the method, ``name -> (coefficient, term)``, after ``training_forward``
+        (LoRA-Gen's specificity signals); each is logged as ``train/<name>``."""
+        return {}
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         hidden, aux = self.training_forward(batch)
         ce = answer_loss(self.scoring_model(), hidden, batch["labels"])
         loss = ce if aux is None else ce + self.pool_config.aux_coef * aux
-        logs = {"train/loss": loss, "train/ce": ce} | ({} if aux is None else {"train/aux": aux})
-        self.log_dict(logs, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        logs = {"train/ce": ce} | ({} if aux is None else {"train/aux": aux})
+        for name, (coef, term) in self.extra_losses(batch, hidden).items():
+            loss = loss + coef * term
+            logs[f"train/{name}"] = term
+        self.log_dict({"train/loss": loss, **logs}, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def eval_settings(self) -> list[str]:

@@ -19,7 +19,7 @@ import torch
 from loragen import LoRAGenError
 from loragen.models.components.expert_pool import DEFAULT_TARGETS
 from loragen.models.components.router import NOISE_KINDS
-from loragen.models.config import EvalConfig, OptimConfig, PoolConfig, group
+from loragen.models.config import GENERIC_PROMPT, EvalConfig, OptimConfig, PoolConfig, SpecificityConfig, group
 from loragen.models.edge_method import EdgeMethod, Served
 
 SETTINGS = {"loragen": "LoRA-Gen (merged, no system prompt)",
@@ -27,8 +27,7 @@ SETTINGS = {"loragen": "LoRA-Gen (merged, no system prompt)",
             "generic": "LoRA-Gen, a task-free prompt's LoRA",
             "prompted": "edge + full system prompt", "zero_shot": "edge, no system prompt, no LoRA"}
 # the task-free system prompt of the prompt-sensitivity check: a generator that ignores its prompt serves
-# every task as well with this prompt's LoRA as with the task's own
-GENERIC_PROMPT = "You are a helpful assistant."
+# every task as well with this prompt's LoRA as with the task's own (``config.GENERIC_PROMPT``)
 
 
 class LoRAGenModule(EdgeMethod):
@@ -48,6 +47,8 @@ class LoRAGenModule(EdgeMethod):
         cloud_lora_rank: > 0 trains a PEFT LoRA of this rank on the cloud.
         init_from: start from the trained weights of this checkpoint (e.g. Alpaca pre-training before
             multi-task training) without its optimizer state or step count; the pair must match.
+        specificity: training signals for a LoRA specific to its prompt (``SpecificityConfig``: counterfactual
+            margin, null-prompt control, context distillation; all off by default).
         optim / eval / seed: see ``EdgeMethod`` (``eval.sensitivity``: the prompt-sensitivity rows; the
             mean gate distance between the prompts, and to a task-free one, is reported by every test).
     """
@@ -60,13 +61,15 @@ class LoRAGenModule(EdgeMethod):
                  pool: PoolConfig = PoolConfig(), router_hidden: int = 256, layer_embedding: bool = True,
                  router_noise: str = "gaussian", router_center: bool = False, train_meta_tokens: bool = False,
                  cloud_lora_rank: int = 0, init_from: str | None = None, optim: OptimConfig = OptimConfig(),
-                 eval: EvalConfig = EvalConfig(), seed: int = 0) -> None:  # noqa: A002
+                 eval: EvalConfig = EvalConfig(), specificity: SpecificityConfig = SpecificityConfig(),
+                 seed: int = 0) -> None:  # noqa: A002
         self.check_args({"router_noise": router_noise, "cloud_lora_rank": cloud_lora_rank, "init_from": init_from})
         super().__init__(cloud=cloud, edge=edge, optim=optim, eval=eval, seed=seed)
         from loragen.backbones import load_backbone
         from loragen.models.components.lora_gen import LoRAGen
 
         self.pool_config = pool = group("pool", pool)
+        self.specificity = group("specificity", specificity)
         cloud_bb = load_backbone(cloud)
         share = cloud == edge and cloud_lora_rank == 0  # one frozen copy serves both roles
         edge_bb = cloud_bb if share else load_backbone(edge)
@@ -79,6 +82,8 @@ class LoRAGenModule(EdgeMethod):
         if init_from:
             self._init_from(init_from)
         self.last_routing: tuple[torch.Tensor, list[str]] | None = None
+        self._train_routing: Any = None  # the routing of the current training step (specificity signals)
+        self._null_ids: list[list[int]] | None = None
         self.task_loras: dict[bytes, Any] = {}  # system-prompt key -> GeneratedLoRA, per evaluation epoch
         self.rotation: dict[bytes, bytes] = {}  # prompt key -> the key whose LoRA the "rotated" check serves
         self.gate_distance: dict[str, Any] | None = None
@@ -152,9 +157,75 @@ class LoRAGenModule(EdgeMethod):
         from loragen.models.components.router import auxiliary_loss
 
         hidden, routing = self(batch)
+        self._train_routing = routing  # the specificity signals reuse it
         if self.training:  # read by router-statistics callbacks
             self.last_routing = (routing.gates.detach(), list(batch["task"]))
         return hidden, auxiliary_loss(routing, self.pool_config.aux_loss)
+
+    @property
+    def train_teacher_prompt(self) -> bool:
+        """Read by the DataModule: context distillation needs the training sequences with the system prompt."""
+        return bool(self.specificity.distill_coef)
+
+    def extra_losses(self, batch: dict[str, Any], hidden: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
+        """The ``specificity`` signals that are switched on (``loragen.models.specificity``)."""
+        spec, terms = self.specificity, {}
+        if spec.margin_coef:
+            terms["margin"] = (spec.margin_coef, self._margin_term(batch, hidden))
+        if spec.null_coef:
+            terms["null"] = (spec.null_coef, self._null_term())
+        if spec.distill_coef:
+            terms["distill"] = (spec.distill_coef, self._distill_term(batch, hidden))
+        self._train_routing = None
+        return terms
+
+    def _margin_term(self, batch: dict[str, Any], hidden: torch.Tensor) -> torch.Tensor:
+        from loragen.models.specificity import answer_logliks, margin_loss, other_task_rows
+
+        edge, labels = self.scoring_model(), batch["labels"]
+        own, valid = answer_logliks(edge, hidden, labels)
+        other_rows = other_task_rows(list(batch["task"]))
+        if other_rows is None:  # one task in the batch: no counterfactual
+            return own.sum() * 0.0
+        other_rows = other_rows.to(labels.device)
+        routing = self._train_routing
+        with self.model.edge_lora.routing(routing.indices[other_rows], routing.weights[other_rows]):
+            other_hidden = edge.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                              use_cache=False).last_hidden_state
+        other, _ = answer_logliks(edge, other_hidden, labels)
+        return margin_loss(own, other, valid, self.specificity.margin)
+
+    def _null_term(self) -> torch.Tensor:
+        from loragen.data.tokenize import pad
+
+        if self._null_ids is None:
+            tokenizer = self.model.cloud_backbone.tokenizer
+            rows = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in self.specificity.null_prompts]
+            self._null_ids = [r if r else [tokenizer.bos_token_id or tokenizer.eos_token_id or 0] for r in rows]
+        ids = pad(self._null_ids, 0).to(self.device)
+        mask = pad([[1] * len(r) for r in self._null_ids], 0).to(self.device)
+        routing = self.model.route(ids, mask)
+        norms = [self.model.pool.delta_sq_norm(routing.indices[i], routing.weights[i]) for i in range(ids.shape[0])]
+        return torch.stack(norms).mean()
+
+    def _distill_term(self, batch: dict[str, Any], hidden: torch.Tensor) -> torch.Tensor:
+        from loragen.models.scoring import answer_logits
+        from loragen.models.specificity import aligned_answer_rows, distillation_loss
+
+        if "teacher_input_ids" not in batch:
+            raise LoRAGenError("specificity.distill_coef > 0 needs the training sequences with the system prompt: "
+                               "train with a loragen DataModule (it adds them when the model asks)")
+        edge, labels, teacher_labels = self.scoring_model(), batch["labels"], batch["teacher_labels"]
+        rows = aligned_answer_rows(labels, teacher_labels)
+        if not rows.any():
+            return hidden.sum() * 0.0
+        with torch.no_grad():  # the plain edge reading the prompt: no LoRA, no gradient
+            teacher_hidden = edge.get_decoder()(input_ids=batch["teacher_input_ids"][rows],
+                                                attention_mask=batch["teacher_attention_mask"][rows],
+                                                use_cache=False).last_hidden_state
+            teacher = answer_logits(edge, teacher_hidden, teacher_labels[rows])
+        student = answer_logits(edge, hidden[rows], labels[rows])
+        return distillation_loss(student, teacher, self.specificity.distill_temperature)
 
     # ------------------------------------------------------------------ serving: one LoRA per system prompt
 

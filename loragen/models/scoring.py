@@ -26,13 +26,19 @@ def _head(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     return logits.float()
 
 
+def answer_logits(model: Any, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Logits at the positions that predict answer tokens (labels ``-100`` elsewhere), row by row:
+    shape (answer tokens of the batch, vocabulary)."""
+    return _head(model, hidden[:, :-1][labels[:, 1:] != IGNORE])
+
+
 def answer_loss(model: Any, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over answer tokens only (labels ``-100`` elsewhere)."""
     targets = labels[:, 1:]
     used = targets != IGNORE
     if not used.any():
         return hidden.sum() * 0.0
-    return F.cross_entropy(_head(model, hidden[:, :-1][used]), targets[used])
+    return F.cross_entropy(answer_logits(model, hidden, labels), targets[used])
 
 
 def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

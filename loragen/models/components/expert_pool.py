@@ -110,6 +110,21 @@ class ExpertPool(nn.Module):
         k = self.key(site.name)
         return self.A[k][site.layer], self.B[k][site.layer]
 
+    def delta_sq_norm(self, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Mean over target linears of ``‖ΔW‖²_F`` for one prompt's selected experts ``indices`` and gates
+        ``weights`` (both (L, k)), from the factors: with ``ΔW = s·B'A'`` (rank ``k·r``),
+        ``‖ΔW‖² = s²·Σ (B'ᵀB') ⊙ (A'A'ᵀ)`` -- two (k·r)² matrices per linear, never ``ΔW`` itself.
+        Differentiable in the gates and the factors."""
+        total = weights.new_zeros((), dtype=torch.float32)
+        for site in self.sites:
+            a, b = self.factors(site)
+            idx, w = indices[site.layer], weights[site.layer]
+            k = idx.shape[0]
+            a_cat = a[idx].reshape(k * self.rank, -1).float()  # (k·r, in)
+            b_cat = (b[idx] * w.to(b.dtype)[:, None, None]).permute(1, 0, 2).reshape(b.shape[1], -1).float()
+            total = total + ((b_cat.T @ b_cat) * (a_cat @ a_cat.T)).sum()
+        return self.scale ** 2 * total / len(self.sites)
+
     def assemble(self, gates: torch.Tensor) -> GeneratedLoRA:
         """The LoRA for one prompt from its gates ``(L, n)`` (k non-zeros per layer)."""
         if gates.dim() != 2 or gates.shape != (self.num_layers, self.num_experts):
