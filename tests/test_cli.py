@@ -113,18 +113,20 @@ def test_wandb_sweep_configs_name_real_config_keys(config, capsys):
             node = node[part]
 
 
-def test_study_points_name_real_config_keys(capsys):
-    """Every point of the recipe study changes keys its base config (configs/commonsense/study.yaml) has."""
+@pytest.mark.parametrize(("study", "base"), [("recipe.yaml", "configs/commonsense/study.yaml"),
+                                           ("specificity.yaml", "configs/suite/train.yaml")])
+def test_study_points_name_real_config_keys(capsys, study, base):
+    """Every point of a study changes keys its base config has."""
     from loragen.sweep import read_points
 
-    printed = _print_config(capsys, "configs/commonsense/study.yaml")
-    points = read_points(str(ROOT / "configs" / "studies" / "recipe.yaml"))
+    printed = _print_config(capsys, base)
+    points = read_points(str(ROOT / "configs" / "studies" / study))
     assert "base" in points and not points["base"]
     for name, overrides in points.items():
         for dotted in overrides:
             node = printed
             for part in dotted.split("."):
-                assert part in node, f"point {name}: {dotted} is not a key of configs/commonsense/study.yaml"
+                assert part in node, f"point {name}: {dotted} is not a key of {base}"
                 node = node[part]
 
 

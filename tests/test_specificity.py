@@ -16,7 +16,7 @@ from loragen.data.tokenize import Collator
 from loragen.models.config import GENERIC_PROMPT, SpecificityConfig
 from loragen.models.lora_gen_module import LoRAGenModule
 from loragen.models.specificity import distillation_loss, margin_loss, other_task_rows
-from tests.conftest import TINY, _data, _trainer, randomize_pool
+from tests.conftest import SHARED, TINY, _data, _trainer, needs_shared, randomize_pool
 
 
 def _module(**specificity) -> LoRAGenModule:
@@ -148,3 +148,28 @@ def test_all_signals_train_in_a_lightning_run_and_are_logged(tmp_path):
         assert name in logged and torch.isfinite(logged[name]), name
     assert module.hparams["specificity"]["margin_coef"] == 0.5  # stored with the weights
     json.dumps(module.hparams["specificity"])
+
+
+@needs_shared
+def test_paraphrase_row_serves_the_prompt_read_with_the_held_out_description(tmp_path):
+    from loragen.data.task_datamodule import TaskDataModule
+    from loragen.models.config import EvalConfig
+
+    torch.manual_seed(0)
+    module = LoRAGenModule(**TINY, eval=EvalConfig(reference=False, zero_shot_reference=False))
+    randomize_pool(module.model.pool, std=0.3)
+    data = TaskDataModule(test_tasks=["rte:val", "rte.swapped:val", "arc_easy.letter:test"], data_dir=str(SHARED),
+                          cloud="tiny:qwen2", edge="tiny:llama", shots=1, limit_per_task=6, eval_batch_size=8,
+                          reference=False)
+    trainer = _trainer(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.test(module, datamodule=data)
+    results = module.last_results
+    rows = {r["key"]: r for r in results["rows"]}
+    assert list(rows) == ["loragen", "rotated", "generic", "paraphrase"] and rows["paraphrase"]["n"] == 18
+    assert any(d["versus"] == "paraphrase" for d in results["differences"])
+    record = next(r for r in data.load("test") if r.task == "rte")
+    held = TaskDataModule(test_tasks=["rte:val"], data_dir=str(SHARED), cloud="tiny:qwen2", edge="tiny:llama",
+                          shots=1, eval_description="heldout").load("test")[0]
+    assert record.meta["heldout_system"] == held.system != record.system  # the prompt the paraphrase row reads

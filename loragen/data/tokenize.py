@@ -136,6 +136,8 @@ class RecordTokenizer:
         if reference:
             example["ref_prompt"] = self.prompt_ids(record, with_system=True)
             example["ref_requests"] = self.requests(record, with_system=True)
+        if record.meta.get("heldout_system"):  # the task's held-out paraphrase (LoRA-Gen's paraphrase row)
+            example["heldout_system_ids"] = self.system_ids(record.meta["heldout_system"])
         example["record"] = record
         return example
 
@@ -172,5 +174,6 @@ class Collator:
             for key in ("requests", "ref_requests", "option_chars", "prompt", "ref_prompt", "uid", "task_pos"):
                 if key in examples[0]:
                     batch[key] = [e[key] for e in examples]
+            batch["heldout_system_ids"] = [e.get("heldout_system_ids") for e in examples]
             batch["records"] = [e["record"] for e in examples]
         return batch

@@ -67,7 +67,8 @@ class EvalConfig:
     ``base`` method of ``loragen compare``)."""
     sensitivity: bool = True
     """LoRA-Gen's prompt-sensitivity rows at test time: each task's items also served with another
-    task's generated LoRA (rotated) and with a task-free prompt's LoRA, paired with the task's own."""
+    task's generated LoRA (rotated), with a task-free prompt's LoRA and, for tasks with a held-out
+    paraphrase, with the LoRA of their prompt read with that paraphrase; each paired with the task's own."""
     path: str = "merged"
     """``merged``: the adapter merged into the edge weights, as deployed; ``functional``: applied as in
     training (hooks), for parity checks."""

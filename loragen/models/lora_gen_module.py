@@ -6,7 +6,8 @@ each epoch the generator runs once per distinct system prompt of the stage, and 
 are answered with its LoRA merged into the edge weights, *without* the system prompt; the exact
 original weights are restored (and checked by the base). With ``eval.reference`` the plain edge
 model is also scored with the full system prompt on the same items, so every results table carries
-it; ``eval.sensitivity`` adds the rotated and task-free prompts' LoRAs on the same items.
+it; ``eval.sensitivity`` adds the rotated and task-free prompts' LoRAs on the same items, and for tasks with
+a held-out paraphrase (the suite's) the LoRA of the prompt read with that paraphrase.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from loragen.models.edge_method import EdgeMethod, Served
 SETTINGS = {"loragen": "LoRA-Gen (merged, no system prompt)",
             "rotated": "LoRA-Gen, another task's LoRA (rotated)",
             "generic": "LoRA-Gen, a task-free prompt's LoRA",
+            "paraphrase": "LoRA-Gen, the held-out paraphrase's LoRA",
             "prompted": "edge + full system prompt", "zero_shot": "edge, no system prompt, no LoRA"}
 # the task-free system prompt of the prompt-sensitivity check: a generator that ignores its prompt serves
 # every task as well with this prompt's LoRA as with the task's own (``config.GENERIC_PROMPT``)
@@ -143,7 +145,7 @@ class LoRAGenModule(EdgeMethod):
     def eval_settings(self) -> list[str]:
         settings = super().eval_settings()
         if self.evaluation.sensitivity:
-            settings[1:1] = ["rotated", "generic"] if len(self.eval_tasks) > 1 else ["generic"]
+            settings[1:1] = (["rotated", "generic"] if len(self.eval_tasks) > 1 else ["generic"]) + ["paraphrase"]
         return settings
 
     # ------------------------------------------------------------------ training
@@ -246,6 +248,23 @@ class LoRAGenModule(EdgeMethod):
         if "generic" in settings and self._sensitivity_now():
             with self._served(self._generic_lora()):
                 self._grade_items(stage, "generic", batch, "prompt", range(batch["input_ids"].shape[0]))
+        if "paraphrase" in settings and self._sensitivity_now():
+            self._grade_paraphrases(batch, stage)
+
+    def _grade_paraphrases(self, batch: dict[str, Any], stage: str) -> None:
+        """Items whose task has a held-out paraphrase (a description no training record read), served with
+        the LoRA generated from the prompt with that paraphrase: does the generator follow the meaning?"""
+        groups: dict[bytes, list[int]] = {}
+        for i, ids in enumerate(batch.get("heldout_system_ids") or []):
+            if ids is not None:
+                groups.setdefault(prompt_key(ids), []).append(i)
+        missing = [key for key in groups if key not in self.task_loras]
+        if missing:
+            ids = [batch["heldout_system_ids"][groups[key][0]] for key in missing]
+            self.task_loras.update(zip(missing, self._generate_for(ids), strict=True))
+        for key, members in groups.items():
+            with self._served(self.task_loras[key]):
+                self._grade_items(stage, "paraphrase", batch, "prompt", members)
 
     def _served(self, lora: Any) -> Any:
         """The edge serving ``lora``: merged into its weights (deployment), or by hooks (parity checks)."""

@@ -340,4 +340,8 @@ class TaskLoader:
             if (d, t) not in systems:
                 systems[(d, t)] = spec.system_prompt(draws[d], texts[t])
             records.append(spec.to_record(item, systems[(d, t)], split, loc))
+        if not vary_shots and spec.heldout_description and self.eval_description == "canonical":
+            heldout = spec.system_prompt(shots, spec.heldout_description)  # the paraphrase row's prompt
+            for record in records:
+                record.meta["heldout_system"] = heldout
         return records
