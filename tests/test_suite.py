@@ -273,3 +273,24 @@ def test_release_lists_the_licences_of_its_training_data():
     assert all(d["licence"] for d in suite)
     assert not any(d["non_commercial"] for d in training_data({"train_tasks": ["suite_no_nc"]}))
     assert [d["dataset"] for d in training_data({"train_tasks": ["seen"]})] == list(PRESETS["seen"])
+
+
+def test_harness_metric_reports_each_task_by_its_own_headline():
+    import numpy as np
+
+    from loragen.metrics.results import build_results
+
+    def outcome(acc, acc_norm):
+        n = len(acc)
+        return {"uid": np.arange(n), "task": np.array([0] * (n // 2) + [1] * (n - n // 2)), "acc": np.array(acc),
+                "acc_norm": np.array(acc_norm), "tokens": np.ones(n), "ms": np.full(n, np.nan),
+                "unparseable": np.zeros(n), "label": np.zeros(n), "pred": np.zeros(n), "pred_norm": np.zeros(n)}
+
+    a, b = outcome([1, 1, 0, 0], [0, 0, 1, 1]), outcome([0, 0, 0, 0], [0, 0, 0, 0])
+    metrics = {"mc_taco": get_task("mc_taco").headline, "arc_easy": get_task("arc_easy").headline}
+    assert metrics == {"mc_taco": "acc", "arc_easy": "acc_norm"}
+    results = build_results({"x": a, "y": b}, {"x": "X", "y": "Y"}, ["mc_taco", "arc_easy"], "harness",
+                            paired=[("x", "y")], task_metrics=metrics)
+    assert results["rows"][0]["accuracy"] == {"mc_taco": 1.0, "arc_easy": 1.0}  # acc for one, acc_norm for the other
+    assert results["differences"][0]["mean"]["diff"] == 1.0 and results["task_metrics"] == metrics
+    assert get_task("mrpc.swapped").headline == "acc" and get_task("arc_easy.incorrect").headline == "acc_norm"

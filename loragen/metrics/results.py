@@ -18,7 +18,10 @@ from loragen.metrics.intervals import NOTE, PAIRED_NOTE, half_width, mean_half_w
 from loragen.report import markdown_table
 
 METRICS = {"acc_norm": "acc_norm: option log-likelihood ÷ option length in characters, as lm-evaluation-harness",
-           "acc": "acc: summed option log-likelihood (generation: the graded answer)"}
+           "acc": "acc: summed option log-likelihood (generation: the graded answer)",
+           "harness": "per task lm-evaluation-harness's headline: acc_norm where it reports acc_norm (ARC, "
+                      "OpenBookQA, PIQA, HellaSwag; option texts), else acc (classification, letters, yes/no, "
+                      "WinoGrande, BoolQ, SIQA)"}
 
 
 def harmonic_mean(values: list[float]) -> float:
@@ -38,11 +41,12 @@ def _finite(value: float) -> float | None:
 
 def _row(key: str, label: str, out: dict[str, np.ndarray], tasks: list[str], metric: str) -> dict[str, Any]:
     task_index = np.asarray(out["task"])
-    per, ses = {}, {"acc": [], "acc_norm": []}
+    measured = ("acc", "acc_norm", *(("harness",) if "harness" in out else ()))
+    per, ses = {}, {m: [] for m in measured}
     for t, name in enumerate(tasks):
         mask = task_index == t
         cell: dict[str, Any] = {"n": int(mask.sum())}
-        for m in ("acc", "acc_norm"):
+        for m in measured:
             values = np.asarray(out[m], dtype=float)[mask]
             cell[m] = float(values.mean()) if values.size else 0.0
             cell[f"{m}_ci"] = _finite(half_width(values))
@@ -77,16 +81,33 @@ def _difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray], keys: tuple[
             "bootstrap": bootstrap, "seed": seed}
 
 
+def with_headline(outcomes: dict[str, dict[str, np.ndarray]], tasks: list[str],
+                  task_metrics: dict[str, str]) -> dict[str, dict[str, np.ndarray]]:
+    """Each outcome with a ``harness`` column: per item, the metric its task reports as headline."""
+    use_acc = np.array([task_metrics.get(t, "acc_norm") == "acc" for t in tasks], dtype=bool)
+    def headline(out: dict[str, np.ndarray]) -> np.ndarray:
+        acc, acc_norm = np.asarray(out["acc"], dtype=float), np.asarray(out["acc_norm"], dtype=float)
+        return np.where(use_acc[np.asarray(out["task"], dtype=int)], acc, acc_norm)
+
+    return {key: {**out, "harness": headline(out)} for key, out in outcomes.items()}
+
+
 def build_results(outcomes: dict[str, dict[str, np.ndarray]], labels: dict[str, str], tasks: list[str], metric: str,
-                  *, paired: list[tuple[str, str]] = (), bootstrap: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """The results dict from per-item outcomes; ``labels`` gives the row order (first: the method's row)."""
+                  *, paired: list[tuple[str, str]] = (), bootstrap: int = 2000, seed: int = 0,
+                  task_metrics: dict[str, str] | None = None) -> dict[str, Any]:
+    """The results dict from per-item outcomes; ``labels`` gives the row order (first: the method's row).
+    ``metric="harness"`` takes each task's headline from ``task_metrics`` (task -> acc | acc_norm)."""
     if metric not in METRICS:
         raise ValueError(f"metric {metric!r} is not one of {list(METRICS)}")
+    if metric == "harness":
+        outcomes = with_headline(outcomes, tasks, task_metrics or {})
     rows = [_row(key, label, outcomes[key], tasks, metric) for key, label in labels.items() if key in outcomes]
     differences = [_difference(outcomes[a], outcomes[b], (a, b), tasks, metric, bootstrap, seed)
                    for a, b in paired if a in outcomes and b in outcomes]
     results = {"tasks": list(tasks), "metric": metric, "items": rows[0]["n"] if rows else 0, "rows": rows,
                "differences": [d for d in differences if d is not None]}
+    if metric == "harness":
+        results["task_metrics"] = {t: (task_metrics or {}).get(t, "acc_norm") for t in tasks}
     by_key = {r["key"]: r for r in rows}
     if rows and "prompted" in by_key and rows[0]["key"] != "prompted" and rows[0]["tokens_per_request"]:
         results["compression_ratio"] = by_key["prompted"]["tokens_per_request"] / rows[0]["tokens_per_request"]

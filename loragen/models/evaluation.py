@@ -200,6 +200,21 @@ class EvaluationMixin:
                              r["hmean"], r["tokens_per_request"], r["ms_per_request"]] for r in results["rows"]]
                     logger.log_table(key="test/results", columns=header, data=data)
 
+    def _headlines(self, tasks: list[str]) -> dict[str, str]:
+        """Each task's headline metric as lm-evaluation-harness reports it (``eval.metric: harness``); tasks
+        the registry does not know keep ``acc_norm``."""
+        from loragen.data.tasks.registry import get_task
+
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        extra = getattr(datamodule, "extra_specs", None)
+        out = {}
+        for task in tasks:
+            try:
+                out[task] = get_task(task, extra).headline
+            except LoRAGenError:
+                out[task] = "acc_norm"
+        return out
+
     def _collect(self, stage: str) -> dict[str, Any] | None:
         from loragen.metrics.results import build_results
 
@@ -220,7 +235,8 @@ class EvaluationMixin:
         self._last_outcomes = outcomes
         metric = self.evaluation.metric if self.evaluation.scoring == "loglik" else "acc"
         labels = {s: self.SETTINGS[s] for s in outcomes}
-        results = build_results(outcomes, labels, tasks, metric, paired=self.paired_settings())
+        results = build_results(outcomes, labels, tasks, metric, paired=self.paired_settings(),
+                                task_metrics=self._headlines(tasks) if metric == "harness" else None)
         results["stage"] = stage
         results["scoring"] = ("generation + answer extraction" if self.evaluation.scoring == "generate"
                               else "option log-likelihood (lm-evaluation-harness formulation)")

@@ -98,6 +98,8 @@ class TaskSpec:
             training may draw one per record (``data.train_descriptions``).
         heldout_description: a paraphrase never used in training, for evaluation only
             (``data.eval_description: heldout``).
+        headline: the metric lm-evaluation-harness reports as this task's headline (``acc_norm`` where it
+            reports acc_norm, else ``acc``); ``eval.metric: harness`` reports each task by it.
     """
 
     name: str
@@ -118,6 +120,7 @@ class TaskSpec:
     max_shots: int | None = None
     paraphrases: tuple[str, ...] = ()
     heldout_description: str | None = None
+    headline: str = "acc_norm"
 
     def __post_init__(self) -> None:
         self.dataset = self.dataset or self.name
@@ -142,7 +145,7 @@ class TaskSpec:
         if self.answer_kind in free:
             return free[self.answer_kind]
         harness = f"= lm-eval `{self.harness}`" if self.harness else "loragen's formulation"
-        return f"option log-likelihood, acc / acc_norm ({harness})"
+        return f"option log-likelihood, acc / acc_norm, headline {self.headline} ({harness})"
 
     def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
         """Turn one raw row (and its line of a ``*-labels.lst`` file, if any) into an ``Item``.

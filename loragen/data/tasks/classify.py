@@ -48,6 +48,7 @@ class LabelTask(TaskSpec):
     row_fields: Callable[[dict[str, Any], str | None], Fields] | None = None
     reader: Callable[[Path], list[Row]] | None = None
     answer_kind: str = "option_text"
+    headline: str = "acc"
     shot_splits: tuple[str, ...] = ("train",)
     cloze: str = "{question}"
 

@@ -182,6 +182,7 @@ def family_task(base: TaskSpec, family: str, description: str) -> FamilyTask:
         name=f"{base.name}.{family}", description=description, files=dict(base.files), hub=base.hub,
         answer_kind=answer_kind, answer_prefix=base.answer_prefix, cloze=base.cloze, shot_splits=base.shot_splits,
         license=base.license, notes=f"The {family} family over {base.name}'s items.", dataset=base.dataset,
+        headline=base.headline if family == "incorrect" else "acc",  # letters, yes/no, label words: acc
         family=family, non_commercial=base.non_commercial, harness="commonsense_qa" if
         (base.name, family) == ("commonsenseqa", "letter") else "", carve=base.carve, max_shots=base.max_shots,
         base=base)

@@ -61,7 +61,7 @@ WINOGRANDE = WinograndeTask(
     files={"train": "winogrande/train_xs.jsonl", "val": "winogrande/dev.jsonl", "test": "winogrande/dev.jsonl"},
     hub=HubSource("allenai/winogrande", "winogrande_xs", {"train": "train", "val": "validation",
                                                           "test": "validation"}),
-    answer_kind="choice_label", answer_prefix="option",
+    answer_kind="choice_label", answer_prefix="option", headline="acc",
     license="License: CC-BY (credit Sakaguchi et al. 2019).",
     notes="Train defaults to the smallest size (train_xs); point files.winogrande.train at train_s/m/l/xl for more. "
           "val and test are both the dev set (test labels are hidden).")
