@@ -58,9 +58,10 @@ class EpochShuffleSampler(DistributedSampler):
     Lightning leaves it in place under DDP instead of wrapping it.
 
     With ``lengths`` (one per example) and ``group`` (the global batch size), the shuffled order is cut into
-    windows of ``GROUP_WINDOW`` global batches and each window is sorted by length, longest first: a batch
-    then holds examples of similar lengths (little padding) while the windows keep the mix random. The
-    order still depends only on (seed, epoch).
+    windows of ``GROUP_WINDOW`` global batches; each window is sorted by length and cut into batches, whose
+    order is shuffled again: a batch holds examples of similar lengths (little padding), while the windows
+    and the batch order keep the mix and the length of consecutive steps random. The order still depends
+    only on (seed, epoch).
     """
 
     GROUP_WINDOW = 64
@@ -83,9 +84,13 @@ class EpochShuffleSampler(DistributedSampler):
         order = torch.randperm(self.size, generator=gen).tolist()
         order = order[: len(self) * self.num_replicas]  # equal shards (drop the remainder)
         if self.lengths is not None:
-            window = self.group * self.GROUP_WINDOW
-            order = [i for start in range(0, len(order), window)
-                     for i in sorted(order[start:start + window], key=lambda j: -self.lengths[j])]
+            window, grouped = self.group * self.GROUP_WINDOW, []
+            for start in range(0, len(order), window):
+                ranked = sorted(order[start:start + window], key=lambda j: -self.lengths[j])
+                batches = [ranked[b:b + self.group] for b in range(0, len(ranked), self.group)]
+                for b in torch.randperm(len(batches), generator=gen).tolist():  # batch order stays random
+                    grouped.extend(batches[b])
+            order = grouped
         skip, self.skip_once = self.skip_once, 0
         return iter(order[skip:][self.rank::self.num_replicas])
 
