@@ -98,6 +98,8 @@ class TaskSpec:
             training may draw one per record (``data.train_descriptions``).
         heldout_description: a paraphrase never used in training, for evaluation only
             (``data.eval_description: heldout``).
+        reader: ``reader(path) -> rows`` for a local file format other than JSON / JSONL (TSV, CSV,
+            line-aligned files; ``loragen.data.tasks.tabular``); None reads JSON / JSONL.
         headline: the metric lm-evaluation-harness reports as this task's headline (``acc_norm`` where it
             reports acc_norm, else ``acc``); ``eval.metric: harness`` reports each task by it.
     """
@@ -121,6 +123,7 @@ class TaskSpec:
     paraphrases: tuple[str, ...] = ()
     heldout_description: str | None = None
     headline: str = "acc_norm"
+    reader: Any = None
 
     def __post_init__(self) -> None:
         self.dataset = self.dataset or self.name
@@ -135,8 +138,8 @@ class TaskSpec:
 
     def read(self, path: Path) -> list[Row]:
         """The raw rows of a local file, each with its ``file:line`` (JSON array or JSONL by default; tasks
-        with other formats -- TSV, CSV, line-aligned files -- override this and return dict rows)."""
-        return read_rows(path)
+        with other formats -- TSV, CSV, line-aligned files -- set ``reader``)."""
+        return self.reader(path) if self.reader is not None else read_rows(path)
 
     def grading(self) -> str:
         """How an item of this task is graded, in words (the suite's table)."""

@@ -46,14 +46,10 @@ class LabelTask(TaskSpec):
     plain_template: str = ""
     ordinal: bool = False
     row_fields: Callable[[dict[str, Any], str | None], Fields] | None = None
-    reader: Callable[[Path], list[Row]] | None = None
     answer_kind: str = "option_text"
     headline: str = "acc"
     shot_splits: tuple[str, ...] = ("train",)
     cloze: str = "{question}"
-
-    def read(self, path: Path) -> list[Row]:
-        return self.reader(path) if self.reader is not None else super().read(path)
 
     def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
         if not isinstance(row, dict):

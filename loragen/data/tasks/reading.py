@@ -90,11 +90,7 @@ class ReadingTask(TaskSpec):
     """A multiple-choice dataset parsed by ``parse`` (rows in the hub's schema) and read by ``reader``."""
 
     parse: Any = None
-    reader: Any = None
     answer_kind: str = "option_text"
-
-    def read(self, path: Path) -> list[Row]:
-        return self.reader(path) if self.reader is not None else super().read(path)
 
     def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
         if not isinstance(row, dict):
