@@ -38,8 +38,8 @@ Fields = tuple[dict[str, str], int]
 
 @dataclass
 class LabelTask(TaskSpec):
-    """A classification task: ``row_fields(row, file_label) -> (fields, class index)``; ``reader(spec, path)``
-    reads a local file into rows (default JSON / JSONL)."""
+    """A classification task: ``row_fields(row, file_label) -> (fields, class index)`` (local formats other than
+    JSON / JSONL through ``TaskSpec.reader``)."""
 
     words: tuple[str, ...] = ()
     template: str = ""
