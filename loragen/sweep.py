@@ -11,7 +11,13 @@ and ``sweep.png`` (metric vs. the first grid key, one line per value of the seco
 
 ``--points FILE`` runs named points instead of a grid: a YAML mapping ``name: {dotted.key: value, ...}``
 (``base: {}`` is the base config itself), for studies that change one factor, or a few keys together,
-at a time (``configs/studies/recipe.yaml``). Its plot is one bar per point with its interval.
+at a time (``configs/studies/recipe.yaml``). Its plot is one bar per point with its interval. A point's
+``config: FILE`` (or a list of files) is layered over the base as a second ``--config``, e.g. a baseline
+method on the same data and budget (``lora: {config: configs/baselines/lora.yaml}``).
+
+When the points wrote per-item outcomes, ``study.md`` / ``study.csv`` / ``study.png`` pair every LoRA-Gen
+point with its own prompt-sensitivity rows, the reference rows and each baseline point, item by item, on
+seen and unseen tasks apart (:mod:`loragen.study`).
 
 For W&B users with an account, ``configs/sweeps/*.yaml`` are the same grids as W&B sweep configs.
 """
@@ -30,6 +36,8 @@ from typing import Any
 
 from loragen import LoRAGenError
 from loragen.files import atomic_write_text
+
+LAYER = "config"  # a point's key for config files layered over the base
 
 
 def split_values(values: str) -> list[str]:
@@ -96,11 +104,22 @@ def point_name(point: dict[str, Any]) -> str:
     return "__".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in point.items())
 
 
+def layered(point: dict[str, Any]) -> list[str]:
+    """The point's ``config`` files as ``--config`` arguments (each file must exist)."""
+    files = point.get(LAYER) or []
+    files = [files] if isinstance(files, str) else list(files)
+    for file in files:
+        if not Path(file).is_file():
+            raise LoRAGenError(f"point config {file} does not exist: give a YAML config file to layer over the base")
+    return [arg for file in files for arg in ("--config", str(file))]
+
+
 def point_config(base: dict[str, Any], point: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """The base config with the point's values and every output path moved into ``run_dir``."""
     config = copy.deepcopy(base)
     for key, value in point.items():
-        set_key(config, key, value)
+        if key != LAYER:
+            set_key(config, key, value)
     trainer = config.setdefault("trainer", {})
     trainer["default_root_dir"] = str(run_dir)
     logger = trainer.get("logger")
@@ -255,7 +274,12 @@ def sweep(config: str, grid: dict[str, list[Any]] | None, out: str, metric: str 
     for name, point in named:  # validate everything before anything starts
         run_dir = out_dir / name
         resolved = point_config(base, point, run_dir)
-        validate_point(resolved, name)
+        try:
+            files = layered(point)
+        except LoRAGenError as err:
+            raise LoRAGenError(f"sweep point {name} is invalid: {err}") from None
+        if not files:  # a layered method config is checked by its own parse
+            validate_point(resolved, name)
         plans.append((name, point, run_dir, resolved))
     rows = []
     for i, (name, point, run_dir, resolved) in enumerate(plans, 1):
@@ -268,12 +292,17 @@ def sweep(config: str, grid: dict[str, list[Any]] | None, out: str, metric: str 
         config_path = run_dir / "config.yaml"
         config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
         print(f"[{i}/{len(plans)}] {name}: fit + test ...", flush=True)
-        outcome = run_point(config_path, run_dir, extra or [])
+        outcome = run_point(config_path, run_dir, [*layered(point), *(extra or [])])
         row = summarize_point(point, outcome, name if points is not None else None)
         atomic_write_text(marker, json.dumps({"point": point, "row": row, "results": outcome["results"]}, indent=1))
         print(f"[{i}/{len(plans)}] {name}: {metric}={row.get(metric)} ({row['seconds']:.0f} s)", flush=True)
         rows.append(row)
     paths = write_tables(rows, out_dir, grid or {}, metric)
+    if points is not None:
+        from loragen.study import write_study
+
+        unseen = ((base.get("data") or {}).get("init_args") or {}).get("unseen") or []
+        paths += write_study({name: run_dir for name, _, run_dir, _ in plans}, list(unseen), out_dir)
     print((out_dir / "sweep.md").read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
     return rows

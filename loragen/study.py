@@ -1,0 +1,206 @@
+"""The paired study report of a sweep: each point's generator against its own prompt-sensitivity rows, the
+reference rows and the baseline points, on seen and unseen tasks apart.
+
+A sweep point's ``items.jsonl`` holds one line per (edge setting, item). Settings that do not depend on the
+generator (the edge reading the system prompt, ``prompted``; the bare edge, ``zero_shot``) and baseline points
+(a point whose method is not LoRA-Gen, e.g. the multi-task ``lora``) are scored once and paired with every
+point item by item, by (task, source line). Every difference is a paired, task-stratified bootstrap of the
+unweighted mean over tasks (:func:`loragen.metrics.intervals.paired_bootstrap`), computed on the items both
+sides scored, on each task's headline metric.
+
+A task is *unseen* when its dataset is in the point's ``data.unseen`` list (``loragen tasks`` gives each
+task's dataset); every other test task is *seen*. Written beside the sweep's own table: ``study.md``,
+``study.csv`` (one line per point, group and comparison) and ``study.png``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loragen.files import atomic_write_text
+from loragen.metrics.intervals import PAIRED_NOTE, half_width, paired_bootstrap
+
+OWN = "loragen"
+# (label, setting, versus): the method's row against its own sensitivity rows, then against the references
+COMPARISONS = (("own − task-free", OWN, "generic"), ("own − rotated", OWN, "rotated"),
+               ("paraphrase − own", "paraphrase", OWN), ("LoRA-Gen − prompted", OWN, "prompted"),
+               ("LoRA-Gen − zero-shot", OWN, "zero_shot"))
+SHARED = ("prompted", "zero_shot")  # rows that do not depend on the point's generator
+GROUPS = ("unseen", "seen")
+BOOTSTRAP, SEED = 2000, 0
+
+Items = dict[str, dict[tuple[str, str], tuple[str, float]]]  # setting -> (task, source) -> (task, headline)
+
+
+def read_items(run_dir: Path) -> tuple[Items, dict[str, Any]] | None:
+    """A run's items per setting, each item's headline metric (``results.json``'s ``task_metrics``)."""
+    found = sorted(run_dir.rglob("items.jsonl"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        return None
+    results = json.loads(found[-1].with_name("results.json").read_text())
+    metrics = results.get("task_metrics") or {}
+    metric = results.get("metric", "acc_norm")
+    items: Items = {}
+    for line in found[-1].read_text().splitlines():
+        item = json.loads(line)
+        name = metrics.get(item["task"], "acc_norm") if metric == "harness" else metric
+        items.setdefault(item["setting"], {})[(item["task"], item["source"])] = (item["task"], float(item[name]))
+    return items, results
+
+
+def task_groups(tasks: list[str], unseen: list[str]) -> dict[str, str]:
+    """task -> ``unseen`` / ``seen`` by its registry dataset."""
+    from loragen.data.tasks import REGISTRY
+
+    def dataset(task: str) -> str:  # a task outside the registry (a record file's name): its name's stem
+        name = task.split(":")[0]
+        return REGISTRY[name].dataset if name in REGISTRY else name.split(".")[0]
+
+    return {t: "unseen" if dataset(t) in unseen else "seen" for t in tasks}
+
+
+def paired(a: dict[tuple[str, str], tuple[str, float]], b: dict[tuple[str, str], tuple[str, float]],
+           group: dict[str, str], which: str) -> dict[str, float] | None:
+    """mean(a − b) over the tasks of ``which``, on the items both scored, with its 95% interval."""
+    keys = [k for k in a if k in b and group.get(k[0]) == which]
+    if not keys:
+        return None
+    names = sorted({k[0] for k in keys})
+    strata = np.array([names.index(k[0]) for k in keys])
+    _, (diff, low, high) = paired_bootstrap(np.array([a[k][1] for k in keys]), np.array([b[k][1] for k in keys]),
+                                            strata, bootstrap=BOOTSTRAP, seed=SEED)
+    return {"diff": diff, "low": low, "high": high, "n": len(keys), "tasks": int(np.unique(strata).size)}
+
+
+def accuracy(a: dict[tuple[str, str], tuple[str, float]], group: dict[str, str], which: str) -> dict[str, float] | None:
+    """Unweighted mean over tasks of ``which`` with the half-width of independent task means."""
+    per: dict[str, list[float]] = {}
+    for task, value in a.values():
+        if group.get(task) == which:
+            per.setdefault(task, []).append(value)
+    if not per:
+        return None
+    means = [float(np.mean(v)) for v in per.values()]
+    ci = float(np.sqrt(sum(half_width(v) ** 2 for v in per.values()))) / len(per)
+    return {"acc": float(np.mean(means)), "ci": ci, "n": sum(len(v) for v in per.values()), "tasks": len(per)}
+
+
+def study_rows(runs: dict[str, Path], unseen: list[str]) -> list[dict[str, Any]]:
+    """One row per (point, group, comparison); LoRA-Gen points against their own rows, the shared
+    references and every baseline point."""
+    loaded = {name: read for name, path in runs.items() if (read := read_items(path)) is not None}
+    shared: Items = {}
+    baselines: dict[str, Any] = {}
+    for name, (items, results) in loaded.items():
+        method = results["rows"][0]["key"]
+        if method != OWN:
+            baselines[name] = items[method]
+        for setting in SHARED:
+            if setting in items:
+                shared.setdefault(setting, items[setting])
+    rows = []
+    for name, (items, results) in loaded.items():
+        if results["rows"][0]["key"] != OWN:
+            continue
+        group = task_groups(results["tasks"], unseen)
+        pool = {**shared, **items}
+        gate = (results.get("gate_distance") or {}).get("between_prompts")
+        for which in GROUPS:
+            acc = accuracy(items[OWN], group, which)
+            if acc is None:
+                continue
+            rows.append({"point": name, "group": which, "comparison": "LoRA-Gen accuracy", "diff": acc["acc"],
+                         "low": acc["acc"] - acc["ci"], "high": acc["acc"] + acc["ci"], "n": acc["n"],
+                         "tasks": acc["tasks"], "gate_distance": gate})
+            versus = [(label, pool.get(a), pool.get(b)) for label, a, b in COMPARISONS]
+            versus += [(f"LoRA-Gen − {base}", items[OWN], base_items) for base, base_items in baselines.items()]
+            for label, a, b in versus:
+                cell = paired(a, b, group, which) if a is not None and b is not None else None
+                if cell is not None:
+                    rows.append({"point": name, "group": which, "comparison": label, **cell, "gate_distance": gate})
+    return rows
+
+
+def _points(value: float) -> float:
+    return round(100 * value, 1) + 0.0  # no "-0.0"
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return ""
+    if row["comparison"] == "LoRA-Gen accuracy":
+        return f"{_points(row['diff']):.1f} ±{_points(row['high'] - row['diff']):.1f}"
+    return f"{_points(row['diff']):+.1f} [{_points(row['low']):+.1f}, {_points(row['high']):+.1f}]"
+
+
+def study_markdown(rows: list[dict[str, Any]]) -> str:
+    from loragen.report import markdown_table
+
+    comparisons = list(dict.fromkeys(r["comparison"] for r in rows))
+    points = list(dict.fromkeys(r["point"] for r in rows))
+    lines: list[str] = []
+    for which in GROUPS:
+        cells = {(r["point"], r["comparison"]): r for r in rows if r["group"] == which}
+        if not cells:
+            continue
+        n = {r["tasks"] for r in cells.values()}
+        items = {r["n"] for r in cells.values() if r["comparison"] == "LoRA-Gen accuracy"}
+        lines += [f"### {which.capitalize()} tasks ({'/'.join(map(str, sorted(n)))} tasks, "
+                  f"{'/'.join(map(str, sorted(items)))} items)", ""]
+        gates = {p: next((r["gate_distance"] for r in cells.values() if r["point"] == p), None) for p in points}
+        header = ["point", *comparisons, "gate distance"]
+        lines += markdown_table(header, ([p, *(_cell(cells.get((p, c))) for c in comparisons),
+                                          "" if gates[p] is None else f"{gates[p]:.3f}"] for p in points))
+        lines.append("")
+    lines.append("Points in accuracy (%, headline metric per task, unweighted mean over tasks); accuracy ± the 95% "
+                 "half-width of independent task means; "
+                 + PAIRED_NOTE.format(bootstrap=BOOTSTRAP, seed=SEED) + ".")
+    return "\n".join(lines) + "\n"
+
+
+def write_study(runs: dict[str, Path], unseen: list[str], out: Path) -> list[Path]:
+    """``study.md`` / ``study.csv`` / ``study.png`` in ``out`` (nothing when no point wrote items)."""
+    from loragen.report import pyplot, save_figure, write_csv
+
+    rows = study_rows(runs, unseen)
+    if not rows:
+        return []
+    paths = [write_csv(out / "study.csv", ["point", "group", "comparison", "diff", "low", "high", "n", "tasks",
+                                            "gate_distance"], rows)]
+    atomic_write_text(out / "study.md", study_markdown(rows))
+    paths.append(out / "study.md")
+    plt = pyplot()
+    diffs = [r for r in rows if r["comparison"] != "LoRA-Gen accuracy"]
+    if diffs:
+        comparisons = list(dict.fromkeys(r["comparison"] for r in diffs))
+        points = list(dict.fromkeys(r["point"] for r in diffs))
+        groups = [g for g in GROUPS if any(r["group"] == g for r in diffs)]
+        fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 0.6 + 0.45 * len(comparisons) * len(points)
+                                                          / 2), squeeze=False, sharey=True)
+        height = 0.8 / len(points)
+        for ax, which in zip(axes[0], groups, strict=True):
+            cells = {(r["point"], r["comparison"]): r for r in diffs if r["group"] == which}
+            for j, point in enumerate(points):
+                ys, xs, err = [], [], [[], []]
+                for i, comparison in enumerate(comparisons):
+                    r = cells.get((point, comparison))
+                    if r is None:
+                        continue
+                    ys.append(i + j * height)
+                    xs.append(100 * r["diff"])
+                    err[0].append(100 * (r["diff"] - r["low"]))
+                    err[1].append(100 * (r["high"] - r["diff"]))
+                ax.barh(ys, xs, height=height, xerr=err, label=point, capsize=2)
+            ax.axvline(0, color="k", lw=0.8)
+            ax.set_yticks([i + 0.4 - height / 2 for i in range(len(comparisons))], comparisons)
+            ax.invert_yaxis()
+            ax.set_xlabel("paired difference (points, 95% interval)")
+            ax.set_title(f"{which} tasks")
+        axes[0][-1].legend(fontsize="small", loc="best")
+        fig.tight_layout()
+        paths.append(save_figure(fig, out / "study.png"))
+    return paths

@@ -1,0 +1,82 @@
+"""The paired study report of a points sweep (issue: a generator that reads its prompt): every LoRA-Gen point
+against its own sensitivity rows, the reference rows scored once, and a baseline point layered as a config."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from loragen import LoRAGenError
+from loragen.study import task_groups
+from loragen.sweep import read_points, sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _items(point: Path) -> dict[str, dict[tuple[str, str], float]]:
+    out: dict[str, dict[tuple[str, str], float]] = {}
+    for line in next(point.rglob("items.jsonl")).read_text().splitlines():
+        item = json.loads(line)
+        out.setdefault(item["setting"], {})[(item["task"], item["source"])] = item["acc_norm"]
+    return out
+
+
+def test_study_pairs_points_with_their_own_rows_the_shared_references_and_a_layered_baseline(tmp_path):
+    points = {"base": {},
+              "margin": {"model.init_args.specificity.margin_coef": 1.0, "model.init_args.eval.reference": False,
+                         "model.init_args.eval.zero_shot_reference": False},
+              "lora": {"config": str(ROOT / "configs" / "baselines" / "lora.yaml")}}
+    extra = ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--data.init_args.limit_per_task", "3"]
+    sweep(str(ROOT / "configs" / "tiny.yaml"), None, str(tmp_path), extra=extra, points=points)
+
+    lora = json.loads(next((tmp_path / "lora").rglob("results.json")).read_text())
+    assert lora["rows"][0]["key"] == "lora" and "system prompt" not in lora["rows"][0]["setting"]
+    with open(tmp_path / "study.csv") as fh:
+        rows = {(r["point"], r["comparison"]): r for r in csv.DictReader(fh)}
+    assert {r[0] for r in rows} == {"base", "margin"}  # a baseline point is a column, not a row
+    for point in ("base", "margin"):  # margin scored no references: they come from base, paired by item
+        assert {(point, c) for c in ("own − task-free", "own − rotated", "LoRA-Gen − prompted",
+                                     "LoRA-Gen − zero-shot", "LoRA-Gen − lora")} <= set(rows)
+    margin = _items(tmp_path / "margin")
+    assert "prompted" not in margin
+    base, lora_items = _items(tmp_path / "base"), _items(tmp_path / "lora")
+
+    def mean_diff(a, b):  # unweighted mean over tasks of the per-task mean difference
+        tasks = sorted({t for t, _ in a})
+        return np.mean([np.mean([a[k] - b[k] for k in a if k[0] == t]) for t in tasks])
+
+    cases = [(("base", "own − task-free"), base["loragen"], base["generic"]),
+             (("margin", "LoRA-Gen − prompted"), margin["loragen"], base["prompted"]),
+             (("margin", "LoRA-Gen − lora"), margin["loragen"], lora_items["lora"])]
+    for key, a, b in cases:
+        assert float(rows[key]["diff"]) == pytest.approx(mean_diff(a, b), abs=1e-9), key
+        assert float(rows[key]["low"]) <= float(rows[key]["diff"]) <= float(rows[key]["high"])
+        assert int(rows[key]["n"]) == len(a)
+    md = (tmp_path / "study.md").read_text()
+    assert md.startswith("### Seen tasks") and "| margin |" in md and "LoRA-Gen − lora" in md
+    assert (tmp_path / "study.png").stat().st_size > 1000
+
+
+def test_layered_point_config_must_exist_before_anything_runs(tmp_path):
+    with pytest.raises(LoRAGenError, match="point lora is invalid: point config nowhere.yaml does not exist"):
+        sweep(str(ROOT / "configs" / "tiny.yaml"), None, str(tmp_path), points={"lora": {"config": "nowhere.yaml"}})
+    assert not any(tmp_path.iterdir())
+
+
+def test_unseen_split_follows_the_registry_dataset_of_each_task():
+    groups = task_groups(["piqa", "piqa.letter", "commonsenseqa.judge", "boolq", "boolq.swapped", "my_file"],
+                         ["piqa", "commonsenseqa"])
+    assert groups == {"piqa": "unseen", "piqa.letter": "unseen", "commonsenseqa.judge": "unseen", "boolq": "seen",
+                      "boolq.swapped": "seen", "my_file": "seen"}
+
+
+def test_specificity_study_runs_every_signal_and_the_multitask_lora_at_one_budget():
+    points = read_points(str(ROOT / "configs" / "studies" / "specificity.yaml"))
+    assert (ROOT / points["lora"]["config"]).is_file()
+    signals = {name for name, p in points.items() if any(k.startswith("model.init_args.specificity.") for k in p)}
+    assert signals == {"margin", "null_prompt", "distill", "all"}
+    assert not any("max_steps" in k or "seed" in k for p in points.values() for k in p)  # one budget and seed
