@@ -52,6 +52,9 @@ METHODS: dict[str, dict[str, Any]] = {
                 "help": "MixLoRA-style top-k token routing over LoRA experts in each MLP + attention LoRA"},
     "loramoe": {"class_path": f"{BASELINES}.LoRAMoEBaseline", "init_args": {}, "train": True,
                 "help": "LoRAMoE-style dense (soft) token routing over LoRA experts in the MLP linears"},
+    "text_to_lora": {"class_path": f"{BASELINES}.TextToLoRAModule", "train": True,
+                     "init_args": {"eval": {"reference": False, "zero_shot_reference": False}},
+                     "help": "Text-to-LoRA: a hypernetwork maps the prompt's embedding to the LoRA, merged"},
     "prompt_tuning": {"class_path": f"{BASELINES}.PromptTuningBaseline", "init_args": {}, "train": True,
                       "help": "PEFT prompt tuning: a learned soft prompt read before every request"},
 }

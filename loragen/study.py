@@ -3,7 +3,7 @@ reference rows and the baseline points, on seen and unseen tasks apart.
 
 A sweep point's ``items.jsonl`` holds one line per (edge setting, item). Settings that do not depend on the
 generator (the edge reading the system prompt, ``prompted``; the bare edge, ``zero_shot``) and baseline points
-(a point whose method is not LoRA-Gen, e.g. the multi-task ``lora``) are scored once and paired with every
+(a point without prompt-sensitivity rows, e.g. the multi-task ``lora``) are scored once and paired with every
 point item by item, by (task, source line). Every difference is a paired, task-stratified bootstrap of the
 unweighted mean over tasks (:func:`loragen.metrics.intervals.paired_bootstrap`), computed on the items both
 sides scored, on each task's headline metric.
@@ -24,12 +24,13 @@ import numpy as np
 from loragen.files import atomic_write_text
 from loragen.metrics.intervals import PAIRED_NOTE, half_width, paired_bootstrap
 
-OWN = "loragen"
+OWN = "own"  # stands for the point's method row (``loragen``, ``text_to_lora``)
 # (label, setting, versus): the method's row against its own sensitivity rows, then against the references
 COMPARISONS = (("own − task-free", OWN, "generic"), ("own − rotated", OWN, "rotated"),
-               ("paraphrase − own", "paraphrase", OWN), ("LoRA-Gen − prompted", OWN, "prompted"),
-               ("LoRA-Gen − zero-shot", OWN, "zero_shot"))
+               ("paraphrase − own", "paraphrase", OWN), ("own − prompted", OWN, "prompted"),
+               ("own − zero-shot", OWN, "zero_shot"))
 SHARED = ("prompted", "zero_shot")  # rows that do not depend on the point's generator
+SENSITIVITY = ("generic", "rotated")  # a point with these rows generates its LoRA from the prompt
 GROUPS = ("unseen", "seen")
 BOOTSTRAP, SEED = 2000, 0
 
@@ -90,34 +91,34 @@ def accuracy(a: dict[tuple[str, str], tuple[str, float]], group: dict[str, str],
 
 
 def study_rows(runs: dict[str, Path], unseen: list[str]) -> list[dict[str, Any]]:
-    """One row per (point, group, comparison); LoRA-Gen points against their own rows, the shared
-    references and every baseline point."""
+    """One row per (point, group, comparison): every generator point (one with prompt-sensitivity rows:
+    LoRA-Gen, Text-to-LoRA) against its own rows, the shared references and every baseline point."""
     loaded = {name: read for name, path in runs.items() if (read := read_items(path)) is not None}
     shared: Items = {}
     baselines: dict[str, Any] = {}
+    generators = {name for name, (items, _) in loaded.items() if any(s in items for s in SENSITIVITY)}
     for name, (items, results) in loaded.items():
-        method = results["rows"][0]["key"]
-        if method != OWN:
-            baselines[name] = items[method]
+        if name not in generators:
+            baselines[name] = items[results["rows"][0]["key"]]
         for setting in SHARED:
             if setting in items:
                 shared.setdefault(setting, items[setting])
     rows = []
     for name, (items, results) in loaded.items():
-        if results["rows"][0]["key"] != OWN:
+        if name not in generators:
             continue
         group = task_groups(results["tasks"], unseen)
-        pool = {**shared, **items}
+        pool = {**shared, **items, OWN: items[results["rows"][0]["key"]]}
         gate = (results.get("gate_distance") or {}).get("between_prompts")
         for which in GROUPS:
-            acc = accuracy(items[OWN], group, which)
+            acc = accuracy(pool[OWN], group, which)
             if acc is None:
                 continue
-            rows.append({"point": name, "group": which, "comparison": "LoRA-Gen accuracy", "diff": acc["acc"],
+            rows.append({"point": name, "group": which, "comparison": "accuracy", "diff": acc["acc"],
                          "low": acc["acc"] - acc["ci"], "high": acc["acc"] + acc["ci"], "n": acc["n"],
                          "tasks": acc["tasks"], "gate_distance": gate})
             versus = [(label, pool.get(a), pool.get(b)) for label, a, b in COMPARISONS]
-            versus += [(f"LoRA-Gen − {base}", items[OWN], base_items) for base, base_items in baselines.items()]
+            versus += [(f"own − {base}", pool[OWN], base_items) for base, base_items in baselines.items()]
             for label, a, b in versus:
                 cell = paired(a, b, group, which) if a is not None and b is not None else None
                 if cell is not None:
@@ -132,7 +133,7 @@ def _points(value: float) -> float:
 def _cell(row: dict[str, Any] | None) -> str:
     if row is None:
         return ""
-    if row["comparison"] == "LoRA-Gen accuracy":
+    if row["comparison"] == "accuracy":
         return f"{_points(row['diff']):.1f} ±{_points(row['high'] - row['diff']):.1f}"
     return f"{_points(row['diff']):+.1f} [{_points(row['low']):+.1f}, {_points(row['high']):+.1f}]"
 
@@ -148,7 +149,7 @@ def study_markdown(rows: list[dict[str, Any]]) -> str:
         if not cells:
             continue
         n = {r["tasks"] for r in cells.values()}
-        items = {r["n"] for r in cells.values() if r["comparison"] == "LoRA-Gen accuracy"}
+        items = {r["n"] for r in cells.values() if r["comparison"] == "accuracy"}
         lines += [f"### {which.capitalize()} tasks ({'/'.join(map(str, sorted(n)))} tasks, "
                   f"{'/'.join(map(str, sorted(items)))} items)", ""]
         gates = {p: next((r["gate_distance"] for r in cells.values() if r["point"] == p), None) for p in points}
@@ -174,7 +175,7 @@ def write_study(runs: dict[str, Path], unseen: list[str], out: Path) -> list[Pat
     atomic_write_text(out / "study.md", study_markdown(rows))
     paths.append(out / "study.md")
     plt = pyplot()
-    diffs = [r for r in rows if r["comparison"] != "LoRA-Gen accuracy"]
+    diffs = [r for r in rows if r["comparison"] != "accuracy"]
     if diffs:
         comparisons = list(dict.fromkeys(r["comparison"] for r in diffs))
         points = list(dict.fromkeys(r["point"] for r in diffs))

@@ -39,8 +39,8 @@ def test_study_pairs_points_with_their_own_rows_the_shared_references_and_a_laye
         rows = {(r["point"], r["comparison"]): r for r in csv.DictReader(fh)}
     assert {r[0] for r in rows} == {"base", "margin"}  # a baseline point is a column, not a row
     for point in ("base", "margin"):  # margin scored no references: they come from base, paired by item
-        assert {(point, c) for c in ("own − task-free", "own − rotated", "LoRA-Gen − prompted",
-                                     "LoRA-Gen − zero-shot", "LoRA-Gen − lora")} <= set(rows)
+        assert {(point, c) for c in ("own − task-free", "own − rotated", "own − prompted",
+                                     "own − zero-shot", "own − lora")} <= set(rows)
     margin = _items(tmp_path / "margin")
     assert "prompted" not in margin
     base, lora_items = _items(tmp_path / "base"), _items(tmp_path / "lora")
@@ -50,14 +50,14 @@ def test_study_pairs_points_with_their_own_rows_the_shared_references_and_a_laye
         return np.mean([np.mean([a[k] - b[k] for k in a if k[0] == t]) for t in tasks])
 
     cases = [(("base", "own − task-free"), base["loragen"], base["generic"]),
-             (("margin", "LoRA-Gen − prompted"), margin["loragen"], base["prompted"]),
-             (("margin", "LoRA-Gen − lora"), margin["loragen"], lora_items["lora"])]
+             (("margin", "own − prompted"), margin["loragen"], base["prompted"]),
+             (("margin", "own − lora"), margin["loragen"], lora_items["lora"])]
     for key, a, b in cases:
         assert float(rows[key]["diff"]) == pytest.approx(mean_diff(a, b), abs=1e-9), key
         assert float(rows[key]["low"]) <= float(rows[key]["diff"]) <= float(rows[key]["high"])
         assert int(rows[key]["n"]) == len(a)
     md = (tmp_path / "study.md").read_text()
-    assert md.startswith("### Seen tasks") and "| margin |" in md and "LoRA-Gen − lora" in md
+    assert md.startswith("### Seen tasks") and "| margin |" in md and "own − lora" in md
     assert (tmp_path / "study.png").stat().st_size > 1000
 
 

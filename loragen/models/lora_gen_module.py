@@ -1,18 +1,13 @@
-"""``LoRAGenModule``: LoRA-Gen as an ``EdgeMethod`` (the base owns the step, evaluation and checkpoints).
+"""``LoRAGenModule``: LoRA-Gen as a ``PromptLoRAMethod`` (the base serves one generated LoRA per system
+prompt, merged, with the prompt-sensitivity rows; ``EdgeMethod`` owns the step and checkpoints).
 
-What is LoRA-Gen's own: training runs the functional path (each sample's generated LoRA applied by
-hooks, DESIGN §1.5); validation, test and predict are deployment-faithful by default: at the start of
-each epoch the generator runs once per distinct system prompt of the stage, and each prompt's items
-are answered with its LoRA merged into the edge weights, *without* the system prompt; the exact
-original weights are restored (and checked by the base). With ``eval.reference`` the plain edge
-model is also scored with the full system prompt on the same items, so every results table carries
-it; ``eval.sensitivity`` adds the rotated and task-free prompts' LoRAs on the same items, and for tasks with
-a held-out paraphrase (the suite's) the LoRA of the prompt read with that paraphrase.
+What is LoRA-Gen's own: the model (cloud + meta tokens → router → expert pool, DESIGN §1), its training
+path (each sample's gates applied by hooks, DESIGN §1.5), the balance loss, the specificity signals and the
+gate distances between prompts reported by every test.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,19 +15,13 @@ import torch
 from loragen import LoRAGenError
 from loragen.models.components.expert_pool import DEFAULT_TARGETS
 from loragen.models.components.router import NOISE_KINDS
-from loragen.models.config import GENERIC_PROMPT, EvalConfig, OptimConfig, PoolConfig, SpecificityConfig, group
-from loragen.models.edge_method import EdgeMethod, Served
+from loragen.models.config import EvalConfig, OptimConfig, PoolConfig, SpecificityConfig, group
+from loragen.models.prompt_lora import PromptLoRAMethod, settings_for
 
-SETTINGS = {"loragen": "LoRA-Gen (merged, no system prompt)",
-            "rotated": "LoRA-Gen, another task's LoRA (rotated)",
-            "generic": "LoRA-Gen, a task-free prompt's LoRA",
-            "paraphrase": "LoRA-Gen, the held-out paraphrase's LoRA",
-            "prompted": "edge + full system prompt", "zero_shot": "edge, no system prompt, no LoRA"}
-# the task-free system prompt of the prompt-sensitivity check: a generator that ignores its prompt serves
-# every task as well with this prompt's LoRA as with the task's own (``config.GENERIC_PROMPT``)
+SETTINGS = settings_for("loragen", "LoRA-Gen")
 
 
-class LoRAGenModule(EdgeMethod):
+class LoRAGenModule(PromptLoRAMethod):
     """LoRA-Gen for one cloud/edge pair.
 
     Args:
@@ -56,8 +45,8 @@ class LoRAGenModule(EdgeMethod):
     """
 
     METHOD = "loragen"
+    LABEL = "LoRA-Gen"
     SETTINGS = SETTINGS
-    REFERENCE_ROWS = True
 
     def __init__(self, cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
                  pool: PoolConfig = PoolConfig(), router_hidden: int = 256, layer_embedding: bool = True,
@@ -80,15 +69,11 @@ class LoRAGenModule(EdgeMethod):
                              router_hidden=router_hidden, layer_embedding=layer_embedding,
                              router_noise=router_noise, router_center=router_center,
                              train_meta_tokens=train_meta_tokens, cloud_lora_rank=cloud_lora_rank, seed=seed)
-        self.init_from = init_from
         if init_from:
             self._init_from(init_from)
         self.last_routing: tuple[torch.Tensor, list[str]] | None = None
         self._train_routing: Any = None  # the routing of the current training step (specificity signals)
         self._null_ids: list[list[int]] | None = None
-        self.task_loras: dict[bytes, Any] = {}  # system-prompt key -> GeneratedLoRA, per evaluation epoch
-        self.rotation: dict[bytes, bytes] = {}  # prompt key -> the key whose LoRA the "rotated" check serves
-        self.gate_distance: dict[str, Any] | None = None
 
     @staticmethod
     def check_args(args: dict[str, Any]) -> None:
@@ -103,50 +88,8 @@ class LoRAGenModule(EdgeMethod):
 
             load_checkpoint(resolve_checkpoint(args["init_from"]))
 
-    # ------------------------------------------------------------------ what the base asks of a method
-
-    def frozen_backbones(self) -> list[torch.nn.Module]:
-        return [self.model.edge, self.model.generator.cloud]
-
-    def scoring_model(self) -> Any:
-        return self.model.edge
-
-    def edge_tokenizer(self) -> Any:
-        return self.model.edge_backbone.tokenizer
-
-    def trained_state_names(self) -> set[str]:
-        return {f"model.{k}" for k in self.model.trainable_state_dict()}
-
-    def identity(self) -> dict[str, Any]:
-        return {"fingerprint": self.model.fingerprint.to_dict(),
-                **({"init_from": str(self.init_from)} if self.init_from else {})}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["loragen"]["rng"] = _rng_state()  # a resumed run's router noise continues exactly
-
-    def check_identity(self, stored: dict[str, Any]) -> None:
-        from loragen.models.components.fingerprint import PairFingerprint
-
-        if stored.get("fingerprint") is None:
-            raise LoRAGenError("this checkpoint has no loragen pair fingerprint: it was not written by loragen")
-        PairFingerprint.from_dict(stored["fingerprint"]).check_compatible(self.model.fingerprint)
-        if self._fitting() and "rng" in stored:  # router noise continues exactly where it stopped
-            _set_rng_state(stored["rng"])
-
-    def result_info(self) -> dict[str, Any]:
-        info = {**super().result_info(), "eval_path": self.evaluation.path,
-                "fingerprint": self.model.fingerprint.to_dict()}
-        info.pop("edge")
-        if self.gate_distance is not None:
-            info["gate_distance"] = self.gate_distance
-        return info
-
-    def eval_settings(self) -> list[str]:
-        settings = super().eval_settings()
-        if self.evaluation.sensitivity:
-            settings[1:1] = (["rotated", "generic"] if len(self.eval_tasks) > 1 else ["generic"]) + ["paraphrase"]
-        return settings
+    def prompt_distances(self, task_loras: list[Any], generic: Any) -> dict[str, Any]:
+        return gate_distances([lora.gates for lora in task_loras], generic.gates)
 
     # ------------------------------------------------------------------ training
 
@@ -229,160 +172,6 @@ class LoRAGenModule(EdgeMethod):
         student = answer_logits(edge, hidden[rows], labels[rows])
         return distillation_loss(student, teacher, self.specificity.distill_temperature)
 
-    # ------------------------------------------------------------------ serving: one LoRA per system prompt
-
-    def served_groups(self, batch: dict[str, Any]) -> list[Served]:
-        groups, _, loras = self._loras_for(batch)
-        return [(members, self._served(lora)) for members, lora in zip(groups, loras, strict=True)]
-
-    def grade_served(self, batch: dict[str, Any], stage: str) -> None:
-        """Each prompt's items with its own LoRA, and the prompt-sensitivity rows."""
-        groups, keys, loras = self._loras_for(batch)
-        settings = self.eval_settings()
-        for members, key, lora in zip(groups, keys, loras, strict=True):
-            with self._served(lora):
-                self._grade_items(stage, "loragen", batch, "prompt", members)
-            if "rotated" in settings and key in self.rotation:  # another task's LoRA on these items
-                with self._served(self.task_loras[self.rotation[key]]):
-                    self._grade_items(stage, "rotated", batch, "prompt", members)
-        if "generic" in settings and self._sensitivity_now():
-            with self._served(self._generic_lora()):
-                self._grade_items(stage, "generic", batch, "prompt", range(batch["input_ids"].shape[0]))
-        if "paraphrase" in settings and self._sensitivity_now():
-            self._grade_paraphrases(batch, stage)
-
-    def _grade_paraphrases(self, batch: dict[str, Any], stage: str) -> None:
-        """Items whose task has a held-out paraphrase (a description no training record read), served with
-        the LoRA generated from the prompt with that paraphrase: does the generator follow the meaning?"""
-        groups: dict[bytes, list[int]] = {}
-        for i, ids in enumerate(batch.get("heldout_system_ids") or []):
-            if ids is not None:
-                groups.setdefault(prompt_key(ids), []).append(i)
-        missing = [key for key in groups if key not in self.task_loras]
-        if missing:
-            ids = [batch["heldout_system_ids"][groups[key][0]] for key in missing]
-            self.task_loras.update(zip(missing, self._generate_for(ids), strict=True))
-        for key, members in groups.items():
-            with self._served(self.task_loras[key]):
-                self._grade_items(stage, "paraphrase", batch, "prompt", members)
-
-    def _served(self, lora: Any) -> Any:
-        """The edge serving ``lora``: merged into its weights (deployment), or by hooks (parity checks)."""
-        if self.evaluation.path == "merged":
-            return self.model.edge_lora.merged_lora(lora)
-        return self.model.edge_lora.routing(lora.indices[None], lora.weights[None])
-    def _generate_for(self, prompts: list[list[int]]) -> list[Any]:
-        """One generated LoRA per tokenized system prompt (one cloud batch, right-padded)."""
-        from loragen.data.tokenize import pad
-
-        ids, mask = pad(prompts, 0), pad([[1] * len(p) for p in prompts], 0)
-        return self.model.generate(ids.to(self.device), mask.to(self.device))
-
-    def _generic_lora(self) -> Any:
-        if GENERIC_KEY not in self.task_loras:
-            ids = self.model.cloud_backbone.tokenizer(GENERIC_PROMPT, add_special_tokens=True)["input_ids"]
-            self.task_loras[GENERIC_KEY] = self._generate_for([ids])[0]
-        return self.task_loras[GENERIC_KEY]
-
-    def prepare_serving(self, stage: str) -> None:
-        """Before an evaluation epoch: one generated LoRA per distinct system prompt of the stage (one
-        cloud pass each, none per batch) when there are few of them (a prompt per task; per-item prompts
-        are generated batch by batch instead), and for the sensitivity check each task's LoRA (that of
-        its first prompt), the task rotation and the gate distances."""
-        self.task_loras, self.rotation, self.gate_distance = {}, {}, None
-        examples = getattr(self.trainer.datamodule, "examples", {}).get(stage, []) if self._trainer else []
-        prompts: dict[bytes, list[int]] = {}
-        first_of_task: dict[str, bytes] = {}
-        keyed = [(example["task"], prompt_key(example["system_ids"])) for example in examples]
-        for example, (_, key) in zip(examples, keyed, strict=True):
-            if key not in prompts and (len(prompts) < PRECOMPUTED_PROMPTS or example["task"] not in first_of_task):
-                prompts[key] = example["system_ids"]
-            first_of_task.setdefault(example["task"], key)
-        if not prompts:
-            return
-        keys = list(prompts)
-        for start in range(0, len(keys), PRECOMPUTED_PROMPTS):  # bounded cloud batches
-            chunk = keys[start:start + PRECOMPUTED_PROMPTS]
-            self.task_loras.update(zip(chunk, self._generate_for([prompts[k] for k in chunk]), strict=True))
-        if stage in ("val", "test") and not self._fitting():  # cheap (one LoRA per prompt): every test has them
-            tasks = list(first_of_task)
-            if self._sensitivity_now() and len(tasks) > 1:  # task i's prompts get task i+1's (first) LoRA
-                following = {t: first_of_task[tasks[(i + 1) % len(tasks)]] for i, t in enumerate(tasks)}
-                for task, key in keyed:
-                    self.rotation.setdefault(key, following[task])
-            self.gate_distance = gate_distances([self.task_loras[first_of_task[t]].gates for t in tasks],
-                                                self._generic_lora().gates)
-
-    def _fitting(self) -> bool:
-        return self._trainer is not None and self.trainer.state.fn == "fit"
-
-    def _sensitivity_now(self) -> bool:
-        """The prompt-sensitivity rows are a test-time check: validation during fit skips their cost."""
-        return bool(self.evaluation.sensitivity) and not self._fitting()
-
-    def release_serving(self) -> None:
-        self.task_loras = {}
-        if self.model.edge_lora.merged:
-            self.model.edge_lora.unmerge()
-            raise RuntimeError("a generated LoRA was still merged into the edge after evaluation")
-
-    def _loras_for(self, batch: dict[str, Any]) -> tuple[list[list[int]], list[bytes], list[Any]]:
-        """Rows grouped by system prompt, each group's prompt key and generated LoRA — prepared once
-        per evaluation epoch (``prepare_serving``), else generated here."""
-        groups = _distinct_rows(batch["system_ids"], batch["system_mask"])
-        keys = [_row_key(batch["system_ids"][g[0]], batch["system_mask"][g[0]]) for g in groups]
-        missing = [i for i, key in enumerate(keys) if key not in self.task_loras]
-        generated = iter([])
-        if missing:
-            firsts = torch.tensor([groups[i][0] for i in missing], device=self.device)
-            generated = iter(self.model.generate(batch["system_ids"][firsts], batch["system_mask"][firsts]))
-        loras = [self.task_loras[key] if key in self.task_loras else next(generated) for key in keys]
-        return groups, keys, loras
-
-    # ------------------------------------------------------------------ checkpoints
-
-    def _init_from(self, path: str) -> None:
-        from loragen.files import load_checkpoint
-        from loragen.models.components.fingerprint import PairFingerprint
-        from loragen.release import resolve_checkpoint
-
-        path = str(resolve_checkpoint(path))
-        if not Path(path).is_file():
-            raise LoRAGenError(f"model.init_from checkpoint {path} does not exist: check the path")
-        checkpoint = load_checkpoint(path)
-        stored = checkpoint.get("loragen", {}).get("fingerprint")
-        if stored is None:
-            raise LoRAGenError(f"{path} has no loragen pair fingerprint: it was not written by loragen")
-        PairFingerprint.from_dict(stored).check_compatible(self.model.fingerprint)
-        weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-        expected = set(self.model.trainable_state_dict())
-        if expected - set(weights):
-            raise LoRAGenError(f"{path} lacks trained weights {sorted(expected - set(weights))[:3]}: it was "
-                               "trained with other settings (experts, rank, targets)")
-        self.model.load_state_dict({k: weights[k] for k in expected}, strict=False)
-
-
-def _rng_state() -> dict[str, Any]:
-    import random
-
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    import random
-
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-GENERIC_KEY = b"loragen:generic-prompt"
-PRECOMPUTED_PROMPTS = 64  # distinct system prompts generated up front per evaluation epoch (and per cloud batch)
-
 
 def gate_distances(task_gates: list[torch.Tensor], generic: torch.Tensor) -> dict[str, Any]:
     """How differently the router treats the prompts: the total-variation distance of two (L, n) gate
@@ -396,21 +185,3 @@ def gate_distances(task_gates: list[torch.Tensor], generic: torch.Tensor) -> dic
     return {"between_prompts": sum(pairs) / len(pairs) if pairs else None,
             "to_generic": sum(tv(g, generic) for g in task_gates) / len(task_gates), "prompts": len(task_gates),
             "definition": "total-variation distance of the gates, averaged over layers and prompt pairs"}
-
-
-def prompt_key(ids: Any) -> bytes:
-    """Identity of one tokenized system prompt (token ids, a list or a 1-D tensor without padding)."""
-    return torch.as_tensor(ids, dtype=torch.long).cpu().numpy().tobytes()
-
-
-def _row_key(ids: torch.Tensor, mask: torch.Tensor) -> bytes:
-    """Identity of one padded batch row's system prompt."""
-    return prompt_key(ids[mask.bool()])
-
-
-def _distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
-    """Group batch rows by identical (unpadded) system prompt, in order of first appearance."""
-    groups: dict[bytes, list[int]] = {}
-    for i, (row, m) in enumerate(zip(ids, mask, strict=True)):
-        groups.setdefault(_row_key(row, m), []).append(i)
-    return list(groups.values())

@@ -28,22 +28,28 @@ from loragen.models.components.expert_pool import ExpertPool, GeneratedLoRA, Tar
 
 
 class EdgeLoRA:
-    """Hooks an ``ExpertPool`` into an edge model. Not an ``nn.Module``: it owns no parameters.
+    """Hooks generated LoRA into an edge model. Not an ``nn.Module``: it owns no parameters.
 
-    The hooks hold references to the pool's parameters, so gradients reach ``A`` and ``B`` (and
-    through the gates, the router and the cloud side); the edge model itself stays frozen.
+    Two functional paths: ``routing`` (an ``ExpertPool``'s experts selected and gated per sample: LoRA-Gen)
+    and ``applied`` (explicit factors per sample: a hypernetwork's output). The hooks hold references to
+    the tensors they apply, so gradients reach their source; the edge model itself stays frozen. Without a
+    pool, ``sites`` names the target linears.
     """
 
-    def __init__(self, edge: nn.Module, pool: ExpertPool) -> None:
+    def __init__(self, edge: nn.Module, pool: ExpertPool | None = None, *,
+                 sites: list[TargetSite] | None = None) -> None:
         self.edge, self.pool = edge, pool
+        sites = pool.sites if pool is not None else sites
+        if not sites:
+            raise ValueError("EdgeLoRA needs an expert pool or the target sites")
         modules = dict(edge.named_modules())
-        self._modules: dict[str, nn.Linear] = {site.path: modules[site.path] for site in pool.sites}
+        self._modules: dict[str, nn.Linear] = {site.path: modules[site.path] for site in sites}
         self._routing: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._factors: tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], float] | None = None
         self._originals: dict[str, torch.Tensor] | None = None
         self._buffers: dict[str, torch.Tensor] = {}  # reusable storage for merged weights
         self._bounds: dict[str, float] = {}  # max |W| of each original weight (safe-merge bound)
-        self._handles = [self._modules[site.path].register_forward_hook(_SiteHook(self, site))
-                         for site in pool.sites]
+        self._handles = [self._modules[site.path].register_forward_hook(_SiteHook(self, site)) for site in sites]
 
     def detach_hooks(self) -> None:
         for handle in self._handles:
@@ -66,6 +72,21 @@ class EdgeLoRA:
             yield
         finally:
             self._routing = None
+
+    @contextlib.contextmanager
+    def applied(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], scale: float) -> Iterator[None]:
+        """Within this context the edge forward adds each sample's own LoRA ``s · B (A x)``.
+
+        ``factors`` maps each target path to ``A`` (batch, R, in) and ``B`` (batch, out, R); a batch of 1
+        applies to every row of the forward.
+        """
+        if self._originals is not None:
+            raise LoRAGenError("the edge model has a merged LoRA: unmerge it before a functional forward")
+        self._factors = (factors, scale)
+        try:
+            yield
+        finally:
+            self._factors = None
 
     # ------------------------------------------------------------------ merge / unmerge (deployment)
 
@@ -145,6 +166,8 @@ class _SiteHook:
         self.owner, self.site = owner, site
 
     def __call__(self, _module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
+        if self.owner._factors is not None:
+            return self._applied(inputs[0], output)
         if self.owner._routing is None:
             return output
         indices, weights = self.owner._routing
@@ -161,6 +184,16 @@ class _SiteHook:
         scale = (w.to(a_all.dtype) * pool.scale).repeat_interleave(r, dim=-1)  # (b, k·r)
         u = torch.bmm(x.reshape(batch, -1, x.shape[-1]), a_sel.transpose(1, 2)) * scale[:, None, :]
         delta = torch.bmm(u, b_sel).reshape(output.shape)
+        return output + delta.to(output.dtype)
+
+    def _applied(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        factors, scale = self.owner._factors
+        a, b = factors[self.site.path]  # (b, R, in), (b, out, R)
+        batch = x.shape[0]
+        if a.shape[0] != batch:
+            a, b = a.expand(batch, -1, -1), b.expand(batch, -1, -1)
+        u = torch.bmm(x.to(a.dtype).reshape(batch, -1, x.shape[-1]), a.transpose(1, 2))  # (b, t, R)
+        delta = torch.bmm(u, b.transpose(1, 2)).reshape(output.shape) * scale
         return output + delta.to(output.dtype)
 
 

@@ -31,6 +31,9 @@ class CloudGenerator(nn.Module):
         cloud_lora_targets: module names for the cloud LoRA.
         cache_states: cache constant meta-token states across steps when nothing cloud-side trains.
         seed: seed for the meta-token initialisation.
+        pooling: ``meta`` (the states at the meta tokens, ``(batch, num_meta, d)``) or ``mean`` (no meta
+            tokens: the mean of the prompt's final hidden states, ``(batch, 1, d)``: a prompt embedding, as
+            Text-to-LoRA feeds its hypernetwork).
     """
 
     def __init__(
@@ -43,8 +46,13 @@ class CloudGenerator(nn.Module):
         cloud_lora_targets: tuple[str, ...] = ("q_proj", "v_proj"),
         cache_states: bool = True,
         seed: int = 0,
+        pooling: str = "meta",
     ) -> None:
         super().__init__()
+        if pooling not in ("meta", "mean"):
+            raise ValueError(f"pooling={pooling!r} is unknown: choose meta or mean")
+        self.pooling = pooling
+        num_meta = num_meta if pooling == "meta" else 0
         embed = cloud.get_input_embeddings()
         std = float(embed.weight.detach().float().std())
         gen = torch.Generator().manual_seed(seed)
@@ -114,6 +122,9 @@ class CloudGenerator(nn.Module):
             positions[b] = torch.arange(n, n + self.num_meta, device=meta.device)
         self.cloud_passes += batch
         hidden = self._decoder()(inputs_embeds=inputs, attention_mask=mask, use_cache=False).last_hidden_state
+        if self.pooling == "mean":
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            return ((hidden * weights).sum(1) / weights.sum(1).clamp(min=1)).unsqueeze(1)
         return torch.gather(hidden, 1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
 
     def _decoder(self) -> Any:

@@ -68,6 +68,10 @@ class LoRAGen(nn.Module):
             out = self.edge.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state, routing
 
+    def functional(self, lora: GeneratedLoRA) -> Any:
+        """A context in which the edge serves one generated LoRA by hooks, as in training (parity checks)."""
+        return self.edge_lora.routing(lora.indices[None], lora.weights[None])
+
     @torch.no_grad()
     def generate(self, system_ids: torch.Tensor, system_mask: torch.Tensor) -> list[GeneratedLoRA]:
         """Deployment: one generated LoRA per system prompt (router in eval mode, no noise)."""
