@@ -12,6 +12,7 @@ from loragen.backbones import load_backbone
 from loragen.compare import method_config
 from loragen.models.baselines import TextToLoRAModule
 from loragen.models.components.edge_lora import save_peft_adapter
+from loragen.models.lora_gen_module import LoRAGenModule
 from tests.conftest import INPUT, PROMPT, TINY_POOL, _data, _trainer
 
 TINY_T2L = {"cloud": "tiny:qwen2", "edge": "tiny:llama", "pool": TINY_POOL, "latent": 32, "head_in": 16,
@@ -99,6 +100,13 @@ def test_fits_tests_with_the_sensitivity_rows_and_checkpoints_only_the_hypernetw
     fresh = TextToLoRAModule.load_from_checkpoint(path, weights_only=True)
     assert all(torch.equal(v, module.model.trainable_state_dict()[k])
                for k, v in fresh.model.trainable_state_dict().items())
+    assert stored["loragen"]["method"] == "text_to_lora"
+    with pytest.raises(LoRAGenError, match="checkpoint 'text_to_lora' was written by another method"):
+        LoRAGenModule(cloud="tiny:qwen2", edge="tiny:llama", pool=TINY_POOL, router_hidden=8).on_load_checkpoint(stored)
+    from loragen.deploy.checkpoint import read_checkpoint
+
+    with pytest.raises(LoRAGenError, match="is a text_to_lora checkpoint: generate / apply / serve deploy LoRA-Gen"):
+        read_checkpoint(path)
     again = TextToLoRAModule(**TINY_T2L, init_from=str(path))
     assert all(torch.equal(v, module.model.trainable_state_dict()[k])
                for k, v in again.model.trainable_state_dict().items())

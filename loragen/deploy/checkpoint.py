@@ -53,6 +53,10 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     ckpt = load_checkpoint(path)
     if "fingerprint" not in ckpt["loragen"]:
         raise LoRAGenError(f"{path} has no loragen pair fingerprint: it was not written by loragen")
+    method = ckpt["loragen"].get("method", "loragen")
+    if method != "loragen":
+        raise LoRAGenError(f"{path} is a {method} checkpoint: generate / apply / serve deploy LoRA-Gen generators "
+                           "(their gates); evaluate it with `loragen test`")
     from loragen.models.config import group
 
     hparams = dict(ckpt.get("hyper_parameters", {}))

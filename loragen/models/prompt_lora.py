@@ -72,7 +72,7 @@ class PromptLoRAMethod(EdgeMethod):
         return {f"model.{k}" for k in self.model.trainable_state_dict()}
 
     def identity(self) -> dict[str, Any]:
-        return {"fingerprint": self.model.fingerprint.to_dict(),
+        return {"method": self.METHOD, "fingerprint": self.model.fingerprint.to_dict(),
                 **({"init_from": str(self.init_from)} if self.init_from else {})}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -84,6 +84,10 @@ class PromptLoRAMethod(EdgeMethod):
 
         if stored.get("fingerprint") is None:
             raise LoRAGenError("this checkpoint has no loragen pair fingerprint: it was not written by loragen")
+        method = stored.get("method", "loragen")  # checkpoints before Text-to-LoRA are LoRA-Gen's
+        if method != self.METHOD:
+            raise LoRAGenError(f"method: checkpoint {method!r} was written by another method than {self.METHOD!r}: "
+                               "load it with its own class_path")
         PairFingerprint.from_dict(stored["fingerprint"]).check_compatible(self.model.fingerprint)
         if self._fitting() and "rng" in stored:  # random draws continue exactly where they stopped
             _set_rng_state(stored["rng"])
