@@ -200,3 +200,59 @@ def test_serve_refuses_to_start_without_a_key_or_with_bad_options(ckpt, tmp_path
         assert err.startswith("loragen: error:") and len(err.splitlines()) == 1 and words in err, err
     with pytest.raises(LoRAGenError, match="not an http"):
         GeneratorClient("127.0.0.1:8000")
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie holds no port and runs nothing
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_serve_pid_alone_stops_every_process_and_frees_the_port(ckpt, tmp_path, signame):
+    import signal
+    import socket
+
+    service = Server(ckpt, tmp_path)
+    try:
+        workers = _descendants(service.proc.pid)
+        assert workers, "LitServe runs its API server and inference worker as processes"
+        status, _ = _post(service.url, json.dumps({"system_prompt": PROMPT}).encode())
+        assert status == 200
+        start = time.monotonic()
+        os.kill(service.proc.pid, getattr(signal, signame))  # the PID only, not its process group
+        assert service.proc.wait(timeout=20) == 0
+        waited = time.monotonic() - start
+        deadline = time.monotonic() + 10
+        while any(_running(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in workers if _running(p)], "a worker outlived the serve process"
+        with socket.socket() as sock:  # nothing listens on the port: a new server binds it (as uvicorn does,
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the closed connections' TIME_WAIT)
+            sock.bind(("127.0.0.1", service.port))
+            sock.listen()
+        assert waited < 15, f"stopping took {waited:.1f} s"
+        assert "loragen serve: stopped" in service.log_path.read_text()
+    finally:
+        service.stop()

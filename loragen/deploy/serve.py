@@ -23,11 +23,15 @@ the cloud's context minus the meta tokens 422 (in the worker, for that request a
 """
 
 # no `from __future__ import annotations`: LitServe and FastAPI read decode_request's annotation as a class
+import contextlib
 import hashlib
 import hmac
 import io
+import os
+import signal
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -207,4 +211,35 @@ def serve(ckpt_path: str, *, host: str = "127.0.0.1", port: int = 8000, insecure
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     print(f"loragen serve: {ckpt_path} at {where} (POST {GENERATE_PATH}, GET {MODEL_PATH}, GET /health; "
           f"auth {'off' if key is None else 'on'})", flush=True)
-    server.run(host=host, port=port, log_level=log_level, generate_client_file=False, num_api_servers=1)
+    with stop_on_signals():
+        server.run(host=host, port=port, log_level=log_level, generate_client_file=False, num_api_servers=1)
+    print("loragen serve: stopped", flush=True)
+
+
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP")
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM / SIGINT / SIGHUP to the serve process stop the service as Ctrl-C does: LitServe's graceful
+    shutdown (its API server finishes the requests in flight, then it and the inference worker are
+    terminated, killed if they do not end in a few seconds) and the port is free when the process exits.
+    Without this, SIGTERM ended only the parent and left the workers serving, orphaned, on the port.
+    The handler acts in the serve process alone; a worker process that inherits it ends as by default."""
+    parent = os.getpid()
+
+    def handler(signum: int, _frame: Any) -> None:
+        if os.getpid() != parent:  # a forked worker: the default action
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        for name in STOP_SIGNALS:  # a second signal during the shutdown does not interrupt it
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    previous = {name: signal.signal(getattr(signal, name), handler) for name in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for name, action in previous.items():
+            signal.signal(getattr(signal, name), action)
