@@ -1,8 +1,9 @@
-"""Lightning callbacks shipped with loragen (importable as ``callbacks.*`` next to ``loragen``)."""
+"""Lightning callbacks shipped with loragen: the repository's ``callbacks/`` folder, installed as ``loragen.callbacks``
+(``--trainer.callbacks+=loragen.callbacks.RouterStatistics``)."""
 
-from callbacks.nonfinite import NonFiniteGuard
-from callbacks.prediction_writer import JsonlPredictionWriter
-from callbacks.progress_lines import ProgressLines
-from callbacks.router_stats import RouterCollapseWarning, RouterStatistics
+from loragen.callbacks.nonfinite import NonFiniteGuard
+from loragen.callbacks.prediction_writer import JsonlPredictionWriter
+from loragen.callbacks.progress_lines import ProgressLines
+from loragen.callbacks.router_stats import RouterCollapseWarning, RouterStatistics
 
 __all__ = ["JsonlPredictionWriter", "NonFiniteGuard", "ProgressLines", "RouterCollapseWarning", "RouterStatistics"]

@@ -99,7 +99,7 @@ def _cli_class() -> type:
 
         def _progress_lines(self) -> None:
             """Without a terminal the rich progress bar prints nothing: print plain progress lines."""
-            from callbacks.progress_lines import ProgressLines
+            from loragen.callbacks.progress_lines import ProgressLines
 
             if not sys.stdout.isatty() and not any(isinstance(c, ProgressLines) for c in self.trainer.callbacks):
                 self.trainer.callbacks.append(ProgressLines())

@@ -140,7 +140,7 @@ def test_wandb_offline_run_records_config_fingerprint_metrics_and_tables(tmp_pat
     args = ["--config", TINY, "--trainer.default_root_dir", str(tmp_path), *wandb_args]
     import wandb
 
-    run(["fit", *args, "--trainer.callbacks+=callbacks.RouterStatistics"])
+    run(["fit", *args, "--trainer.callbacks+=loragen.callbacks.RouterStatistics"])
     wandb.finish()  # separate processes on the command line; here, close the run as process exit would
     (last,) = tmp_path.rglob("last.ckpt")
     run(["test", *args, "--ckpt_path", str(last)])

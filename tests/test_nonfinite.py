@@ -7,8 +7,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from callbacks import NonFiniteGuard
 from loragen import LoRAGenError
+from loragen.callbacks import NonFiniteGuard
 from loragen.models.lora_gen_module import LoRAGenModule
 from tests.conftest import TINY, _data, _trained, _trainer
 

@@ -10,8 +10,8 @@ import lightning as L
 import pytest
 import torch
 
-from callbacks.router_stats import RouterCollapseWarning, RouterStatistics, gate_entropy
 from loragen import LoRAGenError
+from loragen.callbacks.router_stats import RouterCollapseWarning, RouterStatistics, gate_entropy
 from loragen.models.lora_gen_module import LoRAGenModule
 from loragen.sweep import parse_grid, sweep
 from tests.conftest import TINY, _data, _trainer

@@ -8,7 +8,7 @@ Non-finite steps: a batch whose loss or gradients are NaN/inf never reaches the 
 gradients are dropped before the optimizer step (AdamW leaves parameters without a gradient, and
 their moments, untouched), the step is counted (``train/nonfinite_steps``) and named in a warning;
 after ``max_nonfinite_steps`` consecutive ones the run stops with a one-line error, and the last
-checkpoint written holds the weights from before them. ``callbacks.NonFiniteGuard`` sets the limit
+checkpoint written holds the weights from before them. ``loragen.callbacks.NonFiniteGuard`` sets the limit
 (1 = stop at the first).
 """
 
