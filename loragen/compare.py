@@ -184,6 +184,28 @@ def budget_line(budgets: dict[str, str]) -> str:
     return "Budgets differ: " + "; ".join(f"{m}: {b}" for m, b in budgets.items())
 
 
+def difference_lines(differences: list[dict[str, Any]]) -> list[str]:
+    """The paired differences to LoRA-Gen as a Markdown table (groups as columns), or nothing."""
+    from loragen.metrics.intervals import PAIRED_NOTE
+    from loragen.report import markdown_table
+    from loragen.study import BOOTSTRAP, SEED
+
+    if not differences:
+        return []
+    groups = [g for g in ("unseen", "seen", "all") if any(d["group"] == g for d in differences)]
+    cells = {(d["method"], d["group"]): d for d in differences}
+    methods = list(dict.fromkeys(d["method"] for d in differences))
+
+    def cell(d: dict[str, Any] | None) -> str:
+        return "" if d is None else (f"{100 * d['diff']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] "
+                                     f"({d['tasks']} tasks, {d['n']} items)")
+
+    header = ["method − LoRA-Gen", *(f"{g} tasks" for g in groups)]
+    return ["", "Paired differences to LoRA-Gen (points):", "",
+            *markdown_table(header, ([m, *(cell(cells.get((m, g))) for g in groups)] for m in methods)), "",
+            PAIRED_NOTE.format(bootstrap=BOOTSTRAP, seed=SEED) + "."]
+
+
 def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: dict[str, Any]) -> list[Path]:
     from loragen.metrics.intervals import NOTE
     from loragen.metrics.results import with_ci
@@ -206,6 +228,7 @@ def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: d
     lines += ["", budget, f"Items per method: {meta.get('items')} · accuracy by {meta.get('scoring')}"
               + (f", {meta['metric']}" if meta.get("metric") else "") + " (percent)",
               NOTE + "."]
+    lines += difference_lines(meta.get("differences") or [])
     atomic_write_text(out / "comparison.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "comparison.json", json.dumps({"budget": budget, **meta, "rows": rows}, indent=2))
     paths = [out / "comparison.md", out / "comparison.csv", out / "comparison.json"]
@@ -273,6 +296,11 @@ def compare(config: str, methods: list[str], out: str, sets: dict[str, dict[str,
         meta = {"items": record["results"].get("items"), "scoring": record["results"].get("scoring"),
                 "metric": record["results"].get("metric"), "tasks": record["results"].get("tasks")}
     if rows:
+        from loragen.study import differences_to
+
+        unseen = list(((base.get("data") or {}).get("init_args") or {}).get("unseen") or [])
+        runs = {method: run_dir for method, run_dir, _ in plans if (run_dir / "method.json").is_file()}
+        meta["differences"] = differences_to(runs, "loragen", unseen) if "loragen" in runs else []
         paths = write_comparison(rows, out_dir, budget_line(budgets), meta)
         print((out_dir / "comparison.md").read_text())
         print("wrote " + ", ".join(str(p) for p in paths))

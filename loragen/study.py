@@ -66,8 +66,9 @@ def task_groups(tasks: list[str], unseen: list[str]) -> dict[str, str]:
 
 def paired(a: dict[tuple[str, str], tuple[str, float]], b: dict[tuple[str, str], tuple[str, float]],
            group: dict[str, str], which: str) -> dict[str, float] | None:
-    """mean(a − b) over the tasks of ``which``, on the items both scored, with its 95% interval."""
-    keys = [k for k in a if k in b and group.get(k[0]) == which]
+    """mean(a − b) over the tasks of ``which`` (``all``: every task), on the items both scored, with its 95%
+    interval."""
+    keys = [k for k in a if k in b and (which == "all" or group.get(k[0]) == which)]
     if not keys:
         return None
     names = sorted({k[0] for k in keys})
@@ -123,6 +124,26 @@ def study_rows(runs: dict[str, Path], unseen: list[str]) -> list[dict[str, Any]]
                 cell = paired(a, b, group, which) if a is not None and b is not None else None
                 if cell is not None:
                     rows.append({"point": name, "group": which, "comparison": label, **cell, "gate_distance": gate})
+    return rows
+
+
+def differences_to(runs: dict[str, Path], reference: str, unseen: list[str]) -> list[dict[str, Any]]:
+    """Each run's own row minus the ``reference`` run's own row, item by item, on unseen, seen and all
+    tasks (``loragen compare``: every method against LoRA-Gen)."""
+    loaded = {name: read for name, path in runs.items() if (read := read_items(path)) is not None}
+    if reference not in loaded:
+        return []
+    ref_items, ref_results = loaded[reference]
+    ref = ref_items[ref_results["rows"][0]["key"]]
+    group = task_groups(ref_results["tasks"], unseen)
+    rows = []
+    for name, (items, results) in loaded.items():
+        if name == reference:
+            continue
+        for which in (*GROUPS, "all"):
+            cell = paired(items[results["rows"][0]["key"]], ref, group, which)
+            if cell is not None:
+                rows.append({"method": name, "versus": reference, "group": which, **cell})
     return rows
 
 

@@ -199,6 +199,21 @@ def test_compare_runs_methods_through_the_cli_writes_the_table_and_resumes(tmp_p
     table = json.loads((out / "comparison.json").read_text())
     assert "max_steps=2" in table["budget"] and table["rows"][0]["setting"].startswith("LoRA-Gen")
     assert "| trainable params | mergeable |" in (out / "comparison.md").read_text()
+    diffs = {(d["method"], d["group"]): d for d in table["differences"]}  # every method − LoRA-Gen, item by item
+    assert {m for m, _ in diffs} == {"base", "few_shot", "lora_prompted", "loramoe"}
+    assert {g for _, g in diffs} == {"seen", "all"}  # tiny.yaml names no unseen dataset
+
+    def own(method):  # (task, source) -> acc_norm of the method's own row
+        lines = [json.loads(x) for x in next((out / method).rglob("items.jsonl")).read_text().splitlines()]
+        first = lines[0]["setting"]
+        return {(x["task"], x["source"]): x["acc_norm"] for x in lines if x["setting"] == first}
+
+    few, gen = own("few_shot"), own("loragen")
+    tasks = sorted({t for t, _ in gen})
+    expected = sum(sum(few[k] - gen[k] for k in gen if k[0] == t) / sum(k[0] == t for k in gen) for t in tasks)
+    assert diffs[("few_shot", "all")]["diff"] == pytest.approx(expected / len(tasks), abs=1e-9)
+    assert diffs[("few_shot", "all")]["n"] == len(gen)
+    assert "Paired differences to LoRA-Gen" in (out / "comparison.md").read_text()
     assert (out / "comparison.png").stat().st_size > 1000
     assert "num_experts: 2" in (out / "loramoe" / "config.yaml").read_text()
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
