@@ -4,6 +4,10 @@
 from setuptools import find_namespace_packages, setup
 
 # namespace discovery, as pyproject's `find` did: data folders (quickstart files, releases, task descriptions) ship too
-setup(packages=[*find_namespace_packages(include=["loragen", "loragen.*"], exclude=["*.__pycache__"]),
-                "loragen.callbacks"],
-      package_dir={"loragen.callbacks": "callbacks"})
+setup(
+    packages=[
+        *find_namespace_packages(include=["loragen", "loragen.*"], exclude=["*.__pycache__"]),
+        "loragen.callbacks",
+    ],
+    package_dir={"loragen.callbacks": "callbacks"},
+)

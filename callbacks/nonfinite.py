@@ -17,13 +17,14 @@ from loragen import LoRAGenError
 
 class NonFiniteGuard(Callback):
     """Args:
-        max_consecutive: consecutive non-finite steps after which the run stops (>= 1).
+    max_consecutive: consecutive non-finite steps after which the run stops (>= 1).
     """
 
     def __init__(self, max_consecutive: int = 3) -> None:
         if max_consecutive < 1:
-            raise LoRAGenError(f"NonFiniteGuard max_consecutive={max_consecutive} must be >= 1 (1: stop at the "
-                               "first non-finite step)")
+            raise LoRAGenError(
+                f"NonFiniteGuard max_consecutive={max_consecutive} must be >= 1 (1: stop at the first non-finite step)"
+            )
         self.max_consecutive = max_consecutive
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:

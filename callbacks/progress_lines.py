@@ -26,8 +26,9 @@ def _eta(seconds: float) -> str:
 
 
 class ProgressLines(L.Callback):
-    def __init__(self, every_seconds: float = 30.0, every_n_steps: int | None = None,
-                 stream: TextIO | None = None) -> None:
+    def __init__(
+        self, every_seconds: float = 30.0, every_n_steps: int | None = None, stream: TextIO | None = None
+    ) -> None:
         if every_seconds < 0 or (every_n_steps is not None and every_n_steps < 1):
             raise ValueError("ProgressLines: every_seconds must be >= 0 and every_n_steps >= 1")
         self.every_seconds, self.every_n_steps = every_seconds, every_n_steps
@@ -55,8 +56,9 @@ class ProgressLines(L.Callback):
         self._start = self._last = time.perf_counter()
         self._first_step, self._samples = trainer.global_step, 0
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if isinstance(batch, dict) and hasattr(batch.get("input_ids"), "shape"):
             self._samples += int(batch["input_ids"].shape[0])
         step = trainer.global_step
@@ -102,8 +104,9 @@ class ProgressLines(L.Callback):
         self._saved = (self._start, self._last)  # validation inside fit must not disturb the fit's clock
         self._eval_start()
 
-    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any,
-                                **kwargs: Any) -> None:
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
         if not trainer.sanity_checking:
             self._eval_batch("validate", trainer.num_val_batches)
 
@@ -120,6 +123,5 @@ class ProgressLines(L.Callback):
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._eval_start()
 
-    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any,
-                             **kwargs: Any) -> None:
+    def on_predict_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
         self._eval_batch("predict", trainer.num_predict_batches)

@@ -42,8 +42,9 @@ class RouterStatistics(Callback):
         log_every_n_steps: how often to log entropy and shares (default: the trainer's setting).
     """
 
-    def __init__(self, collapse_threshold: float = 0.01, save_heatmaps: bool = True,
-                 log_every_n_steps: int | None = None) -> None:
+    def __init__(
+        self, collapse_threshold: float = 0.01, save_heatmaps: bool = True, log_every_n_steps: int | None = None
+    ) -> None:
         self.collapse_threshold = collapse_threshold
         self.save_heatmaps = save_heatmaps
         self.log_every_n_steps = log_every_n_steps
@@ -82,7 +83,8 @@ class RouterStatistics(Callback):
                 f"router collapse: expert(s) {self.collapsed} received under {100 * self.collapse_threshold:g}% of "
                 f"the routing weight in epoch {trainer.current_epoch} (shares {[round(float(s), 4) for s in share]}); "
                 "raise model.pool.aux_coef or lower model.pool.num_experts",
-                RouterCollapseWarning, stacklevel=2,
+                RouterCollapseWarning,
+                stacklevel=2,
             )
         if self.save_heatmaps and trainer.is_global_zero:
             self.heatmaps = self._save_heatmaps(trainer)
@@ -105,6 +107,7 @@ class RouterStatistics(Callback):
             paths.append(save_figure(fig, directory / f"expert_usage_{task}_epoch{trainer.current_epoch}.png", dpi=100))
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
-                logger.log_image(key="router/expert_usage", images=[str(p) for p in paths],
-                                 caption=[p.stem for p in paths])
+                logger.log_image(
+                    key="router/expert_usage", images=[str(p) for p in paths], caption=[p.stem for p in paths]
+                )
         return paths

@@ -108,8 +108,10 @@ def model_directory(source: str) -> Path:
         return _bundled_cache_dir(value)
     if kind == "dir":
         return Path(value)
-    raise LoRAGenError(f"model source {source!r} has no local model directory: give bundled:... or a directory "
-                       "(a tiny: model can be written to one with save_pretrained)")
+    raise LoRAGenError(
+        f"model source {source!r} has no local model directory: give bundled:... or a directory "
+        "(a tiny: model can be written to one with save_pretrained)"
+    )
 
 
 def gguf_file(source: str) -> Path | None:
@@ -145,8 +147,9 @@ def _check_hub_id(repo_id: str) -> None:
         return
     fix = "give a local model directory, a .gguf file or bundled:smollm2-135m-instruct"
     if constants.HF_HUB_OFFLINE:
-        raise LoRAGenError(f"model {repo_id!r} is not in the local hub cache and the hub is off (HF_HUB_OFFLINE): "
-                           f"{fix}")
+        raise LoRAGenError(
+            f"model {repo_id!r} is not in the local hub cache and the hub is off (HF_HUB_OFFLINE): {fix}"
+        )
     import urllib.error
     import urllib.request
 
@@ -157,12 +160,16 @@ def _check_hub_id(repo_id: str) -> None:
     except urllib.error.HTTPError as err:
         if err.code == 403:  # gated: the id exists, loading asks for accepted terms and a token
             return
-        raise LoRAGenError(f"model {repo_id!r} is not on the hub ({err.code}: no such or a private model) and not in "
-                           f"the local cache: check the id (log in for a private one), or {fix}") from None
+        raise LoRAGenError(
+            f"model {repo_id!r} is not on the hub ({err.code}: no such or a private model) and not in "
+            f"the local cache: check the id (log in for a private one), or {fix}"
+        ) from None
     except (urllib.error.URLError, OSError) as err:
         reason = getattr(err, "reason", err)
-        raise LoRAGenError(f"model {repo_id!r} is not in the local hub cache and the hub cannot be reached from this "
-                           f"machine ({reason}): {fix}") from None
+        raise LoRAGenError(
+            f"model {repo_id!r} is not in the local hub cache and the hub cannot be reached from this "
+            f"machine ({reason}): {fix}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- sources
@@ -291,8 +298,12 @@ def _bundled_cache_dir(name: str) -> Path:
         for fpath in sorted(p for p in tmp.iterdir() if p.is_file()):
             big = fpath.suffix == ".safetensors"
             files[fpath.name] = {"size": fpath.stat().st_size, "sha256": sha256_file(fpath) if big else None}
-        manifest = {"format": _CACHE_FORMAT, "source": f"bundled:{name}", "gguf_size": gguf.stat().st_size,
-                    "files": files}
+        manifest = {
+            "format": _CACHE_FORMAT,
+            "source": f"bundled:{name}",
+            "gguf_size": gguf.stat().st_size,
+            "files": files,
+        }
         (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=1))
     return entry
 
@@ -301,12 +312,34 @@ def _bundled_cache_dir(name: str) -> Path:
 
 _TINY_SPECS: dict[str, dict[str, Any]] = {
     # Deliberately different shapes and vocabularies so cloud/edge pairs can differ in all of them.
-    "llama": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "extra_tokens": 0, "seed": 1},
-    "qwen2": {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 3, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "extra_tokens": 13, "seed": 2},
-    "gemma": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 1, "head_dim": 8, "extra_tokens": 41, "seed": 3},
+    "llama": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "extra_tokens": 0,
+        "seed": 1,
+    },
+    "qwen2": {
+        "hidden_size": 48,
+        "intermediate_size": 96,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "extra_tokens": 13,
+        "seed": 2,
+    },
+    "gemma": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 1,
+        "head_dim": 8,
+        "extra_tokens": 41,
+        "seed": 3,
+    },
 }
 
 
@@ -334,13 +367,25 @@ def _build_tiny(arch: str) -> tuple[Any, Any]:
     spec.pop("extra_tokens")
     seed = spec.pop("seed")
     tok = _tiny_tokenizer(arch)
-    config_cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
-                  "gemma": transformers.GemmaConfig}[arch]
-    model_cls = {"llama": transformers.LlamaForCausalLM, "qwen2": transformers.Qwen2ForCausalLM,
-                 "gemma": transformers.GemmaForCausalLM}[arch]
-    config = config_cls(vocab_size=len(tok), max_position_embeddings=2048, pad_token_id=tok.pad_token_id,
-                        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                        tie_word_embeddings=False, **spec)
+    config_cls = {
+        "llama": transformers.LlamaConfig,
+        "qwen2": transformers.Qwen2Config,
+        "gemma": transformers.GemmaConfig,
+    }[arch]
+    model_cls = {
+        "llama": transformers.LlamaForCausalLM,
+        "qwen2": transformers.Qwen2ForCausalLM,
+        "gemma": transformers.GemmaForCausalLM,
+    }[arch]
+    config = config_cls(
+        vocab_size=len(tok),
+        max_position_embeddings=2048,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=False,
+        **spec,
+    )
     config.name_or_path = f"tiny:{arch}"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

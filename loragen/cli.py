@@ -45,6 +45,7 @@ Run `loragen SUBCOMMAND --help` for every option of a subcommand.
 
 DEPLOY_COMMANDS = ("generate", "apply", "chat", "serve")
 
+
 def _cli_class() -> type:
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
@@ -110,11 +111,17 @@ def _cli_class() -> type:
                 from lightning.pytorch.callbacks import ModelCheckpoint
 
                 for callback in self.trainer.callbacks:
-                    if isinstance(callback, ModelCheckpoint) and callback.dirpath and \
-                            (Path(callback.dirpath) / "last.ckpt").is_file():
-                        print(f"loragen: {callback.dirpath} holds an earlier run's last.ckpt: this run starts from "
-                              "scratch and writes last-v1.ckpt beside it; pass --ckpt_path last to resume instead",
-                              file=sys.stderr, flush=True)
+                    if (
+                        isinstance(callback, ModelCheckpoint)
+                        and callback.dirpath
+                        and (Path(callback.dirpath) / "last.ckpt").is_file()
+                    ):
+                        print(
+                            f"loragen: {callback.dirpath} holds an earlier run's last.ckpt: this run starts from "
+                            "scratch and writes last-v1.ckpt beside it; pass --ckpt_path last to resume instead",
+                            file=sys.stderr,
+                            flush=True,
+                        )
 
         # the other subcommands only need the progress lines
         before_validate = before_test = before_predict = _progress_lines
@@ -148,11 +155,19 @@ def run(args: list[str] | None = None) -> object:
     set_parsing_settings(omegaconf_absolute_to_relative_paths=True, docstring_parse_attribute_docstrings=True)
     cli_class = _cli_class()
     try:  # model: LoRAGenModule or any baseline (loragen.models.baselines), chosen by class_path
-        return cli_class(L.LightningModule, RecordDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                         args=args, save_config_kwargs={"overwrite": True}, seed_everything_default=0,
-                         save_config_callback=cli_class.save_config_class,
-                         trainer_class=L.Trainer, auto_configure_optimizers=False,
-                         parser_kwargs={"parser_mode": "omegaconf+"})
+        return cli_class(
+            L.LightningModule,
+            RecordDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=args,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            save_config_callback=cli_class.save_config_class,
+            trainer_class=L.Trainer,
+            auto_configure_optimizers=False,
+            parser_kwargs={"parser_mode": "omegaconf+"},
+        )
     except LoRAGenError as err:
         print(f"loragen: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -38,25 +38,60 @@ BASELINES = "loragen.models.baselines"
 SHARED_ARGS = ("edge", "cloud", "optim", "eval", "pool", "seed")  # whole groups: what every method shares
 
 METHODS: dict[str, dict[str, Any]] = {
-    "loragen": {"class_path": LORAGEN_CLASS, "init_args": {}, "train": True,
-                "help": "LoRA-Gen: generated LoRA merged into the edge, no system prompt (the config's model)"},
-    "base": {"class_path": f"{BASELINES}.BaseModel", "init_args": {"system_prompt": False}, "train": False,
-             "help": "the edge model, user input only, no training"},
-    "few_shot": {"class_path": f"{BASELINES}.BaseModel", "init_args": {"system_prompt": True}, "train": False,
-                 "help": "the edge model reading each task's system prompt (k shots), no training"},
-    "lora": {"class_path": f"{BASELINES}.LoRABaseline", "init_args": {"system_prompt": False}, "train": True,
-             "help": "one PEFT LoRA on the edge, trained on the mixture, no system prompt"},
-    "lora_prompted": {"class_path": f"{BASELINES}.LoRABaseline", "init_args": {"system_prompt": True},
-                      "train": True, "help": "one PEFT LoRA, trained and served with the system prompt in context"},
-    "mixlora": {"class_path": f"{BASELINES}.MixLoRABaseline", "init_args": {}, "train": True,
-                "help": "MixLoRA-style top-k token routing over LoRA experts in each MLP + attention LoRA"},
-    "loramoe": {"class_path": f"{BASELINES}.LoRAMoEBaseline", "init_args": {}, "train": True,
-                "help": "LoRAMoE-style dense (soft) token routing over LoRA experts in the MLP linears"},
-    "text_to_lora": {"class_path": f"{BASELINES}.TextToLoRAModule", "train": True,
-                     "init_args": {"eval": {"reference": False, "zero_shot_reference": False}},
-                     "help": "Text-to-LoRA: a hypernetwork maps the prompt's embedding to the LoRA, merged"},
-    "prompt_tuning": {"class_path": f"{BASELINES}.PromptTuningBaseline", "init_args": {}, "train": True,
-                      "help": "PEFT prompt tuning: a learned soft prompt read before every request"},
+    "loragen": {
+        "class_path": LORAGEN_CLASS,
+        "init_args": {},
+        "train": True,
+        "help": "LoRA-Gen: generated LoRA merged into the edge, no system prompt (the config's model)",
+    },
+    "base": {
+        "class_path": f"{BASELINES}.BaseModel",
+        "init_args": {"system_prompt": False},
+        "train": False,
+        "help": "the edge model, user input only, no training",
+    },
+    "few_shot": {
+        "class_path": f"{BASELINES}.BaseModel",
+        "init_args": {"system_prompt": True},
+        "train": False,
+        "help": "the edge model reading each task's system prompt (k shots), no training",
+    },
+    "lora": {
+        "class_path": f"{BASELINES}.LoRABaseline",
+        "init_args": {"system_prompt": False},
+        "train": True,
+        "help": "one PEFT LoRA on the edge, trained on the mixture, no system prompt",
+    },
+    "lora_prompted": {
+        "class_path": f"{BASELINES}.LoRABaseline",
+        "init_args": {"system_prompt": True},
+        "train": True,
+        "help": "one PEFT LoRA, trained and served with the system prompt in context",
+    },
+    "mixlora": {
+        "class_path": f"{BASELINES}.MixLoRABaseline",
+        "init_args": {},
+        "train": True,
+        "help": "MixLoRA-style top-k token routing over LoRA experts in each MLP + attention LoRA",
+    },
+    "loramoe": {
+        "class_path": f"{BASELINES}.LoRAMoEBaseline",
+        "init_args": {},
+        "train": True,
+        "help": "LoRAMoE-style dense (soft) token routing over LoRA experts in the MLP linears",
+    },
+    "text_to_lora": {
+        "class_path": f"{BASELINES}.TextToLoRAModule",
+        "train": True,
+        "init_args": {"eval": {"reference": False, "zero_shot_reference": False}},
+        "help": "Text-to-LoRA: a hypernetwork maps the prompt's embedding to the LoRA, merged",
+    },
+    "prompt_tuning": {
+        "class_path": f"{BASELINES}.PromptTuningBaseline",
+        "init_args": {},
+        "train": True,
+        "help": "PEFT prompt tuning: a learned soft prompt read before every request",
+    },
 }
 DEFAULT_METHODS = list(METHODS)
 __doc__ += "\n".join(f"  {name:<14} {spec['help']}" for name, spec in METHODS.items())
@@ -112,8 +147,13 @@ def method_config(base: dict[str, Any], method: str, overrides: dict[str, Any], 
         init_args = {k: loragen_args[k] for k in SHARED_ARGS if k in loragen_args and k in takes}
         init_args = _merge(_merge(init_args, spec["init_args"]), overrides)
         callbacks = config["trainer"].get("callbacks") or []
-        config["trainer"]["callbacks"] = [c for c in callbacks if not (isinstance(c, dict) and any(
-            c.get("class_path", "").endswith(name) for name in LORAGEN_ONLY_CALLBACKS))]
+        config["trainer"]["callbacks"] = [
+            c
+            for c in callbacks
+            if not (
+                isinstance(c, dict) and any(c.get("class_path", "").endswith(name) for name in LORAGEN_ONLY_CALLBACKS)
+            )
+        ]
     try:
         check_method_args(spec["class_path"], init_args)
     except LoRAGenError as err:
@@ -140,14 +180,21 @@ def summarize_method(method: str, results: dict[str, Any], seconds: float) -> di
     row = primary_row(results)
     ci = row.get("ci") or {}
     ms = row.get("ms_per_request")
-    return {"method": method, "setting": row["setting"],
-            **{f"acc/{t}": round(100 * row["accuracy"][t], 2) for t in results["tasks"]},
-            **{f"acc/{t}_ci": _pct(ci.get(t)) for t in results["tasks"]},
-            "mean": round(100 * row["mean"], 2), "mean_ci": _pct(row.get("mean_ci")),
-            "hmean": round(100 * row["hmean"], 2), "tokens_per_request": round(row["tokens_per_request"], 1),
-            "ms_per_request": None if ms is None else round(ms, 1),
-            "trainable_params": results.get("trainable_params"), "mergeable": results.get("mergeable"),
-            "trained_steps": results.get("trained_steps"), "seconds": round(seconds, 1)}
+    return {
+        "method": method,
+        "setting": row["setting"],
+        **{f"acc/{t}": round(100 * row["accuracy"][t], 2) for t in results["tasks"]},
+        **{f"acc/{t}_ci": _pct(ci.get(t)) for t in results["tasks"]},
+        "mean": round(100 * row["mean"], 2),
+        "mean_ci": _pct(row.get("mean_ci")),
+        "hmean": round(100 * row["hmean"], 2),
+        "tokens_per_request": round(row["tokens_per_request"], 1),
+        "ms_per_request": None if ms is None else round(ms, 1),
+        "trainable_params": results.get("trainable_params"),
+        "mergeable": results.get("mergeable"),
+        "trained_steps": results.get("trained_steps"),
+        "seconds": round(seconds, 1),
+    }
 
 
 def _resolved_config(run_dir: Path) -> dict[str, Any]:
@@ -169,8 +216,10 @@ def budget(config: dict[str, Any]) -> str:
             parts.append(f"{key}={trainer[key]}")
     parts.append(f"batch_size={data.get('batch_size', 'default')}")
     optim = model.get("optim") or {}
-    parts.append(f"AdamW lr={optim.get('lr', 'default')}, warmup={optim.get('warmup_steps', 'default')} steps, "
-                 f"cosine to {optim.get('min_lr_ratio', 'default')}×lr")
+    parts.append(
+        f"AdamW lr={optim.get('lr', 'default')}, warmup={optim.get('warmup_steps', 'default')} steps, "
+        f"cosine to {optim.get('min_lr_ratio', 'default')}×lr"
+    )
     if model.get("init_from"):
         parts.append(f"starting from {model['init_from']}")
     return ", ".join(parts)
@@ -197,13 +246,24 @@ def difference_lines(differences: list[dict[str, Any]]) -> list[str]:
     methods = list(dict.fromkeys(d["method"] for d in differences))
 
     def cell(d: dict[str, Any] | None) -> str:
-        return "" if d is None else (f"{100 * d['diff']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] "
-                                     f"({d['tasks']} tasks, {d['n']} items)")
+        return (
+            ""
+            if d is None
+            else (
+                f"{100 * d['diff']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] "
+                f"({d['tasks']} tasks, {d['n']} items)"
+            )
+        )
 
     header = ["method − LoRA-Gen", *(f"{g} tasks" for g in groups)]
-    return ["", "Paired differences to LoRA-Gen (points):", "",
-            *markdown_table(header, ([m, *(cell(cells.get((m, g))) for g in groups)] for m in methods)), "",
-            PAIRED_NOTE.format(bootstrap=BOOTSTRAP, seed=SEED) + "."]
+    return [
+        "",
+        "Paired differences to LoRA-Gen (points):",
+        "",
+        *markdown_table(header, ([m, *(cell(cells.get((m, g))) for g in groups)] for m in methods)),
+        "",
+        PAIRED_NOTE.format(bootstrap=BOOTSTRAP, seed=SEED) + ".",
+    ]
 
 
 def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: dict[str, Any]) -> list[Path]:
@@ -211,23 +271,57 @@ def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: d
     from loragen.metrics.results import with_ci
     from loragen.report import markdown_table, pyplot, save_figure, write_csv
 
-    tasks = [k for k in dict.fromkeys(k for row in rows for k in row) if k.startswith("acc/") and
-             not k.endswith("_ci")]
-    columns = ["method", *[c for t in tasks for c in (t, f"{t}_ci")], "mean", "mean_ci", "hmean",
-               "tokens_per_request", "ms_per_request", "trainable_params", "mergeable", "trained_steps", "seconds"]
+    tasks = [k for k in dict.fromkeys(k for row in rows for k in row) if k.startswith("acc/") and not k.endswith("_ci")]
+    columns = [
+        "method",
+        *[c for t in tasks for c in (t, f"{t}_ci")],
+        "mean",
+        "mean_ci",
+        "hmean",
+        "tokens_per_request",
+        "ms_per_request",
+        "trainable_params",
+        "mergeable",
+        "trained_steps",
+        "seconds",
+    ]
     write_csv(out / "comparison.csv", columns, rows)
-    header = ["method", *[t.removeprefix("acc/") for t in tasks], "mean", "hmean", "edge tokens/request",
-              "ms/request", "trainable params", "mergeable", "trained steps"]
-    lines = markdown_table(header, ([
-        row["setting"], *[with_ci(row.get(t), row.get(f"{t}_ci")) for t in tasks],
-        with_ci(row["mean"], row.get("mean_ci")), f"{row['hmean']:.1f}", f"{row['tokens_per_request']:.1f}",
-        with_ci(row.get("ms_per_request"), None),
-        f"{row['trainable_params']:,}" if row.get("trainable_params") is not None else "?",
-        "yes" if row.get("mergeable") else "no",
-        str(row["trained_steps"]) if row.get("trained_steps") is not None else "-"] for row in rows))
-    lines += ["", budget, f"Items per method: {meta.get('items')} · accuracy by {meta.get('scoring')}"
-              + (f", {meta['metric']}" if meta.get("metric") else "") + " (percent)",
-              NOTE + "."]
+    header = [
+        "method",
+        *[t.removeprefix("acc/") for t in tasks],
+        "mean",
+        "hmean",
+        "edge tokens/request",
+        "ms/request",
+        "trainable params",
+        "mergeable",
+        "trained steps",
+    ]
+    lines = markdown_table(
+        header,
+        (
+            [
+                row["setting"],
+                *[with_ci(row.get(t), row.get(f"{t}_ci")) for t in tasks],
+                with_ci(row["mean"], row.get("mean_ci")),
+                f"{row['hmean']:.1f}",
+                f"{row['tokens_per_request']:.1f}",
+                with_ci(row.get("ms_per_request"), None),
+                f"{row['trainable_params']:,}" if row.get("trainable_params") is not None else "?",
+                "yes" if row.get("mergeable") else "no",
+                str(row["trained_steps"]) if row.get("trained_steps") is not None else "-",
+            ]
+            for row in rows
+        ),
+    )
+    lines += [
+        "",
+        budget,
+        f"Items per method: {meta.get('items')} · accuracy by {meta.get('scoring')}"
+        + (f", {meta['metric']}" if meta.get("metric") else "")
+        + " (percent)",
+        NOTE + ".",
+    ]
     lines += difference_lines(meta.get("differences") or [])
     atomic_write_text(out / "comparison.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "comparison.json", json.dumps({"budget": budget, **meta, "rows": rows}, indent=2))
@@ -236,8 +330,9 @@ def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: d
     for row in (r for r in rows if r.get("ms_per_request") is not None):
         marker = "o" if row.get("mergeable") else "s"
         ax.errorbar(row["ms_per_request"], row["mean"], yerr=row.get("mean_ci"), fmt=marker, ms=6, capsize=3)
-        ax.annotate(row["method"], (row["ms_per_request"], row["mean"]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=8)
+        ax.annotate(
+            row["method"], (row["ms_per_request"], row["mean"]), textcoords="offset points", xytext=(4, 4), fontsize=8
+        )
     ax.set_xlabel("latency per request (ms)")
     ax.set_ylabel("mean accuracy (%), 95% interval")
     ax.set_title("accuracy vs. latency (circle: mergeable, square: not)", fontsize=9)
@@ -246,8 +341,13 @@ def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: d
     return paths
 
 
-def compare(config: str, methods: list[str], out: str, sets: dict[str, dict[str, Any]] | None = None,
-            extra: list[str] | None = None) -> list[dict[str, Any]]:
+def compare(
+    config: str,
+    methods: list[str],
+    out: str,
+    sets: dict[str, dict[str, Any]] | None = None,
+    extra: list[str] | None = None,
+) -> list[dict[str, Any]]:
     import yaml
 
     from loragen.sweep import run_point
@@ -255,8 +355,10 @@ def compare(config: str, methods: list[str], out: str, sets: dict[str, dict[str,
     base = yaml.safe_load(Path(config).read_text())
     class_path = ((base.get("model") or {}).get("class_path")) or ""
     if class_path != LORAGEN_CLASS:
-        raise LoRAGenError(f"{config}: model.class_path is {class_path or 'missing'}; loragen compare starts from a "
-                           f"LoRA-Gen config ({LORAGEN_CLASS}), e.g. configs/quickstart.yaml")
+        raise LoRAGenError(
+            f"{config}: model.class_path is {class_path or 'missing'}; loragen compare starts from a "
+            f"LoRA-Gen config ({LORAGEN_CLASS}), e.g. configs/quickstart.yaml"
+        )
     out_dir = Path(out)
     plans = []
     for method in methods:  # validate everything before anything starts
@@ -270,8 +372,10 @@ def compare(config: str, methods: list[str], out: str, sets: dict[str, dict[str,
         if marker.is_file():
             record = json.loads(marker.read_text())
             if record.get("identity") != identity:
-                raise LoRAGenError(f"{run_dir} holds a {method} run made with another configuration or options: "
-                                   "use a new --out, or delete that directory to run it again")
+                raise LoRAGenError(
+                    f"{run_dir} holds a {method} run made with another configuration or options: "
+                    "use a new --out, or delete that directory to run it again"
+                )
             print(f"[{i}/{len(plans)}] {method}: done before, skipped", flush=True)
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -285,16 +389,27 @@ def compare(config: str, methods: list[str], out: str, sets: dict[str, dict[str,
                 print(f"[{i}/{len(plans)}] {method}: FAILED: {err}", flush=True)
                 failed.append(f"{method} ({err})")
                 continue
-            record = {"method": method, "identity": identity, "results": outcome["results"],
-                      "row": summarize_method(method, outcome["results"], outcome["seconds"])}
+            record = {
+                "method": method,
+                "identity": identity,
+                "results": outcome["results"],
+                "row": summarize_method(method, outcome["results"], outcome["seconds"]),
+            }
             atomic_write_text(marker, json.dumps(record, indent=1))
-            print(f"[{i}/{len(plans)}] {method}: mean accuracy {record['row']['mean']:.1f} "
-                  f"({record['row']['seconds']:.0f} s)", flush=True)
+            print(
+                f"[{i}/{len(plans)}] {method}: mean accuracy {record['row']['mean']:.1f} "
+                f"({record['row']['seconds']:.0f} s)",
+                flush=True,
+            )
         rows.append(record["row"])
         if METHODS[method]["train"]:
             budgets[method] = budget(_resolved_config(run_dir))
-        meta = {"items": record["results"].get("items"), "scoring": record["results"].get("scoring"),
-                "metric": record["results"].get("metric"), "tasks": record["results"].get("tasks")}
+        meta = {
+            "items": record["results"].get("items"),
+            "scoring": record["results"].get("scoring"),
+            "metric": record["results"].get("metric"),
+            "tasks": record["results"].get("tasks"),
+        }
     if rows:
         from loragen.study import differences_to
 
@@ -305,8 +420,10 @@ def compare(config: str, methods: list[str], out: str, sets: dict[str, dict[str,
         print((out_dir / "comparison.md").read_text())
         print("wrote " + ", ".join(str(p) for p in paths))
     if failed:
-        raise LoRAGenError(f"{len(failed)} method(s) failed: " + "; ".join(failed) + " (the table holds the others; "
-                           "re-run the same command to retry only those)")
+        raise LoRAGenError(
+            f"{len(failed)} method(s) failed: " + "; ".join(failed) + " (the table holds the others; "
+            "re-run the same command to retry only those)"
+        )
     return rows
 
 
@@ -315,27 +432,39 @@ def _identity(resolved: dict[str, Any], extra: list[str]) -> str:
     import hashlib
 
     config = {k: v for k, v in resolved.items() if k != "trainer"}
-    trainer = {k: v for k, v in (resolved.get("trainer") or {}).items()
-               if k not in ("default_root_dir", "logger", "callbacks")}
+    trainer = {
+        k: v for k, v in (resolved.get("trainer") or {}).items() if k not in ("default_root_dir", "logger", "callbacks")
+    }
     text = json.dumps({"config": config, "trainer": trainer, "extra": extra}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
-        prog="loragen compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="loragen compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="a LoRA-Gen LightningCLI config (YAML)")
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help=f"comma-separated methods, in table order (default: all: {','.join(DEFAULT_METHODS)})")
-    parser.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                        help="override one method's model argument, e.g. lora.pool.rank=16 (repeatable)")
+    parser.add_argument(
+        "--methods",
+        default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated methods, in table order (default: all: {','.join(DEFAULT_METHODS)})",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="override one method's model argument, e.g. lora.pool.rank=16 (repeatable)",
+    )
     parser.add_argument("--out", default="runs/compare", help="output directory (one subdirectory per method)")
     args, extra = parser.parse_known_args(argv)
     try:
         model_options = [a for a in extra if a.startswith("--model.")]
         if model_options:
-            raise LoRAGenError(f"{model_options[0]} would reach every method's model: use --set METHOD.KEY=VALUE "
-                               "(e.g. --set loragen.pool.num_experts=4), or change the config")
+            raise LoRAGenError(
+                f"{model_options[0]} would reach every method's model: use --set METHOD.KEY=VALUE "
+                "(e.g. --set loragen.pool.num_experts=4), or change the config"
+            )
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m not in METHODS]
         if unknown or not methods:

@@ -100,8 +100,10 @@ def atomic_directory(target: str | os.PathLike[str], replace: bool = True) -> It
             if old is not None and not target.exists():
                 os.replace(old / "d", target)
             if err.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                raise TargetTaken(f"{target} was written by another process while this one worked; that result "
-                                  "is kept: choose another output, or pass --overwrite to replace it") from None
+                raise TargetTaken(
+                    f"{target} was written by another process while this one worked; that result "
+                    "is kept: choose another output, or pass --overwrite to replace it"
+                ) from None
             raise
     finally:
         for leftover in (tmp, old):
@@ -152,11 +154,14 @@ def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # unpickling refused or failed: not a checkpoint we trust
-        raise LoRAGenError(f"{path} is not a loragen checkpoint ({err.__class__.__name__}; it was read weights-only, "
-                           "so nothing in it ran): give a .ckpt written by `loragen fit`") from err
+        raise LoRAGenError(
+            f"{path} is not a loragen checkpoint ({err.__class__.__name__}; it was read weights-only, "
+            "so nothing in it ran): give a .ckpt written by `loragen fit`"
+        ) from err
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("loragen"), dict):
-        raise LoRAGenError(f"{path} was not written by loragen (it has no loragen section): give a .ckpt written "
-                           "by `loragen fit`")
+        raise LoRAGenError(
+            f"{path} was not written by loragen (it has no loragen section): give a .ckpt written by `loragen fit`"
+        )
     return checkpoint
 
 
@@ -188,8 +193,10 @@ def lock_run_directory(directory: str | os.PathLike[str]) -> Any:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise LoRAGenError(f"run directory {directory} is in use by another `loragen fit` ({holder}): wait for it "
-                           "to finish or give another --trainer.default_root_dir") from None
+        raise LoRAGenError(
+            f"run directory {directory} is in use by another `loragen fit` ({holder}): wait for it "
+            "to finish or give another --trainer.default_root_dir"
+        ) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()}\n")
@@ -206,4 +213,3 @@ def release_run_directory(handle: Any) -> None:
         if held is handle:
             del _HELD[key]
     handle.close()
-

@@ -48,9 +48,16 @@ def is_release(source: str | os.PathLike[str]) -> bool:
     return text.startswith(PREFIX) or (Path(text).is_dir() and (Path(text) / META).is_file())
 
 
-def export_release(ckpt_path: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, name: str,
-                   command: str, licences: list[str] | None = None, dtype: str = "float16",
-                   results: str | None = None) -> dict[str, Any]:
+def export_release(
+    ckpt_path: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    name: str,
+    command: str,
+    licences: list[str] | None = None,
+    dtype: str = "float16",
+    results: str | None = None,
+) -> dict[str, Any]:
     """Write the trained weights of a loragen checkpoint as a release (atomically)."""
     import torch
     from safetensors.torch import save_file
@@ -67,22 +74,33 @@ def export_release(ckpt_path: str | os.PathLike[str], out_dir: str | os.PathLike
     hparams = {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if k != "_instantiator"}
     hparams.setdefault("_class_path", "loragen.models.lora_gen_module.LoRAGenModule")  # releases are LoRA-Gen's
     trained = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-    weights = {k: v.detach().to(getattr(torch, dtype)).contiguous() if v.is_floating_point() else v
-               for k, v in trained.items()}
+    weights = {
+        k: v.detach().to(getattr(torch, dtype)).contiguous() if v.is_floating_point() else v for k, v in trained.items()
+    }
     data = checkpoint.get("datamodule_hyper_parameters", {})
     trained_on = training_data(data)
     if not licences:  # the licence of every dataset it was trained on, from the registry
         licences = [f"{d['dataset']}: {d['licence']}" for d in trained_on]
     with atomic_directory(out_dir) as tmp:
         save_file(weights, str(tmp / WEIGHTS))
-        meta = {"loragen_release": FORMAT, "hparams_format": CHECKPOINT_FORMAT, "name": name, "weights": WEIGHTS,
-                "weights_sha256": sha256_file(tmp / WEIGHTS), "dtype": dtype, "hyper_parameters": hparams,
-                "fingerprint": info["fingerprint"],
-                "max_system_tokens": data.get("max_system_tokens"), "trained_steps": checkpoint.get("global_step"),
-                "training_command": command, "data_licences": list(licences or []), "training_data": trained_on,
-                "non_commercial_data": sorted(d["dataset"] for d in trained_on if d["non_commercial"]),
-                "results": results,
-                "source_checkpoint_sha256": sha256_file(ckpt_path)}
+        meta = {
+            "loragen_release": FORMAT,
+            "hparams_format": CHECKPOINT_FORMAT,
+            "name": name,
+            "weights": WEIGHTS,
+            "weights_sha256": sha256_file(tmp / WEIGHTS),
+            "dtype": dtype,
+            "hyper_parameters": hparams,
+            "fingerprint": info["fingerprint"],
+            "max_system_tokens": data.get("max_system_tokens"),
+            "trained_steps": checkpoint.get("global_step"),
+            "training_command": command,
+            "data_licences": list(licences or []),
+            "training_data": trained_on,
+            "non_commercial_data": sorted(d["dataset"] for d in trained_on if d["non_commercial"]),
+            "results": results,
+            "source_checkpoint_sha256": sha256_file(ckpt_path),
+        }
         (tmp / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return meta
 
@@ -99,16 +117,20 @@ def training_data(data_hparams: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _release_dir(source: str) -> Path:
     if source.startswith(PREFIX):
-        name = source[len(PREFIX):]
+        name = source[len(PREFIX) :]
         releases = known_releases()
         if name not in releases:
             from loragen.backbones import BUNDLED
 
             if name in BUNDLED:
-                raise LoRAGenError(f"{source} is a bundled base model, not a trained generator: give a checkpoint "
-                                   f"(released generators: {sorted(releases) or 'none in this install'})")
-            raise LoRAGenError(f"unknown released generator {name!r}: this install ships "
-                               f"{sorted(releases) or 'none'}; give a checkpoint written by `loragen fit`")
+                raise LoRAGenError(
+                    f"{source} is a bundled base model, not a trained generator: give a checkpoint "
+                    f"(released generators: {sorted(releases) or 'none in this install'})"
+                )
+            raise LoRAGenError(
+                f"unknown released generator {name!r}: this install ships "
+                f"{sorted(releases) or 'none'}; give a checkpoint written by `loragen fit`"
+            )
         return releases[name]
     return Path(source)
 
@@ -117,8 +139,10 @@ def read_release(directory: Path) -> dict[str, Any]:
     try:
         meta = json.loads((directory / META).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise LoRAGenError(f"{directory / META} is not a readable release file ({err.__class__.__name__}): reinstall "
-                           "loragen or re-export the release") from None
+        raise LoRAGenError(
+            f"{directory / META} is not a readable release file ({err.__class__.__name__}): reinstall "
+            "loragen or re-export the release"
+        ) from None
     if meta.get("loragen_release") != FORMAT or "fingerprint" not in meta or "hyper_parameters" not in meta:
         raise LoRAGenError(f"{directory / META} is not a loragen release (format {FORMAT}): re-export it")
     return meta
@@ -141,8 +165,10 @@ def resolve_checkpoint(source: str | os.PathLike[str]) -> Path:
     meta = read_release(directory)
     digest = sha256_file(directory / meta.get("weights", WEIGHTS))
     if digest != meta["weights_sha256"]:
-        raise LoRAGenError(f"{directory / WEIGHTS} does not match the sha256 in {META} (corrupted or edited): "
-                           "reinstall loragen or re-export the release")
+        raise LoRAGenError(
+            f"{directory / WEIGHTS} does not match the sha256 in {META} (corrupted or edited): "
+            "reinstall loragen or re-export the release"
+        )
     hparams = meta["hyper_parameters"]
     if meta.get("hparams_format", 1) < CHECKPOINT_FORMAT:  # a release exported before the typed groups
         hparams = upgrade_hparams(hparams)
@@ -153,11 +179,20 @@ def resolve_checkpoint(source: str | os.PathLike[str]) -> Path:
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(directory / WEIGHTS)).items()}
     import lightning
 
-    checkpoint = {"state_dict": state, "hyper_parameters": hparams, "epoch": 0,
-                  "global_step": meta.get("trained_steps") or 0, "pytorch-lightning_version": lightning.__version__,
-                  "datamodule_hyper_parameters": {"max_system_tokens": meta.get("max_system_tokens")},
-                  "loragen": {"fingerprint": meta["fingerprint"], "format": CHECKPOINT_FORMAT, "release": meta["name"],
-                              "release_weights_sha256": digest}}
+    checkpoint = {
+        "state_dict": state,
+        "hyper_parameters": hparams,
+        "epoch": 0,
+        "global_step": meta.get("trained_steps") or 0,
+        "pytorch-lightning_version": lightning.__version__,
+        "datamodule_hyper_parameters": {"max_system_tokens": meta.get("max_system_tokens")},
+        "loragen": {
+            "fingerprint": meta["fingerprint"],
+            "format": CHECKPOINT_FORMAT,
+            "release": meta["name"],
+            "release_weights_sha256": digest,
+        },
+    }
     _save(checkpoint, target)
     return target
 
@@ -180,8 +215,11 @@ def _upgraded(path: Path) -> Path:
         checkpoint["hyper_parameters"] = upgrade_hparams(checkpoint.get("hyper_parameters") or {})
         checkpoint["loragen"].update(format=CHECKPOINT_FORMAT, upgraded_from_sha256=digest)
         _save(checkpoint, target)
-    print(f"loragen: {path} was written by an older loragen (flat model arguments): using its upgraded copy "
-          f"{target}", file=sys.stderr, flush=True)
+    print(
+        f"loragen: {path} was written by an older loragen (flat model arguments): using its upgraded copy {target}",
+        file=sys.stderr,
+        flush=True,
+    )
     return target
 
 
@@ -198,28 +236,42 @@ def _save(checkpoint: dict[str, Any], target: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m loragen.release", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m loragen.release", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     export = sub.add_parser("export", help="write a checkpoint's trained weights as a release directory")
     export.add_argument("ckpt_path")
     export.add_argument("out_dir")
     export.add_argument("--name", required=True)
     export.add_argument("--command", required=True, help="the command that trained it (recorded)")
-    export.add_argument("--licence", action="append", default=[],
-                        help="a data licence line (repeatable); default: each training dataset's licence")
+    export.add_argument(
+        "--licence",
+        action="append",
+        default=[],
+        help="a data licence line (repeatable); default: each training dataset's licence",
+    )
     export.add_argument("--dtype", default="float16", choices=DTYPES)
     export.add_argument("--results", help="where the release's results card is (recorded)")
     args = parser.parse_args(argv)
     try:
-        meta = export_release(args.ckpt_path, args.out_dir, name=args.name, command=args.command,
-                              licences=args.licence, dtype=args.dtype, results=args.results)
+        meta = export_release(
+            args.ckpt_path,
+            args.out_dir,
+            name=args.name,
+            command=args.command,
+            licences=args.licence,
+            dtype=args.dtype,
+            results=args.results,
+        )
     except LoRAGenError as err:
         print(f"loragen release: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     size = (Path(args.out_dir) / WEIGHTS).stat().st_size
-    print(f"wrote {args.out_dir}: {size / 1e6:.1f} MB of {meta['dtype']} weights, {meta['trained_steps']} steps, "
-          f"sha256 {meta['weights_sha256'][:16]}…")
+    print(
+        f"wrote {args.out_dir}: {size / 1e6:.1f} MB of {meta['dtype']} weights, {meta['trained_steps']} steps, "
+        f"sha256 {meta['weights_sha256'][:16]}…"
+    )
 
 
 if __name__ == "__main__":

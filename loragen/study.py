@@ -26,9 +26,13 @@ from loragen.metrics.intervals import PAIRED_NOTE, half_width, paired_bootstrap
 
 OWN = "own"  # stands for the point's method row (``loragen``, ``text_to_lora``)
 # (label, setting, versus): the method's row against its own sensitivity rows, then against the references
-COMPARISONS = (("own − task-free", OWN, "generic"), ("own − rotated", OWN, "rotated"),
-               ("paraphrase − own", "paraphrase", OWN), ("own − prompted", OWN, "prompted"),
-               ("own − zero-shot", OWN, "zero_shot"))
+COMPARISONS = (
+    ("own − task-free", OWN, "generic"),
+    ("own − rotated", OWN, "rotated"),
+    ("paraphrase − own", "paraphrase", OWN),
+    ("own − prompted", OWN, "prompted"),
+    ("own − zero-shot", OWN, "zero_shot"),
+)
 SHARED = ("prompted", "zero_shot")  # rows that do not depend on the point's generator
 SENSITIVITY = ("generic", "rotated")  # a point with these rows generates its LoRA from the prompt
 GROUPS = ("unseen", "seen")
@@ -64,8 +68,12 @@ def task_groups(tasks: list[str], unseen: list[str]) -> dict[str, str]:
     return {t: "unseen" if dataset(t) in unseen else "seen" for t in tasks}
 
 
-def paired(a: dict[tuple[str, str], tuple[str, float]], b: dict[tuple[str, str], tuple[str, float]],
-           group: dict[str, str], which: str) -> dict[str, float] | None:
+def paired(
+    a: dict[tuple[str, str], tuple[str, float]],
+    b: dict[tuple[str, str], tuple[str, float]],
+    group: dict[str, str],
+    which: str,
+) -> dict[str, float] | None:
     """mean(a − b) over the tasks of ``which`` (``all``: every task), on the items both scored, with its 95%
     interval."""
     keys = [k for k in a if k in b and (which == "all" or group.get(k[0]) == which)]
@@ -73,8 +81,9 @@ def paired(a: dict[tuple[str, str], tuple[str, float]], b: dict[tuple[str, str],
         return None
     names = sorted({k[0] for k in keys})
     strata = np.array([names.index(k[0]) for k in keys])
-    _, (diff, low, high) = paired_bootstrap(np.array([a[k][1] for k in keys]), np.array([b[k][1] for k in keys]),
-                                            strata, bootstrap=BOOTSTRAP, seed=SEED)
+    _, (diff, low, high) = paired_bootstrap(
+        np.array([a[k][1] for k in keys]), np.array([b[k][1] for k in keys]), strata, bootstrap=BOOTSTRAP, seed=SEED
+    )
     return {"diff": diff, "low": low, "high": high, "n": len(keys), "tasks": int(np.unique(strata).size)}
 
 
@@ -115,9 +124,19 @@ def study_rows(runs: dict[str, Path], unseen: list[str]) -> list[dict[str, Any]]
             acc = accuracy(pool[OWN], group, which)
             if acc is None:
                 continue
-            rows.append({"point": name, "group": which, "comparison": "accuracy", "diff": acc["acc"],
-                         "low": acc["acc"] - acc["ci"], "high": acc["acc"] + acc["ci"], "n": acc["n"],
-                         "tasks": acc["tasks"], "gate_distance": gate})
+            rows.append(
+                {
+                    "point": name,
+                    "group": which,
+                    "comparison": "accuracy",
+                    "diff": acc["acc"],
+                    "low": acc["acc"] - acc["ci"],
+                    "high": acc["acc"] + acc["ci"],
+                    "n": acc["n"],
+                    "tasks": acc["tasks"],
+                    "gate_distance": gate,
+                }
+            )
             versus = [(label, pool.get(a), pool.get(b)) for label, a, b in COMPARISONS]
             versus += [(f"own − {base}", pool[OWN], base_items) for base, base_items in baselines.items()]
             for label, a, b in versus:
@@ -171,16 +190,25 @@ def study_markdown(rows: list[dict[str, Any]]) -> str:
             continue
         n = {r["tasks"] for r in cells.values()}
         items = {r["n"] for r in cells.values() if r["comparison"] == "accuracy"}
-        lines += [f"### {which.capitalize()} tasks ({'/'.join(map(str, sorted(n)))} tasks, "
-                  f"{'/'.join(map(str, sorted(items)))} items)", ""]
+        lines += [
+            f"### {which.capitalize()} tasks ({'/'.join(map(str, sorted(n)))} tasks, "
+            f"{'/'.join(map(str, sorted(items)))} items)",
+            "",
+        ]
         gates = {p: next((r["gate_distance"] for r in cells.values() if r["point"] == p), None) for p in points}
         header = ["point", *comparisons, "gate distance"]
-        lines += markdown_table(header, ([p, *(_cell(cells.get((p, c))) for c in comparisons),
-                                          "" if gates[p] is None else f"{gates[p]:.3f}"] for p in points))
+        lines += markdown_table(
+            header,
+            (
+                [p, *(_cell(cells.get((p, c))) for c in comparisons), "" if gates[p] is None else f"{gates[p]:.3f}"]
+                for p in points
+            ),
+        )
         lines.append("")
-    lines.append("Points in accuracy (%, headline metric per task, unweighted mean over tasks); accuracy ± the 95% "
-                 "half-width of independent task means; "
-                 + PAIRED_NOTE.format(bootstrap=BOOTSTRAP, seed=SEED) + ".")
+    lines.append(
+        "Points in accuracy (%, headline metric per task, unweighted mean over tasks); accuracy ± the 95% "
+        "half-width of independent task means; " + PAIRED_NOTE.format(bootstrap=BOOTSTRAP, seed=SEED) + "."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -191,8 +219,13 @@ def write_study(runs: dict[str, Path], unseen: list[str], out: Path) -> list[Pat
     rows = study_rows(runs, unseen)
     if not rows:
         return []
-    paths = [write_csv(out / "study.csv", ["point", "group", "comparison", "diff", "low", "high", "n", "tasks",
-                                            "gate_distance"], rows)]
+    paths = [
+        write_csv(
+            out / "study.csv",
+            ["point", "group", "comparison", "diff", "low", "high", "n", "tasks", "gate_distance"],
+            rows,
+        )
+    ]
     atomic_write_text(out / "study.md", study_markdown(rows))
     paths.append(out / "study.md")
     plt = pyplot()
@@ -201,8 +234,13 @@ def write_study(runs: dict[str, Path], unseen: list[str], out: Path) -> list[Pat
         comparisons = list(dict.fromkeys(r["comparison"] for r in diffs))
         points = list(dict.fromkeys(r["point"] for r in diffs))
         groups = [g for g in GROUPS if any(r["group"] == g for r in diffs)]
-        fig, axes = plt.subplots(1, len(groups), figsize=(6 * len(groups), 0.6 + 0.45 * len(comparisons) * len(points)
-                                                          / 2), squeeze=False, sharey=True)
+        fig, axes = plt.subplots(
+            1,
+            len(groups),
+            figsize=(6 * len(groups), 0.6 + 0.45 * len(comparisons) * len(points) / 2),
+            squeeze=False,
+            sharey=True,
+        )
         height = 0.8 / len(points)
         for ax, which in zip(axes[0], groups, strict=True):
             cells = {(r["point"], r["comparison"]): r for r in diffs if r["group"] == which}

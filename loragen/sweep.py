@@ -81,14 +81,18 @@ def read_points(path: str) -> dict[str, dict[str, Any]]:
         raise LoRAGenError(f"--points file {path} does not exist")
     points = yaml.safe_load(file.read_text())
     if not isinstance(points, dict) or not points:
-        raise LoRAGenError(f"--points file {path} must be a mapping of point names to overrides, e.g. "
-                           "'base: {}' and 'low_lr: {model.init_args.optim.lr: 3e-4}'")
+        raise LoRAGenError(
+            f"--points file {path} must be a mapping of point names to overrides, e.g. "
+            "'base: {}' and 'low_lr: {model.init_args.optim.lr: 3e-4}'"
+        )
     for name, overrides in points.items():
         if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.=-]+", name):
             raise LoRAGenError(f"--points file {path}: point name {name!r} must be letters, digits, _ . = -")
         if not isinstance(overrides or {}, dict) or not all(isinstance(k, str) for k in (overrides or {})):
-            raise LoRAGenError(f"--points file {path}: point {name!r} must map dotted config keys to values, "
-                               "e.g. {model.init_args.optim.lr: 3e-4}")
+            raise LoRAGenError(
+                f"--points file {path}: point {name!r} must map dotted config keys to values, "
+                "e.g. {model.init_args.optim.lr: 3e-4}"
+            )
     return {name: dict(overrides or {}) for name, overrides in points.items()}
 
 
@@ -158,15 +162,21 @@ def run_point(config_path: Path, run_dir: Path, extra: list[str], fit: bool = Tr
             # an interrupted earlier attempt left a checkpoint: continue it (resumes are exact)
             earlier = sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
             resume = ["--ckpt_path", str(earlier[-1])] if earlier else []
-            subprocess.run([*cli, "fit", "--config", str(config_path), *resume, *extra], check=True, stdout=log,
-                           stderr=log)
+            subprocess.run(
+                [*cli, "fit", "--config", str(config_path), *resume, *extra], check=True, stdout=log, stderr=log
+            )
             last = sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
             if not last:
-                raise LoRAGenError(f"{run_dir}: fit wrote no last.ckpt; give the config a ModelCheckpoint with "
-                                   "save_last")
+                raise LoRAGenError(
+                    f"{run_dir}: fit wrote no last.ckpt; give the config a ModelCheckpoint with save_last"
+                )
             checkpoint = ["--ckpt_path", str(last[-1])]
-        subprocess.run([*cli, "test", "--config", str(config_path), *checkpoint, "--verbose", "false", *extra],
-                       check=True, stdout=log, stderr=log)
+        subprocess.run(
+            [*cli, "test", "--config", str(config_path), *checkpoint, "--verbose", "false", *extra],
+            check=True,
+            stdout=log,
+            stderr=log,
+        )
     except subprocess.CalledProcessError as err:
         raise LoRAGenError(f"run {run_dir.name} failed (exit {err.returncode}); see {log_path}") from None
     finally:
@@ -229,8 +239,12 @@ def write_tables(rows: list[dict[str, Any]], out: Path, grid: dict[str, list[Any
         ax.barh(names, values, xerr=[row.get(f"{metric}_ci") or 0.0 for row in rows], capsize=3, color="#4c72b0")
         for extra in ("prompted", "zero_shot"):  # reference rows, when the runs scored them
             if f"{extra}_{metric}" in rows[0]:
-                ax.axvline(rows[0][f"{extra}_{metric}"], ls="--", color="gray" if extra == "zero_shot" else "k",
-                           label=f"{extra} edge")
+                ax.axvline(
+                    rows[0][f"{extra}_{metric}"],
+                    ls="--",
+                    color="gray" if extra == "zero_shot" else "k",
+                    label=f"{extra} edge",
+                )
         ax.invert_yaxis()
         ax.set_xlabel(metric)
         ax.set_xlim(min(values) - 0.1, max(values) + 0.1)
@@ -243,11 +257,20 @@ def write_tables(rows: list[dict[str, Any]], out: Path, grid: dict[str, list[Any
         fig, ax = plt.subplots(figsize=(5, 3.5))
         series_key = keys[1] if len(keys) > 1 else None
         for series in sorted({row.get(series_key) for row in rows}, key=str):
-            points = sorted((row[keys[0]], row[metric], row.get(f"{metric}_ci") or 0.0) for row in rows
-                            if row.get(series_key) == series)
+            points = sorted(
+                (row[keys[0]], row[metric], row.get(f"{metric}_ci") or 0.0)
+                for row in rows
+                if row.get(series_key) == series
+            )
             label = f"{series_key}={series}" if series_key else metric
-            ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o",
-                        capsize=3, label=label)
+            ax.errorbar(
+                [p[0] for p in points],
+                [p[1] for p in points],
+                yerr=[p[2] for p in points],
+                marker="o",
+                capsize=3,
+                label=label,
+            )
         ax.set_xlabel(keys[0])
         ax.set_ylabel(metric)
         ax.legend(fontsize=8)
@@ -256,8 +279,14 @@ def write_tables(rows: list[dict[str, Any]], out: Path, grid: dict[str, list[Any
     return paths
 
 
-def sweep(config: str, grid: dict[str, list[Any]] | None, out: str, metric: str = "acc_mean",
-          extra: list[str] | None = None, points: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def sweep(
+    config: str,
+    grid: dict[str, list[Any]] | None,
+    out: str,
+    metric: str = "acc_mean",
+    extra: list[str] | None = None,
+    points: dict[str, dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
     """Run every point of ``grid`` (all combinations) or of ``points`` (named override sets)."""
     import yaml
 
@@ -310,12 +339,18 @@ def sweep(config: str, grid: dict[str, list[Any]] | None, out: str, metric: str 
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
-        prog="loragen sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="loragen sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help="base LightningCLI config (YAML)")
-    parser.add_argument("--grid", action="append", metavar="KEY=V1,V2",
-                        help="a config key and its values; repeat for a grid (first key = plot x-axis)")
-    parser.add_argument("--points", metavar="FILE",
-                        help="YAML of named points {name: {dotted.key: value}} instead of a grid")
+    parser.add_argument(
+        "--grid",
+        action="append",
+        metavar="KEY=V1,V2",
+        help="a config key and its values; repeat for a grid (first key = plot x-axis)",
+    )
+    parser.add_argument(
+        "--points", metavar="FILE", help="YAML of named points {name: {dotted.key: value}} instead of a grid"
+    )
     parser.add_argument("--out", default="runs/sweep", help="sweep directory (one subdirectory per point)")
     parser.add_argument("--metric", default="acc_mean", help="column of the table to plot")
     args, extra = parser.parse_known_args(argv)

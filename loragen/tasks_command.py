@@ -35,8 +35,13 @@ Text-to-LoRA release's (Apache-2.0, `loragen/data/tasks/t2l/README.md`).
 """
 
 
-def tasks(data_dir: str | None = None, preset: str | None = None, names: list[str] | None = None,
-          format: Literal["md", "csv", "json"] = "md", output: str | None = None) -> None:  # noqa: A002
+def tasks(
+    data_dir: str | None = None,
+    preset: str | None = None,
+    names: list[str] | None = None,
+    format: Literal["md", "csv", "json"] = "md",
+    output: str | None = None,
+) -> None:  # noqa: A002
     """List tasks with their family, dataset, items per split, descriptions, grading and licence.
 
     Args:
@@ -70,19 +75,32 @@ def tasks(data_dir: str | None = None, preset: str | None = None, names: list[st
         warnings.simplefilter("ignore")
         rows = table_rows(chosen, REGISTRY, loader)
     if loader is not None:
-        print(f"loragen tasks: read {len(rows)} tasks from {data_dir} in {time.perf_counter() - start:.1f} s",
-              file=sys.stderr)
+        print(
+            f"loragen tasks: read {len(rows)} tasks from {data_dir} in {time.perf_counter() - start:.1f} s",
+            file=sys.stderr,
+        )
     text = format_table(rows, format)
     if output is None:
         sys.stdout.write(text)
         return
     path = Path(output)
     if format == "md" and path.suffix == ".md":
-        args = " ".join(["loragen tasks", *(["--data_dir DATA"] if data_dir else []),
-                         *([f"--preset {preset}"] if preset else []), f"--output {output}"])
-        text = PAGE.format(command=args, summary=summary(rows, REGISTRY),
-                           presets=", ".join(f"`{p}` ({len(expand_tasks([p], 'test'))} tasks)" for p in PRESETS)) \
+        args = " ".join(
+            [
+                "loragen tasks",
+                *(["--data_dir DATA"] if data_dir else []),
+                *([f"--preset {preset}"] if preset else []),
+                f"--output {output}",
+            ]
+        )
+        text = (
+            PAGE.format(
+                command=args,
+                summary=summary(rows, REGISTRY),
+                presets=", ".join(f"`{p}` ({len(expand_tasks([p], 'test'))} tasks)" for p in PRESETS),
+            )
             + text
+        )
     from loragen.files import atomic_write_bytes
 
     atomic_write_bytes(path, text.encode("utf-8"))

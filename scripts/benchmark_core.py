@@ -119,17 +119,25 @@ def main() -> None:
 
     base_t = (t_base + t_base_again) / 2
     figures.update(
-        base_forward_s=base_t, functional_forward_s=t_functional, merged_forward_s=t_merged,
-        cloud_forward_s=t_cloud, generate_merge_s=t_generate,
-        functional_over_base=t_functional / base_t, merged_over_base=t_merged / base_t,
+        base_forward_s=base_t,
+        functional_forward_s=t_functional,
+        merged_forward_s=t_merged,
+        cloud_forward_s=t_cloud,
+        generate_merge_s=t_generate,
+        functional_over_base=t_functional / base_t,
+        merged_over_base=t_merged / base_t,
         generate_merge_over_cloud=t_generate / t_cloud,
     )
-    print(f"bundled SmolLM2-135M-Instruct, batch {args.batch} x {args.tokens} tokens, k=2, r=8, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}; system prompt of {args.task}: "
-          f"{system.input_ids.shape[1]} tokens + {model.pool.num_layers} meta tokens")
-    rows = [("training-path forward / base forward", "functional_over_base", "<= 1.6"),
-            ("merged forward / base forward", "merged_over_base", "<= 1.02"),
-            ("generate+merge / cloud forward", "generate_merge_over_cloud", "<= 1.5")]
+    print(
+        f"bundled SmolLM2-135M-Instruct, batch {args.batch} x {args.tokens} tokens, k=2, r=8, "
+        f"{torch.get_num_threads()} threads, median of {args.repeats}; system prompt of {args.task}: "
+        f"{system.input_ids.shape[1]} tokens + {model.pool.num_layers} meta tokens"
+    )
+    rows = [
+        ("training-path forward / base forward", "functional_over_base", "<= 1.6"),
+        ("merged forward / base forward", "merged_over_base", "<= 1.02"),
+        ("generate+merge / cloud forward", "generate_merge_over_cloud", "<= 1.5"),
+    ]
     if "load_cold_over_cached" in figures:
         rows.append(("bundled load cold / cached", "load_cold_over_cached", ">= 5"))
     for label, key, target in rows:

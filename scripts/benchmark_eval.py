@@ -25,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data-dir", required=True, help="folder in the layout of the shared benchmark data")
     parser.add_argument("--task", default="arc_easy", help="a task with a harness template (default arc_easy)")
     parser.add_argument("--items", type=int, default=300, help="items evaluated by both (default 300)")
@@ -52,34 +53,62 @@ def main(argv: list[str] | None = None) -> dict:
     write_harness_docs(HARNESS_NAME.get(task, task), docs, work / "docs")
 
     module = BaseModel(edge=args.edge, cloud=args.edge)
-    data = TaskDataModule(test_tasks=[f"{task}:{split}"], data_dir=args.data_dir, shots=0, cloud=args.edge,
-                          edge=args.edge, limit_per_task=args.items, eval_batch_size=args.batch_size,
-                          reference=False, max_input_tokens=1024)
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=str(work / "loragen"))
+    data = TaskDataModule(
+        test_tasks=[f"{task}:{split}"],
+        data_dir=args.data_dir,
+        shots=0,
+        cloud=args.edge,
+        edge=args.edge,
+        limit_per_task=args.items,
+        eval_batch_size=args.batch_size,
+        reference=False,
+        max_input_tokens=1024,
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(work / "loragen"),
+    )
     start = time.perf_counter()
     trainer.test(module, data, verbose=False)
     loragen_s = time.perf_counter() - start
     row = module.last_results["rows"][0]
 
-    harness_model = HFLM(pretrained=str(model_directory(args.edge)), dtype="float32", batch_size=args.batch_size,
-                         device="cpu")
+    harness_model = HFLM(
+        pretrained=str(model_directory(args.edge)), dtype="float32", batch_size=args.batch_size, device="cpu"
+    )
     start = time.perf_counter()
-    theirs = run_harness(harness_model, [HARNESS_NAME.get(task, task)], work / "docs", work / "harness",
-                         batch_size=args.batch_size)
+    theirs = run_harness(
+        harness_model, [HARNESS_NAME.get(task, task)], work / "docs", work / "harness", batch_size=args.batch_size
+    )
     harness_s = time.perf_counter() - start
     summary = theirs["_summary"][HARNESS_NAME.get(task, task)]
 
-    figures = {"task": task, "items": len(docs), "threads": torch.get_num_threads(), "batch_size": args.batch_size,
-               "loragen_s": round(loragen_s, 2), "harness_s": round(harness_s, 2),
-               "ratio": round(loragen_s / harness_s, 3),
-               "loragen_acc": row["acc_mean"], "harness_acc": summary["acc"],
-               "loragen_acc_norm": row["acc_norm_mean"], "harness_acc_norm": summary["acc_norm"]}
-    print(f"{task}, {len(docs)} items, {figures['threads']} thread(s), batch {args.batch_size}: "
-          f"loragen {loragen_s:.1f} s, lm-evaluation-harness {harness_s:.1f} s, "
-          f"ratio {figures['ratio']:.3f} (target <= 1.0)")
-    print(f"accuracy acc / acc_norm: loragen {row['acc_mean']:.4f} / {row['acc_norm_mean']:.4f}, "
-          f"harness {summary['acc']:.4f} / {summary['acc_norm']:.4f}")
+    figures = {
+        "task": task,
+        "items": len(docs),
+        "threads": torch.get_num_threads(),
+        "batch_size": args.batch_size,
+        "loragen_s": round(loragen_s, 2),
+        "harness_s": round(harness_s, 2),
+        "ratio": round(loragen_s / harness_s, 3),
+        "loragen_acc": row["acc_mean"],
+        "harness_acc": summary["acc"],
+        "loragen_acc_norm": row["acc_norm_mean"],
+        "harness_acc_norm": summary["acc_norm"],
+    }
+    print(
+        f"{task}, {len(docs)} items, {figures['threads']} thread(s), batch {args.batch_size}: "
+        f"loragen {loragen_s:.1f} s, lm-evaluation-harness {harness_s:.1f} s, "
+        f"ratio {figures['ratio']:.3f} (target <= 1.0)"
+    )
+    print(
+        f"accuracy acc / acc_norm: loragen {row['acc_mean']:.4f} / {row['acc_norm_mean']:.4f}, "
+        f"harness {summary['acc']:.4f} / {summary['acc_norm']:.4f}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return figures

@@ -40,8 +40,13 @@ def _request(llm, tokens: list[int], max_new_tokens: int) -> dict[str, float]:
         first = first or time.perf_counter()
         new += 1
     total = time.perf_counter() - start
-    return {"prompt_tokens": len(tokens), "prefill_ms": 1000 * prefill,
-            "ttft_ms": 1000 * ((first or time.perf_counter()) - start), "total_ms": 1000 * total, "new_tokens": new}
+    return {
+        "prompt_tokens": len(tokens),
+        "prefill_ms": 1000 * prefill,
+        "ttft_ms": 1000 * ((first or time.perf_counter()) - start),
+        "total_ms": 1000 * total,
+        "new_tokens": new,
+    }
 
 
 def _mean(rows: list[dict[str, float]], key: str) -> float:
@@ -49,8 +54,9 @@ def _mean(rows: list[dict[str, float]], key: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--ckpt_path", default="bundled:smollm2-135m-lora-gen", help="a trained generator")
     parser.add_argument("--items", type=int, default=20, help="test items per task (default 20)")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length limit (default 16)")
@@ -87,8 +93,12 @@ def main(argv: list[str] | None = None) -> dict:
         if n == 0:  # the file sizes of each form, for one task
             gguf_export.write_model(side, lora, work / "q8_0.gguf", "q8_0", {})
             gguf_export.write_lora(side, lora, work / "lora.gguf", "f16", {})
-            sizes = {"specialized f16": path.stat().st_size, "specialized q8_0": (work / "q8_0.gguf").stat().st_size,
-                     "gguf-lora (f16)": (work / "lora.gguf").stat().st_size, "base f16": base_path.stat().st_size}
+            sizes = {
+                "specialized f16": path.stat().st_size,
+                "specialized q8_0": (work / "q8_0.gguf").stat().st_size,
+                "gguf-lora (f16)": (work / "lora.gguf").stat().st_size,
+                "base f16": base_path.stat().st_size,
+            }
         specialized = llamacpp.load(path, n_ctx=2048, n_threads=args.threads)
         task_rows = []
         for i, item in enumerate(records):
@@ -96,8 +106,13 @@ def main(argv: list[str] | None = None) -> dict:
             full = llamacpp.tokenize(base, edge_prompt(item, with_system=True))
             if i == 0:  # warm-up: the first request of a model pays one-off allocations
                 _request(specialized, plain, 2), _request(base, full, 2)
-            task_rows.append({"task": task, "specialized": _request(specialized, plain, args.max_new_tokens),
-                              "prompted": _request(base, full, args.max_new_tokens)})
+            task_rows.append(
+                {
+                    "task": task,
+                    "specialized": _request(specialized, plain, args.max_new_tokens),
+                    "prompted": _request(base, full, args.max_new_tokens),
+                }
+            )
             print(f"[benchmark_gguf] {task} {i + 1}/{len(records)}", flush=True)
         per_task[task] = task_rows
         rows += task_rows
@@ -106,29 +121,49 @@ def main(argv: list[str] | None = None) -> dict:
     def summary(selected: list[dict]) -> dict[str, dict[str, float]]:
         out = {}
         for arm in ("prompted", "specialized"):
-            out[arm] = {k: _mean([r[arm] for r in selected], k)
-                        for k in ("prompt_tokens", "prefill_ms", "ttft_ms", "total_ms", "new_tokens")}
-        out["ratio"] = {k: out["prompted"][k] / out["specialized"][k]
-                        for k in ("prompt_tokens", "prefill_ms", "ttft_ms", "total_ms")}
+            out[arm] = {
+                k: _mean([r[arm] for r in selected], k)
+                for k in ("prompt_tokens", "prefill_ms", "ttft_ms", "total_ms", "new_tokens")
+            }
+        out["ratio"] = {
+            k: out["prompted"][k] / out["specialized"][k]
+            for k in ("prompt_tokens", "prefill_ms", "ttft_ms", "total_ms")
+        }
         return out
 
-    result = {"checkpoint": args.ckpt_path, "items_per_task": args.items, "max_new_tokens": args.max_new_tokens,
-              "threads": args.threads, "tasks": {t: summary(r) for t, r in per_task.items()}, "all": summary(rows),
-              "file_bytes": sizes}
+    result = {
+        "checkpoint": args.ckpt_path,
+        "items_per_task": args.items,
+        "max_new_tokens": args.max_new_tokens,
+        "threads": args.threads,
+        "tasks": {t: summary(r) for t, r in per_task.items()},
+        "all": summary(rows),
+        "file_bytes": sizes,
+    }
     table = []
     for name, s in [*result["tasks"].items(), ("all", result["all"])]:
         p, q, r = s["prompted"], s["specialized"], s["ratio"]
-        table.append([name, f"{p['prompt_tokens']:.1f} / {q['prompt_tokens']:.1f} ({r['prompt_tokens']:.2f}x)",
-                      f"{p['prefill_ms']:.1f} / {q['prefill_ms']:.1f} ({r['prefill_ms']:.2f}x)",
-                      f"{p['ttft_ms']:.1f} / {q['ttft_ms']:.1f} ({r['ttft_ms']:.2f}x)",
-                      f"{p['total_ms']:.1f} / {q['total_ms']:.1f} ({r['total_ms']:.2f}x)",
-                      f"{p['new_tokens']:.1f} / {q['new_tokens']:.1f}"])
-    lines = markdown_table(["task", "prompt tokens", "prefill ms", "time to first token ms", "total ms/request",
-                            "answer tokens"], table)
-    lines += ["", "Each cell: base edge + full system prompt / specialized edge, input only (prompted ÷ specialized); "
-              f"f16 GGUF both, llama.cpp via llama-cpp-python, {args.items} test items per task, greedy, at most "
-              f"{args.max_new_tokens} new tokens, empty context per request.",
-              "", "File sizes: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items())]
+        table.append(
+            [
+                name,
+                f"{p['prompt_tokens']:.1f} / {q['prompt_tokens']:.1f} ({r['prompt_tokens']:.2f}x)",
+                f"{p['prefill_ms']:.1f} / {q['prefill_ms']:.1f} ({r['prefill_ms']:.2f}x)",
+                f"{p['ttft_ms']:.1f} / {q['ttft_ms']:.1f} ({r['ttft_ms']:.2f}x)",
+                f"{p['total_ms']:.1f} / {q['total_ms']:.1f} ({r['total_ms']:.2f}x)",
+                f"{p['new_tokens']:.1f} / {q['new_tokens']:.1f}",
+            ]
+        )
+    lines = markdown_table(
+        ["task", "prompt tokens", "prefill ms", "time to first token ms", "total ms/request", "answer tokens"], table
+    )
+    lines += [
+        "",
+        "Each cell: base edge + full system prompt / specialized edge, input only (prompted ÷ specialized); "
+        f"f16 GGUF both, llama.cpp via llama-cpp-python, {args.items} test items per task, greedy, at most "
+        f"{args.max_new_tokens} new tokens, empty context per request.",
+        "",
+        "File sizes: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sizes.items()),
+    ]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark_gguf.json").write_text(json.dumps(result, indent=1))

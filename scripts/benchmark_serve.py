@@ -43,8 +43,18 @@ def task_prompts(count: int) -> list[str]:
 
 class Service(LocalService):
     def __init__(self, ckpt: str, batch: int, key: str, workdir: Path, batch_timeout: float) -> None:
-        super().__init__(ckpt, workdir, "--max_batch_size", str(batch), "--batch_timeout", str(batch_timeout),
-                         "--cache_dir", str(workdir / f"gates-b{batch}"), key=key, name=f"serve-b{batch}")
+        super().__init__(
+            ckpt,
+            workdir,
+            "--max_batch_size",
+            str(batch),
+            "--batch_timeout",
+            str(batch_timeout),
+            "--cache_dir",
+            str(workdir / f"gates-b{batch}"),
+            key=key,
+            name=f"serve-b{batch}",
+        )
 
     def generate(self, prompt: str, timeout: float) -> tuple[float, dict | None]:
         """Seconds for one gates request, and its JSON (None when it failed)."""
@@ -78,12 +88,17 @@ def phase(service: Service, prompts: list[str], clients: int, deadline: float, t
     ok = [(s, d) for s, d in results if d is not None]
     latencies = sorted(s for s, _ in ok)
     pct = (lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000) if latencies else None
-    return {"requests": len(results), "failed": len(results) - len(ok), "skipped": skipped,
-            "rps": len(ok) / wall if wall > 0 else 0.0, "p50_ms": pct(0.5) if pct else None,
-            "p99_ms": pct(0.99) if pct else None,
-            "mean_batch": statistics.mean(d["batch_size"] for _, d in ok) if ok else None,
-            "cached": sum(bool(d.get("cached")) for _, d in ok), "gates": {d["system_prompt_sha256"]: d["gates"]
-                                                                         for _, d in ok}}
+    return {
+        "requests": len(results),
+        "failed": len(results) - len(ok),
+        "skipped": skipped,
+        "rps": len(ok) / wall if wall > 0 else 0.0,
+        "p50_ms": pct(0.5) if pct else None,
+        "p99_ms": pct(0.99) if pct else None,
+        "mean_batch": statistics.mean(d["batch_size"] for _, d in ok) if ok else None,
+        "cached": sum(bool(d.get("cached")) for _, d in ok),
+        "gates": {d["system_prompt_sha256"]: d["gates"] for _, d in ok},
+    }
 
 
 def main() -> None:
@@ -106,12 +121,17 @@ def main() -> None:
             service = Service(args.ckpt_path, batch, key, Path(tmp), args.batch_timeout if batch > 1 else 0.0)
             try:
                 for c in clients:
-                    prompts = task_prompts(args.requests * (clients.index(c) + 1))[-args.requests:]  # distinct per c
+                    prompts = task_prompts(args.requests * (clients.index(c) + 1))[-args.requests :]  # distinct per c
                     for kind in ("miss", "hit"):
                         result = phase(service, prompts, c, deadline, args.request_timeout)
                         gates.setdefault(batch, {}).update(result.pop("gates"))
-                        row = {"server": "batched" if batch > 1 else "one at a time", "max_batch_size": batch,
-                               "clients": c, "cache": kind, **result}
+                        row = {
+                            "server": "batched" if batch > 1 else "one at a time",
+                            "max_batch_size": batch,
+                            "clients": c,
+                            "cache": kind,
+                            **result,
+                        }
                         rows.append(row)
                         print(json.dumps(row), flush=True)
             finally:
@@ -132,22 +152,36 @@ def main() -> None:
             ratios[c] = pair.get(args.batch, 0.0) / pair[1]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    summary = {"checkpoint": args.ckpt_path, "rows": rows, "batched_over_unbatched_rps_misses": ratios,
-               "prompts_compared": len(common), "same_experts": same_experts, "max_gate_difference": max_diff,
-               "cpu_threads": torch.get_num_threads()}
+    summary = {
+        "checkpoint": args.ckpt_path,
+        "rows": rows,
+        "batched_over_unbatched_rps_misses": ratios,
+        "prompts_compared": len(common),
+        "same_experts": same_experts,
+        "max_gate_difference": max_diff,
+        "cpu_threads": torch.get_num_threads(),
+    }
     (out / "serve.json").write_text(json.dumps(summary, indent=1) + "\n")
-    lines = ["| server | clients | cache | requests | failed | req/s | p50 ms | p99 ms | mean batch |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| server | clients | cache | requests | failed | req/s | p50 ms | p99 ms | mean batch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
     def fmt(v: float | None) -> str:
         return "–" if v is None else f"{v:.0f}"
 
     for r in rows:
-        lines.append(f"| {r['server']} | {r['clients']} | {r['cache']} | {r['requests']} | {r['failed']} | "
-                     f"{r['rps']:.2f} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | "
-                     f"{'–' if r['mean_batch'] is None else format(r['mean_batch'], '.1f')} |")
-    lines += ["", "Batched ÷ one-at-a-time throughput on cache misses: "
-              + ", ".join(f"{c} clients {v:.2f}x" for c, v in ratios.items()),
-              f"Same experts for all {len(common)} prompts: {same_experts}; largest gate difference {max_diff:.2e}"]
+        lines.append(
+            f"| {r['server']} | {r['clients']} | {r['cache']} | {r['requests']} | {r['failed']} | "
+            f"{r['rps']:.2f} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | "
+            f"{'–' if r['mean_batch'] is None else format(r['mean_batch'], '.1f')} |"
+        )
+    lines += [
+        "",
+        "Batched ÷ one-at-a-time throughput on cache misses: "
+        + ", ".join(f"{c} clients {v:.2f}x" for c, v in ratios.items()),
+        f"Same experts for all {len(common)} prompts: {same_experts}; largest gate difference {max_diff:.2e}",
+    ]
     (out / "serve.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out / 'serve.json'}, {out / 'serve.md'}")

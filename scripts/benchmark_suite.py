@@ -30,17 +30,34 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMON = {"cloud": "bundled:smollm2-135m-instruct", "edge": "bundled:smollm2-135m-instruct", "batch_size": 8,
-          "shots": 3, "train_limit_per_task": 2000, "max_system_tokens": 1024, "max_input_tokens": 256,
-          "max_output_tokens": 64, "seed": 0}
+COMMON = {
+    "cloud": "bundled:smollm2-135m-instruct",
+    "edge": "bundled:smollm2-135m-instruct",
+    "batch_size": 8,
+    "shots": 3,
+    "train_limit_per_task": 2000,
+    "max_system_tokens": 1024,
+    "max_input_tokens": 256,
+    "max_output_tokens": 64,
+    "seed": 0,
+}
 SETTINGS = {
     "seen": {"train_tasks": ["seen"]},
-    "seen+machinery": {"train_tasks": ["seen"], "train_descriptions": 8, "mixing_temperature": 2.0,
-                       "length_grouped": True},
-    "suite": {"train_tasks": ["suite"], "unseen": ["piqa", "winogrande", "hellaswag", "commonsenseqa", "mc_taco",
-                                                   "mrpc"], "holdout": 100,
-              "files": {"winogrande": {"train": "winogrande/train_s.jsonl"}}, "train_descriptions": 8,
-              "mixing_temperature": 2.0, "length_grouped": True},
+    "seen+machinery": {
+        "train_tasks": ["seen"],
+        "train_descriptions": 8,
+        "mixing_temperature": 2.0,
+        "length_grouped": True,
+    },
+    "suite": {
+        "train_tasks": ["suite"],
+        "unseen": ["piqa", "winogrande", "hellaswag", "commonsenseqa", "mc_taco", "mrpc"],
+        "holdout": 100,
+        "files": {"winogrande": {"train": "winogrande/train_s.jsonl"}},
+        "train_descriptions": 8,
+        "mixing_temperature": 2.0,
+        "length_grouped": True,
+    },
 }
 for _signal in ("margin", "null", "distill"):
     SETTINGS[f"suite+{_signal}"] = {**SETTINGS["suite"], "specificity": {f"{_signal}_coef": 1.0}}
@@ -60,9 +77,12 @@ def measure(name: str, data_dir: str, steps: int, warmup: int) -> dict[str, floa
     setting = dict(SETTINGS[name])
     specificity = SpecificityConfig(**setting.pop("specificity", {}))
     data = TaskDataModule(data_dir=data_dir, **COMMON, **setting)
-    model = LoRAGenModule(COMMON["cloud"], COMMON["edge"], pool=PoolConfig(num_experts=8, top_k=2, rank=8,
-                                                                            lora_alpha=16, aux_coef=1.0),
-                          specificity=specificity)
+    model = LoRAGenModule(
+        COMMON["cloud"],
+        COMMON["edge"],
+        pool=PoolConfig(num_experts=8, top_k=2, rank=8, lora_alpha=16, aux_coef=1.0),
+        specificity=specificity,
+    )
     generator = model.model.generator
     cloud = {"seconds": 0.0}
     run_cloud = generator._run_cloud
@@ -82,13 +102,29 @@ def measure(name: str, data_dir: str, steps: int, warmup: int) -> dict[str, floa
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
             terms = {k: float(v) for k, v in trainer.callback_metrics.items() if k in SIGNAL_LOGS}
-            rows.append({**terms, "seconds": time.perf_counter() - self.start, "cloud": cloud["seconds"] - self.cloud0,
-                         "passes": generator.cloud_passes - self.passes0,
-                         "tokens": float(batch["attention_mask"].sum()), "padded": float(batch["input_ids"].numel())})
+            rows.append(
+                {
+                    **terms,
+                    "seconds": time.perf_counter() - self.start,
+                    "cloud": cloud["seconds"] - self.cloud0,
+                    "passes": generator.cloud_passes - self.passes0,
+                    "tokens": float(batch["attention_mask"].sum()),
+                    "padded": float(batch["input_ids"].numel()),
+                }
+            )
 
-    trainer = L.Trainer(max_steps=warmup + steps, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, callbacks=[Timer()], accelerator="cpu", devices=1)
+    trainer = L.Trainer(
+        max_steps=warmup + steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=[Timer()],
+        accelerator="cpu",
+        devices=1,
+    )
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)
     wall = time.perf_counter() - start
@@ -103,12 +139,18 @@ def measure(name: str, data_dir: str, steps: int, warmup: int) -> dict[str, floa
     prompts = len({tuple(examples[i]["system_ids"]) for i in order})
     step = statistics.mean(edge)
     amortised = RUN_STEPS * COMMON["batch_size"] / (RUN_STEPS * step + prompts * per_prompt)
-    return {"samples_per_s": COMMON["batch_size"] / step, "edge_tokens_per_s": sum(r["tokens"] for r in timed) /
-            sum(edge), "padded_tokens_per_sample": statistics.mean(r["padded"] for r in timed) / COMMON["batch_size"],
-            "tokens_per_sample": statistics.mean(r["tokens"] for r in timed) / COMMON["batch_size"],
-            "cloud_s_per_prompt": per_prompt, "prompts_in_run": prompts, "run_samples_per_s": amortised,
-            "training_records": len(examples), "wall_s": wall,
-            **{k: statistics.mean(r[k] for r in timed if k in r) for k in SIGNAL_LOGS if any(k in r for r in timed)}}
+    return {
+        "samples_per_s": COMMON["batch_size"] / step,
+        "edge_tokens_per_s": sum(r["tokens"] for r in timed) / sum(edge),
+        "padded_tokens_per_sample": statistics.mean(r["padded"] for r in timed) / COMMON["batch_size"],
+        "tokens_per_sample": statistics.mean(r["tokens"] for r in timed) / COMMON["batch_size"],
+        "cloud_s_per_prompt": per_prompt,
+        "prompts_in_run": prompts,
+        "run_samples_per_s": amortised,
+        "training_records": len(examples),
+        "wall_s": wall,
+        **{k: statistics.mean(r[k] for r in timed if k in r) for k in SIGNAL_LOGS if any(k in r for r in timed)},
+    }
 
 
 def main() -> None:
@@ -116,8 +158,13 @@ def main() -> None:
     parser.add_argument("--data_dir", required=True, help="the benchmark files (the layout of ../shared/data)")
     parser.add_argument("--steps", type=int, default=20, help="measured training steps per setting")
     parser.add_argument("--warmup", type=int, default=3, help="steps run before measuring")
-    parser.add_argument("--settings", nargs="+", default=DEFAULT_SETTINGS, choices=list(SETTINGS),
-                        help="settings to measure; the ratios need 'seen'")
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        default=DEFAULT_SETTINGS,
+        choices=list(SETTINGS),
+        help="settings to measure; the ratios need 'seen'",
+    )
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
@@ -128,21 +175,27 @@ def main() -> None:
             print(f"[benchmark_suite] {name}: {args.warmup} + {args.steps} training steps ...", flush=True)
             figures[name] = measure(name, args.data_dir, args.steps, args.warmup)
     base = figures.get("seen") or next(iter(figures.values()))
-    print("\n| setting | samples/s (step) | edge tokens/s | tokens/sample (padded) | cloud s/new prompt | "
-          "prompts in a 1500-step run | samples/s (1500-step run) | ratio to seen (step / run) |")
+    print(
+        "\n| setting | samples/s (step) | edge tokens/s | tokens/sample (padded) | cloud s/new prompt | "
+        "prompts in a 1500-step run | samples/s (1500-step run) | ratio to seen (step / run) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, f in figures.items():
         step, run = f["samples_per_s"] / base["samples_per_s"], f["run_samples_per_s"] / base["run_samples_per_s"]
         ratio = f"{step:.2f} / {run:.2f}"
-        print(f"| {name} | {f['samples_per_s']:.2f} | {f['edge_tokens_per_s']:.0f} | {f['tokens_per_sample']:.1f} "
-              f"({f['padded_tokens_per_sample']:.1f}) | {f['cloud_s_per_prompt']:.3f} | {f['prompts_in_run']} | "
-              f"{f['run_samples_per_s']:.2f} | {ratio} |")
+        print(
+            f"| {name} | {f['samples_per_s']:.2f} | {f['edge_tokens_per_s']:.0f} | {f['tokens_per_sample']:.1f} "
+            f"({f['padded_tokens_per_sample']:.1f}) | {f['cloud_s_per_prompt']:.3f} | {f['prompts_in_run']} | "
+            f"{f['run_samples_per_s']:.2f} | {ratio} |"
+        )
     for name, f in figures.items():
         terms = ", ".join(f"{k.removeprefix('train/')} {f[k]:.4g}" for k in SIGNAL_LOGS if k in f)
         if terms:
             print(f"{name}: mean term over the measured steps: {terms}")
-    print(f"\nbatch {COMMON['batch_size']}, {args.steps} measured steps after {args.warmup}, bundled SmolLM2-135M "
-          f"pair, {torch.get_num_threads()} threads")
+    print(
+        f"\nbatch {COMMON['batch_size']}, {args.steps} measured steps after {args.warmup}, bundled SmolLM2-135M "
+        f"pair, {torch.get_num_threads()} threads"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
 

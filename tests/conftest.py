@@ -55,21 +55,42 @@ def randomize_pool(pool, std: float = 0.05, seed: int = 0) -> None:
 # ----------------------------------------------------------------------------- shared helpers (tiny models)
 
 TINY_POOL = {"num_experts": 4, "top_k": 2, "rank": 4}
-TINY = {"cloud": "tiny:qwen2", "edge": "tiny:llama", "pool": TINY_POOL, "router_hidden": 16,
-        "optim": {"lr": 0.01, "warmup_steps": 1}}
+TINY = {
+    "cloud": "tiny:qwen2",
+    "edge": "tiny:llama",
+    "pool": TINY_POOL,
+    "router_hidden": 16,
+    "optim": {"lr": 0.01, "warmup_steps": 1},
+}
 
 
 def _data(**kw):
-    args = {"train_files": "quickstart:train", "val_files": "quickstart:val", "test_files": "quickstart:test",
-            "cloud": "tiny:qwen2", "edge": "tiny:llama", "batch_size": 4, "eval_batch_size": 8,
-            "max_system_tokens": 192, "max_input_tokens": 96, "limit_per_task": 3}
+    args = {
+        "train_files": "quickstart:train",
+        "val_files": "quickstart:val",
+        "test_files": "quickstart:test",
+        "cloud": "tiny:qwen2",
+        "edge": "tiny:llama",
+        "batch_size": 4,
+        "eval_batch_size": 8,
+        "max_system_tokens": 192,
+        "max_input_tokens": 96,
+        "limit_per_task": 3,
+    }
     return RecordDataModule(**{**args, **kw})
 
 
 def _trainer(tmp_path, **kw):
-    args = {"max_steps": 4, "logger": False, "enable_progress_bar": False, "enable_model_summary": False,
-            "default_root_dir": str(tmp_path), "limit_val_batches": 0, "deterministic": True,
-            "enable_checkpointing": False}
+    args = {
+        "max_steps": 4,
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(tmp_path),
+        "limit_val_batches": 0,
+        "deterministic": True,
+        "enable_checkpointing": False,
+    }
     return L.Trainer(**{**args, **kw})
 
 
@@ -90,8 +111,9 @@ def _save_checkpoint(path: Path, cloud: str, edge: str) -> Path:
     torch.manual_seed(0)
     module = LoRAGenModule(cloud=cloud, edge=edge, pool=TINY_POOL, router_hidden=16)
     randomize_pool(module.model.pool, std=0.2)  # B is zero-initialised: make the LoRA matter
-    trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=0, logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False
+    )
     trainer.strategy.connect(module)
     trainer.save_checkpoint(path)
     return path

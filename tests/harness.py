@@ -71,8 +71,24 @@ from loragen.data.tasks.io import labels_file, read_labels, read_rows
 
 TEMPLATES = Path(__file__).parent / "harness_tasks"
 PREFIX = "loragen_parity_"
-TASKS = ("arc_easy", "arc_challenge", "openbookqa", "siqa", "piqa", "hellaswag", "winogrande", "boolq_closed_book",
-         "rte", "cb", "wic", "qnli", "mrpc", "sst2", "mc_taco", "commonsense_qa")
+TASKS = (
+    "arc_easy",
+    "arc_challenge",
+    "openbookqa",
+    "siqa",
+    "piqa",
+    "hellaswag",
+    "winogrande",
+    "boolq_closed_book",
+    "rte",
+    "cb",
+    "wic",
+    "qnli",
+    "mrpc",
+    "sst2",
+    "mc_taco",
+    "commonsense_qa",
+)
 # Tasks whose doc_to_text returns the gold index and whose "choices" are contexts (one shared continuation).
 MULTIPLE_INPUT = frozenset({"winogrande"})
 
@@ -117,8 +133,12 @@ def _offline_and_quiet(log_file: Path) -> Iterator[None]:
     The offline flags of ``datasets`` and ``huggingface_hub`` are read at import time, so besides the environment
     the module-level constants are patched too (and everything is restored afterwards).
     """
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     saved_env = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     patched: list[tuple[Any, str, Any]] = []
@@ -126,8 +146,11 @@ def _offline_and_quiet(log_file: Path) -> Iterator[None]:
         import datasets.config
         import huggingface_hub.constants
 
-        for mod, name in ((huggingface_hub.constants, "HF_HUB_OFFLINE"), (datasets.config, "HF_HUB_OFFLINE"),
-                          (datasets.config, "HF_DATASETS_OFFLINE")):
+        for mod, name in (
+            (huggingface_hub.constants, "HF_HUB_OFFLINE"),
+            (datasets.config, "HF_HUB_OFFLINE"),
+            (datasets.config, "HF_DATASETS_OFFLINE"),
+        ):
             if hasattr(mod, name):
                 patched.append((mod, name, getattr(mod, name)))
                 setattr(mod, name, True)
@@ -184,7 +207,7 @@ def _per_doc(task: str, sample: dict, target_delimiter: str) -> dict:
         for _, cont in args:
             if not cont.startswith(target_delimiter):
                 raise ValueError(f"{task}: continuation {cont!r} does not start with {target_delimiter!r}")
-            choices.append(cont[len(target_delimiter):])
+            choices.append(cont[len(target_delimiter) :])
     lengths = np.array([float(len(c)) for c in choices])
     pred = int(np.argmax(lls))
     pred_norm = int(np.argmax(np.array(lls) / lengths))
@@ -193,14 +216,25 @@ def _per_doc(task: str, sample: dict, target_delimiter: str) -> dict:
     acc_norm = float(sample["acc_norm"]) if "acc_norm" in sample else None
     # our pred / pred_norm must reproduce the harness's own per-document metrics
     if acc != float(pred == gold) or (acc_norm is not None and acc_norm != float(pred_norm == gold)):
-        raise AssertionError(f"{task} doc {sample['doc_id']}: pred={pred} pred_norm={pred_norm} gold={gold} "
-                             f"disagree with the harness's acc={acc} acc_norm={acc_norm}")
-    return {"doc_id": int(sample["doc_id"]), "acc": acc, "acc_norm": acc_norm, "pred": pred,
-            "pred_norm": pred_norm, "lls": lls, "gold": gold, "arguments": args}
+        raise AssertionError(
+            f"{task} doc {sample['doc_id']}: pred={pred} pred_norm={pred_norm} gold={gold} "
+            f"disagree with the harness's acc={acc} acc_norm={acc_norm}"
+        )
+    return {
+        "doc_id": int(sample["doc_id"]),
+        "acc": acc,
+        "acc_norm": acc_norm,
+        "pred": pred,
+        "pred_norm": pred_norm,
+        "lls": lls,
+        "gold": gold,
+        "arguments": args,
+    }
 
 
-def run_harness(model_args: str | Any, tasks: list[str], data_dir: Path, work: Path,
-                batch_size: int = 8) -> dict[str, Any]:
+def run_harness(
+    model_args: str | Any, tasks: list[str], data_dir: Path, work: Path, batch_size: int = 8
+) -> dict[str, Any]:
     """Evaluate the HF model of ``model_args`` (zero-shot, on CPU) on the local docs of ``tasks``;
     ``model_args`` may also be an ``lm_eval`` model object already built (so a timing leaves out its loading).
 
@@ -264,9 +298,11 @@ def run_harness(model_args: str | Any, tasks: list[str], data_dir: Path, work: P
         samples = sorted(results["samples"][name], key=lambda s: s["doc_id"])
         out[task] = [_per_doc(task, s, delimiter) for s in samples]
         metrics = results["results"][name]
-        summary[task] = {"acc": float(metrics["acc,none"]),
-                         "acc_norm": float(metrics["acc_norm,none"]) if "acc_norm,none" in metrics else None,
-                         "n": len(samples)}
+        summary[task] = {
+            "acc": float(metrics["acc,none"]),
+            "acc_norm": float(metrics["acc_norm,none"]) if "acc_norm,none" in metrics else None,
+            "n": len(samples),
+        }
     out["_summary"] = summary
     return out
 
@@ -275,9 +311,24 @@ def run_harness(model_args: str | Any, tasks: list[str], data_dir: Path, work: P
 
 # task -> (split evaluated, harness task name); PIQA/WinoGrande evaluation splits are kept out of this
 # repository's data, so their train files serve as items here (nothing is trained in these tests).
-SPLITS = {"arc_easy": "test", "arc_challenge": "test", "openbookqa": "test", "siqa": "val", "piqa": "train",
-          "winogrande": "train", "boolq": "test", "hellaswag": "test", "rte": "val", "cb": "val", "wic": "val",
-          "qnli": "val", "mrpc": "val", "sst2": "val", "mc_taco": "test", "commonsenseqa.letter": "val"}
+SPLITS = {
+    "arc_easy": "test",
+    "arc_challenge": "test",
+    "openbookqa": "test",
+    "siqa": "val",
+    "piqa": "train",
+    "winogrande": "train",
+    "boolq": "test",
+    "hellaswag": "test",
+    "rte": "val",
+    "cb": "val",
+    "wic": "val",
+    "qnli": "val",
+    "mrpc": "val",
+    "sst2": "val",
+    "mc_taco": "test",
+    "commonsenseqa.letter": "val",
+}
 HARNESS_NAME = {"boolq": "boolq_closed_book", "commonsenseqa.letter": "commonsense_qa"}
 LABEL_TASKS = ("rte", "cb", "wic", "qnli", "mrpc", "sst2", "mc_taco")
 
@@ -306,12 +357,18 @@ def harness_doc(task: str, record, item) -> dict:
         values, index = get_task(task).row_fields(raw, None)
         return {**raw, **values, "label": index}
     if task == "commonsenseqa.letter":
-        return {"question": item.question, "choices": {"text": list(item.options), "label": letters},
-                "answerKey": letters[item.label]}
+        return {
+            "question": item.question,
+            "choices": {"text": list(item.options), "label": letters},
+            "answerKey": letters[item.label],
+        }
     if task in ("arc_easy", "arc_challenge", "openbookqa"):
         key = "question_stem" if task == "openbookqa" else "question"
-        return {key: item.question, "choices": {"text": list(item.options), "label": letters},
-                "answerKey": letters[item.label]}
+        return {
+            key: item.question,
+            "choices": {"text": list(item.options), "label": letters},
+            "answerKey": letters[item.label],
+        }
     if task == "boolq":
         return {"question": item.question, "label": 1 - item.label}  # parsed: 0 = true; harness: 1 = yes
     raw = _raw_row(record.meta["source"])
@@ -333,5 +390,4 @@ def docs_for(loader: TaskLoader, task: str, limit: int, split: str | None = None
     split = split or SPLITS[task]
     records = loader.records(task, split)[:limit]
     parsed = {loc: item for loc, item in loader.parsed(task, split)}
-    return ([r.meta["source"] for r in records],
-            [harness_doc(task, r, parsed[r.meta["source"]]) for r in records])
+    return ([r.meta["source"] for r in records], [harness_doc(task, r, parsed[r.meta["source"]]) for r in records])

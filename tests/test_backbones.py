@@ -32,8 +32,14 @@ def test_tiny_architectures_differ_in_shape_and_vocab(tiny):
 
 @pytest.mark.parametrize(
     "source, fragment",
-    [("bundled:nope", "known bundled models"), ("tiny:gpt9", "choose one of"), ("s3://bucket/x", "scheme"),
-     ("./no/such/dir", "does not exist"), ("missing.gguf", "does not exist"), ("", "empty")],
+    [
+        ("bundled:nope", "known bundled models"),
+        ("tiny:gpt9", "choose one of"),
+        ("s3://bucket/x", "scheme"),
+        ("./no/such/dir", "does not exist"),
+        ("missing.gguf", "does not exist"),
+        ("", "empty"),
+    ],
 )
 def test_bad_sources_fail_with_one_line_naming_the_fix(source, fragment):
     with pytest.raises(LoRAGenError, match=fragment) as err:
@@ -60,7 +66,7 @@ def test_bundled_model_answers_and_cache_is_verified(bundled, tmp_path, monkeypa
     ids = tok("The capital of France is", return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=4, do_sample=False)
-    assert "Paris" in tok.decode(out[0, ids.input_ids.shape[1]:])
+    assert "Paris" in tok.decode(out[0, ids.input_ids.shape[1] :])
 
     # A cache entry whose safetensors bytes were altered (same size) is detected and rebuilt.
     entry = backbones._bundled_cache_dir("smollm2-135m-instruct")

@@ -181,9 +181,24 @@ def test_base_model_refuses_to_fit_and_few_shot_pays_for_the_system_prompt(tmp_p
 
 def test_compare_runs_methods_through_the_cli_writes_the_table_and_resumes(tmp_path):
     out = tmp_path / "cmp"
-    cmd = [sys.executable, "-m", "loragen.cli", "compare", "--config", str(ROOT / "configs" / "tiny.yaml"),
-           "--methods", "loragen,base,few_shot,lora_prompted,loramoe", "--set", "loramoe.pool.num_experts=2",
-           "--out", str(out), "--trainer.max_steps", "2", "--data.init_args.limit_per_task", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "loragen.cli",
+        "compare",
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--methods",
+        "loragen,base,few_shot,lora_prompted,loramoe",
+        "--set",
+        "loramoe.pool.num_experts=2",
+        "--out",
+        str(out),
+        "--trainer.max_steps",
+        "2",
+        "--data.init_args.limit_per_task",
+        "2",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
     assert run.returncode == 0, run.stderr[-3000:]
     with open(out / "comparison.csv") as fh:
@@ -218,17 +233,31 @@ def test_compare_runs_methods_through_the_cli_writes_the_table_and_resumes(tmp_p
     assert "num_experts: 2" in (out / "loramoe" / "config.yaml").read_text()
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == 5
-    changed = subprocess.run([*cmd[:-4], "--trainer.max_steps", "3", *cmd[-2:]], capture_output=True, text=True,
-                             cwd=ROOT, timeout=600)  # other options: the stored rows are not reused silently
+    changed = subprocess.run(
+        [*cmd[:-4], "--trainer.max_steps", "3", *cmd[-2:]], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )  # other options: the stored rows are not reused silently
     assert changed.returncode == 2 and "made with another configuration" in changed.stderr, changed.stderr[-2000:]
     assert "| trained steps |" in (out / "comparison.md").read_text()
 
 
 def test_compare_reports_a_failed_method_and_still_tables_the_others(tmp_path):
     out = tmp_path / "cmp"
-    cmd = [sys.executable, "-m", "loragen.cli", "compare", "--config", str(ROOT / "configs" / "tiny.yaml"),
-           "--methods", "lora,base", "--set", "lora.pool.target_modules=[nope_proj]", "--out", str(out),
-           "--data.init_args.limit_per_task", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "loragen.cli",
+        "compare",
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--methods",
+        "lora,base",
+        "--set",
+        "lora.pool.target_modules=[nope_proj]",
+        "--out",
+        str(out),
+        "--data.init_args.limit_per_task",
+        "1",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert run.returncode == 2 and "1 method(s) failed: lora" in run.stderr, run.stderr[-2000:]
     assert "nope_proj" in (out / "lora" / "run.log").read_text()
@@ -236,17 +265,32 @@ def test_compare_reports_a_failed_method_and_still_tables_the_others(tmp_path):
         assert [r["method"] for r in csv.DictReader(fh)] == ["base"]
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--methods", "loragen,dora"], "unknown method(s) ['dora']"),
-    (["--model.init_args.pool.rank", "2"], "--model.init_args.pool.rank would reach every method's model: use --set"),
-    (["--set", "mixlora.pool.rank=2", "--methods", "lora"], "names method 'mixlora', which is not compared"),
-    (["--set", "lora.top_k=9", "--methods", "lora"], "LoRABaseline has no argument 'top_k'"),
-    (["--set", "lora.pool.topk=9", "--methods", "lora"], "pool has no field 'topk'"),
-    (["--set", "mixlora.pool.top_k=9", "--methods", "mixlora"], "mixlora: pool.top_k=9 must be between 1 and"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--methods", "loragen,dora"], "unknown method(s) ['dora']"),
+        (
+            ["--model.init_args.pool.rank", "2"],
+            "--model.init_args.pool.rank would reach every method's model: use --set",
+        ),
+        (["--set", "mixlora.pool.rank=2", "--methods", "lora"], "names method 'mixlora', which is not compared"),
+        (["--set", "lora.top_k=9", "--methods", "lora"], "LoRABaseline has no argument 'top_k'"),
+        (["--set", "lora.pool.topk=9", "--methods", "lora"], "pool has no field 'topk'"),
+        (["--set", "mixlora.pool.top_k=9", "--methods", "mixlora"], "mixlora: pool.top_k=9 must be between 1 and"),
+    ],
+)
 def test_compare_rejects_bad_requests_before_running_anything(tmp_path, args, fragment):
-    cmd = [sys.executable, "-m", "loragen.cli", "compare", "--config", str(ROOT / "configs" / "tiny.yaml"),
-           "--out", str(tmp_path / "cmp"), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "loragen.cli",
+        "compare",
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--out",
+        str(tmp_path / "cmp"),
+        *args,
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert run.returncode == 2 and fragment in run.stderr, run.stderr[-2000:]
     assert not (tmp_path / "cmp").exists()
@@ -288,8 +332,10 @@ def test_lora_adapter_export_loads_in_peft_with_the_same_outputs(tmp_path):
 def test_prompt_tuning_and_moe_baselines_run_on_a_bf16_edge():
     from loragen.models.scoring import score_requests
 
-    modules = (PromptTuningBaseline(**EDGE, num_virtual_tokens=4),
-               MixLoRABaseline(**EDGE, pool={"num_experts": 2, "rank": 2}))
+    modules = (
+        PromptTuningBaseline(**EDGE, num_virtual_tokens=4),
+        MixLoRABaseline(**EDGE, pool={"num_experts": 2, "rank": 2}),
+    )
     for module in modules:
         for param in module.edge.parameters():
             if not param.requires_grad:  # a bf16 edge, trained weights kept in float32 (as PEFT does)
@@ -301,8 +347,9 @@ def test_prompt_tuning_and_moe_baselines_run_on_a_bf16_edge():
         trained = [p for p in module.parameters() if p.requires_grad]
         assert torch.isfinite(loss) and all(p.dtype == torch.float32 and p.grad is not None for p in trained)
         with torch.no_grad():
-            scores = score_requests(module.edge, [([5, 6, 7], [8]), ([5, 6, 7], [9, 10])],
-                                    prefix_embeds=module.prefix_embeds())
+            scores = score_requests(
+                module.edge, [([5, 6, 7], [8]), ([5, 6, 7], [9, 10])], prefix_embeds=module.prefix_embeds()
+            )
         assert torch.isfinite(torch.tensor(scores)).all()
 
 

@@ -20,13 +20,22 @@ TINY = str(ROOT / "configs" / "tiny.yaml")
 
 
 def _args(tmp_path: Path, *extra: str) -> list[str]:
-    return ["--config", TINY, "--trainer.default_root_dir", str(tmp_path),
-            "--trainer.logger.init_args.save_dir", str(tmp_path), *extra]
+    return [
+        "--config",
+        TINY,
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+        *extra,
+    ]
 
 
 def test_top_level_help_answers_without_importing_torch():
-    code = ("import sys; from loragen.cli import main; sys.argv = ['loragen', '--help']; main(); "
-            "assert 'torch' not in sys.modules and 'lightning' not in sys.modules")
+    code = (
+        "import sys; from loragen.cli import main; sys.argv = ['loragen', '--help']; main(); "
+        "assert 'torch' not in sys.modules and 'lightning' not in sys.modules"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "fit" in out.stdout and "predict" in out.stdout
 
@@ -47,8 +56,14 @@ def test_fit_test_predict_and_resume_through_the_cli(tmp_path):
     results = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())
     assert results["items"] == 16 and len(results["rows"]) == 5  # + the two prompt-sensitivity rows
     # evaluation settings given at test time win over the checkpoint's (architecture still comes from it)
-    evaluation = ("--model.init_args.eval.zero_shot_reference", "false", "--model.init_args.eval.scoring", "generate",
-                  "--model.init_args.eval.max_new_tokens", "2")
+    evaluation = (
+        "--model.init_args.eval.zero_shot_reference",
+        "false",
+        "--model.init_args.eval.scoring",
+        "generate",
+        "--model.init_args.eval.max_new_tokens",
+        "2",
+    )
     cli = run(["test", *_args(tmp_path, *evaluation), "--ckpt_path", str(last)])
     results = json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())
     assert [r["key"] for r in results["rows"]] == ["loragen", "rotated", "generic", "prompted"]
@@ -66,11 +81,13 @@ def test_fit_test_predict_and_resume_through_the_cli(tmp_path):
 
 @pytest.mark.parametrize(
     "extra, fragment",
-    [(["--model.init_args.num_expertz", "3"], "num_expertz"),
-     (["--model.init_args.pool.num_experts", "three"], "num_experts"),
-     (["--model.init_args.pool.top_k", "9"], "top_k"),
-     (["--model.init_args.edge", "nope:model"], "unknown model source scheme"),
-     (["--data.init_args.train_files", "missing.jsonl"], "does not exist")],
+    [
+        (["--model.init_args.num_expertz", "3"], "num_expertz"),
+        (["--model.init_args.pool.num_experts", "three"], "num_experts"),
+        (["--model.init_args.pool.top_k", "9"], "top_k"),
+        (["--model.init_args.edge", "nope:model"], "unknown model source scheme"),
+        (["--data.init_args.train_files", "missing.jsonl"], "does not exist"),
+    ],
 )
 def test_bad_config_fails_before_any_model_is_loaded(tmp_path, monkeypatch, capsys, extra, fragment):
     import loragen.backbones as backbones
@@ -113,8 +130,10 @@ def test_wandb_sweep_configs_name_real_config_keys(config, capsys):
             node = node[part]
 
 
-@pytest.mark.parametrize(("study", "base"), [("recipe.yaml", "configs/commonsense/study.yaml"),
-                                           ("specificity.yaml", "configs/suite/train.yaml")])
+@pytest.mark.parametrize(
+    ("study", "base"),
+    [("recipe.yaml", "configs/commonsense/study.yaml"), ("specificity.yaml", "configs/suite/train.yaml")],
+)
 def test_study_points_name_real_config_keys(capsys, study, base):
     """Every point of a study changes keys its base config has."""
     from loragen.sweep import LAYER, read_points
@@ -134,9 +153,16 @@ def test_study_points_name_real_config_keys(capsys, study, base):
 
 
 def test_wandb_offline_run_records_config_fingerprint_metrics_and_tables(tmp_path):
-    wandb_args = ["--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
-                  "--trainer.logger.init_args.offline", "true", "--trainer.logger.init_args.project", "loragen-test",
-                  "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    wandb_args = [
+        "--trainer.logger",
+        "lightning.pytorch.loggers.WandbLogger",
+        "--trainer.logger.init_args.offline",
+        "true",
+        "--trainer.logger.init_args.project",
+        "loragen-test",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+    ]
     args = ["--config", TINY, "--trainer.default_root_dir", str(tmp_path), *wandb_args]
     import wandb
 
@@ -147,6 +173,7 @@ def test_wandb_offline_run_records_config_fingerprint_metrics_and_tables(tmp_pat
     wandb.finish()
     runs = sorted(tmp_path.glob("wandb/offline-run-*"))
     assert len(runs) == 2
+
     # Offline runs keep config, metrics and summaries in the run's .wandb record file (synced later),
     # written by the W&B service process, which may still be flushing: wait for it.
     def record_log(run_dir, needles):
@@ -156,8 +183,14 @@ def test_wandb_offline_run_records_config_fingerprint_metrics_and_tables(tmp_pat
             if all(n in data for n in needles) or time.time() > deadline:
                 return data
 
-    fit_needles = (b"edge_arch", b"tiny:llama", b"resolved_config", b"num_experts", b"train/loss",
-                   b"train/gate_entropy")
+    fit_needles = (
+        b"edge_arch",
+        b"tiny:llama",
+        b"resolved_config",
+        b"num_experts",
+        b"train/loss",
+        b"train/gate_entropy",
+    )
     fit_log = record_log(runs[0], fit_needles)
     for needle in fit_needles:
         assert needle in fit_log, needle
@@ -183,17 +216,33 @@ def test_csv_logger_runs_without_wandb_installed(tmp_path):
     assert "edge_arch" in hparams and "max_new_tokens" in hparams  # the pair fingerprint and the eval group
 
 
-@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
-                         ids=["hub-off", "hub-unreachable"])
+@pytest.mark.parametrize(
+    "env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}], ids=["hub-off", "hub-unreachable"]
+)
 def test_an_unknown_hub_id_is_one_line_before_any_model_loads(env):
     import os
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "loragen.cli", "fit", "--config", TINY, "--model.init_args.edge",
-                           "nosuch/model", "--trainer.max_steps", "1"], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_DISABLE_TELEMETRY": "1", **env},
-                          timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loragen.cli",
+            "fit",
+            "--config",
+            TINY,
+            "--model.init_args.edge",
+            "nosuch/model",
+            "--trainer.max_steps",
+            "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_DISABLE_TELEMETRY": "1", **env},
+        timeout=300,
+    )
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith("loragen: error: model 'nosuch/model' is not"), done.stderr[-2000:]

@@ -29,16 +29,21 @@ RUNS = {
     "gpt4tools/train.yaml": ("fit", FIXTURES, []),
     "pretrain/alpaca.yaml": ("fit", SHARED, []),
     "suite/train.yaml": ("fit", SHARED, ["--data.init_args.train_limit_per_task", "4"]),
-    **{f"tiny.yaml+baselines/{p.name}": ("test" if p.stem.startswith("base_") else "fit", None, [])
-       for p in sorted((ROOT / "configs" / "baselines").glob("*.yaml"))},  # base_*: nothing to train
+    **{
+        f"tiny.yaml+baselines/{p.name}": ("test" if p.stem.startswith("base_") else "fit", None, [])
+        for p in sorted((ROOT / "configs" / "baselines").glob("*.yaml"))
+    },  # base_*: nothing to train
     "tiny.yaml+strategies/bf16.yaml": ("fit", None, []),
 }
 
 
 def test_every_runnable_config_is_listed():
     listed = {layer for key in RUNS for layer in key.split("+")}
-    skipped = {p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.yaml")
-               if p.parent.name in ("pairs", "sweeps", "studies") or p.stem in ("ddp", "fsdp", "deepspeed")}
+    skipped = {
+        p.relative_to(ROOT / "configs").as_posix()
+        for p in (ROOT / "configs").rglob("*.yaml")
+        if p.parent.name in ("pairs", "sweeps", "studies") or p.stem in ("ddp", "fsdp", "deepspeed")
+    }
     every = {p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.yaml")}
     assert every - skipped <= listed, f"configs not run by this test: {sorted(every - skipped - listed)}"
 
@@ -52,8 +57,19 @@ def test_config_runs_one_step_on_tiny_models(layers, tmp_path):
     data = ["--data.init_args.data_dir", str(data_dir)] if data_dir is not None else []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cli = run([command, *configs, *TINY_PAIR, *data, *extra, "--trainer.fast_dev_run", "1",
-                   "--trainer.default_root_dir", str(tmp_path)])
+        cli = run(
+            [
+                command,
+                *configs,
+                *TINY_PAIR,
+                *data,
+                *extra,
+                "--trainer.fast_dev_run",
+                "1",
+                "--trainer.default_root_dir",
+                str(tmp_path),
+            ]
+        )
     state = cli.trainer.state
     assert state.finished and state.fn == command
     if command == "fit":
@@ -63,8 +79,18 @@ def test_config_runs_one_step_on_tiny_models(layers, tmp_path):
 
 
 def test_fit_without_val_data_trains_and_validate_without_it_says_so(tmp_path, capsys):
-    tiny = ["--config", str(ROOT / "configs" / "tiny.yaml"), "--data.init_args.val_files", "null",
-            "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2", "--trainer.logger", "false"]
+    tiny = [
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--data.init_args.val_files",
+        "null",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.max_steps",
+        "2",
+        "--trainer.logger",
+        "false",
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         cli = run(["fit", *tiny])

@@ -62,12 +62,24 @@ def _cli(*argv: str, stdin: str = "") -> str:
 
 
 def test_help_of_every_subcommand_answers_without_importing_torch():
-    code = ("import sys\nfrom loragen.cli import main\nfor cmd in ('generate', 'apply', 'chat', 'serve'):\n"
-            "    sys.argv = ['loragen', cmd, '--help']\n    try:\n        main()\n    except SystemExit as e:\n"
-            "        assert e.code in (0, None)\nassert 'torch' not in sys.modules and 'litserve' not in sys.modules")
+    code = (
+        "import sys\nfrom loragen.cli import main\nfor cmd in ('generate', 'apply', 'chat', 'serve'):\n"
+        "    sys.argv = ['loragen', cmd, '--help']\n    try:\n        main()\n    except SystemExit as e:\n"
+        "        assert e.code in (0, None)\nassert 'torch' not in sys.modules and 'litserve' not in sys.modules"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    for flag in ("--system_prompt_file", "--format", "--gates", "--compare", "--max_new_tokens", "--adapter",
-                 "--server", "--insecure-no-auth", "--max_batch_size", "--api_key_file"):
+    for flag in (
+        "--system_prompt_file",
+        "--format",
+        "--gates",
+        "--compare",
+        "--max_new_tokens",
+        "--adapter",
+        "--server",
+        "--insecure-no-auth",
+        "--max_batch_size",
+        "--api_key_file",
+    ):
         assert flag in out
 
 
@@ -75,8 +87,17 @@ def test_peft_output_reproduces_merged_logits_and_reports(dep, ckpt, tmp_path):
     from peft import PeftModel
 
     merged, _ = _reference(dep)
-    printed = _cli("generate", "--ckpt_path", str(ckpt), "--system_prompt", PROMPT, "--output", str(tmp_path / "a"),
-                   "--format", "peft")
+    printed = _cli(
+        "generate",
+        "--ckpt_path",
+        str(ckpt),
+        "--system_prompt",
+        PROMPT,
+        "--output",
+        str(tmp_path / "a"),
+        "--format",
+        "peft",
+    )
     peft_model = PeftModel.from_pretrained(load_backbone("tiny:llama").model, str(tmp_path / "a")).eval()
     with torch.no_grad():
         assert (peft_model(input_ids=_ids(INPUT)).logits - merged).abs().max() <= 1e-4
@@ -108,13 +129,19 @@ def test_merged_output_loads_in_plain_transformers_and_edge_is_unmerged(dep, tmp
     assert all(torch.equal(v, after[k]) for k, v in before.items())  # unmerged, bit for bit
     names = {p.name for p in (tmp_path / "m").iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json", META_FILE} <= names
-    code = ("import sys, torch\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-            "d, text, out = sys.argv[1:]\nmodel = AutoModelForCausalLM.from_pretrained(d).eval()\n"
-            "ids = torch.tensor([AutoTokenizer.from_pretrained(d)(text)['input_ids']])\n"
-            "with torch.no_grad():\n    torch.save({'ids': ids, 'logits': model(input_ids=ids).logits}, out)\n"
-            "assert 'loragen' not in sys.modules, 'loragen was imported'")
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "m"), INPUT, str(tmp_path / "out.pt")],
-                   check=True, cwd=tmp_path, capture_output=True)
+    code = (
+        "import sys, torch\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "d, text, out = sys.argv[1:]\nmodel = AutoModelForCausalLM.from_pretrained(d).eval()\n"
+        "ids = torch.tensor([AutoTokenizer.from_pretrained(d)(text)['input_ids']])\n"
+        "with torch.no_grad():\n    torch.save({'ids': ids, 'logits': model(input_ids=ids).logits}, out)\n"
+        "assert 'loragen' not in sys.modules, 'loragen was imported'"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "m"), INPUT, str(tmp_path / "out.pt")],
+        check=True,
+        cwd=tmp_path,
+        capture_output=True,
+    )
     result = torch.load(tmp_path / "out.pt")
     assert torch.equal(result["ids"], _ids(INPUT))
     assert (result["logits"] - merged).abs().max() <= 1e-4
@@ -122,8 +149,18 @@ def test_merged_output_loads_in_plain_transformers_and_edge_is_unmerged(dep, tmp
 
 def test_apply_rebuilds_each_format_bit_identically_without_the_cloud(ckpt, dep, tmp_path, monkeypatch):
     for fmt in ("gates", "peft", "merged"):
-        _cli("generate", "--ckpt_path", str(ckpt), "--system_prompt", PROMPT, "--output", str(tmp_path / fmt),
-             "--format", fmt, "--no_cache")
+        _cli(
+            "generate",
+            "--ckpt_path",
+            str(ckpt),
+            "--system_prompt",
+            PROMPT,
+            "--output",
+            str(tmp_path / fmt),
+            "--format",
+            fmt,
+            "--no_cache",
+        )
     gates_file = tmp_path / "gates" / META_FILE
     assert gates_file.stat().st_size < 8192 and [p.name for p in (tmp_path / "gates").iterdir()] == [META_FILE]
     from loragen.deploy.gates import GatesRecord
@@ -137,8 +174,17 @@ def test_apply_rebuilds_each_format_bit_identically_without_the_cloud(ckpt, dep,
 
     monkeypatch.setattr(deployment, "load_module", lambda *a, **k: pytest.fail("apply loaded the cloud model"))
     for fmt, weights in (("peft", "adapter_model.safetensors"), ("merged", "model.safetensors")):
-        _cli("apply", "--gates", str(gates_file), "--ckpt_path", str(ckpt), "--output", str(tmp_path / f"ap-{fmt}"),
-             "--format", fmt)
+        _cli(
+            "apply",
+            "--gates",
+            str(gates_file),
+            "--ckpt_path",
+            str(ckpt),
+            "--output",
+            str(tmp_path / f"ap-{fmt}"),
+            "--format",
+            fmt,
+        )
         a, b = _tensors(tmp_path / fmt / weights), _tensors(tmp_path / f"ap-{fmt}" / weights)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         meta = json.loads((tmp_path / f"ap-{fmt}" / META_FILE).read_text())
@@ -154,25 +200,50 @@ def test_apply_keeps_the_routers_k_when_a_selected_gate_underflows_to_zero(tmp_p
     from loragen.models.lora_gen_module import LoRAGenModule
 
     torch.manual_seed(0)
-    module = LoRAGenModule(cloud="tiny:qwen2", edge="tiny:llama", pool={"num_experts": 4, "top_k": 2, "rank": 4},
-                           router_hidden=16, router_noise="none")
+    module = LoRAGenModule(
+        cloud="tiny:qwen2",
+        edge="tiny:llama",
+        pool={"num_experts": 4, "top_k": 2, "rank": 4},
+        router_hidden=16,
+        router_noise="none",
+    )
     randomize_pool(module.model.pool, std=0.2)
     with torch.no_grad():  # logits 200, 0, -200, -300 whatever the prompt: top-2 gates (1.0, exp(-200) = 0.0)
         last = module.model.router.mlp[2]
         last.weight.zero_()
         last.bias.copy_(torch.tensor([200.0, 0.0, -200.0, -300.0]))
-    trainer = L.Trainer(max_steps=0, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                        enable_model_summary=False)
+    trainer = L.Trainer(
+        max_steps=0, logger=False, enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False
+    )
     trainer.strategy.connect(module)
     ckpt = tmp_path / "underflow.ckpt"
     trainer.save_checkpoint(ckpt)
     for fmt in ("gates", "peft"):
-        _cli("generate", "--ckpt_path", str(ckpt), "--system_prompt", PROMPT, "--output", str(tmp_path / fmt),
-             "--format", fmt, "--no_cache")
+        _cli(
+            "generate",
+            "--ckpt_path",
+            str(ckpt),
+            "--system_prompt",
+            PROMPT,
+            "--output",
+            str(tmp_path / fmt),
+            "--format",
+            fmt,
+            "--no_cache",
+        )
     gates = json.loads((tmp_path / "gates" / META_FILE).read_text())["gates"]["values"]
     assert all(sorted(row, reverse=True)[:2] == [1.0, 0.0] for row in gates)  # one selected gate is exactly 0
-    _cli("apply", "--gates", str(tmp_path / "gates"), "--ckpt_path", str(ckpt), "--output", str(tmp_path / "ap"),
-         "--format", "peft")
+    _cli(
+        "apply",
+        "--gates",
+        str(tmp_path / "gates"),
+        "--ckpt_path",
+        str(ckpt),
+        "--output",
+        str(tmp_path / "ap"),
+        "--format",
+        "peft",
+    )
     for out in ("peft", "ap"):
         assert json.loads((tmp_path / out / "adapter_config.json").read_text())["r"] == 8  # k·r = 2·4, not 1·4
     a, b = (_tensors(tmp_path / out / "adapter_model.safetensors") for out in ("peft", "ap"))
@@ -191,8 +262,17 @@ def test_the_same_request_twice_costs_one_cloud_pass(ckpt, tmp_path, monkeypatch
         m.setattr(deployment, "load_module", lambda *a, **k: pytest.fail("a cache hit loaded the cloud model"))
         second = generate(ckpt, PROMPT, tmp_path / "two", "peft", out=io.StringIO())
         (tmp_path / "prompt.txt").write_text(PROMPT + "\n")  # the file's trailing newline is dropped
-        _cli("generate", "--ckpt_path", str(ckpt), "--system_prompt_file", str(tmp_path / "prompt.txt"),
-             "--output", str(tmp_path / "file"), "--format", "gates")
+        _cli(
+            "generate",
+            "--ckpt_path",
+            str(ckpt),
+            "--system_prompt_file",
+            str(tmp_path / "prompt.txt"),
+            "--output",
+            str(tmp_path / "file"),
+            "--format",
+            "gates",
+        )
     assert len(calls) == 1 and second["gates"] == first["gates"]
     assert json.loads((tmp_path / "file" / META_FILE).read_text())["system_prompt_sha256"] == sha256_text(PROMPT)
     assert second["report"]["cloud_pass_skipped"] and not first["report"]["cloud_pass_skipped"]
@@ -240,8 +320,15 @@ def test_bad_prompts_outputs_and_checkpoints_fail_with_one_line(ckpt, tmp_path, 
     base = ["generate", "--ckpt_path", str(ckpt), "--output", str(tmp_path / "o"), "--format", "gates"]
     assert "empty" in _error(capsys, *base, "--system_prompt", "  ")
     assert "over the limit of 2046" in _error(capsys, *base, "--system_prompt", "x" * 2100)  # 2048 - 2 meta
-    missing = ["generate", "--ckpt_path", str(tmp_path / "nope.ckpt"), "--system_prompt", PROMPT, "--output",
-               str(tmp_path / "x")]
+    missing = [
+        "generate",
+        "--ckpt_path",
+        str(tmp_path / "nope.ckpt"),
+        "--system_prompt",
+        PROMPT,
+        "--output",
+        str(tmp_path / "x"),
+    ]
     assert "does not exist" in _error(capsys, *missing)
     assert "cannot read the system prompt file" in _error(capsys, *base, "--system_prompt_file", str(tmp_path / "no"))
     assert "edge_arch" in _error(capsys, *base, "--system_prompt", PROMPT, "--edge", "tiny:gemma")
@@ -262,8 +349,18 @@ def test_gates_from_another_checkpoint_or_pair_or_edited_are_refused(ckpt, tmp_p
     other_weights = tmp_path / "weights.ckpt"
     torch.save(state, other_weights)
     for source in (other_pair, other_weights):
-        _cli("generate", "--ckpt_path", str(source), "--system_prompt", PROMPT, "--output",
-             str(tmp_path / source.stem), "--format", "gates", "--no_cache")
+        _cli(
+            "generate",
+            "--ckpt_path",
+            str(source),
+            "--system_prompt",
+            PROMPT,
+            "--output",
+            str(tmp_path / source.stem),
+            "--format",
+            "gates",
+            "--no_cache",
+        )
     apply = ["apply", "--ckpt_path", str(ckpt), "--output", str(tmp_path / "ap")]
     err = _error(capsys, *apply, "--gates", str(tmp_path / "pair"))
     assert "another cloud/edge pair" in err and "edge: stored 'tiny:gemma'" in err
@@ -279,8 +376,17 @@ def test_chat_answers_without_the_system_prompt_and_compares(ckpt, dep, tmp_path
     from loragen.deploy import chat
 
     tok = load_backbone("tiny:llama").tokenizer
-    out = _cli("chat", "--ckpt_path", str(ckpt), "--system_prompt", PROMPT, "--compare", "--max_new_tokens", "6",
-               stdin="hello there\n\nWhat is 12 + 30?\n")
+    out = _cli(
+        "chat",
+        "--ckpt_path",
+        str(ckpt),
+        "--system_prompt",
+        PROMPT,
+        "--compare",
+        "--max_new_tokens",
+        "6",
+        stdin="hello there\n\nWhat is 12 + 30?\n",
+    )
     assert out.count("> ") == 2 and out.count("[specialized]") == 2 and out.count("[base + system prompt]") == 2
     assert out.count(" new tokens in ") == 4  # tokens and latency for every answer
     assert f"prompt {len(tok(INPUT)['input_ids'])} tokens" in out  # the specialized model never sees the prompt
@@ -289,13 +395,13 @@ def test_chat_answers_without_the_system_prompt_and_compares(ckpt, dep, tmp_path
     system = torch.tensor([model.cloud_backbone.tokenizer(PROMPT)["input_ids"]])
     (lora,) = model.generate(system, torch.ones_like(system))
     with model.edge_lora.merged_lora(lora), torch.no_grad():
-        ids = model.edge.generate(input_ids=_ids(INPUT), do_sample=False, max_new_tokens=6,
-                                  pad_token_id=tok.pad_token_id)
-    expected = tok.decode(ids[0, _ids(INPUT).shape[1]:], skip_special_tokens=True)
+        ids = model.edge.generate(
+            input_ids=_ids(INPUT), do_sample=False, max_new_tokens=6, pad_token_id=tok.pad_token_id
+        )
+    expected = tok.decode(ids[0, _ids(INPUT).shape[1] :], skip_special_tokens=True)
     assert f"[specialized] {expected}" in out  # the streamed answer is the merged model's greedy answer
     _cli("generate", "--ckpt_path", str(ckpt), "--system_prompt", PROMPT, "--output", str(tmp_path / "ad"))
-    turns = chat.chat(chat.from_adapter(tmp_path / "ad"), io.StringIO(INPUT + "\n"), io.StringIO(),
-                      max_new_tokens=6)
+    turns = chat.chat(chat.from_adapter(tmp_path / "ad"), io.StringIO(INPUT + "\n"), io.StringIO(), max_new_tokens=6)
     assert len(turns) == 1 and turns[0]["specialized"]["prompt_tokens"] == _ids(INPUT).shape[1]
     adapter_out = _cli("chat", "--adapter", str(tmp_path / "ad"), "--max_new_tokens", "6", stdin=INPUT + "\n")
     assert f"[specialized] {expected}" in adapter_out  # the PEFT adapter answers the same

@@ -70,9 +70,9 @@ def test_functional_path_matches_merged_path_for_several_prompts(tiny, cloud, ed
         for i, lora in enumerate(loras):
             assert torch.equal(lora.gates, routing.gates[i])
             with model.edge_lora.merged_lora(lora):
-                merged = model.edge(input_ids=x_ids[i:i + 1], attention_mask=x_mask[i:i + 1]).logits
-            assert (merged - functional.logits[i:i + 1]).abs().max().item() <= 1e-4
-            assert (merged - base[i:i + 1]).abs().max().item() > 1e-3  # the LoRA does something
+                merged = model.edge(input_ids=x_ids[i : i + 1], attention_mask=x_mask[i : i + 1]).logits
+            assert (merged - functional.logits[i : i + 1]).abs().max().item() <= 1e-4
+            assert (merged - base[i : i + 1]).abs().max().item() > 1e-3  # the LoRA does something
     for name, p in model.edge.named_parameters():
         assert torch.equal(p, originals[name]), f"{name} not restored bit-identically"
 
@@ -165,13 +165,16 @@ def test_bundled_model_functional_merged_and_peft_agree(bundled, tmp_path):
         for i, lora in enumerate(loras):
             valid = x.attention_mask[i].bool()  # padded positions carry no prediction
             with model.edge_lora.merged_lora(lora):
-                merged = model.edge(input_ids=x.input_ids[i:i + 1], attention_mask=x.attention_mask[i:i + 1]).logits
+                merged = model.edge(input_ids=x.input_ids[i : i + 1], attention_mask=x.attention_mask[i : i + 1]).logits
             assert (merged[0][valid] - functional.logits[i][valid]).abs().max().item() <= 1e-4
     out = save_peft_adapter(loras[0], tmp_path / "adapter")
     fresh = load_backbone("bundled:smollm2-135m-instruct").model
     with torch.no_grad():
-        peft_logits = PeftModel.from_pretrained(fresh, str(out)).eval()(
-            input_ids=x.input_ids[:1], attention_mask=x.attention_mask[:1]).logits
+        peft_logits = (
+            PeftModel.from_pretrained(fresh, str(out))
+            .eval()(input_ids=x.input_ids[:1], attention_mask=x.attention_mask[:1])
+            .logits
+        )
     valid = x.attention_mask[0].bool()
     with torch.no_grad(), model.edge_lora.merged_lora(loras[0]):
         merged = model.edge(input_ids=x.input_ids[:1], attention_mask=x.attention_mask[:1]).logits

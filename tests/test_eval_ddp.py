@@ -43,27 +43,62 @@ def _free_port() -> int:
 
 def _ddp_test_command(out: Path, devices: int) -> list[str]:
     test_files = ",".join(str(PACKAGED / "quickstart" / f"{t}.test.jsonl") for t in DDP_TASKS)
-    return [sys.executable, "-m", "loragen.cli", "test", "--config", TINY,
-            "--trainer.accelerator", "cpu", "--trainer.devices", str(devices),
-            "--trainer.strategy", "lightning.pytorch.strategies.DDPStrategy",
-            "--trainer.strategy.init_args.process_group_backend", "gloo",
-            "--trainer.strategy.init_args.timeout", PG_TIMEOUT,
-            "--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out),
-            "--trainer.enable_progress_bar", "false",
-            "--data.init_args.test_files", f"[{test_files}]",
-            "--data.init_args.limit_per_task", str(PER_TASK), "--data.init_args.eval_batch_size", "2"]
+    return [
+        sys.executable,
+        "-m",
+        "loragen.cli",
+        "test",
+        "--config",
+        TINY,
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        str(devices),
+        "--trainer.strategy",
+        "lightning.pytorch.strategies.DDPStrategy",
+        "--trainer.strategy.init_args.process_group_backend",
+        "gloo",
+        "--trainer.strategy.init_args.timeout",
+        PG_TIMEOUT,
+        "--trainer.default_root_dir",
+        str(out),
+        "--trainer.logger.init_args.save_dir",
+        str(out),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.init_args.test_files",
+        f"[{test_files}]",
+        "--data.init_args.limit_per_task",
+        str(PER_TASK),
+        "--data.init_args.eval_batch_size",
+        "2",
+    ]
 
 
 def _start(out: Path, devices: int) -> subprocess.Popen:
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
-           "TOKENIZERS_PARALLELISM": "false", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+        "TOKENIZERS_PARALLELISM": "false",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
     for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "GROUP_RANK"):  # not ours to inherit
         env.pop(key, None)
     # its own session, so that on a timeout the rank processes Lightning launched are killed with it
-    return subprocess.Popen(_ddp_test_command(out, devices), cwd=out, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.Popen(
+        _ddp_test_command(out, devices),
+        cwd=out,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _finish(proc: subprocess.Popen, what: str) -> str:
@@ -110,22 +145,43 @@ def test_two_process_ddp_test_writes_the_same_results_as_one_process(tmp_path):
         keys = [(i["setting"], i["uid"]) for i in items]
         assert len(keys) == len(set(keys)) == len(ddp["rows"]) * n_items  # no item twice (the padded repeat dropped)
     assert {(i["setting"], i["uid"]) for i in ddp_items} == {(i["setting"], i["uid"]) for i in single_items}
+
     # every item got the same verdict on whichever rank graded it
     def verdicts(items: list[dict]) -> dict:
-        return {(i["setting"], i["uid"]): (i["task"], i["label"], i["pred"], i["pred_norm"], i["acc"], i["acc_norm"])
-                for i in items}
+        return {
+            (i["setting"], i["uid"]): (i["task"], i["label"], i["pred"], i["pred_norm"], i["acc"], i["acc_norm"])
+            for i in items
+        }
 
     assert verdicts(ddp_items) == verdicts(single_items)
 
 
 def _quickstart_test(tmp_path: Path, *extra: str) -> tuple[object, dict]:
-    args = ["test", "--config", QUICKSTART, "--model.init_args.cloud", "tiny:llama",
-            "--model.init_args.edge", "tiny:llama", "--data.init_args.limit_per_task", "2",
-            "--data.init_args.val_limit_per_task", "2", "--data.init_args.eval_batch_size", "8",
-            "--trainer.default_root_dir", str(tmp_path),
-            # a local logger instead of W&B (the callbacks list is the quickstart's own, untouched)
-            "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.save_dir",
-            str(tmp_path), "--trainer.enable_progress_bar", "false", *extra]
+    args = [
+        "test",
+        "--config",
+        QUICKSTART,
+        "--model.init_args.cloud",
+        "tiny:llama",
+        "--model.init_args.edge",
+        "tiny:llama",
+        "--data.init_args.limit_per_task",
+        "2",
+        "--data.init_args.val_limit_per_task",
+        "2",
+        "--data.init_args.eval_batch_size",
+        "8",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        # a local logger instead of W&B (the callbacks list is the quickstart's own, untouched)
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+        "--trainer.enable_progress_bar",
+        "false",
+        *extra,
+    ]
     cli = run(args)
     return cli, json.loads((Path(cli.trainer.log_dir) / "results.json").read_text())
 

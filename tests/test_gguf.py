@@ -66,9 +66,15 @@ def test_gguf_lora_holds_the_generated_lora_in_llama_cpp_layout(tiny_ckpt, tmp_p
     assert field["loragen.checkpoint_sha256"] == dep.info.sha256
     tensors = {t.name: np.asarray(t.data) for t in reader.tensors}
     assert len(tensors) == 2 * len(dep.edge_side.pool.sites)
-    kinds = {"q_proj": ("attn_q", config.num_attention_heads), "k_proj": ("attn_k", config.num_key_value_heads),
-             "v_proj": ("attn_v", None), "o_proj": ("attn_output", None), "gate_proj": ("ffn_gate", None),
-             "up_proj": ("ffn_up", None), "down_proj": ("ffn_down", None)}
+    kinds = {
+        "q_proj": ("attn_q", config.num_attention_heads),
+        "k_proj": ("attn_k", config.num_key_value_heads),
+        "v_proj": ("attn_v", None),
+        "o_proj": ("attn_output", None),
+        "gate_proj": ("ffn_gate", None),
+        "up_proj": ("ffn_up", None),
+        "down_proj": ("ffn_down", None),
+    }
     for site in dep.edge_side.pool.sites:
         kind, heads = kinds[site.path.rsplit(".", 1)[-1]]
         a, b = tensors[f"blk.{site.layer}.{kind}.weight.lora_a"], tensors[f"blk.{site.layer}.{kind}.weight.lora_b"]
@@ -83,13 +89,33 @@ def test_gguf_lora_holds_the_generated_lora_in_llama_cpp_layout(tiny_ckpt, tmp_p
 
 def test_gguf_exports_an_edge_or_architecture_llama_cpp_cannot_take_fail_in_one_line(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "out"
-    err = _cli_error(capsys, "generate", "--ckpt_path", str(tiny_ckpt), "--system_prompt", PROMPT, "--output",
-                     str(out), "--format", "gguf")
+    err = _cli_error(
+        capsys,
+        "generate",
+        "--ckpt_path",
+        str(tiny_ckpt),
+        "--system_prompt",
+        PROMPT,
+        "--output",
+        str(out),
+        "--format",
+        "gguf",
+    )
     assert "copies the tokenizer and chat template from the edge's GGUF file" in err and "--edge FILE.gguf" in err
     assert list(tmp_path.iterdir()) == []  # no output, no temporary directory, no cloud pass (no cache entry)
     qwen = _save_checkpoint(tmp_path / "qwen-edge.ckpt", "tiny:llama", "tiny:qwen2")
-    err = _cli_error(capsys, "generate", "--ckpt_path", str(qwen), "--system_prompt", PROMPT, "--output", str(out),
-                     "--format", "gguf-lora")
+    err = _cli_error(
+        capsys,
+        "generate",
+        "--ckpt_path",
+        str(qwen),
+        "--system_prompt",
+        PROMPT,
+        "--output",
+        str(out),
+        "--format",
+        "gguf-lora",
+    )
     assert "architecture 'qwen2' has no llama.cpp export" in err and not out.exists()
 
 
@@ -134,8 +160,12 @@ def exported(tmp_path_factory, release) -> dict[str, Path]:
     side = dep.edge_side
     root = tmp_path_factory.mktemp("gguf-bundled")
     files = {}
-    for name, fmt, kind in (("f32", "gguf", "f32"), ("f16", "gguf", "f16"), ("q8_0", "gguf", "q8_0"),
-                            ("lora", "gguf-lora", "f16")):
+    for name, fmt, kind in (
+        ("f32", "gguf", "f32"),
+        ("f16", "gguf", "f16"),
+        ("q8_0", "gguf", "q8_0"),
+        ("lora", "gguf-lora", "f16"),
+    ):
         files[name] = root / gguf_export.file_name(fmt, kind)
         write = gguf_export.write_model if fmt == "gguf" else gguf_export.write_lora
         write(side, lora, files[name], kind, gguf_keys(side, record))
@@ -158,8 +188,9 @@ def test_the_base_edge_exports_to_exactly_the_source_ggufs_weights(exported):
     written = gguf.GGUFReader(str(exported["base_f32"]))
     assert [t.name for t in written.tensors] == [t.name for t in source.tensors]
     for src, new in zip(source.tensors, written.tensors, strict=True):
-        np.testing.assert_array_equal(np.asarray(new.data), gguf.quants.dequantize(src.data, src.tensor_type),
-                                      err_msg=src.name)
+        np.testing.assert_array_equal(
+            np.asarray(new.data), gguf.quants.dequantize(src.data, src.tensor_type), err_msg=src.name
+        )
     for key in ("tokenizer.chat_template", "tokenizer.ggml.pre", "llama.rope.freq_base", "tokenizer.ggml.merges"):
         assert written.get_field(key).contents() == source.get_field(key).contents()
     sizes = {name: path.stat().st_size for name, path in exported.items()}
@@ -191,8 +222,9 @@ def reference(exported, release):
         with side.edge_lora.merged_lora(lora):
             for ids in out["tokens"]:
                 out["logits"].append(model(input_ids=torch.tensor([ids])).logits[0, -1].numpy())
-                generated = model.generate(input_ids=torch.tensor([ids]), do_sample=False, max_new_tokens=8,
-                                           pad_token_id=tok.eos_token_id)[0, len(ids):].tolist()
+                generated = model.generate(
+                    input_ids=torch.tensor([ids]), do_sample=False, max_new_tokens=8, pad_token_id=tok.eos_token_id
+                )[0, len(ids) :].tolist()
                 out["greedy"].append([t for t in generated if t != tok.eos_token_id])
     changed = max(np.abs(a - b).max() for a, b in zip(out["logits"], out["base_logits"], strict=True))
     assert changed > 1.0, "the generated LoRA should measurably change the edge's logits"
@@ -213,8 +245,9 @@ def test_specialized_gguf_in_llama_cpp_matches_loragens_merged_model(exported, r
 
     llm = _runtime(exported[kind])
     worst = 0.0
-    for text, ids, logits, greedy in zip(reference["texts"], reference["tokens"], reference["logits"],
-                                         reference["greedy"], strict=True):
+    for text, ids, logits, greedy in zip(
+        reference["texts"], reference["tokens"], reference["logits"], reference["greedy"], strict=True
+    ):
         assert llamacpp.tokenize(llm, text) == ids  # the GGUF's tokenizer is the edge's
         worst = max(worst, float(np.abs(llamacpp.logits(llm, ids)[-1] - logits).max()))
         assert llamacpp.greedy(llm, ids, 8) == greedy, text
@@ -280,12 +313,12 @@ def test_chat_gguf_streams_the_specialized_answer(exported, release):
     line = "Question: Which gas do plants take in from the air to make food? Answer:"
     ids = tok(line)["input_ids"]
     with torch.no_grad(), dep.edge_side.edge_lora.merged_lora(lora):
-        answer = model.generate(input_ids=torch.tensor([ids]), do_sample=False, max_new_tokens=8,
-                                pad_token_id=tok.eos_token_id)[0, len(ids):]
+        answer = model.generate(
+            input_ids=torch.tensor([ids]), do_sample=False, max_new_tokens=8, pad_token_id=tok.eos_token_id
+        )[0, len(ids) :]
     expected = tok.decode(answer, skip_special_tokens=True).strip()
     out = io.StringIO()
-    main(["chat", "--gguf", str(exported["f16"]), "--max_new_tokens", "8"], stdin=io.StringIO(line + "\n"),
-         stdout=out)
+    main(["chat", "--gguf", str(exported["f16"]), "--max_new_tokens", "8"], stdin=io.StringIO(line + "\n"), stdout=out)
     text = out.getvalue()
     assert "[specialized]" in text and f"prompt {len(ids)} tokens" in text
     assert expected and expected in text

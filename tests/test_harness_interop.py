@@ -44,22 +44,52 @@ def _config(tmp_path: Path, directory: Path) -> Path:
     """LoRA-Gen with ``directory`` as cloud and edge: 2 experts of rank 2, a learning rate that moves B in a step."""
     config = {
         "seed_everything": 0,
-        "model": {"class_path": "loragen.models.lora_gen_module.LoRAGenModule",
-                  "init_args": {"cloud": str(directory), "edge": str(directory), "router_hidden": 16,
-                                "pool": {"num_experts": 2, "top_k": 2, "rank": 2},
-                                "optim": {"lr": 0.05, "warmup_steps": 0},
-                                "eval": {"reference": False, "zero_shot_reference": False, "sensitivity": False}}},
-        "data": {"class_path": "loragen.data.task_datamodule.TaskDataModule",
-                 "init_args": {"train_tasks": [TASK], "test_tasks": [f"{TASK}:{SPLITS[TASK]}"], "data_dir": str(SHARED),
-                               "shots": SHOTS, "seed": SEED, "train_limit_per_task": 48, "batch_size": 4,
-                               "limit_per_task": ITEMS, "eval_batch_size": 16, "reference": False,
-                               "max_system_tokens": 1024, "max_input_tokens": 1024,
-                               "max_output_tokens": 256}},
-        "trainer": {"accelerator": "cpu", "devices": 1, "max_steps": 6, "limit_val_batches": 0,
-                    "num_sanity_val_steps": 0, "logger": False, "enable_progress_bar": False,
-                    "enable_model_summary": False, "default_root_dir": str(tmp_path / "run"),
-                    "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                                   "init_args": {"save_last": True, "every_n_train_steps": 6}}]},
+        "model": {
+            "class_path": "loragen.models.lora_gen_module.LoRAGenModule",
+            "init_args": {
+                "cloud": str(directory),
+                "edge": str(directory),
+                "router_hidden": 16,
+                "pool": {"num_experts": 2, "top_k": 2, "rank": 2},
+                "optim": {"lr": 0.05, "warmup_steps": 0},
+                "eval": {"reference": False, "zero_shot_reference": False, "sensitivity": False},
+            },
+        },
+        "data": {
+            "class_path": "loragen.data.task_datamodule.TaskDataModule",
+            "init_args": {
+                "train_tasks": [TASK],
+                "test_tasks": [f"{TASK}:{SPLITS[TASK]}"],
+                "data_dir": str(SHARED),
+                "shots": SHOTS,
+                "seed": SEED,
+                "train_limit_per_task": 48,
+                "batch_size": 4,
+                "limit_per_task": ITEMS,
+                "eval_batch_size": 16,
+                "reference": False,
+                "max_system_tokens": 1024,
+                "max_input_tokens": 1024,
+                "max_output_tokens": 256,
+            },
+        },
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_steps": 6,
+            "limit_val_batches": 0,
+            "num_sanity_val_steps": 0,
+            "logger": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "default_root_dir": str(tmp_path / "run"),
+            "callbacks": [
+                {
+                    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                    "init_args": {"save_last": True, "every_n_train_steps": 6},
+                }
+            ],
+        },
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -69,14 +99,29 @@ def _config(tmp_path: Path, directory: Path) -> Path:
 def _generate(ckpt: Path, prompt_file: Path, fmt: str, output: Path) -> dict:
     from loragen.deploy.cli import main
 
-    main(["generate", "--ckpt_path", str(ckpt), "--system_prompt_file", str(prompt_file), "--format", fmt,
-          "--output", str(output)], stdout=io.StringIO())
+    main(
+        [
+            "generate",
+            "--ckpt_path",
+            str(ckpt),
+            "--system_prompt_file",
+            str(prompt_file),
+            "--format",
+            fmt,
+            "--output",
+            str(output),
+        ],
+        stdout=io.StringIO(),
+    )
     return json.loads((output / "loragen_meta.json").read_text())
 
 
 @needs_shared
-def test_generated_merged_model_and_adapter_give_loragen_test_results_in_the_harness(tmp_path, tiny_dir,  # noqa: F811
-                                                                                     monkeypatch):
+def test_generated_merged_model_and_adapter_give_loragen_test_results_in_the_harness(
+    tmp_path,
+    tiny_dir,  # noqa: F811
+    monkeypatch,
+):
     import loragen.models.evaluation as evaluation
     from loragen.backbones import load_tokenizer
     from loragen.cli import run
@@ -114,8 +159,9 @@ def test_generated_merged_model_and_adapter_give_loragen_test_results_in_the_har
     assert merged_meta["gates"] == peft_meta["gates"]
     # the LoRA written is the one `loragen test` merged: the gates of the DataModule's tokenized system prompt
     # (a barely trained generator is nearly prompt-blind, so the chosen options alone would not show a wrong prompt)
-    data = TaskDataModule(**yaml.safe_load(config.read_text())["data"]["init_args"], cloud=str(tiny_dir),
-                          edge=str(tiny_dir))
+    data = TaskDataModule(
+        **yaml.safe_load(config.read_text())["data"]["init_args"], cloud=str(tiny_dir), edge=str(tiny_dir)
+    )
     data.setup("test")
     assert data.system_prompt(TASK) == prompt
     (system_ids,) = {tuple(example["system_ids"]) for example in data.examples["test"]}
@@ -127,10 +173,14 @@ def test_generated_merged_model_and_adapter_give_loragen_test_results_in_the_har
     name = HARNESS_NAME.get(TASK, TASK)
     write_harness_docs(name, docs, tmp_path / "docs")
     assert len(sources) == len(ours) == ITEMS and set(sources) == set(ours)
-    harness = {key: run_harness(f"{args},dtype=float32", [name], tmp_path / "docs", tmp_path / f"harness-{key}")
-               for key, args in (("merged", f"pretrained={tmp_path / 'merged'}"),
-                                 ("peft", f"pretrained={tiny_dir},peft={tmp_path / 'adapter'}"),
-                                 ("plain", f"pretrained={tiny_dir}"))}
+    harness = {
+        key: run_harness(f"{args},dtype=float32", [name], tmp_path / "docs", tmp_path / f"harness-{key}")
+        for key, args in (
+            ("merged", f"pretrained={tmp_path / 'merged'}"),
+            ("peft", f"pretrained={tiny_dir},peft={tmp_path / 'adapter'}"),
+            ("plain", f"pretrained={tiny_dir}"),
+        )
+    }
 
     mine = [ours[s] for s in sources]
     examples = {example["record"].meta["source"]: example for example in data.examples["test"]}
@@ -139,10 +189,16 @@ def test_generated_merged_model_and_adapter_give_loragen_test_results_in_the_har
     for key in ("merged", "peft"):
         rows = harness[key][name]
         assert len(rows) == ITEMS and harness[key]["_summary"][name]["n"] == ITEMS
-        differ = [(k, a["pred"], b["pred"], b["lls"]) for k, (a, b) in enumerate(zip(mine, rows, strict=True))
-                  if a["pred"] != b["pred"]]
-        differ_norm = [(k, a["pred_norm"], b["pred_norm"], b["lls"])
-                       for k, (a, b) in enumerate(zip(mine, rows, strict=True)) if a["pred_norm"] != b["pred_norm"]]
+        differ = [
+            (k, a["pred"], b["pred"], b["lls"])
+            for k, (a, b) in enumerate(zip(mine, rows, strict=True))
+            if a["pred"] != b["pred"]
+        ]
+        differ_norm = [
+            (k, a["pred_norm"], b["pred_norm"], b["lls"])
+            for k, (a, b) in enumerate(zip(mine, rows, strict=True))
+            if a["pred_norm"] != b["pred_norm"]
+        ]
         assert differ == [] and differ_norm == [], (key, differ, differ_norm)
         summary = harness[key]["_summary"][name]
         assert summary["acc"] == pytest.approx(row["tasks"][TASK]["acc"], abs=1e-12), key
@@ -156,23 +212,37 @@ def test_generated_merged_model_and_adapter_give_loragen_test_results_in_the_har
     assert moved > 1e-3, moved
     changed = sum(a["pred"] != b["pred"] or a["pred_norm"] != b["pred_norm"] for a, b in zip(mine, plain, strict=True))
     assert changed > 0
-    margins = [_margin(lls, [len(o) for o in examples[s]["record"].options])
-               for lls, s in zip(loragen_lls, sources, strict=True)]
-    print(json.dumps({"items": ITEMS, "acc": row["tasks"][TASK]["acc"], "acc_norm": row["tasks"][TASK]["acc_norm"],
-                      "max_ll_gap_to_loragen": gaps, "max_ll_moved_by_lora": moved,
-                      "items_whose_choice_the_lora_changed": changed,
-                      "smallest_top2_margin": {"acc": min(m[0] for m in margins),
-                                               "acc_norm": min(m[1] for m in margins)}}))
+    margins = [
+        _margin(lls, [len(o) for o in examples[s]["record"].options])
+        for lls, s in zip(loragen_lls, sources, strict=True)
+    ]
+    print(
+        json.dumps(
+            {
+                "items": ITEMS,
+                "acc": row["tasks"][TASK]["acc"],
+                "acc_norm": row["tasks"][TASK]["acc_norm"],
+                "max_ll_gap_to_loragen": gaps,
+                "max_ll_moved_by_lora": moved,
+                "items_whose_choice_the_lora_changed": changed,
+                "smallest_top2_margin": {"acc": min(m[0] for m in margins), "acc_norm": min(m[1] for m in margins)},
+            }
+        )
+    )
 
 
 def _max_gap(a: list[list[float]], b: list[list[float]], relative: bool = False) -> float:
     """The largest difference of two tables of log-likelihoods (relative: ÷ max(1, |x|))."""
-    return max(abs(x - y) / (max(1.0, abs(x)) if relative else 1.0)
-               for u, v in zip(a, b, strict=True) for x, y in zip(u, v, strict=True))
+    return max(
+        abs(x - y) / (max(1.0, abs(x)) if relative else 1.0)
+        for u, v in zip(a, b, strict=True)
+        for x, y in zip(u, v, strict=True)
+    )
 
 
 def _margin(lls: list[float], chars: list[int]) -> tuple[float, float]:
     """How far the chosen option is ahead of the next (summed, and per character)."""
+
     def ahead(values: list[float]) -> float:
         top = sorted(values, reverse=True)
         return top[0] - top[1]

@@ -22,6 +22,7 @@ from tests.harness import HARNESS_NAME, SPLITS, docs_for, run_harness, write_har
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
 
+
 def _loragen_lines(tmp_path: Path, edge: str, data: dict) -> list[dict]:
     """``loragen test`` of the plain edge (zero-shot) on ``data`` (a DataModule config): items.jsonl."""
     from loragen.cli import run
@@ -29,8 +30,13 @@ def _loragen_lines(tmp_path: Path, edge: str, data: dict) -> list[dict]:
     config = {
         "model": {"class_path": "loragen.models.baselines.BaseModel", "init_args": {"edge": edge, "cloud": edge}},
         "data": data,
-        "trainer": {"accelerator": "cpu", "devices": 1, "logger": False, "enable_progress_bar": False,
-                    "default_root_dir": str(tmp_path / "run")},
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "logger": False,
+            "enable_progress_bar": False,
+            "default_root_dir": str(tmp_path / "run"),
+        },
     }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -38,8 +44,15 @@ def _loragen_lines(tmp_path: Path, edge: str, data: dict) -> list[dict]:
     return [json.loads(line) for line in (tmp_path / "run" / "items.jsonl").read_text().splitlines()]
 
 
-def compare_with_harness(tmp_path: Path, edge: str, harness_model: Path, tasks: list[str], data_dir: Path,
-                         limit: int, splits: dict[str, str] | None = None) -> dict[str, dict]:
+def compare_with_harness(
+    tmp_path: Path,
+    edge: str,
+    harness_model: Path,
+    tasks: list[str],
+    data_dir: Path,
+    limit: int,
+    splits: dict[str, str] | None = None,
+) -> dict[str, dict]:
     """Per task: items, both accuracies of both tools, and the items whose chosen option differs."""
     splits = {**SPLITS, **(splits or {})}
     loader = TaskLoader(data_dir, shots=0)
@@ -47,15 +60,30 @@ def compare_with_harness(tmp_path: Path, edge: str, harness_model: Path, tasks: 
     for task in tasks:
         sources[task], docs = docs_for(loader, task, limit, splits[task])
         write_harness_docs(HARNESS_NAME.get(task, task), docs, docs_dir)
-    data = {"class_path": "loragen.data.task_datamodule.TaskDataModule",
-            "init_args": {"test_tasks": [f"{t}:{splits[t]}" for t in tasks], "data_dir": str(data_dir), "shots": 0,
-                          "limit_per_task": limit, "eval_batch_size": 16, "reference": False,
-                          "max_input_tokens": 1024}}
+    data = {
+        "class_path": "loragen.data.task_datamodule.TaskDataModule",
+        "init_args": {
+            "test_tasks": [f"{t}:{splits[t]}" for t in tasks],
+            "data_dir": str(data_dir),
+            "shots": 0,
+            "limit_per_task": limit,
+            "eval_batch_size": 16,
+            "reference": False,
+            "max_input_tokens": 1024,
+        },
+    }
     lines = _loragen_lines(tmp_path, edge, data)
     ours = {t: {line["source"]: line for line in lines if line["task"] == t} for t in tasks}
-    return _table(tasks, {t: [ours[t][s] for s in sources[t]] for t in tasks},
-                  run_harness(f"pretrained={harness_model},dtype=float32", [HARNESS_NAME.get(t, t) for t in tasks],
-                              docs_dir, tmp_path / "harness"))
+    return _table(
+        tasks,
+        {t: [ours[t][s] for s in sources[t]] for t in tasks},
+        run_harness(
+            f"pretrained={harness_model},dtype=float32",
+            [HARNESS_NAME.get(t, t) for t in tasks],
+            docs_dir,
+            tmp_path / "harness",
+        ),
+    )
 
 
 def _table(tasks: list[str], per_task: dict[str, list[dict]], theirs: dict) -> dict[str, dict]:
@@ -67,14 +95,19 @@ def _table(tasks: list[str], per_task: dict[str, list[dict]], theirs: dict) -> d
         assert len(mine) == len(rows) > 0
         differ = [k for k, (a, b) in enumerate(zip(mine, rows, strict=True)) if a["pred"] != b["pred"]]
         norm = task != "winogrande"  # the harness reports no acc_norm for WinoGrande
-        differ_norm = [k for k, (a, b) in enumerate(zip(mine, rows, strict=True))
-                       if norm and a["pred_norm"] != b["pred_norm"]]
+        differ_norm = [
+            k for k, (a, b) in enumerate(zip(mine, rows, strict=True)) if norm and a["pred_norm"] != b["pred_norm"]
+        ]
         n = len(rows)
-        table[task] = {"items": n, "loragen_acc": sum(a["acc"] for a in mine) / n,
-                       "harness_acc": sum(b["acc"] for b in rows) / n,
-                       "loragen_acc_norm": sum(a["acc_norm"] for a in mine) / n if norm else None,
-                       "harness_acc_norm": sum(b["acc_norm"] for b in rows) / n if norm else None,
-                       "differ": differ, "differ_norm": differ_norm}
+        table[task] = {
+            "items": n,
+            "loragen_acc": sum(a["acc"] for a in mine) / n,
+            "harness_acc": sum(b["acc"] for b in rows) / n,
+            "loragen_acc_norm": sum(a["acc_norm"] for a in mine) / n if norm else None,
+            "harness_acc_norm": sum(b["acc_norm"] for b in rows) / n if norm else None,
+            "differ": differ,
+            "differ_norm": differ_norm,
+        }
     return table
 
 
@@ -103,8 +136,9 @@ def test_same_chosen_option_as_the_harness_on_published_format_fixtures(tmp_path
     """Runs without the shared data (CI): HellaSwag's text cleaning (``[title]`` markup, a double space after
     it), PIQA and WinoGrande (partial scoring) on their published formats, with labels files."""
     tasks = ["hellaswag", "piqa", "winogrande"]
-    table = compare_with_harness(tmp_path, str(tiny_dir), tiny_dir, tasks, FIXTURES, limit=10,
-                                 splits={t: "test" for t in tasks})
+    table = compare_with_harness(
+        tmp_path, str(tiny_dir), tiny_dir, tasks, FIXTURES, limit=10, splits={t: "test" for t in tasks}
+    )
     assert [table[t]["items"] for t in tasks] == [6, 3, 3]
     for task in tasks:
         assert table[task]["differ"] == [] and table[task]["differ_norm"] == [], (task, table[task])
@@ -131,16 +165,31 @@ def test_same_chosen_option_as_the_harness_on_the_shipped_quickstart_records(tmp
     for task in tasks:
         lines = (PACKAGED / "quickstart" / f"{task}.test.jsonl").read_text().splitlines()[:limit]
         records[task] = [json.loads(line) for line in lines]
-        write_harness_docs(HARNESS_NAME.get(task, task), [_shipped_doc(task, r) for r in records[task]],
-                           tmp_path / "docs")
-    data = {"class_path": "loragen.data.datamodule.RecordDataModule",
-            "init_args": {"test_files": "quickstart:test", "limit_per_task": limit, "eval_batch_size": 16,
-                          "reference": False, "max_input_tokens": 1024}}
+        write_harness_docs(
+            HARNESS_NAME.get(task, task), [_shipped_doc(task, r) for r in records[task]], tmp_path / "docs"
+        )
+    data = {
+        "class_path": "loragen.data.datamodule.RecordDataModule",
+        "init_args": {
+            "test_files": "quickstart:test",
+            "limit_per_task": limit,
+            "eval_batch_size": 16,
+            "reference": False,
+            "max_input_tokens": 1024,
+        },
+    }
     lines = _loragen_lines(tmp_path, str(tiny_dir), data)
     ours = {t: sorted((line for line in lines if line["task"] == t), key=lambda line: line["uid"]) for t in tasks}
-    table = _table(tasks, ours, run_harness(f"pretrained={tiny_dir},dtype=float32",
-                                            [HARNESS_NAME.get(t, t) for t in tasks], tmp_path / "docs",
-                                            tmp_path / "harness"))
+    table = _table(
+        tasks,
+        ours,
+        run_harness(
+            f"pretrained={tiny_dir},dtype=float32",
+            [HARNESS_NAME.get(t, t) for t in tasks],
+            tmp_path / "docs",
+            tmp_path / "harness",
+        ),
+    )
     for task in tasks:
         assert table[task]["items"] == limit
         assert [line["label"] for line in ours[task]] == [r["label"] for r in records[task]]  # the same items
@@ -156,8 +205,15 @@ def test_bundled_model_accuracy_equals_the_harness_within_half_a_point(tmp_path)
     source = "bundled:smollm2-135m-instruct"
     tasks = ["arc_easy", "arc_challenge", "openbookqa", "siqa"]
     table = compare_with_harness(tmp_path, source, model_directory(source), tasks, SHARED, limit=200)
-    print(json.dumps({t: {k: v for k, v in r.items() if not k.startswith("differ")} |
-                      {"differ": len(r["differ"]), "differ_norm": len(r["differ_norm"])} for t, r in table.items()}))
+    print(
+        json.dumps(
+            {
+                t: {k: v for k, v in r.items() if not k.startswith("differ")}
+                | {"differ": len(r["differ"]), "differ_norm": len(r["differ_norm"])}
+                for t, r in table.items()
+            }
+        )
+    )
     for task, row in table.items():
         assert row["items"] == 200
         assert abs(row["loragen_acc"] - row["harness_acc"]) <= 0.005, (task, row)

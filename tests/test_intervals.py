@@ -23,14 +23,21 @@ LABELS = {"loragen": "LoRA-Gen (merged, no system prompt)", "prompted": "edge + 
 def outcome(acc, task=None, uid=None, tokens=10, ms=None):
     acc = np.asarray(acc, dtype=int)
     n = acc.size
-    return {"uid": np.arange(n) if uid is None else np.asarray(uid), "task": np.arange(n) % 2 if task is None else
-            np.asarray(task), "acc": acc, "acc_norm": acc, "unparseable": np.zeros(n, dtype=int),
-            "tokens": np.full(n, tokens), "ms": np.full(n, np.nan) if ms is None else np.asarray(ms, dtype=float)}
+    return {
+        "uid": np.arange(n) if uid is None else np.asarray(uid),
+        "task": np.arange(n) % 2 if task is None else np.asarray(task),
+        "acc": acc,
+        "acc_norm": acc,
+        "unparseable": np.zeros(n, dtype=int),
+        "tokens": np.full(n, tokens),
+        "ms": np.full(n, np.nan) if ms is None else np.asarray(ms, dtype=float),
+    }
 
 
 def results(a, b, **kwargs):
-    return build_results({"loragen": a, "prompted": b}, LABELS, TASKS, "acc", paired=[("loragen", "prompted")],
-                         **kwargs)
+    return build_results(
+        {"loragen": a, "prompted": b}, LABELS, TASKS, "acc", paired=[("loragen", "prompted")], **kwargs
+    )
 
 
 def test_stderr_matches_a_hand_computation_and_lm_eval():
@@ -51,16 +58,23 @@ def test_rows_carry_intervals_and_stay_strict_json(tmp_path):
     res = build_results({"loragen": a, "prompted": outcome([1] * 8, tokens=30)}, LABELS, TASKS, "acc")
     row = res["rows"][0]
     boolq = np.array([1, 1, 0, 1])  # items 0, 2, 4, 6
-    assert row["tasks"]["boolq"] == {"n": 4, "acc": 0.75, "acc_ci": pytest.approx(half_width(boolq)),
-                                     "acc_norm": 0.75, "acc_norm_ci": pytest.approx(half_width(boolq))}
+    assert row["tasks"]["boolq"] == {
+        "n": 4,
+        "acc": 0.75,
+        "acc_ci": pytest.approx(half_width(boolq)),
+        "acc_norm": 0.75,
+        "acc_norm_ci": pytest.approx(half_width(boolq)),
+    }
     assert row["accuracy"] == {"boolq": 0.75, "piqa": 0.75} and row["ci"]["boolq"] == row["tasks"]["boolq"]["acc_ci"]
     assert row["mean_ci"] == pytest.approx(1.96 * math.sqrt(2 * stderr(boolq) ** 2) / 2)
     assert (row["ms_per_request"], row["timed_items"], row["n"], res["items"]) == (6.0, 2, 8, 8)
     assert res["rows"][1]["ms_per_request"] is None and res["rows"][1]["ci"] == {"boolq": 0.0, "piqa": 0.0}
     assert res["compression_ratio"] == 3.0 and res["differences"] == []
     write_results(res, tmp_path)
-    assert json.loads((tmp_path / "results.json").read_text(), parse_constant=pytest.fail)["rows"][1][
-        "ms_per_request"] is None
+    assert (
+        json.loads((tmp_path / "results.json").read_text(), parse_constant=pytest.fail)["rows"][1]["ms_per_request"]
+        is None
+    )
     zero = build_results({"loragen": outcome([0, 1, 0, 1])}, LABELS, TASKS, "acc")["rows"][0]
     assert zero["hmean"] == 0.0 and zero["mean"] == 0.5
 
@@ -86,9 +100,15 @@ def test_a_dominating_setting_is_ahead_and_the_table_says_so():
     assert "| LoRA-Gen − edge + full system prompt | +" in text
     assert re.search(r"\| LoRA-Gen \(merged, no system prompt\) \| \d+\.\d ±\d+\.\d \|", text)
     assert "paired bootstrap" in text and "1.96 × standard error" in text
-    assert "is behind LoRA-Gen" in results_markdown(build_results(
-        {"prompted": outcome(b), "loragen": outcome(a)}, {"prompted": "edge", "loragen": "LoRA-Gen"}, TASKS, "acc",
-        paired=[("prompted", "loragen")]))
+    assert "is behind LoRA-Gen" in results_markdown(
+        build_results(
+            {"prompted": outcome(b), "loragen": outcome(a)},
+            {"prompted": "edge", "loragen": "LoRA-Gen"},
+            TASKS,
+            "acc",
+            paired=[("prompted", "loragen")],
+        )
+    )
 
 
 def test_independent_fair_coins_are_within_noise_most_of_the_time():
@@ -147,8 +167,15 @@ def test_the_bootstrap_is_fast():
 
 def _legacy(results_json):
     """A results.json as written before intervals existed."""
-    rows = [{k: v for k, v in row.items() if k in ("setting", "key", "accuracy", "mean", "hmean", "tokens_per_request",
-                                                   "ms_per_request", "unparseable")} for row in results_json["rows"]]
+    rows = [
+        {
+            k: v
+            for k, v in row.items()
+            if k
+            in ("setting", "key", "accuracy", "mean", "hmean", "tokens_per_request", "ms_per_request", "unparseable")
+        }
+        for row in results_json["rows"]
+    ]
     return {"tasks": results_json["tasks"], "rows": rows, "items": results_json["items"], "scoring": "loglik"}
 
 
@@ -167,8 +194,10 @@ def test_compare_and_sweep_tables_show_intervals_and_still_read_older_results(tm
         table = list(csv.DictReader(fh))
     assert float(table[0]["acc/boolq_ci"]) == round(boolq_ci, 2) and table[1]["mean_ci"] == ""
     grid = {"model.init_args.pool.num_experts": [2, 4]}
-    points = [summarize_point({"model.init_args.pool.num_experts": 2}, {"results": new, "seconds": 1.0}),
-              summarize_point({"model.init_args.pool.num_experts": 4}, {"results": old, "seconds": 1.0})]
+    points = [
+        summarize_point({"model.init_args.pool.num_experts": 2}, {"results": new, "seconds": 1.0}),
+        summarize_point({"model.init_args.pool.num_experts": 4}, {"results": old, "seconds": 1.0}),
+    ]
     write_tables(points, tmp_path, grid, "acc_mean")
     sweep_md = (tmp_path / "sweep.md").read_text()
     mean, mean_ci = new["rows"][0]["mean"], new["rows"][0]["mean_ci"]

@@ -64,12 +64,27 @@ class HoldUntil(Callback):
 
 def _fit(run_dir: Path, kill: tuple[str, int] | None = None, resume: bool = False) -> subprocess.CompletedProcess:
     config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
-    config["trainer"].update(max_steps=STEPS, limit_train_batches=3, val_check_interval=2, limit_val_batches=1,
-                             deterministic=True, default_root_dir=str(run_dir), logger=False,
-                             enable_progress_bar=False)
-    callbacks = [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                  "init_args": {"dirpath": str(run_dir / "ckpt"), "save_last": True, "every_n_train_steps": 1,
-                                "save_top_k": -1}}]
+    config["trainer"].update(
+        max_steps=STEPS,
+        limit_train_batches=3,
+        val_check_interval=2,
+        limit_val_batches=1,
+        deterministic=True,
+        default_root_dir=str(run_dir),
+        logger=False,
+        enable_progress_bar=False,
+    )
+    callbacks = [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {
+                "dirpath": str(run_dir / "ckpt"),
+                "save_last": True,
+                "every_n_train_steps": 1,
+                "save_top_k": -1,
+            },
+        }
+    ]
     if kill:
         callbacks.append({"class_path": "tests.test_kill.KillAt", "init_args": {"when": kill[0], "step": kill[1]}})
     config["trainer"]["callbacks"] = callbacks
@@ -129,19 +144,33 @@ def test_a_second_fit_on_the_same_run_directory_is_refused(tmp_path):
 
     run_dir = tmp_path / "run"
     config = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
-    config["trainer"].update(max_steps=3, default_root_dir=str(run_dir), logger=False, enable_progress_bar=False,
-                             limit_val_batches=0)
+    config["trainer"].update(
+        max_steps=3, default_root_dir=str(run_dir), logger=False, enable_progress_bar=False, limit_val_batches=0
+    )
     release = tmp_path / "release"
-    first_config = {**config, "trainer": {**config["trainer"], "callbacks": [
-        *config["trainer"]["callbacks"], {"class_path": "tests.test_kill.HoldUntil",
-                                         "init_args": {"release": str(release)}}]}}
+    first_config = {
+        **config,
+        "trainer": {
+            **config["trainer"],
+            "callbacks": [
+                *config["trainer"]["callbacks"],
+                {"class_path": "tests.test_kill.HoldUntil", "init_args": {"release": str(release)}},
+            ],
+        },
+    }
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     (tmp_path / "first.yaml").write_text(yaml.safe_dump(first_config))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
     args = [sys.executable, "-m", "loragen.cli", "fit", "--config", str(path)]
-    first = subprocess.Popen([*args[:-1], str(tmp_path / "first.yaml")], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [*args[:-1], str(tmp_path / "first.yaml")],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         while not (run_dir / RUN_LOCK).is_file() or not (run_dir / RUN_LOCK).read_text().strip():

@@ -59,8 +59,15 @@ def _env(tmp_path: Path) -> dict[str, str]:
 
 def _loragen(tmp_path: Path, *argv: str, wrap: tuple[str, str, str] | None = None) -> subprocess.Popen:
     prefix = [sys.executable, "-c", KILLER, *wrap] if wrap else [sys.executable, "-m", "loragen.cli"]
-    return subprocess.Popen([*prefix, *argv], cwd=ROOT, env=_env(tmp_path), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [*prefix, *argv],
+        cwd=ROOT,
+        env=_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
@@ -85,14 +92,44 @@ def _leftovers(directory: Path) -> list[Path]:
 def test_a_kill_during_the_output_write_leaves_no_output_and_the_next_run_cleans_up(ckpt, tmp_path, command):
     out = tmp_path / "out"
     if command == "generate":
-        argv = ["generate", "--ckpt_path", str(ckpt), "--system_prompt", PROMPT, "--output", str(out),
-                "--format", "merged"]
+        argv = [
+            "generate",
+            "--ckpt_path",
+            str(ckpt),
+            "--system_prompt",
+            PROMPT,
+            "--output",
+            str(out),
+            "--format",
+            "merged",
+        ]
     else:
-        rc, _, err = _finish(_loragen(tmp_path, "generate", "--ckpt_path", str(ckpt), "--system_prompt", PROMPT,
-                                      "--output", str(tmp_path / "gates"), "--format", "gates"))
+        rc, _, err = _finish(
+            _loragen(
+                tmp_path,
+                "generate",
+                "--ckpt_path",
+                str(ckpt),
+                "--system_prompt",
+                PROMPT,
+                "--output",
+                str(tmp_path / "gates"),
+                "--format",
+                "gates",
+            )
+        )
         assert rc == 0, err
-        argv = ["apply", "--gates", str(tmp_path / "gates"), "--ckpt_path", str(ckpt), "--output", str(out),
-                "--format", "merged"]
+        argv = [
+            "apply",
+            "--gates",
+            str(tmp_path / "gates"),
+            "--ckpt_path",
+            str(ckpt),
+            "--output",
+            str(out),
+            "--format",
+            "merged",
+        ]
     # killed right after the last file (loragen_meta.json) was written into the temporary directory
     rc, _, _ = _finish(_loragen(tmp_path, *argv, wrap=("loragen.deploy.generate", "write_json", "kill")))
     assert rc == -signal.SIGKILL
@@ -109,8 +146,9 @@ def test_a_kill_during_the_cache_write_and_a_corrupt_entry_are_rebuilt(ckpt, tmp
     argv = ["generate", "--ckpt_path", str(ckpt), "--system_prompt", PROMPT, "--format", "gates"]
     cache = tmp_path / "cache"
     # loragen.files._umask runs inside atomic_write_text after the entry's bytes, before the rename
-    rc, _, _ = _finish(_loragen(tmp_path, *argv, "--output", str(tmp_path / "a"),
-                                wrap=("loragen.files", "_umask", "kill")))
+    rc, _, _ = _finish(
+        _loragen(tmp_path, *argv, "--output", str(tmp_path / "a"), wrap=("loragen.files", "_umask", "kill"))
+    )
     assert rc == -signal.SIGKILL
     assert not _entries(cache) and len(_leftovers(cache)) == 1 and not (tmp_path / "a").exists()
     rc, out, err = _finish(_loragen(tmp_path, *argv, "--output", str(tmp_path / "b")))
@@ -136,8 +174,9 @@ def test_two_generate_processes_racing_for_one_output_leave_one_valid_result(ckp
     out = tmp_path / "out"
     argv = ["generate", "--ckpt_path", str(ckpt), "--system_prompt", PROMPT, "--output", str(out), "--format", "gates"]
     # both hold after writing their complete output into their temporary directories, then swap together
-    procs = [_loragen(tmp_path, *argv, wrap=("loragen.deploy.generate", "write_json", f"hold:{gate}"))
-             for _ in range(2)]
+    procs = [
+        _loragen(tmp_path, *argv, wrap=("loragen.deploy.generate", "write_json", f"hold:{gate}")) for _ in range(2)
+    ]
     deadline = time.monotonic() + 240
     while len(list(gate.glob("ready-*"))) < 2:
         assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "writers did not get ready"
@@ -170,8 +209,16 @@ TINY_RUN = ["--trainer.max_steps", "40", "--trainer.val_check_interval", "40", "
 def test_a_killed_sweep_or_compare_resumes_the_unfinished_point(tmp_path, runner):
     out = tmp_path / "runs"
     if runner == "sweep":
-        argv = ["sweep", "--config", "configs/tiny.yaml", "--grid", "model.init_args.pool.num_experts=2,4", "--out",
-                str(out), *TINY_RUN]
+        argv = [
+            "sweep",
+            "--config",
+            "configs/tiny.yaml",
+            "--grid",
+            "model.init_args.pool.num_experts=2,4",
+            "--out",
+            str(out),
+            *TINY_RUN,
+        ]
         first, second = out / "num_experts=2", out / "num_experts=4"
         marker = "point.json"
     else:

@@ -64,5 +64,6 @@ def test_a_thousand_merge_cycles_on_the_tiny_edge_leave_no_drift(dtype):
 def test_merge_cycles_on_the_bundled_edge_leave_no_drift(dtype):
     from loragen.backbones import load_backbone
 
-    _cycles(load_backbone("bundled:smollm2-135m-instruct").model, int(os.environ.get("LORAGEN_DRIFT_CYCLES", 100)),
-            dtype)
+    _cycles(
+        load_backbone("bundled:smollm2-135m-instruct").model, int(os.environ.get("LORAGEN_DRIFT_CYCLES", 100)), dtype
+    )

@@ -95,8 +95,10 @@ def _naive_mixlora(moe: MixLoRAFFN, x: torch.Tensor) -> torch.Tensor:
             top = torch.argsort(probs, descending=True)[: moe.top_k]
             total = probs[top].sum()
             for e in top.tolist():
-                w = {name: getattr(base, name).weight + s * moe.lora_B[name][e] @ moe.lora_A[name][e]
-                     for name in ("gate_proj", "up_proj", "down_proj")}
+                w = {
+                    name: getattr(base, name).weight + s * moe.lora_B[name][e] @ moe.lora_A[name][e]
+                    for name in ("gate_proj", "up_proj", "down_proj")
+                }
                 hidden = base.act_fn(w["gate_proj"] @ xt) * (w["up_proj"] @ xt)
                 out[b, t] += probs[e] / total * (w["down_proj"] @ hidden)
     return out
@@ -133,8 +135,10 @@ def test_loramoe_matches_naive_reference(arch):
                 for t in range(x.shape[1]):
                     xt = x[b, t]
                     g = torch.softmax(moe.router.weight @ xt, dim=-1)
-                    delta = sum(g[e] * (xt @ moe.lora_A[e * R:(e + 1) * R].T @ moe.lora_B[:, e * R:(e + 1) * R].T)
-                                for e in range(E))
+                    delta = sum(
+                        g[e] * (xt @ moe.lora_A[e * R : (e + 1) * R].T @ moe.lora_B[:, e * R : (e + 1) * R].T)
+                        for e in range(E)
+                    )
                     ref[b, t] = moe.base.weight @ xt + moe.scale * delta
         assert got.shape == ref.shape
         assert (got - ref).abs().max().item() <= 1e-5
@@ -317,8 +321,15 @@ def test_bad_configs_raise_and_leave_model_untouched():
     with pytest.raises(LoRAGenError, match="rank"):
         install_loramoe(model, num_experts=E, rank=0, lora_alpha=ALPHA)
     with pytest.raises(LoRAGenError, match=r"self_attn\.qkv_proj.*q_proj"):
-        install_mixlora(model, num_experts=E, top_k=K, rank=R, lora_alpha=ALPHA, attention_rank=2,
-                        attention_targets=("q_proj", "qkv_proj"))
+        install_mixlora(
+            model,
+            num_experts=E,
+            top_k=K,
+            rank=R,
+            lora_alpha=ALPHA,
+            attention_rank=2,
+            attention_targets=("q_proj", "qkv_proj"),
+        )
     with pytest.raises(LoRAGenError, match=r"mlp\.fc1.*gate_proj"):
         install_loramoe(model, num_experts=E, rank=R, lora_alpha=ALPHA, targets=("fc1",))
     # nothing was installed by the failed calls

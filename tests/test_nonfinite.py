@@ -53,10 +53,13 @@ def test_consecutive_nonfinite_steps_stop_the_run_and_the_last_checkpoint_stays_
     module = LoRAGenModule(**TINY)
     _poisoned(module, {2, 3})
     checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=1)
-    trainer = _trainer(tmp_path, max_steps=6, enable_checkpointing=True,
-                       callbacks=[checkpoint, NonFiniteGuard(max_consecutive=2)])
-    with pytest.warns(UserWarning, match="step 2: non-finite"), \
-            pytest.raises(LoRAGenError, match=r"stopped at step 3: 2 consecutive steps with a non-finite loss"):
+    trainer = _trainer(
+        tmp_path, max_steps=6, enable_checkpointing=True, callbacks=[checkpoint, NonFiniteGuard(max_consecutive=2)]
+    )
+    with (
+        pytest.warns(UserWarning, match="step 2: non-finite"),
+        pytest.raises(LoRAGenError, match=r"stopped at step 3: 2 consecutive steps with a non-finite loss"),
+    ):
         trainer.fit(module, _data())
     saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
     assert saved["global_step"] in (2, 3)  # written before or at the skipped step: never a poisoned weight

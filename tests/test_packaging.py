@@ -13,8 +13,11 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_wheel_installs_loragen_with_its_callbacks_and_the_data(tmp_path):
     wheels, site = tmp_path / "wheels", tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w", str(wheels)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*pip, "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w", str(wheels)],
+        check=True,
+        capture_output=True,
+    )
     (wheel,) = wheels.glob("loragen-*.whl")
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True)
     code = (

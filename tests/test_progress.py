@@ -13,20 +13,42 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(*argv: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "loragen.cli", *argv], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "loragen.cli", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 
 
 def test_fit_and_test_print_progress_lines_into_a_pipe(tmp_path):
-    common = ["--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(tmp_path),
-              "--trainer.logger.init_args.save_dir", str(tmp_path)]
-    out = _run("fit", *common, "--trainer.max_steps", "5", "--trainer.val_check_interval", "5",
-               "--trainer.callbacks", f"[{{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: "
-               f"{{dirpath: {tmp_path}/ckpt, save_last: true}}}}]")
-    steps = [int(m) for m in re.findall(r"^\[fit\] step (\d+)/5 · loss \d+\.\d+ · [\d.]+ samples/s · [\d.]+ s/step · "
-                                        r"ETA \d+:\d\d:\d\d$", out, flags=re.M)]
+    common = [
+        "--config",
+        "configs/tiny.yaml",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger.init_args.save_dir",
+        str(tmp_path),
+    ]
+    out = _run(
+        "fit",
+        *common,
+        "--trainer.max_steps",
+        "5",
+        "--trainer.val_check_interval",
+        "5",
+        "--trainer.callbacks",
+        f"[{{class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: "
+        f"{{dirpath: {tmp_path}/ckpt, save_last: true}}}}]",
+    )
+    steps = [
+        int(m)
+        for m in re.findall(
+            r"^\[fit\] step (\d+)/5 · loss \d+\.\d+ · [\d.]+ samples/s · [\d.]+ s/step · "
+            r"ETA \d+:\d\d:\d\d$",
+            out,
+            flags=re.M,
+        )
+    ]
     assert steps[0] == 1 and steps[-1] == 5 and steps == sorted(steps)
     assert re.search(r"^\[validate\] batch 2/2 · ", out, flags=re.M)
     assert re.search(r"^\[fit\] done: 5 steps in ", out, flags=re.M)

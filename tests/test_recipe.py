@@ -24,8 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def piqa_dir(tmp_path):
     """40 PIQA rows in the hub-converted format (goal, sol1, sol2, label)."""
     (tmp_path / "piqa").mkdir()
-    rows = [{"goal": f"How do I do thing {i}?", "sol1": f"Use tool {i}.", "sol2": f"Use gadget {i}.", "label": i % 2}
-            for i in range(40)]
+    rows = [
+        {"goal": f"How do I do thing {i}?", "sol1": f"Use tool {i}.", "sol2": f"Use gadget {i}.", "label": i % 2}
+        for i in range(40)
+    ]
     (tmp_path / "piqa" / "train.hf.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return tmp_path
 
@@ -71,8 +73,14 @@ def test_holdout_skip_draws_a_second_split_disjoint_from_the_first(piqa_dir):
 
 
 def test_holdout_through_the_datamodule_and_its_config_check(piqa_dir):
-    kw = {"data_dir": str(piqa_dir), "train_tasks": ["piqa"], "test_tasks": ["piqa:holdout"], "shots": 2,
-          "cloud": "tiny:qwen2", "edge": "tiny:llama"}
+    kw = {
+        "data_dir": str(piqa_dir),
+        "train_tasks": ["piqa"],
+        "test_tasks": ["piqa:holdout"],
+        "shots": 2,
+        "cloud": "tiny:qwen2",
+        "edge": "tiny:llama",
+    }
     with pytest.raises(LoRAGenError, match="holdout > 0"):
         TaskDataModule.check_config(**kw)
     with pytest.raises(LoRAGenError, match="holdout must be >= 0"):
@@ -96,8 +104,16 @@ def test_shot_draws_vary_training_prompts_and_never_show_an_item_its_own_answer(
     assert [r.input for r in train] == [r.input for r in loader.records("piqa", "train")]  # same items
     with pytest.raises(LoRAGenError, match="shot_draws must be >= 1"):
         TaskLoader(piqa_dir, shot_draws=0)
-    data = TaskDataModule(data_dir=str(piqa_dir), train_tasks=["piqa"], test_tasks=["piqa"], shots=2, shot_draws=4,
-                          cloud="tiny:qwen2", edge="tiny:llama", files={"piqa": {"test": "piqa/train.hf.jsonl"}})
+    data = TaskDataModule(
+        data_dir=str(piqa_dir),
+        train_tasks=["piqa"],
+        test_tasks=["piqa"],
+        shots=2,
+        shot_draws=4,
+        cloud="tiny:qwen2",
+        edge="tiny:llama",
+        files={"piqa": {"test": "piqa/train.hf.jsonl"}},
+    )
     assert len({r.system for r in data.read_records("train")}) == 4
     assert {r.system for r in data.read_records("test")} == {fixed}
 
@@ -149,8 +165,11 @@ def test_split_values_keeps_bracketed_lists_whole():
 
 def test_points_file_is_validated(tmp_path):
     bad = tmp_path / "bad.yaml"
-    for text, match in (("[1, 2]", "mapping of point names"), ("'a b': {}", "point name"),
-                        ("x: 3", "dotted config keys")):
+    for text, match in (
+        ("[1, 2]", "mapping of point names"),
+        ("'a b': {}", "point name"),
+        ("x: 3", "dotted config keys"),
+    ):
         bad.write_text(text)
         with pytest.raises(LoRAGenError, match=match):
             read_points(str(bad))
@@ -162,14 +181,16 @@ def test_points_file_is_validated(tmp_path):
 
 def test_named_points_run_with_a_table_bars_and_resume(tmp_path, capsys):
     points_file = tmp_path / "points.yaml"
-    points_file.write_text("base: {}\n"
-                           "two_experts: {model.init_args.pool.num_experts: 2, model.init_args.pool.aux_coef: 0.0}\n")
+    points_file.write_text(
+        "base: {}\ntwo_experts: {model.init_args.pool.num_experts: 2, model.init_args.pool.aux_coef: 0.0}\n"
+    )
     extra = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--data.init_args.limit_per_task", "2"]
     out = tmp_path / "study"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rows = sweep(str(ROOT / "configs" / "tiny.yaml"), None, str(out), extra=extra,
-                     points=read_points(str(points_file)))
+        rows = sweep(
+            str(ROOT / "configs" / "tiny.yaml"), None, str(out), extra=extra, points=read_points(str(points_file))
+        )
     assert [r["point"] for r in rows] == ["base", "two_experts"]
     config = (out / "two_experts" / "config.yaml").read_text()
     assert "num_experts: 2" in config and "aux_coef: 0.0" in config
@@ -178,6 +199,8 @@ def test_named_points_run_with_a_table_bars_and_resume(tmp_path, capsys):
     assert (out / "sweep.md").read_text().startswith("| point |")
     assert (out / "sweep.png").stat().st_size > 1000
     capsys.readouterr()
-    assert sweep(str(ROOT / "configs" / "tiny.yaml"), None, str(out), extra=extra,
-                 points=read_points(str(points_file))) == rows
+    assert (
+        sweep(str(ROOT / "configs" / "tiny.yaml"), None, str(out), extra=extra, points=read_points(str(points_file)))
+        == rows
+    )
     assert capsys.readouterr().out.count("done before, skipped") == 2

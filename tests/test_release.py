@@ -32,8 +32,14 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 def test_a_float32_release_reproduces_the_checkpoint_bit_for_bit(ckpt, tmp_path):
-    meta = export_release(ckpt, tmp_path / "rel", name="tiny-gen", command="loragen fit ...", dtype="float32",
-                          licences=["quickstart data: CC BY-SA"])
+    meta = export_release(
+        ckpt,
+        tmp_path / "rel",
+        name="tiny-gen",
+        command="loragen fit ...",
+        dtype="float32",
+        licences=["quickstart data: CC BY-SA"],
+    )
     assert sorted(p.name for p in (tmp_path / "rel").iterdir()) == [WEIGHTS, META]
     assert meta["fingerprint"]["edge"] == "tiny:llama" and meta["data_licences"] == ["quickstart data: CC BY-SA"]
     resolved = resolve_checkpoint(tmp_path / "rel")
@@ -58,15 +64,45 @@ def test_a_float16_release_is_half_the_size_and_close(ckpt, tmp_path):
 def test_commands_take_a_release_as_their_checkpoint(ckpt, tmp_path):
     export_release(ckpt, tmp_path / "rel", name="tiny-gen", command="c", dtype="float32")
     out = io.StringIO()
-    deploy_main(["generate", "--ckpt_path", str(tmp_path / "rel"), "--system_prompt", PROMPT, "--output",
-                 str(tmp_path / "gates"), "--format", "gates"], stdout=out)
+    deploy_main(
+        [
+            "generate",
+            "--ckpt_path",
+            str(tmp_path / "rel"),
+            "--system_prompt",
+            PROMPT,
+            "--output",
+            str(tmp_path / "gates"),
+            "--format",
+            "gates",
+        ],
+        stdout=out,
+    )
     meta = json.loads((tmp_path / "gates" / "loragen_meta.json").read_text())
     assert meta["checkpoint"].endswith(".ckpt")
-    done = subprocess.run([sys.executable, "-m", "loragen.cli", "test", "--config", "configs/tiny.yaml",
-                           "--ckpt_path", str(tmp_path / "rel"), "--trainer.default_root_dir", str(tmp_path / "run"),
-                           "--trainer.logger.init_args.save_dir", str(tmp_path / "run"), "--verbose", "false"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "LORAGEN_CACHE": str(tmp_path / "cache")})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loragen.cli",
+            "test",
+            "--config",
+            "configs/tiny.yaml",
+            "--ckpt_path",
+            str(tmp_path / "rel"),
+            "--trainer.default_root_dir",
+            str(tmp_path / "run"),
+            "--trainer.logger.init_args.save_dir",
+            str(tmp_path / "run"),
+            "--verbose",
+            "false",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "LORAGEN_CACHE": str(tmp_path / "cache")},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (results,) = (tmp_path / "run").rglob("results.json")
     assert json.loads(results.read_text())["items"] > 0

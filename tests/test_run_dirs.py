@@ -12,14 +12,23 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml")
-                     if "trainer" in (yaml.safe_load(p.read_text()) or {}) and "default_root_dir" in
-                     (yaml.safe_load(p.read_text()) or {}).get("trainer", {}))
+RUN_CONFIGS = sorted(
+    p
+    for p in (ROOT / "configs").rglob("*.yaml")
+    if "trainer" in (yaml.safe_load(p.read_text()) or {})
+    and "default_root_dir" in (yaml.safe_load(p.read_text()) or {}).get("trainer", {})
+)
 
 
 def _loragen(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "loragen.cli", *argv], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "loragen.cli", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=600,
+    )
 
 
 def _paths(node, found=None):  # every save_dir / dirpath in a resolved config

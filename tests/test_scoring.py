@@ -27,7 +27,7 @@ def _alone(model, context, continuation):
     ids = torch.tensor([context + continuation])
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
-    return float(logp[len(context) - 1:].gather(-1, torch.tensor(continuation)[:, None]).sum())
+    return float(logp[len(context) - 1 :].gather(-1, torch.tensor(continuation)[:, None]).sum())
 
 
 @pytest.mark.parametrize("arch, sliding", [("qwen2", False), ("llama", False), ("gemma", False), ("llama", True)])

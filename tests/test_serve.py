@@ -31,8 +31,9 @@ KEY = "test-key-0123456789"
 
 def Server(ckpt: Path, workdir: Path, *args: str, key: str | None = KEY) -> LocalService:  # noqa: N802
     """A real `loragen serve` on 127.0.0.1, one thread, its own gates cache (``.cache``)."""
-    service = LocalService(ckpt, workdir, *args, key=key,
-                           env={"LORAGEN_CACHE": str(workdir / "cache"), "OMP_NUM_THREADS": "1"})
+    service = LocalService(
+        ckpt, workdir, *args, key=key, env={"LORAGEN_CACHE": str(workdir / "cache"), "OMP_NUM_THREADS": "1"}
+    )
     service.cache = workdir / "cache"
     return service
 
@@ -44,8 +45,16 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(ckpt, tmp_path_factory):
-    running = Server(ckpt, tmp_path_factory.mktemp("server"), "--max_batch_size", "8", "--batch_timeout", "0.3",
-                     "--max_body_bytes", "65536")
+    running = Server(
+        ckpt,
+        tmp_path_factory.mktemp("server"),
+        "--max_batch_size",
+        "8",
+        "--batch_timeout",
+        "0.3",
+        "--max_body_bytes",
+        "65536",
+    )
     yield running
     running.stop()
 
@@ -70,8 +79,9 @@ def _post(url: str, body: bytes, key: str | None = KEY, content_type: str = "app
         return err.code, json.loads(err.read() or b"{}")
 
 
-def test_gates_over_http_equal_a_local_generation_and_apply_is_bit_identical(server, reference, ckpt, tmp_path,
-                                                                            monkeypatch):
+def test_gates_over_http_equal_a_local_generation_and_apply_is_bit_identical(
+    server, reference, ckpt, tmp_path, monkeypatch
+):
     client = GeneratorClient(server.url, api_key=KEY)
     record, cached = client.gates(PROMPT)
     local, _ = reference.gates(PROMPT)
@@ -87,10 +97,37 @@ def test_gates_over_http_equal_a_local_generation_and_apply_is_bit_identical(ser
     monkeypatch.setenv("LORAGEN_CACHE", str(tmp_path / "own-cache"))  # the local generation: its own cold cache
     monkeypatch.setenv("LORAGEN_API_KEY", KEY)
     out = io.StringIO()
-    deploy_main(["generate", "--ckpt_path", str(ckpt), "--system_prompt", PROMPT, "--output", str(tmp_path / "gen"),
-                 "--format", "merged", "--no_cache"], stdout=out)
-    deploy_main(["apply", "--server", server.url, "--system_prompt", PROMPT, "--ckpt_path", str(ckpt),
-                 "--output", str(tmp_path / "served"), "--format", "merged"], stdout=out)
+    deploy_main(
+        [
+            "generate",
+            "--ckpt_path",
+            str(ckpt),
+            "--system_prompt",
+            PROMPT,
+            "--output",
+            str(tmp_path / "gen"),
+            "--format",
+            "merged",
+            "--no_cache",
+        ],
+        stdout=out,
+    )
+    deploy_main(
+        [
+            "apply",
+            "--server",
+            server.url,
+            "--system_prompt",
+            PROMPT,
+            "--ckpt_path",
+            str(ckpt),
+            "--output",
+            str(tmp_path / "served"),
+            "--format",
+            "merged",
+        ],
+        stdout=out,
+    )
     generated, served = (_tensors(tmp_path / d / "model.safetensors") for d in ("gen", "served"))
     assert generated.keys() == served.keys() and all(torch.equal(generated[k], served[k]) for k in generated)
     meta = json.loads((tmp_path / "served" / META_FILE).read_text())
@@ -106,8 +143,21 @@ def test_peft_archive_holds_the_adapter_loragen_generate_writes(server, ckpt, tm
     monkeypatch.setenv("LORAGEN_CACHE", str(tmp_path / "cache"))
     archive = GeneratorClient(server.url, api_key=KEY).peft_archive(PROMPT)
     zipfile.ZipFile(io.BytesIO(archive)).extractall(tmp_path / "served")
-    deploy_main(["generate", "--ckpt_path", str(ckpt), "--system_prompt", PROMPT, "--output", str(tmp_path / "gen"),
-                 "--format", "peft", "--no_cache"], stdout=io.StringIO())
+    deploy_main(
+        [
+            "generate",
+            "--ckpt_path",
+            str(ckpt),
+            "--system_prompt",
+            PROMPT,
+            "--output",
+            str(tmp_path / "gen"),
+            "--format",
+            "peft",
+            "--no_cache",
+        ],
+        stdout=io.StringIO(),
+    )
     generated, served = (_tensors(tmp_path / d / "adapter_model.safetensors") for d in ("gen", "served"))
     assert generated.keys() == served.keys() and all(torch.equal(generated[k], served[k]) for k in generated)
 
@@ -143,14 +193,34 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(server
         "not JSON content": (good, KEY, "text/plain", 422, "Content-Type: application/json"),
         "empty prompt": (json.dumps({"system_prompt": "  "}).encode(), KEY, "application/json", 422, "empty"),
         "missing prompt": (json.dumps({"format": "gates"}).encode(), KEY, "application/json", 422, "system_prompt"),
-        "unknown format": (json.dumps({"system_prompt": "x", "format": "zip"}).encode(), KEY, "application/json", 422,
-                           "format"),
-        "unknown field": (json.dumps({"system_prompt": "x", "temperature": 1}).encode(), KEY, "application/json", 422,
-                          "temperature"),
-        "prompt over the cloud's context": (json.dumps({"system_prompt": "word " * 3000}).encode(), KEY,
-                                            "application/json", 422, "over the limit"),
-        "body over the size limit": (json.dumps({"system_prompt": "x" * 70000}).encode(), KEY, "application/json", 413,
-                                     ""),
+        "unknown format": (
+            json.dumps({"system_prompt": "x", "format": "zip"}).encode(),
+            KEY,
+            "application/json",
+            422,
+            "format",
+        ),
+        "unknown field": (
+            json.dumps({"system_prompt": "x", "temperature": 1}).encode(),
+            KEY,
+            "application/json",
+            422,
+            "temperature",
+        ),
+        "prompt over the cloud's context": (
+            json.dumps({"system_prompt": "word " * 3000}).encode(),
+            KEY,
+            "application/json",
+            422,
+            "over the limit",
+        ),
+        "body over the size limit": (
+            json.dumps({"system_prompt": "x" * 70000}).encode(),
+            KEY,
+            "application/json",
+            413,
+            "",
+        ),
     }
     for name, (body, key, kind, status, words) in cases.items():
         got, answer = _post(server.url, body, key=key, content_type=kind)
@@ -171,10 +241,28 @@ def test_a_server_killed_mid_request_leaves_a_clear_error_and_no_output(ckpt, tm
     slow = Server(ckpt, tmp_path, "--max_batch_size", "8", "--batch_timeout", "20", key=None)  # requests wait
     try:
         out = tmp_path / "out"
-        client = subprocess.Popen([sys.executable, "-m", "loragen.cli", "apply", "--server", slow.url,
-                                   "--system_prompt", PROMPT, "--ckpt_path", str(ckpt), "--output", str(out),
-                                   "--format", "merged"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                  env={**os.environ, "OMP_NUM_THREADS": "1", "LORAGEN_CACHE": str(tmp_path / "c")})
+        client = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "loragen.cli",
+                "apply",
+                "--server",
+                slow.url,
+                "--system_prompt",
+                PROMPT,
+                "--ckpt_path",
+                str(ckpt),
+                "--output",
+                str(out),
+                "--format",
+                "merged",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "LORAGEN_CACHE": str(tmp_path / "c")},
+        )
         time.sleep(8)  # the client has loaded its edge side and its request is queued in the server
         assert client.poll() is None
         slow.kill()
@@ -189,10 +277,12 @@ def test_a_server_killed_mid_request_leaves_a_clear_error_and_no_output(ckpt, tm
 
 def test_serve_refuses_to_start_without_a_key_or_with_bad_options(ckpt, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("LORAGEN_API_KEY", raising=False)
-    for argv, words in ((["--ckpt_path", str(ckpt)], "no API key"),
-                        (["--ckpt_path", str(tmp_path / "missing.ckpt"), "--insecure-no-auth"], "does not exist"),
-                        (["--ckpt_path", str(ckpt), "--insecure-no-auth", "--port", "80"], "--port"),
-                        (["--ckpt_path", str(ckpt), "--insecure-no-auth", "--max_batch_size", "0"], "max_batch_size")):
+    for argv, words in (
+        (["--ckpt_path", str(ckpt)], "no API key"),
+        (["--ckpt_path", str(tmp_path / "missing.ckpt"), "--insecure-no-auth"], "does not exist"),
+        (["--ckpt_path", str(ckpt), "--insecure-no-auth", "--port", "80"], "--port"),
+        (["--ckpt_path", str(ckpt), "--insecure-no-auth", "--max_batch_size", "0"], "max_batch_size"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             deploy_main(["serve", *argv])
         assert exit_info.value.code == 2

@@ -114,8 +114,10 @@ def test_distillation_is_zero_when_the_student_reads_what_the_teacher_reads():
     assert distillation_loss(same, same.clone(), 1.0).item() == pytest.approx(0.0, abs=1e-6)
     module = _module(distill_coef=1.0)
     randomize_pool(module.model.pool, std=0.3)
-    records = [Record("", "Question: What is 2 + 2?\nAnswer:", "4", "math"),
-               Record("", "Question: Name a colour.\nAnswer:", "red", "colours")]
+    records = [
+        Record("", "Question: What is 2 + 2?\nAnswer:", "4", "math"),
+        Record("", "Question: Name a colour.\nAnswer:", "red", "colours"),
+    ]
     with torch.no_grad():
         for p in module.model.pool.B.values():
             p.zero_()  # no LoRA and no system prompt: the student is exactly the teacher
@@ -158,9 +160,16 @@ def test_paraphrase_row_serves_the_prompt_read_with_the_held_out_description(tmp
     torch.manual_seed(0)
     module = LoRAGenModule(**TINY, eval=EvalConfig(reference=False, zero_shot_reference=False))
     randomize_pool(module.model.pool, std=0.3)
-    data = TaskDataModule(test_tasks=["rte:val", "rte.swapped:val", "arc_easy.letter:test"], data_dir=str(SHARED),
-                          cloud="tiny:qwen2", edge="tiny:llama", shots=1, limit_per_task=6, eval_batch_size=8,
-                          reference=False)
+    data = TaskDataModule(
+        test_tasks=["rte:val", "rte.swapped:val", "arc_easy.letter:test"],
+        data_dir=str(SHARED),
+        cloud="tiny:qwen2",
+        edge="tiny:llama",
+        shots=1,
+        limit_per_task=6,
+        eval_batch_size=8,
+        reference=False,
+    )
     trainer = _trainer(tmp_path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -170,6 +179,12 @@ def test_paraphrase_row_serves_the_prompt_read_with_the_held_out_description(tmp
     assert list(rows) == ["loragen", "rotated", "generic", "paraphrase"] and rows["paraphrase"]["n"] == 18
     assert any(d["versus"] == "paraphrase" for d in results["differences"])
     record = next(r for r in data.load("test") if r.task == "rte")
-    held = TaskDataModule(test_tasks=["rte:val"], data_dir=str(SHARED), cloud="tiny:qwen2", edge="tiny:llama",
-                          shots=1, eval_description="heldout").load("test")[0]
+    held = TaskDataModule(
+        test_tasks=["rte:val"],
+        data_dir=str(SHARED),
+        cloud="tiny:qwen2",
+        edge="tiny:llama",
+        shots=1,
+        eval_description="heldout",
+    ).load("test")[0]
     assert record.meta["heldout_system"] == held.system != record.system  # the prompt the paraphrase row reads

@@ -26,10 +26,15 @@ def _items(point: Path) -> dict[str, dict[tuple[str, str], float]]:
 
 
 def test_study_pairs_points_with_their_own_rows_the_shared_references_and_a_layered_baseline(tmp_path):
-    points = {"base": {},
-              "margin": {"model.init_args.specificity.margin_coef": 1.0, "model.init_args.eval.reference": False,
-                         "model.init_args.eval.zero_shot_reference": False},
-              "lora": {"config": str(ROOT / "configs" / "baselines" / "lora.yaml")}}
+    points = {
+        "base": {},
+        "margin": {
+            "model.init_args.specificity.margin_coef": 1.0,
+            "model.init_args.eval.reference": False,
+            "model.init_args.eval.zero_shot_reference": False,
+        },
+        "lora": {"config": str(ROOT / "configs" / "baselines" / "lora.yaml")},
+    }
     extra = ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "0", "--data.init_args.limit_per_task", "3"]
     sweep(str(ROOT / "configs" / "tiny.yaml"), None, str(tmp_path), extra=extra, points=points)
 
@@ -39,8 +44,9 @@ def test_study_pairs_points_with_their_own_rows_the_shared_references_and_a_laye
         rows = {(r["point"], r["comparison"]): r for r in csv.DictReader(fh)}
     assert {r[0] for r in rows} == {"base", "margin"}  # a baseline point is a column, not a row
     for point in ("base", "margin"):  # margin scored no references: they come from base, paired by item
-        assert {(point, c) for c in ("own − task-free", "own − rotated", "own − prompted",
-                                     "own − zero-shot", "own − lora")} <= set(rows)
+        assert {
+            (point, c) for c in ("own − task-free", "own − rotated", "own − prompted", "own − zero-shot", "own − lora")
+        } <= set(rows)
     margin = _items(tmp_path / "margin")
     assert "prompted" not in margin
     base, lora_items = _items(tmp_path / "base"), _items(tmp_path / "lora")
@@ -49,9 +55,11 @@ def test_study_pairs_points_with_their_own_rows_the_shared_references_and_a_laye
         tasks = sorted({t for t, _ in a})
         return np.mean([np.mean([a[k] - b[k] for k in a if k[0] == t]) for t in tasks])
 
-    cases = [(("base", "own − task-free"), base["loragen"], base["generic"]),
-             (("margin", "own − prompted"), margin["loragen"], base["prompted"]),
-             (("margin", "own − lora"), margin["loragen"], lora_items["lora"])]
+    cases = [
+        (("base", "own − task-free"), base["loragen"], base["generic"]),
+        (("margin", "own − prompted"), margin["loragen"], base["prompted"]),
+        (("margin", "own − lora"), margin["loragen"], lora_items["lora"]),
+    ]
     for key, a, b in cases:
         assert float(rows[key]["diff"]) == pytest.approx(mean_diff(a, b), abs=1e-9), key
         assert float(rows[key]["low"]) <= float(rows[key]["diff"]) <= float(rows[key]["high"])
@@ -68,10 +76,17 @@ def test_layered_point_config_must_exist_before_anything_runs(tmp_path):
 
 
 def test_unseen_split_follows_the_registry_dataset_of_each_task():
-    groups = task_groups(["piqa", "piqa.letter", "commonsenseqa.judge", "boolq", "boolq.swapped", "my_file"],
-                         ["piqa", "commonsenseqa"])
-    assert groups == {"piqa": "unseen", "piqa.letter": "unseen", "commonsenseqa.judge": "unseen", "boolq": "seen",
-                      "boolq.swapped": "seen", "my_file": "seen"}
+    groups = task_groups(
+        ["piqa", "piqa.letter", "commonsenseqa.judge", "boolq", "boolq.swapped", "my_file"], ["piqa", "commonsenseqa"]
+    )
+    assert groups == {
+        "piqa": "unseen",
+        "piqa.letter": "unseen",
+        "commonsenseqa.judge": "unseen",
+        "boolq": "seen",
+        "boolq.swapped": "seen",
+        "my_file": "seen",
+    }
 
 
 def test_specificity_study_runs_every_signal_and_the_multitask_lora_at_one_budget():

@@ -24,21 +24,62 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared benchmark data not found at {SHARED}")
 
-NEW_DATASETS = ("commonsenseqa", "dream", "cosmosqa", "mc_taco", "rte", "cb", "esnli", "qnli", "mrpc", "stsb", "wic",
-                "sst2", "trec", "ag_news", "math")
+NEW_DATASETS = (
+    "commonsenseqa",
+    "dream",
+    "cosmosqa",
+    "mc_taco",
+    "rte",
+    "cb",
+    "esnli",
+    "qnli",
+    "mrpc",
+    "stsb",
+    "wic",
+    "sst2",
+    "trec",
+    "ag_news",
+    "math",
+)
 # (task, split) -> usable items: SOURCES.md's counts, less CommonsenseQA's 42 + 6 items whose correct option's text
 # is also another option (loragen skips them: option scoring cannot tell the two apart)
-COUNTS = {("commonsenseqa", "train"): 9741 - 42, ("commonsenseqa", "val"): 1221 - 6, ("dream", "train"): 6116,
-          ("dream", "val"): 2040, ("cosmosqa", "train"): 2485, ("cosmosqa", "test"): 500, ("mc_taco", "train"): 3783,
-          ("mc_taco", "test"): 9442, ("rte", "train"): 2490, ("rte", "val"): 277, ("cb", "train"): 250,
-          ("cb", "val"): 56, ("esnli", "train"): 9342, ("esnli", "val"): 500, ("qnli", "train"): 4963,
-          ("qnli", "val"): 500, ("mrpc", "train"): 3668, ("mrpc", "val"): 408, ("stsb", "train"): 5749,
-          ("stsb", "val"): 1500, ("wic", "train"): 5428, ("wic", "val"): 638, ("sst2", "train"): 6920,
-          ("sst2", "val"): 872, ("trec", "train"): 5452, ("trec", "test"): 500, ("ag_news", "train"): 7100,
-          ("ag_news", "test"): 500}
-SUITE_CONFIG = {"train_tasks": ["suite"], "test_tasks": ["dev_unseen"], "holdout": 100,
-                "files": {"winogrande": {"train": "winogrande/train_s.jsonl"}},
-                "unseen": list(NEVER_TRAIN + DEV_UNSEEN_DATASETS)}
+COUNTS = {
+    ("commonsenseqa", "train"): 9741 - 42,
+    ("commonsenseqa", "val"): 1221 - 6,
+    ("dream", "train"): 6116,
+    ("dream", "val"): 2040,
+    ("cosmosqa", "train"): 2485,
+    ("cosmosqa", "test"): 500,
+    ("mc_taco", "train"): 3783,
+    ("mc_taco", "test"): 9442,
+    ("rte", "train"): 2490,
+    ("rte", "val"): 277,
+    ("cb", "train"): 250,
+    ("cb", "val"): 56,
+    ("esnli", "train"): 9342,
+    ("esnli", "val"): 500,
+    ("qnli", "train"): 4963,
+    ("qnli", "val"): 500,
+    ("mrpc", "train"): 3668,
+    ("mrpc", "val"): 408,
+    ("stsb", "train"): 5749,
+    ("stsb", "val"): 1500,
+    ("wic", "train"): 5428,
+    ("wic", "val"): 638,
+    ("sst2", "train"): 6920,
+    ("sst2", "val"): 872,
+    ("trec", "train"): 5452,
+    ("trec", "test"): 500,
+    ("ag_news", "train"): 7100,
+    ("ag_news", "test"): 500,
+}
+SUITE_CONFIG = {
+    "train_tasks": ["suite"],
+    "test_tasks": ["dev_unseen"],
+    "holdout": 100,
+    "files": {"winogrande": {"train": "winogrande/train_s.jsonl"}},
+    "unseen": list(NEVER_TRAIN + DEV_UNSEEN_DATASETS),
+}
 
 
 @pytest.fixture(scope="module")
@@ -81,10 +122,18 @@ def test_dataset_items_per_split_as_published(loader, task, split):
 def test_families_ask_the_same_items_for_different_answers(loader):
     """On the same item two families' correct outputs differ; where the input is the same too, only the
     instruction can tell the edge which answer is wanted."""
-    pairs = [("rte", "rte.swapped"), ("rte.renamed", "rte.swapped"), ("boolq", "boolq.swapped"),
-             ("arc_easy", "arc_easy.incorrect"), ("arc_easy", "arc_easy.letter"), ("siqa", "siqa.incorrect"),
-             ("sst2.renamed", "sst2.swapped"), ("gsm8k", "gsm8k.number"), ("trec", "trec.swapped"),
-             ("stsb", "stsb.swapped")]
+    pairs = [
+        ("rte", "rte.swapped"),
+        ("rte.renamed", "rte.swapped"),
+        ("boolq", "boolq.swapped"),
+        ("arc_easy", "arc_easy.incorrect"),
+        ("arc_easy", "arc_easy.letter"),
+        ("siqa", "siqa.incorrect"),
+        ("sst2.renamed", "sst2.swapped"),
+        ("gsm8k", "gsm8k.number"),
+        ("trec", "trec.swapped"),
+        ("stsb", "stsb.swapped"),
+    ]
     for a, b in pairs:
         split = "test" if "test" in REGISTRY[a].splits else "train"
         ra = {r.meta["item_sha"]: r for r in quietly(loader.records, a, split)}
@@ -94,22 +143,38 @@ def test_families_ask_the_same_items_for_different_answers(loader):
         differ = sum(ra[k].output != rb[k].output for k in common)
         minimum = 0.7 if b == "stsb.swapped" else 1.0  # a reversed 0-5 scale keeps nothing but has no middle
         assert differ >= minimum * len(common), (a, b, differ, len(common))
-        if (a, b) in [("rte.renamed", "rte.swapped"), ("arc_easy", "arc_easy.incorrect"), ("boolq", "boolq.swapped"),
-                      ("gsm8k", "gsm8k.number")]:  # same input, different answer: the instruction decides
+        if (a, b) in [
+            ("rte.renamed", "rte.swapped"),
+            ("arc_easy", "arc_easy.incorrect"),
+            ("boolq", "boolq.swapped"),
+            ("gsm8k", "gsm8k.number"),
+        ]:  # same input, different answer: the instruction decides
             assert all(ra[k].input == rb[k].input for k in common), (a, b)
 
 
 @needs_shared
 def test_each_family_grades_its_own_answer(loader):
-    for task in ["arc_easy.incorrect", "arc_easy.letter", "arc_easy.judge", "rte.renamed", "rte.swapped",
-                 "boolq.renamed", "commonsenseqa.letter", "gsm8k.number", "math.number"]:
+    for task in [
+        "arc_easy.incorrect",
+        "arc_easy.letter",
+        "arc_easy.judge",
+        "rte.renamed",
+        "rte.swapped",
+        "boolq.renamed",
+        "commonsenseqa.letter",
+        "gsm8k.number",
+        "math.number",
+    ]:
         spec = get_task(task)
         split = "test" if "test" in spec.splits else "train"
         for record in quietly(loader.records, task, split)[:20]:
             assert spec.is_correct(record.output, record) is True, task
             if record.options:
-                wrong = record.options[1 - record.label] if len(record.options) == 2 else \
-                    record.options[(record.label + 1) % len(record.options)]
+                wrong = (
+                    record.options[1 - record.label]
+                    if len(record.options) == 2
+                    else record.options[(record.label + 1) % len(record.options)]
+                )
                 assert spec.is_correct(wrong, record) is False, task
                 assert record.output == record.options[record.label]
             else:
@@ -157,11 +222,13 @@ def test_training_draws_descriptions_and_evaluation_reads_the_canonical_or_held_
     assert len(used) == len({spec.description, *spec.paraphrases}) and spec.heldout_description not in used
     assert {r.system for r in quietly(loader.records, "rte.swapped", "val")} == {loader.system_prompt("rte.swapped")}
     held = TaskLoader(SHARED, shots=3, seed=0, eval_description="heldout")
-    assert {r.system.split("\n\n")[0] for r in quietly(held.records, "rte.swapped", "val")} == \
-        {spec.heldout_description}
+    assert {r.system.split("\n\n")[0] for r in quietly(held.records, "rte.swapped", "val")} == {
+        spec.heldout_description
+    }
     one = TaskLoader(SHARED, shots=3, seed=0)  # the default: one description, as before the suite
-    assert {r.system.split("\n\n")[0] for r in quietly(one.records, "rte", "train", vary_shots=True)} == \
-        {get_task("rte").description}
+    assert {r.system.split("\n\n")[0] for r in quietly(one.records, "rte", "train", vary_shots=True)} == {
+        get_task("rte").description
+    }
 
 
 @needs_shared
@@ -240,7 +307,8 @@ def test_length_grouped_batches_pad_less_and_keep_the_epoch():
     assert sorted(a) == sorted(b) == list(range(512)) and b == list(grouped)
 
     def padded(order: list[int]) -> int:
-        return sum(8 * max(lengths[i] for i in order[k:k + 8]) for k in range(0, len(order), 8))
+        return sum(8 * max(lengths[i] for i in order[k : k + 8]) for k in range(0, len(order), 8))
+
     assert padded(b) < 0.75 * padded(a)
 
 
@@ -251,8 +319,9 @@ def test_loragen_tasks_table_is_the_generated_docs_page(tmp_path, capsys):
 
     out = tmp_path / "tasks.md"
     tasks(data_dir=str(SHARED), output=str(out))
-    assert out.read_text().replace(str(out), "docs/tasks.md") == (ROOT / "docs" / "tasks.md").read_text(), \
+    assert out.read_text().replace(str(out), "docs/tasks.md") == (ROOT / "docs" / "tasks.md").read_text(), (
         "docs/tasks.md is stale: regenerate it with `loragen tasks --data_dir DATA --output docs/tasks.md`"
+    )
     import sys
 
     argv = sys.argv
@@ -282,15 +351,30 @@ def test_harness_metric_reports_each_task_by_its_own_headline():
 
     def outcome(acc, acc_norm):
         n = len(acc)
-        return {"uid": np.arange(n), "task": np.array([0] * (n // 2) + [1] * (n - n // 2)), "acc": np.array(acc),
-                "acc_norm": np.array(acc_norm), "tokens": np.ones(n), "ms": np.full(n, np.nan),
-                "unparseable": np.zeros(n), "label": np.zeros(n), "pred": np.zeros(n), "pred_norm": np.zeros(n)}
+        return {
+            "uid": np.arange(n),
+            "task": np.array([0] * (n // 2) + [1] * (n - n // 2)),
+            "acc": np.array(acc),
+            "acc_norm": np.array(acc_norm),
+            "tokens": np.ones(n),
+            "ms": np.full(n, np.nan),
+            "unparseable": np.zeros(n),
+            "label": np.zeros(n),
+            "pred": np.zeros(n),
+            "pred_norm": np.zeros(n),
+        }
 
     a, b = outcome([1, 1, 0, 0], [0, 0, 1, 1]), outcome([0, 0, 0, 0], [0, 0, 0, 0])
     metrics = {"mc_taco": get_task("mc_taco").headline, "arc_easy": get_task("arc_easy").headline}
     assert metrics == {"mc_taco": "acc", "arc_easy": "acc_norm"}
-    results = build_results({"x": a, "y": b}, {"x": "X", "y": "Y"}, ["mc_taco", "arc_easy"], "harness",
-                            paired=[("x", "y")], task_metrics=metrics)
+    results = build_results(
+        {"x": a, "y": b},
+        {"x": "X", "y": "Y"},
+        ["mc_taco", "arc_easy"],
+        "harness",
+        paired=[("x", "y")],
+        task_metrics=metrics,
+    )
     assert results["rows"][0]["accuracy"] == {"mc_taco": 1.0, "arc_easy": 1.0}  # acc for one, acc_norm for the other
     assert results["differences"][0]["mean"]["diff"] == 1.0 and results["task_metrics"] == metrics
     assert get_task("mrpc.swapped").headline == "acc" and get_task("arc_easy.incorrect").headline == "acc_norm"

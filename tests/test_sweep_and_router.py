@@ -50,8 +50,15 @@ def test_sweep_rejects_invalid_points_before_starting(tmp_path):
 
 def _routed_module(layer_experts):
     """A frozen router whose layer l always picks the experts ``layer_experts[l]``."""
-    module = LoRAGenModule(**{**TINY, "router_hidden": 0, "router_noise": "none", "optim": {"lr": 1e-12},
-                              "pool": {**TINY["pool"], "aux_coef": 0.0}})
+    module = LoRAGenModule(
+        **{
+            **TINY,
+            "router_hidden": 0,
+            "router_noise": "none",
+            "optim": {"lr": 1e-12},
+            "pool": {**TINY["pool"], "aux_coef": 0.0},
+        }
+    )
     router = module.model.router
     dim = router.mlp.in_features
     with torch.no_grad():
@@ -99,8 +106,12 @@ def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch
 
     with open(records, "w") as fh:  # equal answer lengths: per-rank token means average to the global mean
         for i in range(16):
-            fh.write(json.dumps({"system": f"task {i % 2}", "input": f"question {i}", "output": f"ans{i % 10}",
-                                 "task": f"t{i % 2}"}) + "\n")
+            fh.write(
+                json.dumps(
+                    {"system": f"task {i % 2}", "input": f"question {i}", "output": f"ans{i % 10}", "task": f"t{i % 2}"}
+                )
+                + "\n"
+            )
     settings = {**TINY, "router_noise": "none", "pool": {**TINY["pool"], "aux_coef": 0.0}}
 
     def train(devices, batch_size, root):
@@ -130,8 +141,14 @@ def test_precisions_train_with_finite_loss_and_clipping_and_accumulation(tmp_pat
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = _trainer(tmp_path, max_steps=2, precision=precision, accumulate_grad_batches=2,
-                       gradient_clip_val=0.5, callbacks=[Record()])
+    trainer = _trainer(
+        tmp_path,
+        max_steps=2,
+        precision=precision,
+        accumulate_grad_batches=2,
+        gradient_clip_val=0.5,
+        callbacks=[Record()],
+    )
     trainer.fit(module, _data())
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))  # 2 steps x 2 accumulated batches
     expected = torch.bfloat16 if precision == "bf16-true" else torch.float32

@@ -39,8 +39,19 @@ QUICKSTART = ROOT / "loragen" / "data" / "quickstart"
 
 needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"shared benchmark data not found at {SHARED}")
 
-PAPER_TASKS = ["alpaca", "arc_challenge", "arc_easy", "boolq", "gpt4tools", "gsm8k", "hellaswag", "openbookqa", "piqa",
-               "siqa", "winogrande"]
+PAPER_TASKS = [
+    "alpaca",
+    "arc_challenge",
+    "arc_easy",
+    "boolq",
+    "gpt4tools",
+    "gsm8k",
+    "hellaswag",
+    "openbookqa",
+    "piqa",
+    "siqa",
+    "winogrande",
+]
 
 
 def quiet(fn, *args, **kwargs):
@@ -51,9 +62,16 @@ def quiet(fn, *args, **kwargs):
 
 
 # the cloze formulation of option scoring, as lm-evaluation-harness asks each task (start, end of the input)
-CLOZE = {"arc_challenge": ("Question: ", "\nAnswer:"), "arc_easy": ("Question: ", "\nAnswer:"),
-         "piqa": ("Question: ", "\nAnswer:"), "siqa": ("Q: ", "\nA:"), "openbookqa": ("", ""), "hellaswag": ("", ""),
-         "winogrande": ("", ""), "quiz": ("Question: ", "\nAnswer:")}
+CLOZE = {
+    "arc_challenge": ("Question: ", "\nAnswer:"),
+    "arc_easy": ("Question: ", "\nAnswer:"),
+    "piqa": ("Question: ", "\nAnswer:"),
+    "siqa": ("Q: ", "\nA:"),
+    "openbookqa": ("", ""),
+    "hellaswag": ("", ""),
+    "winogrande": ("", ""),
+    "quiz": ("Question: ", "\nAnswer:"),
+}
 
 
 def check_choice_records(records: list[Record], prefix: str) -> None:
@@ -66,7 +84,7 @@ def check_choice_records(records: list[Record], prefix: str) -> None:
         assert "\nAnswer:" not in r.input or end == "\nAnswer:"
         if r.task == "winogrande":  # partial scoring: one context per option, the rest of the sentence scored
             blank = r.input.index("_")
-            assert len(r.contexts) == len(r.options) and set(r.options) == {r.input[blank + 1:].strip()}
+            assert len(r.contexts) == len(r.options) and set(r.options) == {r.input[blank + 1 :].strip()}
             assert all(c.startswith(r.input[:blank]) and len(c) > blank for c in r.contexts)
         else:
             assert r.contexts is None
@@ -107,7 +125,11 @@ def test_unknown_task_lists_the_known_tasks():
 
 def test_expand_tasks_presets_and_splits():
     assert expand_tasks(["unseen", "arc_easy:train", "piqa"], "test") == [
-        ("hellaswag", "test"), ("winogrande", "test"), ("piqa", "test"), ("arc_easy", "train")]
+        ("hellaswag", "test"),
+        ("winogrande", "test"),
+        ("piqa", "test"),
+        ("arc_easy", "train"),
+    ]
     assert expand_tasks("seen", "val")[0] == ("arc_challenge", "val")
     assert expand_tasks(None, "test") == []
 
@@ -116,13 +138,22 @@ def test_expand_tasks_presets_and_splits():
 
 
 @needs_shared
-@pytest.mark.parametrize("task, split, rows, skipped, prefix", [
-    ("arc_challenge", "train", 1119, 0, "answer"), ("arc_challenge", "test", 1172, 0, "answer"),
-    ("arc_easy", "train", 2251, 0, "answer"), ("arc_easy", "test", 2376, 0, "answer"),
-    ("openbookqa", "train", 4957, 0, "answer"), ("openbookqa", "test", 500, 0, "answer"),
-    ("siqa", "train", 33410, 6, "answer"), ("siqa", "val", 1954, 1, "answer"), ("siqa", "test", 1954, 1, "answer"),
-    ("piqa", "train", 16113, 1, "solution"), ("winogrande", "train", 160, 0, "option"),
-])
+@pytest.mark.parametrize(
+    "task, split, rows, skipped, prefix",
+    [
+        ("arc_challenge", "train", 1119, 0, "answer"),
+        ("arc_challenge", "test", 1172, 0, "answer"),
+        ("arc_easy", "train", 2251, 0, "answer"),
+        ("arc_easy", "test", 2376, 0, "answer"),
+        ("openbookqa", "train", 4957, 0, "answer"),
+        ("openbookqa", "test", 500, 0, "answer"),
+        ("siqa", "train", 33410, 6, "answer"),
+        ("siqa", "val", 1954, 1, "answer"),
+        ("siqa", "test", 1954, 1, "answer"),
+        ("piqa", "train", 16113, 1, "solution"),
+        ("winogrande", "train", 160, 0, "option"),
+    ],
+)
 def test_multiple_choice_loaders_on_the_shared_files(shared, task, split, rows, skipped, prefix):
     records, messages = quiet(shared.records, task, split)
     shots = 3 if split == get_task(task).shot_splits[0] else 0  # few-shot items leave their own split
@@ -167,8 +198,10 @@ def test_raw_and_llm_adapters_forms_give_the_same_records(shared):
     adapters, _ = quiet(shared.records, "siqa", "test")
 
     def plain(records):
-        return [(normalize_space(r.input), tuple(map(normalize_space, r.options)), r.label, r.meta["answer"])
-                for r in records]
+        return [
+            (normalize_space(r.input), tuple(map(normalize_space, r.options)), r.label, r.meta["answer"])
+            for r in records
+        ]
 
     assert plain(raw) == plain(adapters)
     assert sum(r.input != a.input for r, a in zip(raw, adapters, strict=True)) < len(raw) // 20
@@ -182,8 +215,11 @@ def test_records_match_the_shipped_quickstart_format(shared):
         shipped = [json.loads(line) for line in (QUICKSTART / f"{task}.test.jsonl").read_text().splitlines()]
         for item in shipped:
             record = mine[item["input"]]
-            assert (list(record.options), record.label, record.output) == (item["options"], item["label"],
-                                                                           item["output"])
+            assert (list(record.options), record.label, record.output) == (
+                item["options"],
+                item["label"],
+                item["output"],
+            )
         assert shipped[0]["system"].split("\n\n")[0] == get_task(task).description
 
 
@@ -237,8 +273,11 @@ def test_hellaswag_published_format_fixture():
     assert task_records("hellaswag", "test", FIXTURES, shots=2) == records
     # the published test split has no labels: every row is reported, none is usable
     with pytest.raises(LoRAGenError, match="no usable records"):
-        quiet(TaskLoader(FIXTURES, files={"hellaswag": {"test": "hellaswag/hellaswag_test.jsonl"}}).records,
-              "hellaswag", "test")
+        quiet(
+            TaskLoader(FIXTURES, files={"hellaswag": {"test": "hellaswag/hellaswag_test.jsonl"}}).records,
+            "hellaswag",
+            "test",
+        )
 
 
 def test_hellaswag_without_train_draws_shots_from_val_and_drops_them_from_evaluation(tmp_path):
@@ -264,12 +303,16 @@ def test_piqa_and_winogrande_official_files_with_label_files():
     wino = TaskLoader(FIXTURES, shots=1).records("winogrande", "test")  # dev.jsonl without answers + labels 1/2
     assert [r.meta["answer"] for r in wino] == ["option1", "option2", "option2"]
     assert wino[0].input == "The trophy did not fit into the suitcase because the _ was too large."
-    assert wino[0].contexts == ("The trophy did not fit into the suitcase because the trophy",
-                                "The trophy did not fit into the suitcase because the suitcase")
+    assert wino[0].contexts == (
+        "The trophy did not fit into the suitcase because the trophy",
+        "The trophy did not fit into the suitcase because the suitcase",
+    )
     assert wino[0].options == ("was too large.", "was too large.") and wino[0].train_context == wino[0].contexts[0]
     listed = TaskLoader(FIXTURES, shots=1, formulation="choices").records("winogrande", "test")
-    assert listed[0].input == ("Question: The trophy did not fit into the suitcase because the _ was too large.\n"
-                               "Choices:\n- trophy\n- suitcase\nAnswer:")
+    assert listed[0].input == (
+        "Question: The trophy did not fit into the suitcase because the _ was too large.\n"
+        "Choices:\n- trophy\n- suitcase\nAnswer:"
+    )
     assert listed[0].contexts is None and [r.output for r in listed] == ["trophy", "suitcase", "Ann"]
 
 
@@ -385,11 +428,17 @@ def test_hub_is_chosen_only_without_data_dir_and_not_loaded_by_checks(monkeypatc
 def test_hub_rows_go_through_the_hub_parser(monkeypatch):
     import datasets
 
-    rows = [{"id": "x", "question": "Which gas do plants take in?", "answerKey": "B",
-             "choices": {"text": ["oxygen", "carbon dioxide", "helium"], "label": ["A", "B", "C"]}}] * 2
+    rows = [
+        {
+            "id": "x",
+            "question": "Which gas do plants take in?",
+            "answerKey": "B",
+            "choices": {"text": ["oxygen", "carbon dioxide", "helium"], "label": ["A", "B", "C"]},
+        }
+    ] * 2
     rows = [dict(r, question=f"{r['question']} ({i})") for i, r in enumerate(rows)]
     calls = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or rows[k["split"] == "test":])
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or rows[k["split"] == "test" :])
     records = TaskLoader(None, shots=1).records("arc_easy", "test")
     assert sorted(k["split"] for _, k in calls) == ["test", "train"]  # the shots come from train
     assert all(a == ("allenai/ai2_arc", "ARC-Easy") for a, _ in calls)
@@ -410,14 +459,33 @@ class UpperQuiz(TaskSpec):
 
 
 def test_user_tasks_from_config_declarative_class_path_and_variant():
-    quiz = {"name": "quiz", "format": "choice", "description": "Answer the quiz question.",
-            "files": {"train": "user/quiz.jsonl", "test": "user/quiz.jsonl"}, "question_field": "q",
-            "options_field": "choices", "label_field": "gold", "label_base": 0}
-    dm = TaskDataModule(train_tasks=["quiz"], test_tasks=["quiz", "upper"], data_dir=str(FIXTURES), shots=1,
-                        extra_tasks=[quiz, {"class_path": "tests.test_tasks.UpperQuiz",
-                                            "init_args": {"name": "upper", "description": "Shout the answer.",
-                                                          "files": {"train": "user/quiz.jsonl",
-                                                                    "test": "user/quiz.jsonl"}}}])
+    quiz = {
+        "name": "quiz",
+        "format": "choice",
+        "description": "Answer the quiz question.",
+        "files": {"train": "user/quiz.jsonl", "test": "user/quiz.jsonl"},
+        "question_field": "q",
+        "options_field": "choices",
+        "label_field": "gold",
+        "label_base": 0,
+    }
+    dm = TaskDataModule(
+        train_tasks=["quiz"],
+        test_tasks=["quiz", "upper"],
+        data_dir=str(FIXTURES),
+        shots=1,
+        extra_tasks=[
+            quiz,
+            {
+                "class_path": "tests.test_tasks.UpperQuiz",
+                "init_args": {
+                    "name": "upper",
+                    "description": "Shout the answer.",
+                    "files": {"train": "user/quiz.jsonl", "test": "user/quiz.jsonl"},
+                },
+            },
+        ],
+    )
     test, messages = quiet(dm.load, "test")
     assert any("task quiz (test): left out 1 item(s) that equal one of its few-shot examples" in m for m in messages)
     quiz_records = [r for r in test if r.task == "quiz"]
@@ -455,8 +523,9 @@ def test_check_config_fails_before_anything_is_loaded(monkeypatch):
     import loragen.backbones as backbones
 
     monkeypatch.setattr(backbones, "load_tokenizer", lambda *a, **k: pytest.fail("a tokenizer was loaded"))
-    with pytest.raises(LoRAGenError,
-                       match=r"unknown task 'arc_eazy' \(did you mean arc_easy.*known tasks are ag_news, alpaca"):
+    with pytest.raises(
+        LoRAGenError, match=r"unknown task 'arc_eazy' \(did you mean arc_easy.*known tasks are ag_news, alpaca"
+    ):
         TaskDataModule.check_config(train_tasks=["arc_eazy"], data_dir=str(FIXTURES))
     with pytest.raises(LoRAGenError, match="ARC-Easy/test.json for task 'arc_easy' \\(test\\) does not exist"):
         TaskDataModule.check_config(test_tasks=["arc_easy"], data_dir=str(FIXTURES))
@@ -466,8 +535,12 @@ def test_check_config_fails_before_anything_is_loaded(monkeypatch):
         TaskDataModule.check_config(data_dir=str(FIXTURES))
     with pytest.raises(LoRAGenError, match="shots must be >= 0"):
         TaskDataModule.check_config(test_tasks=["hellaswag"], data_dir=str(FIXTURES), shots=-1)
-    TaskDataModule.check_config(test_tasks=["unseen", "gpt4tools"], train_tasks=["gpt4tools"],
-                                data_dir=str(FIXTURES), files={"piqa": {"train": "piqa/train.jsonl"}})
+    TaskDataModule.check_config(
+        test_tasks=["unseen", "gpt4tools"],
+        train_tasks=["gpt4tools"],
+        data_dir=str(FIXTURES),
+        files={"piqa": {"train": "piqa/train.jsonl"}},
+    )
 
 
 def test_unknown_task_through_the_cli_fails_before_any_model_is_loaded(tmp_path, monkeypatch, capsys):
@@ -476,19 +549,43 @@ def test_unknown_task_through_the_cli_fails_before_any_model_is_loaded(tmp_path,
 
     monkeypatch.setattr(backbones, "load_backbone", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(SystemExit) as exc:
-        run(["fit", "--config", str(ROOT / "configs" / "commonsense" / "seen.yaml"), "--data.init_args.data_dir",
-             str(FIXTURES), "--data.init_args.train_tasks", "[piqa, nope]", "--trainer.default_root_dir",
-             str(tmp_path), "--trainer.logger", "false"])
+        run(
+            [
+                "fit",
+                "--config",
+                str(ROOT / "configs" / "commonsense" / "seen.yaml"),
+                "--data.init_args.data_dir",
+                str(FIXTURES),
+                "--data.init_args.train_tasks",
+                "[piqa, nope]",
+                "--trainer.default_root_dir",
+                str(tmp_path),
+                "--trainer.logger",
+                "false",
+            ]
+        )
     assert exc.value.code != 0
     assert "unknown task 'nope': known tasks are" in capsys.readouterr().err
 
 
 def test_task_datamodule_batches_with_tiny_tokenizers(tiny):
-    args = dict(train_tasks=["unseen", "gpt4tools"], val_tasks=["hellaswag:val"], test_tasks=["unseen"],
-                data_dir=str(FIXTURES), files={"piqa": {"train": "piqa/train.jsonl"}}, shots=2,
-                cloud="tiny:qwen2", edge="tiny:llama", batch_size=4, eval_batch_size=4,
-                max_system_tokens=2048, max_input_tokens=1024, max_output_tokens=128, limit_per_task=2,
-                train_limit_per_task=2)
+    args = dict(
+        train_tasks=["unseen", "gpt4tools"],
+        val_tasks=["hellaswag:val"],
+        test_tasks=["unseen"],
+        data_dir=str(FIXTURES),
+        files={"piqa": {"train": "piqa/train.jsonl"}},
+        shots=2,
+        cloud="tiny:qwen2",
+        edge="tiny:llama",
+        batch_size=4,
+        eval_batch_size=4,
+        max_system_tokens=2048,
+        max_input_tokens=1024,
+        max_output_tokens=128,
+        limit_per_task=2,
+        train_limit_per_task=2,
+    )
     dm = TaskDataModule(**args)
     assert dm.stage_tasks["test"] == [("hellaswag", "test"), ("winogrande", "test"), ("piqa", "test")]
     assert dm.hparams.data_dir == str(FIXTURES) and dm.hparams.shots == 2
@@ -514,30 +611,37 @@ def test_task_datamodule_batches_with_tiny_tokenizers(tiny):
 # ----------------------------------------------------------------------------- answer extraction
 
 
-@pytest.mark.parametrize("kind, text, kwargs, expected", [
-    ("choice_label", "the correct answer is answer3", {}, "answer3"),
-    ("choice_label", "Answer3. Because answer1 is wrong", {}, "answer3"),
-    ("choice_label", "the correct answer is solution2", {"prefix": "solution"}, "solution2"),
-    ("choice_label", "I think ending4", {"num_options": 4}, "ending4"),
-    ("choice_label", "the correct answer is answer5", {"num_options": 4}, None),
-    ("choice_label", "the correct answer is the second one", {}, None),
-    ("choice_label", "option 2", {"prefix": "answer"}, None),
-    ("boolean", "the correct answer is false", {}, "false"),
-    ("boolean", "Yes, it is.", {}, "true"),
-    ("boolean", "It depends on the season.", {}, None),
-    ("number", "She makes 9 * 2 = $18 every day.\n#### 18", {}, "18"),
-    ("number", "So the total is 1,234.0 dollars. The answer is 1,234.", {}, "1234"),
-    ("number", "He needs 24 * 24 = 576 tiles.", {}, "576"),
-    ("number", "The answer is -3.5.", {}, "-3.5"),
-    ("number", "I do not know.", {}, None),
-    ("number", "", {}, None),
-    ("option_text", "Mutualism.", {"options": ["parasitism", "commensalism", "mutualism"]}, "mutualism"),
-    ("option_text", "commensalism, because both benefit", {"options": ["parasitism", "commensalism", "mutualism"]},
-     "commensalism"),
-    ("option_text", "a black cat", {"options": ["cat", "black cat", "dog"]}, "black cat"),
-    ("option_text", "either cat or dog", {"options": ["cat", "dog"]}, None),
-    ("option_text", "no idea", {"options": ["cat", "dog"]}, None),
-])
+@pytest.mark.parametrize(
+    "kind, text, kwargs, expected",
+    [
+        ("choice_label", "the correct answer is answer3", {}, "answer3"),
+        ("choice_label", "Answer3. Because answer1 is wrong", {}, "answer3"),
+        ("choice_label", "the correct answer is solution2", {"prefix": "solution"}, "solution2"),
+        ("choice_label", "I think ending4", {"num_options": 4}, "ending4"),
+        ("choice_label", "the correct answer is answer5", {"num_options": 4}, None),
+        ("choice_label", "the correct answer is the second one", {}, None),
+        ("choice_label", "option 2", {"prefix": "answer"}, None),
+        ("boolean", "the correct answer is false", {}, "false"),
+        ("boolean", "Yes, it is.", {}, "true"),
+        ("boolean", "It depends on the season.", {}, None),
+        ("number", "She makes 9 * 2 = $18 every day.\n#### 18", {}, "18"),
+        ("number", "So the total is 1,234.0 dollars. The answer is 1,234.", {}, "1234"),
+        ("number", "He needs 24 * 24 = 576 tiles.", {}, "576"),
+        ("number", "The answer is -3.5.", {}, "-3.5"),
+        ("number", "I do not know.", {}, None),
+        ("number", "", {}, None),
+        ("option_text", "Mutualism.", {"options": ["parasitism", "commensalism", "mutualism"]}, "mutualism"),
+        (
+            "option_text",
+            "commensalism, because both benefit",
+            {"options": ["parasitism", "commensalism", "mutualism"]},
+            "commensalism",
+        ),
+        ("option_text", "a black cat", {"options": ["cat", "black cat", "dog"]}, "black cat"),
+        ("option_text", "either cat or dog", {"options": ["cat", "dog"]}, None),
+        ("option_text", "no idea", {"options": ["cat", "dog"]}, None),
+    ],
+)
 def test_extract_answer(kind, text, kwargs, expected):
     assert extract_answer(kind, text, **kwargs) == expected
 
@@ -547,13 +651,18 @@ def test_extraction_edge_cases_and_generation_scoring():
         extract_answer("letters", "A")
     assert match_option("The answer is: Paris", ["Paris", "Rome"]) == "Paris"
     assert answers_match("number", "576", "576.0") and not answers_match("number", None, "1")
-    record = Record("s", "Question: q\nChoices:\n- a\n- b\nAnswer:", "b", "arc_easy", ("a", "b"), 1,
-                    {"answer": "answer2"})
+    record = Record(
+        "s", "Question: q\nChoices:\n- a\n- b\nAnswer:", "b", "arc_easy", ("a", "b"), 1, {"answer": "answer2"}
+    )
     spec = get_task("arc_easy")
     assert spec.is_correct("the correct answer is answer2", record) is True
     assert spec.is_correct("the correct answer is answer1", record) is False
     assert spec.is_correct("no idea", record) is None  # unparseable: the caller counts it
     gsm = Record("s", "Question: q\nAnswer:", "... The answer is 72.", "gsm8k", None, None, {"answer": "72"})
     assert get_task("gsm8k").is_correct("48 + 24 = 72. The answer is 72.", gsm) is True
-    assert get_task("boolq").is_correct("True.", Record("s", "i", "true", "boolq", ("true", "false"), 0,
-                                                        {"answer": "true"})) is True
+    assert (
+        get_task("boolq").is_correct(
+            "True.", Record("s", "i", "true", "boolq", ("true", "false"), 0, {"answer": "true"})
+        )
+        is True
+    )

@@ -15,8 +15,14 @@ from loragen.models.components.edge_lora import save_peft_adapter
 from loragen.models.lora_gen_module import LoRAGenModule
 from tests.conftest import INPUT, PROMPT, TINY_POOL, _data, _trainer
 
-TINY_T2L = {"cloud": "tiny:qwen2", "edge": "tiny:llama", "pool": TINY_POOL, "latent": 32, "head_in": 16,
-            "optim": {"lr": 0.01, "warmup_steps": 1}}
+TINY_T2L = {
+    "cloud": "tiny:qwen2",
+    "edge": "tiny:llama",
+    "pool": TINY_POOL,
+    "latent": 32,
+    "head_in": 16,
+    "optim": {"lr": 0.01, "warmup_steps": 1},
+}
 OTHER = "Reply in French, in one word."
 
 
@@ -66,17 +72,20 @@ def test_prompt_dependent_factors_merge_exactly_as_the_functional_path_and_expor
         functional = model.edge.lm_head(model.hidden_states(s_ids, s_mask, x_ids, x_mask))
         for i, lora in enumerate(loras):
             with model.edge_lora.merged_lora(lora):
-                merged = model.edge(input_ids=x_ids[i:i + 1], attention_mask=x_mask[i:i + 1]).logits
+                merged = model.edge(input_ids=x_ids[i : i + 1], attention_mask=x_mask[i : i + 1]).logits
             assert (merged[0] - functional[i]).abs().max().item() <= 1e-4
             with model.functional(lora):
-                hooked = model.edge(input_ids=x_ids[i:i + 1], attention_mask=x_mask[i:i + 1]).logits
+                hooked = model.edge(input_ids=x_ids[i : i + 1], attention_mask=x_mask[i : i + 1]).logits
             assert (hooked - merged).abs().max().item() <= 1e-4
     assert (functional[0] - plain[0]).abs().max().item() > 1e-3  # the generated LoRA changes the edge
     assert all(torch.equal(p, before[n]) for n, p in model.edge.named_parameters())  # unmerged bit for bit
     out = save_peft_adapter(loras[0], tmp_path / "adapter", base_model_name_or_path="tiny:llama")
     with torch.no_grad():
-        peft_logits = PeftModel.from_pretrained(load_backbone("tiny:llama").model, str(out)).eval()(
-            input_ids=x_ids[:1], attention_mask=x_mask[:1]).logits
+        peft_logits = (
+            PeftModel.from_pretrained(load_backbone("tiny:llama").model, str(out))
+            .eval()(input_ids=x_ids[:1], attention_mask=x_mask[:1])
+            .logits
+        )
     assert (peft_logits[0] - functional[0]).abs().max().item() <= 1e-4
 
 
@@ -98,8 +107,9 @@ def test_fits_tests_with_the_sensitivity_rows_and_checkpoints_only_the_hypernetw
     stored = torch.load(path, weights_only=True)
     assert set(stored["state_dict"]) == {f"model.{k}" for k in module.model.trainable_state_dict()}
     fresh = TextToLoRAModule.load_from_checkpoint(path, weights_only=True)
-    assert all(torch.equal(v, module.model.trainable_state_dict()[k])
-               for k, v in fresh.model.trainable_state_dict().items())
+    assert all(
+        torch.equal(v, module.model.trainable_state_dict()[k]) for k, v in fresh.model.trainable_state_dict().items()
+    )
     assert stored["loragen"]["method"] == "text_to_lora"
     with pytest.raises(LoRAGenError, match="checkpoint 'text_to_lora' was written by another method"):
         LoRAGenModule(cloud="tiny:qwen2", edge="tiny:llama", pool=TINY_POOL, router_hidden=8).on_load_checkpoint(stored)
@@ -108,23 +118,38 @@ def test_fits_tests_with_the_sensitivity_rows_and_checkpoints_only_the_hypernetw
     with pytest.raises(LoRAGenError, match="is a text_to_lora checkpoint: generate / apply / serve deploy LoRA-Gen"):
         read_checkpoint(path)
     again = TextToLoRAModule(**TINY_T2L, init_from=str(path))
-    assert all(torch.equal(v, module.model.trainable_state_dict()[k])
-               for k, v in again.model.trainable_state_dict().items())
+    assert all(
+        torch.equal(v, module.model.trainable_state_dict()[k]) for k, v in again.model.trainable_state_dict().items()
+    )
 
 
-@pytest.mark.parametrize(("args", "fragment"), [({"latent": 30}, "latent=30 must be a multiple of 4"),
-                                                ({"head_in": 0}, "head_in=0 must be >= 1"),
-                                                ({"dropout": 1.0}, "dropout=1.0 must be in")])
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ({"latent": 30}, "latent=30 must be a multiple of 4"),
+        ({"head_in": 0}, "head_in=0 must be >= 1"),
+        ({"dropout": 1.0}, "dropout=1.0 must be in"),
+    ],
+)
 def test_bad_settings_fail_in_one_line_before_any_model_loads(args, fragment):
     with pytest.raises(LoRAGenError, match=fragment):
         TextToLoRAModule.check_args(args)
 
 
 def test_compare_builds_text_to_lora_from_a_loragen_config_with_its_pool_and_no_duplicate_references(tmp_path):
-    base = {"model": {"class_path": "loragen.models.lora_gen_module.LoRAGenModule",
-                      "init_args": {"cloud": "tiny:qwen2", "edge": "tiny:llama", "pool": TINY_POOL, "router_hidden": 8,
-                                    "eval": {"metric": "harness"}}},
-            "trainer": {"callbacks": []}}
+    base = {
+        "model": {
+            "class_path": "loragen.models.lora_gen_module.LoRAGenModule",
+            "init_args": {
+                "cloud": "tiny:qwen2",
+                "edge": "tiny:llama",
+                "pool": TINY_POOL,
+                "router_hidden": 8,
+                "eval": {"metric": "harness"},
+            },
+        },
+        "trainer": {"callbacks": []},
+    }
     config = method_config(base, "text_to_lora", {"head_in": 8}, tmp_path)
     init = config["model"]["init_args"]
     assert config["model"]["class_path"].endswith("TextToLoRAModule") and "router_hidden" not in init

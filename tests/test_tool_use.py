@@ -17,9 +17,11 @@ CASES = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
 
 
 def test_parse_react_fields():
-    text = ("Thought: Do I need to use a tool? Yes\nAction: Answer Question About The Image\n"
-            "Action Input: image/a.png, what is on the table\nObservation: a cup\n"
-            "Thought: Do I need to use a tool? No\nAI: There is a cup on the table.")
+    text = (
+        "Thought: Do I need to use a tool? Yes\nAction: Answer Question About The Image\n"
+        "Action Input: image/a.png, what is on the table\nObservation: a cup\n"
+        "Thought: Do I need to use a tool? No\nAI: There is a cup on the table."
+    )
     parsed = parse_react(text)
     assert parsed.thoughts == ["Yes", "No"] and parsed.actions == ["Answer Question About The Image"]
     assert parsed.args == ["image/a.png, what is on the table"] and parsed.replies == ["There is a cup on the table."]

@@ -58,6 +58,7 @@ def _loss(module, batch):
 
 def test_resume_matches_uninterrupted_training(tmp_path):
     """N steps + resume + N steps == 2N steps: global step, optimizer state, trained weights."""
+
     class StopAt(L.Callback):  # an interruption after N steps, with the same schedule as the full run
         def __init__(self, step):
             self.step = step
@@ -71,8 +72,9 @@ def test_resume_matches_uninterrupted_training(tmp_path):
         module = LoRAGenModule(**TINY)
         ckpt_cb = L.pytorch.callbacks.ModelCheckpoint(dirpath=root, save_last=True, every_n_train_steps=1)
         callbacks = [ckpt_cb] + ([StopAt(stop)] if stop else [])
-        trainer = _trainer(root, max_steps=6, limit_train_batches=batches, enable_checkpointing=True,
-                           callbacks=callbacks)
+        trainer = _trainer(
+            root, max_steps=6, limit_train_batches=batches, enable_checkpointing=True, callbacks=callbacks
+        )
         trainer.fit(module, _data(), ckpt_path=ckpt)
         return trainer, module
 
@@ -152,8 +154,11 @@ def test_merged_evaluation_equals_functional_and_restores_weights(tmp_path):
 
 @pytest.mark.parametrize(
     "content, fragment",
-    [("", "no usable records"), ('{"system": "s", "input": "i"}\n', "no usable records"),
-     ('{"system": "s", "input": "i", "output": "o", "options": ["a", "b"], "label": 5}\n', "no usable")],
+    [
+        ("", "no usable records"),
+        ('{"system": "s", "input": "i"}\n', "no usable records"),
+        ('{"system": "s", "input": "i", "output": "o", "options": ["a", "b"], "label": 5}\n', "no usable"),
+    ],
 )
 def test_bad_data_files_stop_with_one_line(tmp_path, content, fragment):
     path = tmp_path / "bad.jsonl"
@@ -236,8 +241,10 @@ def test_prompt_sensitivity_rows_serve_other_prompts_loras(tmp_path, monkeypatch
             assert lora is not own[task] and any(lora is other for other in own.values())
         if setting == "generic":  # the task-free prompt's: none of the tasks'
             assert lora is not None and all(lora is not other for other in own.values())
-    assert {(d["setting"], d["versus"]) for d in results["differences"]} == {("loragen", "rotated"),
-                                                                              ("loragen", "generic")}
+    assert {(d["setting"], d["versus"]) for d in results["differences"]} == {
+        ("loragen", "rotated"),
+        ("loragen", "generic"),
+    }
     distance = results["gate_distance"]
     assert distance["prompts"] == len(tasks) and 0 < distance["between_prompts"] <= 1 and 0 < distance["to_generic"]
     assert "Router gate distance" in (Path(tmp_path) / "results.md").read_text()
@@ -256,9 +263,17 @@ def test_mixed_choice_and_free_form_batches_and_generation_scoring(tmp_path, mon
     """Multiple-choice items are scored by log-likelihood, free-form ones by generation (graded by the
     task's extractor when registered); unparseable generations count as wrong and are counted."""
     mixed = tmp_path / "mixed.jsonl"
-    rows = [{"system": "Answer true or false.", "input": "Question: is water wet?\nAnswer:", "output": "true",
-             "options": ["true", "false"], "label": 0, "task": "boolq"},
-            {"system": "Solve.", "input": "Question: 2+2?\nAnswer:", "output": "4", "task": "free"}]
+    rows = [
+        {
+            "system": "Answer true or false.",
+            "input": "Question: is water wet?\nAnswer:",
+            "output": "true",
+            "options": ["true", "false"],
+            "label": 0,
+            "task": "boolq",
+        },
+        {"system": "Solve.", "input": "Question: 2+2?\nAnswer:", "output": "4", "task": "free"},
+    ]
     mixed.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     module = LoRAGenModule(**TINY, eval={"max_new_tokens": 4})
     _trainer(tmp_path).test(module, _data(test_files=str(mixed)))
@@ -267,8 +282,9 @@ def test_mixed_choice_and_free_form_batches_and_generation_scoring(tmp_path, mon
 
     answers = iter(["I am not sure", "false", "4"])
     monkeypatch.setattr(LoRAGenModule, "_generate_text", lambda self, prompt: next(answers))
-    module.evaluation = dataclasses.replace(module.evaluation, scoring="generate", reference=False,
-                                            zero_shot_reference=False)
+    module.evaluation = dataclasses.replace(
+        module.evaluation, scoring="generate", reference=False, zero_shot_reference=False
+    )
     dm = _data(test_files=str(mixed))
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))

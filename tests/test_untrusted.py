@@ -59,16 +59,45 @@ def test_the_cli_refuses_bad_checkpoints_before_any_work(tmp_path, command):
     files = _bad_files(tmp_path)
     for name in ("evil", "noise", "text"):
         if command == "test":
-            args = ["test", "--config", str(ROOT / "configs" / "tiny.yaml"), "--ckpt_path", str(files[name]),
-                    "--trainer.default_root_dir", str(tmp_path / "run")]
+            args = [
+                "test",
+                "--config",
+                str(ROOT / "configs" / "tiny.yaml"),
+                "--ckpt_path",
+                str(files[name]),
+                "--trainer.default_root_dir",
+                str(tmp_path / "run"),
+            ]
         elif command == "generate":
-            args = ["generate", "--ckpt_path", str(files[name]), "--system_prompt", "Be brief.",
-                    "--output", str(tmp_path / "out"), "--format", "gates"]
+            args = [
+                "generate",
+                "--ckpt_path",
+                str(files[name]),
+                "--system_prompt",
+                "Be brief.",
+                "--output",
+                str(tmp_path / "out"),
+                "--format",
+                "gates",
+            ]
         else:
-            args = ["fit", "--config", str(ROOT / "configs" / "tiny.yaml"), "--model.init_args.init_from",
-                    str(files[name]), "--trainer.default_root_dir", str(tmp_path / "run")]
-        out = subprocess.run([sys.executable, "-m", "loragen.cli", *args], capture_output=True, text=True,
-                             cwd=tmp_path, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            args = [
+                "fit",
+                "--config",
+                str(ROOT / "configs" / "tiny.yaml"),
+                "--model.init_args.init_from",
+                str(files[name]),
+                "--trainer.default_root_dir",
+                str(tmp_path / "run"),
+            ]
+        out = subprocess.run(
+            [sys.executable, "-m", "loragen.cli", *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=300,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
         assert out.returncode == 2, out.stderr[-2000:]
         errors = [line for line in out.stderr.splitlines() if line.startswith("loragen: error:")]
         assert len(errors) == 1 and "not a loragen checkpoint" in errors[0], out.stderr[-2000:]
@@ -84,10 +113,18 @@ def test_a_model_directory_with_its_own_code_is_not_run(tmp_path):
     model_dir.mkdir()
     marker = tmp_path / "remote-code-ran"
     (model_dir / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
-    (model_dir / "config.json").write_text(json.dumps({
-        "model_type": "evil", "architectures": ["EvilForCausalLM"],
-        "auto_map": {"AutoConfig": "modeling_evil.EvilConfig",
-                     "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"}}))
+    (model_dir / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evil",
+                "architectures": ["EvilForCausalLM"],
+                "auto_map": {
+                    "AutoConfig": "modeling_evil.EvilConfig",
+                    "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM",
+                },
+            }
+        )
+    )
     with pytest.raises(LoRAGenError) as err:
         load_backbone(str(model_dir))
     assert "\n" not in str(err.value) and str(model_dir) in str(err.value)

@@ -66,8 +66,15 @@ class EpochShuffleSampler(DistributedSampler):
 
     GROUP_WINDOW = 64
 
-    def __init__(self, size: int, seed: int = 0, num_replicas: int = 1, rank: int = 0,
-                 lengths: list[int] | None = None, group: int = 1) -> None:
+    def __init__(
+        self,
+        size: int,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+        lengths: list[int] | None = None,
+        group: int = 1,
+    ) -> None:
         self.size, self.seed, self.epoch = size, seed, 0
         self.num_replicas, self.rank = num_replicas, rank
         self.lengths, self.group = lengths, group
@@ -86,13 +93,13 @@ class EpochShuffleSampler(DistributedSampler):
         if self.lengths is not None:
             window, grouped = self.group * self.GROUP_WINDOW, []
             for start in range(0, len(order), window):
-                ranked = sorted(order[start:start + window], key=lambda j: -self.lengths[j])
-                batches = [ranked[b:b + self.group] for b in range(0, len(ranked), self.group)]
+                ranked = sorted(order[start : start + window], key=lambda j: -self.lengths[j])
+                batches = [ranked[b : b + self.group] for b in range(0, len(ranked), self.group)]
                 for b in torch.randperm(len(batches), generator=gen).tolist():  # batch order stays random
                     grouped.extend(batches[b])
             order = grouped
         skip, self.skip_once = self.skip_once, 0
-        return iter(order[skip:][self.rank::self.num_replicas])
+        return iter(order[skip:][self.rank :: self.num_replicas])
 
 
 class RecordDataModule(L.LightningDataModule):
@@ -116,18 +123,40 @@ class RecordDataModule(L.LightningDataModule):
         seed: shuffling seed (the order of epoch e depends only on seed and e, so resumes repeat it).
     """
 
-    def __init__(self, train_files: str | list[str] | None = None, val_files: str | list[str] | None = None,
-                 test_files: str | list[str] | None = None, predict_files: str | list[str] | None = None,
-                 cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
-                 batch_size: int = 8, eval_batch_size: int = 8, max_system_tokens: int = 1024,
-                 max_input_tokens: int = 256, max_output_tokens: int = 64, limit_per_task: int | None = None,
-                 val_limit_per_task: int | None = None, reference: bool = True, scoring: str = "loglik",
-                 strict: bool = False, length_grouped: bool = False, num_workers: int = 0, seed: int = 0) -> None:
+    def __init__(
+        self,
+        train_files: str | list[str] | None = None,
+        val_files: str | list[str] | None = None,
+        test_files: str | list[str] | None = None,
+        predict_files: str | list[str] | None = None,
+        cloud: str = "bundled:smollm2-135m-instruct",
+        edge: str = "bundled:smollm2-135m-instruct",
+        batch_size: int = 8,
+        eval_batch_size: int = 8,
+        max_system_tokens: int = 1024,
+        max_input_tokens: int = 256,
+        max_output_tokens: int = 64,
+        limit_per_task: int | None = None,
+        val_limit_per_task: int | None = None,
+        reference: bool = True,
+        scoring: str = "loglik",
+        strict: bool = False,
+        length_grouped: bool = False,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.check_config(**self.hparams)
-        self.files = {stage: resolve_files(spec) for stage, spec in
-                      (("train", train_files), ("val", val_files), ("test", test_files), ("predict", predict_files))}
+        self.files = {
+            stage: resolve_files(spec)
+            for stage, spec in (
+                ("train", train_files),
+                ("val", val_files),
+                ("test", test_files),
+                ("predict", predict_files),
+            )
+        }
         self.records: dict[str, list[Record]] = {}
         self.examples: dict[str, list[dict[str, Any]]] = {}
         self._tok: RecordTokenizer | None = None
@@ -164,8 +193,9 @@ class RecordDataModule(L.LightningDataModule):
 
             cloud_tok = load_tokenizer(self.hparams.cloud)
             edge_tok = cloud_tok if self.hparams.edge == self.hparams.cloud else load_tokenizer(self.hparams.edge)
-            limits = Limits(self.hparams.max_system_tokens, self.hparams.max_input_tokens,
-                            self.hparams.max_output_tokens)
+            limits = Limits(
+                self.hparams.max_system_tokens, self.hparams.max_input_tokens, self.hparams.max_output_tokens
+            )
             self._tok = RecordTokenizer(cloud_tok, edge_tok, limits)
         return self._tok
 
@@ -220,8 +250,11 @@ class RecordDataModule(L.LightningDataModule):
             if key in self.examples or not self.has_stage(name):
                 continue
             if name == "train":
-                self._tokenize(key, partial(tok.train_example, with_system=key == "train+system",
-                                            teacher=key == "train+teacher"), split="train")
+                self._tokenize(
+                    key,
+                    partial(tok.train_example, with_system=key == "train+system", teacher=key == "train+teacher"),
+                    split="train",
+                )
             else:
                 self._tokenize(name, lambda r: tok.eval_example(r, self.hparams.reference))
 
@@ -250,9 +283,11 @@ class RecordDataModule(L.LightningDataModule):
         cut = {k: v - before.get(k, 0) for k, v in tok.limits.truncated.items() if v > before.get(k, 0)}
         if cut:
             detail = ", ".join(f"{k}: {v}" for k, v in cut.items())
-            warnings.warn(f"{name}: {sum(cut.values())} truncation(s) over the configured limits across "
-                          f"{len(records)} records ({detail}); raise data.max_*_tokens to keep them whole",
-                          stacklevel=3)
+            warnings.warn(
+                f"{name}: {sum(cut.values())} truncation(s) over the configured limits across "
+                f"{len(records)} records ({detail}); raise data.max_*_tokens to keep them whole",
+                stacklevel=3,
+            )
 
     # ----------------------------------------------------------------------------- loaders
 
@@ -276,8 +311,14 @@ class RecordDataModule(L.LightningDataModule):
         # Its own generator: creating an iterator must not draw from the global RNG (router noise),
         # or a resumed run would see different noise than an uninterrupted one.
         generator = torch.Generator().manual_seed(self.hparams.seed)
-        return DataLoader(examples, batch_size=size, sampler=sampler, collate_fn=collate,
-                          num_workers=self.hparams.num_workers, generator=generator)
+        return DataLoader(
+            examples,
+            batch_size=size,
+            sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.hparams.num_workers,
+            generator=generator,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -72,8 +72,9 @@ def _json_array(path: Path, text: str) -> list[Row]:
         try:
             obj, end = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as err:
-            raise LoRAGenError(f"{path}:{err.lineno}: invalid JSON ({err.msg}): the file cannot be read past "
-                               "this point; fix it") from err
+            raise LoRAGenError(
+                f"{path}:{err.lineno}: invalid JSON ({err.msg}): the file cannot be read past this point; fix it"
+            ) from err
         where = f"{path}:{line}"
         rows.append((where, Malformed("record is not valid UTF-8") if _has_bad_bytes(obj) else obj))
         pos = skip(end)

@@ -20,8 +20,10 @@ T = TypeVar("T")
 
 def check_temperature(temperature: float) -> None:
     if not isinstance(temperature, int | float) or not math.isfinite(temperature) or temperature < 1:
-        raise LoRAGenError(f"data.mixing_temperature must be a number >= 1 (1 = proportional to the capped task "
-                           f"sizes, larger = flatter), got {temperature!r}")
+        raise LoRAGenError(
+            f"data.mixing_temperature must be a number >= 1 (1 = proportional to the capped task "
+            f"sizes, larger = flatter), got {temperature!r}"
+        )
 
 
 def mixture_sizes(sizes: dict[str, int], cap: int | None, temperature: float) -> dict[str, int]:
@@ -52,5 +54,8 @@ def take(records: list[T], count: int, key: str) -> list[T]:
 def mix(by_task: dict[str, list[T]], cap: int | None, temperature: float, seed: int) -> list[T]:
     """The training records of the mixture, task by task (the sampler shuffles them)."""
     sizes = mixture_sizes({task: len(records) for task, records in by_task.items()}, cap, temperature)
-    return [r for task, records in by_task.items()
-            for r in take(records, sizes[task], f"loragen-train-subset|{task}|{seed}")]
+    return [
+        r
+        for task, records in by_task.items()
+        for r in take(records, sizes[task], f"loragen-train-subset|{task}|{seed}")
+    ]

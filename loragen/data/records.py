@@ -67,14 +67,26 @@ def parse_record(obj: Any, where: str, default_task: str = "default") -> Record:
         options = tuple(options)
     contexts = obj.get("contexts")
     if contexts is not None:
-        if options is None or not isinstance(contexts, list) or len(contexts) != len(options) \
-                or not all(isinstance(c, str) and c for c in contexts):
+        if (
+            options is None
+            or not isinstance(contexts, list)
+            or len(contexts) != len(options)
+            or not all(isinstance(c, str) and c for c in contexts)
+        ):
             raise RecordError(f"{where}: 'contexts' must be a list of non-empty strings, one per option")
         contexts = tuple(contexts)
     known = ("system", "input", "output", "task", "options", "label", "contexts")
     extra = {k: v for k, v in obj.items() if k not in known}
-    return Record(values["system"], values["input"], values["output"], str(obj.get("task") or default_task),
-                  options, label, extra, contexts=contexts)
+    return Record(
+        values["system"],
+        values["input"],
+        values["output"],
+        str(obj.get("task") or default_task),
+        options,
+        label,
+        extra,
+        contexts=contexts,
+    )
 
 
 def load_records(path: str | Path, *, strict: bool = False, task: str | None = None) -> list[Record]:
@@ -87,8 +99,9 @@ def load_records(path: str | Path, *, strict: bool = False, task: str | None = N
     if not path.is_file():
         raise LoRAGenError(f"data file {path} does not exist: check the path in your config (data.*_files)")
     default_task = task or path.name.split(".")[0]
-    items = [(where, RecordError(f"{where}: {obj}") if isinstance(obj, Malformed) else obj)
-             for where, obj in read_rows(path)]
+    items = [
+        (where, RecordError(f"{where}: {obj}") if isinstance(obj, Malformed) else obj) for where, obj in read_rows(path)
+    ]
     records: list[Record] = []
     problems: list[str] = []
     for where, obj in items:

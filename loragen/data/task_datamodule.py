@@ -24,8 +24,12 @@ STAGES = ("train", "val", "test", "predict")
 
 
 def _stage_pairs(kw: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
-    splits = {"train": kw.get("train_split") or "train", "val": kw.get("val_split") or "val",
-              "test": kw.get("test_split") or "test", "predict": kw.get("test_split") or "test"}
+    splits = {
+        "train": kw.get("train_split") or "train",
+        "val": kw.get("val_split") or "val",
+        "test": kw.get("test_split") or "test",
+        "predict": kw.get("test_split") or "test",
+    }
     return {stage: expand_tasks(plain_config(kw.get(f"{stage}_tasks")), splits[stage]) for stage in STAGES}
 
 
@@ -36,13 +40,17 @@ def check_unseen(train: list[tuple[str, str]], unseen: list[str] | None, extra: 
     datasets = {spec.dataset for spec in (*REGISTRY.values(), *extra.values())}
     unknown = [name for name in unseen if name not in datasets]
     if unknown:
-        raise LoRAGenError(f"data.unseen names unknown dataset(s) {', '.join(unknown)}: a dataset is a task's "
-                           "`dataset` (see `loragen tasks`)")
+        raise LoRAGenError(
+            f"data.unseen names unknown dataset(s) {', '.join(unknown)}: a dataset is a task's "
+            "`dataset` (see `loragen tasks`)"
+        )
     for task, _ in train:
         dataset = get_task(task, extra).dataset
         if dataset in unseen:
-            raise LoRAGenError(f"train task {task!r} is from dataset {dataset!r}, which data.unseen keeps out of "
-                               "training: remove it from data.train_tasks (or from data.unseen)")
+            raise LoRAGenError(
+                f"train task {task!r} is from dataset {dataset!r}, which data.unseen keeps out of "
+                "training: remove it from data.train_tasks (or from data.unseen)"
+            )
 
 
 def _extra_specs(extra_tasks: Any) -> dict[str, TaskSpec]:
@@ -100,39 +108,84 @@ class TaskDataModule(RecordDataModule):
         The remaining arguments are ``RecordDataModule``'s (tokenizer sources, batch sizes, limits).
     """
 
-    def __init__(self, train_tasks: list[str] | str | None = None, val_tasks: list[str] | str | None = None,
-                 test_tasks: list[str] | str | None = None, predict_tasks: list[str] | str | None = None,
-                 data_dir: str | None = None, files: dict[str, dict[str, str]] | None = None, shots: int = 3,
-                 train_split: str = "train", val_split: str = "val", test_split: str = "test",
-                 extra_tasks: list[dict[str, Any]] | None = None, train_limit_per_task: int | None = None,
-                 shot_draws: int = 1, holdout: int = 0, holdout_skip: int = 0, mixing_temperature: float = 1.0,
-                 train_descriptions: int | None = 1, eval_description: Literal["canonical", "heldout"] = "canonical",
-                 unseen: list[str] | None = None,
-                 cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
-                 batch_size: int = 8, eval_batch_size: int = 8, max_system_tokens: int = 1024,
-                 max_input_tokens: int = 256, max_output_tokens: int = 64, limit_per_task: int | None = None,
-                 val_limit_per_task: int | None = None, reference: bool = True, scoring: str = "loglik",
-                 strict: bool = False, length_grouped: bool = False, num_workers: int = 0, seed: int = 0) -> None:
-        super().__init__(cloud=cloud, edge=edge, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         max_system_tokens=max_system_tokens, max_input_tokens=max_input_tokens,
-                         max_output_tokens=max_output_tokens, limit_per_task=limit_per_task,
-                         val_limit_per_task=val_limit_per_task, reference=reference, scoring=scoring,
-                         strict=strict, length_grouped=length_grouped, num_workers=num_workers, seed=seed)
+    def __init__(
+        self,
+        train_tasks: list[str] | str | None = None,
+        val_tasks: list[str] | str | None = None,
+        test_tasks: list[str] | str | None = None,
+        predict_tasks: list[str] | str | None = None,
+        data_dir: str | None = None,
+        files: dict[str, dict[str, str]] | None = None,
+        shots: int = 3,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        extra_tasks: list[dict[str, Any]] | None = None,
+        train_limit_per_task: int | None = None,
+        shot_draws: int = 1,
+        holdout: int = 0,
+        holdout_skip: int = 0,
+        mixing_temperature: float = 1.0,
+        train_descriptions: int | None = 1,
+        eval_description: Literal["canonical", "heldout"] = "canonical",
+        unseen: list[str] | None = None,
+        cloud: str = "bundled:smollm2-135m-instruct",
+        edge: str = "bundled:smollm2-135m-instruct",
+        batch_size: int = 8,
+        eval_batch_size: int = 8,
+        max_system_tokens: int = 1024,
+        max_input_tokens: int = 256,
+        max_output_tokens: int = 64,
+        limit_per_task: int | None = None,
+        val_limit_per_task: int | None = None,
+        reference: bool = True,
+        scoring: str = "loglik",
+        strict: bool = False,
+        length_grouped: bool = False,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            cloud=cloud,
+            edge=edge,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            max_system_tokens=max_system_tokens,
+            max_input_tokens=max_input_tokens,
+            max_output_tokens=max_output_tokens,
+            limit_per_task=limit_per_task,
+            val_limit_per_task=val_limit_per_task,
+            reference=reference,
+            scoring=scoring,
+            strict=strict,
+            length_grouped=length_grouped,
+            num_workers=num_workers,
+            seed=seed,
+        )
         # only this class's arguments (no *_files), so ``TaskDataModule(**hparams)`` rebuilds it
         self.save_hyperparameters(ignore=["train_files", "val_files", "test_files", "predict_files"])
         self.extra_specs = _extra_specs(extra_tasks)
         self.stage_tasks = _stage_pairs(dict(self.hparams))
-        self.loader = TaskLoader(data_dir, plain_config(files), shots=shots, seed=seed, strict=strict,
-                                 tasks=self.extra_specs, formulation=formulation_for(scoring), holdout=holdout,
-                                 shot_draws=shot_draws, holdout_skip=holdout_skip,
-                                 train_descriptions=train_descriptions, eval_description=eval_description)
+        self.loader = TaskLoader(
+            data_dir,
+            plain_config(files),
+            shots=shots,
+            seed=seed,
+            strict=strict,
+            tasks=self.extra_specs,
+            formulation=formulation_for(scoring),
+            holdout=holdout,
+            shot_draws=shot_draws,
+            holdout_skip=holdout_skip,
+            train_descriptions=train_descriptions,
+            eval_description=eval_description,
+        )
 
     @staticmethod
     def check_config(**kw: Any) -> None:
         """Unknown tasks, splits and missing files fail here, before any model or tokenizer is loaded."""
         check_sizes(kw)
-        for key in ("shots", "train_limit_per_task", "limit_per_task", "val_limit_per_task", "holdout",
-                    "holdout_skip"):
+        for key in ("shots", "train_limit_per_task", "limit_per_task", "val_limit_per_task", "holdout", "holdout_skip"):
             if kw.get(key) is not None and kw[key] < 0:
                 raise LoRAGenError(f"data.{key} must be >= 0, got {kw[key]}")
         check_temperature(kw.get("mixing_temperature", 1.0))
@@ -144,11 +197,17 @@ class TaskDataModule(RecordDataModule):
             for task, _ in stage_pairs:
                 get_task(task, extra)  # unknown names list the known tasks
         check_unseen(pairs["train"], plain_config(kw.get("unseen")), extra)
-        loader = TaskLoader(kw.get("data_dir"), plain_config(kw.get("files")), shots=kw.get("shots", 3) or 0,
-                            tasks=extra, holdout=kw.get("holdout") or 0, shot_draws=kw.get("shot_draws", 1),
-                            holdout_skip=kw.get("holdout_skip") or 0,
-                            train_descriptions=kw.get("train_descriptions", 1),
-                            eval_description=kw.get("eval_description", "canonical"))
+        loader = TaskLoader(
+            kw.get("data_dir"),
+            plain_config(kw.get("files")),
+            shots=kw.get("shots", 3) or 0,
+            tasks=extra,
+            holdout=kw.get("holdout") or 0,
+            shot_draws=kw.get("shot_draws", 1),
+            holdout_skip=kw.get("holdout_skip") or 0,
+            train_descriptions=kw.get("train_descriptions", 1),
+            eval_description=kw.get("eval_description", "canonical"),
+        )
         for task, split in dict.fromkeys(p for stage_pairs in pairs.values() for p in stage_pairs):
             loader.check(task, split)
             loader.shot_split(task)  # a task with shots needs a split to draw them from (reads nothing)
@@ -157,8 +216,10 @@ class TaskDataModule(RecordDataModule):
         return bool(self.stage_tasks[stage])
 
     def read_records(self, stage: str) -> list[Record]:
-        by_task = {task: self.loader.records(task, split, vary_shots=stage == "train")
-                   for task, split in self.stage_tasks[stage]}
+        by_task = {
+            task: self.loader.records(task, split, vary_shots=stage == "train")
+            for task, split in self.stage_tasks[stage]
+        }
         if stage == "train":
             return mix(by_task, self.hparams.train_limit_per_task, self.hparams.mixing_temperature, self.hparams.seed)
         return [r for task_records in by_task.values() for r in task_records]

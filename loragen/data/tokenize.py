@@ -65,7 +65,7 @@ def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[i
         return [prefix], tokenizer(continuation, add_special_tokens=False)["input_ids"]
     whole = tokenizer(context + continuation)["input_ids"]
     context_ids = tokenizer(context)["input_ids"]
-    return context_ids, whole[len(context_ids):]
+    return context_ids, whole[len(context_ids) :]
 
 
 class RecordTokenizer:
@@ -89,14 +89,15 @@ class RecordTokenizer:
         ids = self.edge(edge_prompt(record, with_system), add_special_tokens=True)["input_ids"]
         return self.limits.tail(ids, self._input_limit(with_system), "user input")
 
-    def pair_ids(self, record: Record, context: str, answer: str, with_system: bool,
-                 scoring: bool = False) -> tuple[list[int], list[int]]:
+    def pair_ids(
+        self, record: Record, context: str, answer: str, with_system: bool, scoring: bool = False
+    ) -> tuple[list[int], list[int]]:
         """(context, " " + answer) encoded as the harness does; the context keeps its tail. A training
         answer keeps its head (``max_output_tokens``); a scored option is never cut (its whole text is
         the option), and its context's truncation is counted once, by ``prompt_ids``."""
         prompt, answer_ids = encode_pair(self.edge, edge_prompt(record, with_system, context), " " + answer)
         if scoring:
-            return prompt[-self._input_limit(with_system):], answer_ids
+            return prompt[-self._input_limit(with_system) :], answer_ids
         prompt = self.limits.tail(prompt, self._input_limit(with_system), "user input")
         return prompt, self.limits.head(answer_ids, self.limits.max_output_tokens, "answer")
 
@@ -104,8 +105,10 @@ class RecordTokenizer:
         """One (context ids, continuation ids) pair per option: the option text after the input, or
         after its own context (partial scoring)."""
         contexts = record.contexts or (record.input,) * len(record.options or ())
-        return [self.pair_ids(record, c, o, with_system, scoring=True)
-                for c, o in zip(contexts, record.options or (), strict=True)]
+        return [
+            self.pair_ids(record, c, o, with_system, scoring=True)
+            for c, o in zip(contexts, record.options or (), strict=True)
+        ]
 
     def _sequence(self, record: Record, with_system: bool) -> tuple[list[int], list[int]]:
         prompt, answer = self.pair_ids(record, record.train_context, record.output, with_system)
@@ -119,8 +122,12 @@ class RecordTokenizer:
         sequence with the system prompt as ``teacher_input_ids`` / ``teacher_labels`` (context distillation:
         the edge reading the prompt is the target of the edge without it)."""
         ids, labels = self._sequence(record, with_system)
-        example = {"system_ids": self.system_ids(record.system), "input_ids": ids, "labels": labels,
-                   "task": record.task}
+        example = {
+            "system_ids": self.system_ids(record.system),
+            "input_ids": ids,
+            "labels": labels,
+            "task": record.task,
+        }
         if teacher:
             example["teacher_input_ids"], example["teacher_labels"] = self._sequence(record, with_system=True)
         return example
@@ -167,8 +174,11 @@ class Collator:
         }
         batch.update(self._edge([e["input_ids"] for e in examples], [e["labels"] for e in examples], ""))
         if "teacher_input_ids" in examples[0]:
-            batch.update(self._edge([e["teacher_input_ids"] for e in examples],
-                                    [e["teacher_labels"] for e in examples], "teacher_"))
+            batch.update(
+                self._edge(
+                    [e["teacher_input_ids"] for e in examples], [e["teacher_labels"] for e in examples], "teacher_"
+                )
+            )
         if "requests" in examples[0]:  # evaluation: ragged lists (see ``loragen.models.scoring``)
             batch["label"] = torch.tensor([e["label"] for e in examples])
             for key in ("requests", "ref_requests", "option_chars", "prompt", "ref_prompt", "uid", "task_pos"):

@@ -47,8 +47,10 @@ def check_output_dir(target: Path, overwrite: bool) -> None:
     if not overwrite:
         raise LoRAGenError(f"output directory {target} exists and is not empty: choose another or pass --overwrite")
     if not (target / META_FILE).is_file():
-        raise LoRAGenError(f"output directory {target} is not a loragen output (no {META_FILE}): refusing to "
-                           "replace it even with --overwrite; choose another --output")
+        raise LoRAGenError(
+            f"output directory {target} is not a loragen output (no {META_FILE}): refusing to "
+            "replace it even with --overwrite; choose another --output"
+        )
 
 
 @contextlib.contextmanager

@@ -39,8 +39,13 @@ def from_deployment(deployment: Deployment, system_prompt: str) -> ChatModel:
     record, _ = deployment.gates(system_prompt)
     lora = deployment.lora(record)
     side = deployment.edge_side
-    return ChatModel(side.backbone.model, side.backbone.tokenizer, lambda: side.edge_lora.merged_lora(lora),
-                     contextlib.nullcontext, system_prompt)
+    return ChatModel(
+        side.backbone.model,
+        side.backbone.tokenizer,
+        lambda: side.edge_lora.merged_lora(lora),
+        contextlib.nullcontext,
+        system_prompt,
+    )
 
 
 def from_adapter(adapter: str | Path, edge: str | None = None, system_prompt: str | None = None) -> ChatModel:
@@ -52,15 +57,19 @@ def from_adapter(adapter: str | Path, edge: str | None = None, system_prompt: st
 
     adapter = Path(adapter)
     if not (adapter / "adapter_config.json").is_file():
-        raise LoRAGenError(f"{adapter} is not a PEFT adapter directory (no adapter_config.json): give the "
-                           "output of `loragen generate --format peft`")
+        raise LoRAGenError(
+            f"{adapter} is not a PEFT adapter directory (no adapter_config.json): give the "
+            "output of `loragen generate --format peft`"
+        )
     meta = read_meta(adapter) if (adapter / META_FILE).is_file() else {}
     source = edge or meta.get("edge")
     if not source:
         raise LoRAGenError(f"{adapter} has no {META_FILE} naming its edge model: pass --edge SOURCE")
     if system_prompt is not None and meta.get("system_prompt_sha256") not in (None, sha256_text(system_prompt)):
-        raise LoRAGenError(f"the given system prompt is not the one {adapter} was generated for (sha256 differs): "
-                           "give the same prompt, or compare without --adapter")
+        raise LoRAGenError(
+            f"the given system prompt is not the one {adapter} was generated for (sha256 differs): "
+            "give the same prompt, or compare without --adapter"
+        )
     backbone = load_backbone(source)
     with warnings.catch_warnings():  # peft calls a transformers API deprecated in v5; not ours to fix
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
@@ -102,8 +111,12 @@ def _stream_llama(llm: Any, prompt: str, out: TextIO, max_new_tokens: int) -> di
         out.flush()
     out.write(decoder.decode(b"", final=True) + "\n")
     seconds = time.perf_counter() - start
-    return {"prompt_tokens": len(ids), "new_tokens": new, "seconds": seconds,
-            "first_token_seconds": (first - start) if first else seconds}
+    return {
+        "prompt_tokens": len(ids),
+        "new_tokens": new,
+        "seconds": seconds,
+        "first_token_seconds": (first - start) if first else seconds,
+    }
 
 
 def _streamer(tokenizer: Any, out: TextIO) -> Any:
@@ -134,30 +147,45 @@ def stream_answer(chat_model: ChatModel, prompt: str, out: TextIO, label: str, m
     if chat_model.runtime == "llama.cpp":
         out.write(f"[{label}] ")
         stats = _stream_llama(chat_model.model, prompt, out, max_new_tokens)
-        out.write(f"  ({stats['new_tokens']} new tokens in {stats['seconds']:.2f} s, first after "
-                  f"{stats['first_token_seconds']:.2f} s; prompt {stats['prompt_tokens']} tokens)\n")
+        out.write(
+            f"  ({stats['new_tokens']} new tokens in {stats['seconds']:.2f} s, first after "
+            f"{stats['first_token_seconds']:.2f} s; prompt {stats['prompt_tokens']} tokens)\n"
+        )
         return stats
     tok = chat_model.tokenizer
     ids = tok(prompt, return_tensors="pt")["input_ids"]
-    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                              eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id)
+    config = GenerationConfig(
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        bos_token_id=tok.bos_token_id,
+    )
     streamer = _streamer(tok, out)
     out.write(f"[{label}] ")
     start = time.perf_counter()
     with torch.no_grad():
-        generated = chat_model.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                              generation_config=config, streamer=streamer)
+        generated = chat_model.model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config, streamer=streamer
+        )
     seconds = time.perf_counter() - start
     first = (streamer.first_token_at - start) if streamer.first_token_at else seconds
-    stats = {"prompt_tokens": int(ids.shape[1]), "new_tokens": int(generated.shape[1] - ids.shape[1]),
-             "seconds": seconds, "first_token_seconds": first}
-    out.write(f"  ({stats['new_tokens']} new tokens in {seconds:.2f} s, first after {first:.2f} s; "
-              f"prompt {stats['prompt_tokens']} tokens)\n")
+    stats = {
+        "prompt_tokens": int(ids.shape[1]),
+        "new_tokens": int(generated.shape[1] - ids.shape[1]),
+        "seconds": seconds,
+        "first_token_seconds": first,
+    }
+    out.write(
+        f"  ({stats['new_tokens']} new tokens in {seconds:.2f} s, first after {first:.2f} s; "
+        f"prompt {stats['prompt_tokens']} tokens)\n"
+    )
     return stats
 
 
-def chat(chat_model: ChatModel, stdin: TextIO, stdout: TextIO, *, max_new_tokens: int = 64,
-         compare: bool = False) -> list[dict[str, Any]]:
+def chat(
+    chat_model: ChatModel, stdin: TextIO, stdout: TextIO, *, max_new_tokens: int = 64, compare: bool = False
+) -> list[dict[str, Any]]:
     """Answer each line of ``stdin`` until EOF; returns per-turn statistics."""
     from loragen.data.records import Record
     from loragen.data.tokenize import edge_prompt
@@ -189,8 +217,9 @@ def chat(chat_model: ChatModel, stdin: TextIO, stdout: TextIO, *, max_new_tokens
             if compare:
                 prompted = edge_prompt(Record(chat_model.system_prompt or "", text, ""), with_system=True)
                 with chat_model.base():
-                    turn["base_with_system_prompt"] = stream_answer(chat_model, prompted, stdout,
-                                                                    "base + system prompt", max_new_tokens)
+                    turn["base_with_system_prompt"] = stream_answer(
+                        chat_model, prompted, stdout, "base + system prompt", max_new_tokens
+                    )
             turns.append(turn)
     if interactive:
         stdout.write("\n")

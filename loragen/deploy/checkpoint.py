@@ -55,18 +55,26 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
         raise LoRAGenError(f"{path} has no loragen pair fingerprint: it was not written by loragen")
     method = ckpt["loragen"].get("method", "loragen")
     if method != "loragen":
-        raise LoRAGenError(f"{path} is a {method} checkpoint: generate / apply / serve deploy LoRA-Gen generators "
-                           "(their gates); evaluate it with `loragen test`")
+        raise LoRAGenError(
+            f"{path} is a {method} checkpoint: generate / apply / serve deploy LoRA-Gen generators "
+            "(their gates); evaluate it with `loragen test`"
+        )
     from loragen.models.config import group
 
     hparams = dict(ckpt.get("hyper_parameters", {}))
     prefix = "model.pool."
-    pool_state = {k[len(prefix):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
+    pool_state = {k[len(prefix) :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
     # an upgraded copy of an older checkpoint is known by its source's hash (what earlier outputs recorded)
     sha256 = ckpt["loragen"].get("upgraded_from_sha256") or sha256_file(path)
-    return CheckpointInfo(path=path, sha256=sha256, fingerprint=dict(ckpt["loragen"]["fingerprint"]),
-                          hparams=hparams, pool=group("pool", hparams.get("pool")),
-                          data_hparams=dict(ckpt.get("datamodule_hyper_parameters", {})), pool_state=pool_state)
+    return CheckpointInfo(
+        path=path,
+        sha256=sha256,
+        fingerprint=dict(ckpt["loragen"]["fingerprint"]),
+        hparams=hparams,
+        pool=group("pool", hparams.get("pool")),
+        data_hparams=dict(ckpt.get("datamodule_hyper_parameters", {})),
+        pool_state=pool_state,
+    )
 
 
 def load_module(info: CheckpointInfo, cloud: str | None = None, edge: str | None = None) -> LoRAGenModule:
@@ -100,15 +108,29 @@ def load_edge_side(info: CheckpointInfo, edge: str | None = None) -> EdgeSide:
         shapes = {s.name: [s.out_features, s.in_features] for s in find_target_sites(backbone.model, targets)}
     except LoRAGenError:
         shapes = {}
-    given = {**info.fingerprint, "edge": source, "edge_arch": str(backbone.model.config.model_type),
-             "edge_layers": backbone.num_layers, "edge_hidden": backbone.hidden_size,
-             "edge_vocab": len(backbone.tokenizer), "target_shapes": dict(sorted(shapes.items()))}
+    given = {
+        **info.fingerprint,
+        "edge": source,
+        "edge_arch": str(backbone.model.config.model_type),
+        "edge_layers": backbone.num_layers,
+        "edge_hidden": backbone.hidden_size,
+        "edge_vocab": len(backbone.tokenizer),
+        "target_shapes": dict(sorted(shapes.items())),
+    }
     PairFingerprint.from_dict(info.fingerprint).check_compatible(PairFingerprint.from_dict(given))
-    pool = ExpertPool(backbone.model, targets, num_experts=pool_config.num_experts, rank=pool_config.rank,
-                      lora_alpha=pool_config.lora_alpha, top_k=pool_config.top_k, seed=info.hparams.get("seed", 0))
+    pool = ExpertPool(
+        backbone.model,
+        targets,
+        num_experts=pool_config.num_experts,
+        rank=pool_config.rank,
+        lora_alpha=pool_config.lora_alpha,
+        top_k=pool_config.top_k,
+        seed=info.hparams.get("seed", 0),
+    )
     try:
         pool.load_state_dict(info.pool_state)
     except RuntimeError as err:
-        raise LoRAGenError(f"checkpoint {info.path} has an incomplete or mismatched expert pool: "
-                           f"{str(err).splitlines()[0]}") from err
+        raise LoRAGenError(
+            f"checkpoint {info.path} has an incomplete or mismatched expert pool: {str(err).splitlines()[0]}"
+        ) from err
     return EdgeSide(backbone=backbone, pool=pool, edge_lora=EdgeLoRA(backbone.model, pool))

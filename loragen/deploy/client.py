@@ -59,8 +59,9 @@ class GeneratorClient:
         if body is not None:
             data = json.dumps(body).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(self.url + path, data=data, headers=headers,
-                                         method="POST" if body is not None else "GET")
+        request = urllib.request.Request(
+            self.url + path, data=data, headers=headers, method="POST" if body is not None else "GET"
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - http(s) only
                 return response.read(), response.headers.get("Content-Type", "")
@@ -68,8 +69,10 @@ class GeneratorClient:
             raise LoRAGenError(f"the server at {self.url} refused {path} with {err.code}: {_detail(err)}") from None
         except (TimeoutError, urllib.error.URLError, http.client.HTTPException, ConnectionError, OSError) as err:
             reason = getattr(err, "reason", err)
-            raise LoRAGenError(f"no answer from the server at {self.url} for {path} ({reason.__class__.__name__}: "
-                               f"{reason}): is `loragen serve` running there?") from None
+            raise LoRAGenError(
+                f"no answer from the server at {self.url} for {path} ({reason.__class__.__name__}: "
+                f"{reason}): is `loragen serve` running there?"
+            ) from None
 
     def health(self) -> bool:
         try:
@@ -89,8 +92,9 @@ class GeneratorClient:
         try:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise LoRAGenError(f"the server at {self.url} sent gates that are not JSON ({err.__class__.__name__})") \
-                from None
+            raise LoRAGenError(
+                f"the server at {self.url} sent gates that are not JSON ({err.__class__.__name__})"
+            ) from None
         record = GatesRecord.from_dict(data, where=f"gates from {self.url}")  # checks the values' sha256
         if record.system_prompt_sha256 != sha256_text(system_prompt):
             raise LoRAGenError(f"the server at {self.url} answered for another system prompt (sha256 mismatch)")
@@ -130,9 +134,16 @@ class LocalService:
     ``args`` are further ``loragen serve`` options; the API key is passed through ``--api_key_file``
     (``key=None``: ``--insecure-no-auth``). The constructor returns once ``/health`` answers ``ok``."""
 
-    def __init__(self, ckpt_path: str | os.PathLike[str], workdir: str | os.PathLike[str], *args: str,
-                 key: str | None = None, env: dict[str, str] | None = None, startup_timeout: float = 300.0,
-                 name: str = "serve") -> None:
+    def __init__(
+        self,
+        ckpt_path: str | os.PathLike[str],
+        workdir: str | os.PathLike[str],
+        *args: str,
+        key: str | None = None,
+        env: dict[str, str] | None = None,
+        startup_timeout: float = 300.0,
+        name: str = "serve",
+    ) -> None:
         import subprocess
         import sys
         import time
@@ -150,10 +161,25 @@ class LocalService:
         self.log_path = self.workdir / f"{name}.log"
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         ckpt = Path(ckpt_path).resolve() if Path(ckpt_path).exists() else ckpt_path  # the server runs in workdir
-        self.proc = subprocess.Popen([sys.executable, "-m", "loragen.cli", "serve", "--ckpt_path", str(ckpt),
-                                      "--port", str(self.port), *auth, *args], cwd=self.workdir,
-                                     env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "loragen.cli",
+                "serve",
+                "--ckpt_path",
+                str(ckpt),
+                "--port",
+                str(self.port),
+                *auth,
+                *args,
+            ],
+            cwd=self.workdir,
+            env={**os.environ, **(env or {})},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + startup_timeout
         while not self.client.health():
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 def check_system_prompt(text: str | None) -> str:
     """Refuse an empty system prompt before any model is loaded."""
     if text is None or not text.strip():
-        raise LoRAGenError("the system prompt is empty: give the task's instruction with --system_prompt "
-                           "or --system_prompt_file")
+        raise LoRAGenError(
+            "the system prompt is empty: give the task's instruction with --system_prompt or --system_prompt_file"
+        )
     return text
 
 
@@ -41,8 +42,15 @@ class Deployment:
         cache: look up and store generated gates in ``cache_dir`` (default ``cache_root()/generated``).
     """
 
-    def __init__(self, ckpt_path: str | os.PathLike[str], *, cloud: str | None = None, edge: str | None = None,
-                 cache: bool = True, cache_dir: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        ckpt_path: str | os.PathLike[str],
+        *,
+        cloud: str | None = None,
+        edge: str | None = None,
+        cache: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.info = read_checkpoint(ckpt_path)
         self.cloud, self.edge = cloud, edge
         self.cache = GatesCache(cache_dir) if cache else None
@@ -76,12 +84,17 @@ class Deployment:
         meta = model.generator.num_meta
         context = getattr(model.cloud_backbone.model.config, "max_position_embeddings", None)
         if context is not None and len(ids) > int(context) - meta:
-            raise LoRAGenError(f"the system prompt is {len(ids)} cloud tokens, over the limit of {int(context) - meta} "
-                               f"(the cloud's context of {context} minus {meta} meta tokens): shorten it")
+            raise LoRAGenError(
+                f"the system prompt is {len(ids)} cloud tokens, over the limit of {int(context) - meta} "
+                f"(the cloud's context of {context} minus {meta} meta tokens): shorten it"
+            )
         trained = self.info.data_hparams.get("max_system_tokens")
         if trained and len(ids) > int(trained):
-            warnings.warn(f"the system prompt is {len(ids)} cloud tokens; the generator was trained on prompts "
-                          f"truncated to {trained}, so its gates for this prompt are an extrapolation", stacklevel=2)
+            warnings.warn(
+                f"the system prompt is {len(ids)} cloud tokens; the generator was trained on prompts "
+                f"truncated to {trained}, so its gates for this prompt are an extrapolation",
+                stacklevel=2,
+            )
         return ids
 
     def gates(self, system_prompt: str) -> tuple[GatesRecord, bool]:
@@ -122,9 +135,14 @@ class Deployment:
             loras = self.module.model.generate(ids, mask)
             seconds = time.perf_counter() - start
             for (prompt, positions), lora, row in zip(misses.items(), loras, rows, strict=True):
-                record = GatesRecord(gates=lora.gates.detach().float().cpu(), fingerprint=self.info.fingerprint,
-                                     checkpoint_sha256=self.info.sha256, system_prompt_sha256=key_of[prompt],
-                                     cloud_seconds=seconds, system_tokens=len(row))
+                record = GatesRecord(
+                    gates=lora.gates.detach().float().cpu(),
+                    fingerprint=self.info.fingerprint,
+                    checkpoint_sha256=self.info.sha256,
+                    system_prompt_sha256=key_of[prompt],
+                    cloud_seconds=seconds,
+                    system_tokens=len(row),
+                )
                 self._store(record)
                 for n, position in enumerate(positions):  # a repeat inside the batch shares the pass
                     results[position] = (record, n > 0)
@@ -148,8 +166,10 @@ class Deployment:
         record.check_matches(self.info.fingerprint, self.info.sha256, where)
         pool = self.edge_side.pool
         if tuple(record.gates.shape) != (pool.num_layers, pool.num_experts):
-            raise LoRAGenError(f"{where} has gates of shape {tuple(record.gates.shape)} but the expert pool needs "
-                               f"({pool.num_layers}, {pool.num_experts}): regenerate them for this checkpoint")
+            raise LoRAGenError(
+                f"{where} has gates of shape {tuple(record.gates.shape)} but the expert pool needs "
+                f"({pool.num_layers}, {pool.num_experts}): regenerate them for this checkpoint"
+            )
         return pool.assemble(record.gates).detach()
 
     @property

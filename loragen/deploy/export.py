@@ -62,12 +62,17 @@ def gates_bytes(record: GatesRecord) -> int:
 
 def gguf_keys(side: EdgeSide, record: GatesRecord) -> dict[str, Any]:
     """What a GGUF output records of its origin (``loragen.*`` keys): checkpoint, prompt, pair, edge."""
-    return {"checkpoint_sha256": record.checkpoint_sha256, "system_prompt_sha256": record.system_prompt_sha256,
-            "fingerprint": record.fingerprint, "edge": side.backbone.source}
+    return {
+        "checkpoint_sha256": record.checkpoint_sha256,
+        "system_prompt_sha256": record.system_prompt_sha256,
+        "fingerprint": record.fingerprint,
+        "edge": side.backbone.source,
+    }
 
 
-def write_payload(side: EdgeSide, lora: Any, record: GatesRecord, fmt: str, directory: Path,
-                  gguf_type: str = "f16") -> dict[str, Any]:
+def write_payload(
+    side: EdgeSide, lora: Any, record: GatesRecord, fmt: str, directory: Path, gguf_type: str = "f16"
+) -> dict[str, Any]:
     """Write ``fmt`` into ``directory``; returns merge seconds and the payload's bytes."""
     from loragen.models.components.edge_lora import save_peft_adapter
 

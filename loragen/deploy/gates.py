@@ -16,8 +16,7 @@ import torch
 
 from loragen import LoRAGenError
 
-RECORD_KEYS = ("checkpoint_sha256", "system_prompt_sha256", "fingerprint", "gates", "cloud_seconds",
-               "system_tokens")
+RECORD_KEYS = ("checkpoint_sha256", "system_prompt_sha256", "fingerprint", "gates", "cloud_seconds", "system_tokens")
 
 
 @dataclass
@@ -30,19 +29,28 @@ class GatesRecord:
     system_tokens: int = 0  # cloud tokens of the system prompt
 
     def to_dict(self) -> dict[str, Any]:
-        return {"checkpoint_sha256": self.checkpoint_sha256, "system_prompt_sha256": self.system_prompt_sha256,
-                "fingerprint": self.fingerprint, "gates": encode_gates(self.gates),
-                "cloud_seconds": self.cloud_seconds, "system_tokens": self.system_tokens}
+        return {
+            "checkpoint_sha256": self.checkpoint_sha256,
+            "system_prompt_sha256": self.system_prompt_sha256,
+            "fingerprint": self.fingerprint,
+            "gates": encode_gates(self.gates),
+            "cloud_seconds": self.cloud_seconds,
+            "system_tokens": self.system_tokens,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "gates file") -> GatesRecord:
         missing = [k for k in RECORD_KEYS[:4] if k not in data]
         if missing:
             raise LoRAGenError(f"{where} lacks {missing}: it was not written by `loragen generate`; regenerate it")
-        return cls(gates=decode_gates(data["gates"], where), fingerprint=dict(data["fingerprint"]),
-                   checkpoint_sha256=str(data["checkpoint_sha256"]),
-                   system_prompt_sha256=str(data["system_prompt_sha256"]),
-                   cloud_seconds=float(data.get("cloud_seconds", 0.0)), system_tokens=int(data.get("system_tokens", 0)))
+        return cls(
+            gates=decode_gates(data["gates"], where),
+            fingerprint=dict(data["fingerprint"]),
+            checkpoint_sha256=str(data["checkpoint_sha256"]),
+            system_prompt_sha256=str(data["system_prompt_sha256"]),
+            cloud_seconds=float(data.get("cloud_seconds", 0.0)),
+            system_tokens=int(data.get("system_tokens", 0)),
+        )
 
     def check_matches(self, fingerprint: dict[str, Any], checkpoint_sha256: str, where: str = "gates file") -> None:
         """Refuse gates generated for another cloud/edge pair or from another checkpoint."""
@@ -50,11 +58,15 @@ class GatesRecord:
 
         diffs = PairFingerprint.from_dict(self.fingerprint).differences(PairFingerprint.from_dict(fingerprint))
         if diffs:
-            raise LoRAGenError(f"{where} was generated for another cloud/edge pair ({'; '.join(diffs)}): "
-                               "apply it with the checkpoint it was generated from")
+            raise LoRAGenError(
+                f"{where} was generated for another cloud/edge pair ({'; '.join(diffs)}): "
+                "apply it with the checkpoint it was generated from"
+            )
         if self.checkpoint_sha256 != checkpoint_sha256:
-            raise LoRAGenError(f"{where} was generated from another checkpoint (sha256 {self.checkpoint_sha256[:12]}… "
-                               f"vs. given {checkpoint_sha256[:12]}…): apply it with the checkpoint it came from")
+            raise LoRAGenError(
+                f"{where} was generated from another checkpoint (sha256 {self.checkpoint_sha256[:12]}… "
+                f"vs. given {checkpoint_sha256[:12]}…): apply it with the checkpoint it came from"
+            )
 
 
 def _digest(gates: torch.Tensor) -> str:

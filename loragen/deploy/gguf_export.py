@@ -49,18 +49,24 @@ def check_source(edge_source: str, arch: str | None, fmt: str, gguf_type: str) -
     if gguf_type not in GGUF_TYPES:
         raise LoRAGenError(f"GGUF type {gguf_type!r} is unknown: choose one of {list(GGUF_TYPES)}")
     if arch not in ARCHS:
-        raise LoRAGenError(f"the edge model's architecture {arch!r} has no llama.cpp export in loragen (supported: "
-                           f"{', '.join(ARCHS)}): use --format peft or merged for this edge")
+        raise LoRAGenError(
+            f"the edge model's architecture {arch!r} has no llama.cpp export in loragen (supported: "
+            f"{', '.join(ARCHS)}): use --format peft or merged for this edge"
+        )
     if fmt == "gguf":
         source = gguf_file(edge_source)
         if source is None:
-            raise LoRAGenError(f"--format gguf copies the tokenizer and chat template from the edge's GGUF file, and "
-                               f"the edge {edge_source!r} is not one: pass --edge FILE.gguf (a model "
-                               "directory converts with llama.cpp's convert_hf_to_gguf.py) or use --format gguf-lora")
+            raise LoRAGenError(
+                f"--format gguf copies the tokenizer and chat template from the edge's GGUF file, and "
+                f"the edge {edge_source!r} is not one: pass --edge FILE.gguf (a model "
+                "directory converts with llama.cpp's convert_hf_to_gguf.py) or use --format gguf-lora"
+            )
         source_arch = _field(_reader(source), "general.architecture")
         if source_arch != arch:
-            raise LoRAGenError(f"the edge GGUF {source} is a {source_arch!r} model but the edge is {arch!r}: pass the "
-                               "GGUF of the checkpoint's edge model")
+            raise LoRAGenError(
+                f"the edge GGUF {source} is a {source_arch!r} model but the edge is {arch!r}: pass the "
+                "GGUF of the checkpoint's edge model"
+            )
 
 
 def check_exportable(side: EdgeSide, fmt: str, gguf_type: str) -> None:
@@ -69,8 +75,10 @@ def check_exportable(side: EdgeSide, fmt: str, gguf_type: str) -> None:
     names = tensor_names(side.backbone.model)
     for site in side.pool.sites:
         if f"{site.path}.weight" not in names:
-            raise LoRAGenError(f"target module {site.path} has no llama.cpp tensor, so llama.cpp cannot carry its "
-                               "LoRA: train with target modules among q/k/v/o_proj and gate/up/down_proj")
+            raise LoRAGenError(
+                f"target module {site.path} has no llama.cpp tensor, so llama.cpp cannot carry its "
+                "LoRA: train with target modules among q/k/v/o_proj and gate/up/down_proj"
+            )
 
 
 def tensor_names(model: Any) -> dict[str, str]:
@@ -94,12 +102,12 @@ def to_llama_cpp_rows(array: np.ndarray, gguf_name: str, config: Any) -> np.ndar
     if kind not in PERMUTED:
         return array
     heads = int(getattr(config, PERMUTED[kind]) or config.num_attention_heads)
-    return (array.reshape(heads, 2, array.shape[0] // heads // 2, *array.shape[1:])
-            .swapaxes(1, 2).reshape(array.shape))
+    return array.reshape(heads, 2, array.shape[0] // heads // 2, *array.shape[1:]).swapaxes(1, 2).reshape(array.shape)
 
 
-def write_model(side: EdgeSide, lora: GeneratedLoRA | None, path: Path, gguf_type: str = "f16",
-                meta: dict[str, Any] | None = None) -> float:
+def write_model(
+    side: EdgeSide, lora: GeneratedLoRA | None, path: Path, gguf_type: str = "f16", meta: dict[str, Any] | None = None
+) -> float:
     """The edge model with ``lora`` merged (the base model for ``None``) as one GGUF file at ``path``;
     returns the seconds the merge took."""
     import gguf
@@ -115,14 +123,22 @@ def write_model(side: EdgeSide, lora: GeneratedLoRA | None, path: Path, gguf_typ
     names = {v: k for k, v in tensor_names(model).items()}  # gguf name -> HF name
     writer = gguf.GGUFWriter(str(path), _field(reader, "general.architecture"))
     for field in reader.fields.values():
-        if field.name.startswith("GGUF.") or field.name in ("general.architecture", "general.file_type",
-                                                            "general.quantization_version"):
+        if field.name.startswith("GGUF.") or field.name in (
+            "general.architecture",
+            "general.file_type",
+            "general.quantization_version",
+        ):
             continue
         vtype = field.types[0]
         sub_type = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(field.name, field.contents(), vtype, sub_type=sub_type)
-    writer.add_file_type({"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-                          "f32": gguf.LlamaFileType.ALL_F32}[gguf_type])
+    writer.add_file_type(
+        {
+            "f16": gguf.LlamaFileType.MOSTLY_F16,
+            "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+            "f32": gguf.LlamaFileType.ALL_F32,
+        }[gguf_type]
+    )
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_loragen_keys(writer, {**(meta or {}), "source_gguf_sha256": sha256_file(source)})
     start = time.perf_counter()
@@ -132,21 +148,26 @@ def write_model(side: EdgeSide, lora: GeneratedLoRA | None, path: Path, gguf_typ
         params = dict(model.named_parameters())
         for tensor in reader.tensors:
             if tensor.name not in names:
-                raise LoRAGenError(f"the edge GGUF {source} has a tensor {tensor.name!r} the edge model has no weight "
-                                   "for: pass the GGUF of the checkpoint's edge model")
+                raise LoRAGenError(
+                    f"the edge GGUF {source} has a tensor {tensor.name!r} the edge model has no weight "
+                    "for: pass the GGUF of the checkpoint's edge model"
+                )
             array = params[names[tensor.name]].detach().float().cpu().numpy()
             array = to_llama_cpp_rows(array, tensor.name, model.config)
             if tuple(array.shape[::-1]) != tuple(int(d) for d in tensor.shape):
-                raise LoRAGenError(f"{tensor.name}: the edge weight has shape {tuple(array.shape)} but the edge GGUF "
-                                   f"{source} has {tuple(int(d) for d in tensor.shape[::-1])}: pass the GGUF of the "
-                                   "checkpoint's edge model")
+                raise LoRAGenError(
+                    f"{tensor.name}: the edge weight has shape {tuple(array.shape)} but the edge GGUF "
+                    f"{source} has {tuple(int(d) for d in tensor.shape[::-1])}: pass the GGUF of the "
+                    "checkpoint's edge model"
+                )
             _add_tensor(writer, tensor.name, array, gguf_type)
     _finish(writer)
     return merge_seconds
 
 
-def write_lora(side: EdgeSide, lora: GeneratedLoRA, path: Path, gguf_type: str = "f16",
-               meta: dict[str, Any] | None = None) -> None:
+def write_lora(
+    side: EdgeSide, lora: GeneratedLoRA, path: Path, gguf_type: str = "f16", meta: dict[str, Any] | None = None
+) -> None:
     """``lora`` as a llama.cpp LoRA adapter GGUF (``lora_a``: k·r × in, ``lora_b``: out × k·r)."""
     import gguf
 
@@ -178,7 +199,7 @@ def read_loragen_keys(path: str | Path) -> dict[str, Any]:
     for name, field in reader.fields.items():
         if name.startswith(_KEY):
             value = field.contents()
-            out[name[len(_KEY):]] = json.loads(value) if name.endswith("_json") else value
+            out[name[len(_KEY) :]] = json.loads(value) if name.endswith("_json") else value
     return out
 
 
@@ -217,8 +238,10 @@ def _reader(path: Path) -> Any:
     try:
         return gguf.GGUFReader(str(path))
     except (OSError, ValueError, IndexError, KeyError) as err:  # gguf-py's errors for truncated or foreign files
-        raise LoRAGenError(f"{path} is not a readable GGUF file ({err.__class__.__name__}; truncated or not GGUF): "
-                           "give a complete .gguf file") from err
+        raise LoRAGenError(
+            f"{path} is not a readable GGUF file ({err.__class__.__name__}; truncated or not GGUF): "
+            "give a complete .gguf file"
+        ) from err
 
 
 def _field(reader: Any, key: str) -> Any:

@@ -17,12 +17,20 @@ import numpy as np
 
 from loragen import LoRAGenError
 
-INSTALL = ("llama-cpp-python is not installed: pip install -e '.[edge]' (it builds llama.cpp from source, about "
-           "10 minutes on 2 cores)")
+INSTALL = (
+    "llama-cpp-python is not installed: pip install -e '.[edge]' (it builds llama.cpp from source, about "
+    "10 minutes on 2 cores)"
+)
 
 
-def load(model_path: str | os.PathLike[str], *, lora_path: str | os.PathLike[str] | None = None, n_ctx: int = 2048,
-         logits_all: bool = False, n_threads: int | None = None) -> Any:
+def load(
+    model_path: str | os.PathLike[str],
+    *,
+    lora_path: str | os.PathLike[str] | None = None,
+    n_ctx: int = 2048,
+    logits_all: bool = False,
+    n_threads: int | None = None,
+) -> Any:
     """A ``llama_cpp.Llama`` on ``model_path`` (+ ``lora_path``); one-line errors for a missing file, an
     adapter written for another base GGUF, or a missing runtime."""
     from loragen.deploy.gguf_export import read_loragen_keys
@@ -37,11 +45,21 @@ def load(model_path: str | os.PathLike[str], *, lora_path: str | os.PathLike[str
         raise LoRAGenError(INSTALL) from err
     threads = n_threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or None
     try:
-        return Llama(model_path=str(model_path), lora_path=None if lora_path is None else str(lora_path), n_ctx=n_ctx,
-                     logits_all=logits_all, n_threads=threads, n_threads_batch=threads, seed=0, verbose=False)
+        return Llama(
+            model_path=str(model_path),
+            lora_path=None if lora_path is None else str(lora_path),
+            n_ctx=n_ctx,
+            logits_all=logits_all,
+            n_threads=threads,
+            n_threads_batch=threads,
+            seed=0,
+            verbose=False,
+        )
     except (ValueError, RuntimeError) as err:  # llama.cpp refused the file (architecture, tensors, adapter)
-        raise LoRAGenError(f"llama.cpp could not load {model_path}{f' with {lora_path}' if lora_path else ''} "
-                           f"({' '.join(str(err).split())}): give GGUF files written for this edge") from err
+        raise LoRAGenError(
+            f"llama.cpp could not load {model_path}{f' with {lora_path}' if lora_path else ''} "
+            f"({' '.join(str(err).split())}): give GGUF files written for this edge"
+        ) from err
 
 
 def check_adapter_base(lora_path: Path, model_path: Path, model_keys: dict[str, Any]) -> None:
@@ -54,11 +72,15 @@ def check_adapter_base(lora_path: Path, model_path: Path, model_keys: dict[str, 
 
     wanted = read_loragen_keys(lora_path).get("source_gguf_sha256")
     if model_keys.get("system_prompt_sha256"):
-        raise LoRAGenError(f"{model_path} is already a specialized GGUF (a LoRA is merged into it): load {lora_path} "
-                           "on the base edge GGUF instead")
+        raise LoRAGenError(
+            f"{model_path} is already a specialized GGUF (a LoRA is merged into it): load {lora_path} "
+            "on the base edge GGUF instead"
+        )
     if wanted and (model_keys.get("source_gguf_sha256") or sha256_file(model_path)) != wanted:
-        raise LoRAGenError(f"{lora_path} was written for another edge GGUF than {model_path} (sha256 differs): load "
-                           "it with the base GGUF of the edge named in its loragen_meta.json")
+        raise LoRAGenError(
+            f"{lora_path} was written for another edge GGUF than {model_path} (sha256 differs): load "
+            "it with the base GGUF of the edge named in its loragen_meta.json"
+        )
 
 
 def tokenize(llm: Any, text: str) -> list[int]:
@@ -97,7 +119,7 @@ def option_logliks(llm: Any, requests: Sequence[tuple[list[int], list[int]]]) ->
     positions that predict the continuation (lm-evaluation-harness's definition)."""
     scores = []
     for context, continuation in requests:
-        rows = logits(llm, [*context, *continuation])[len(context) - 1: -1].astype(np.float64)
+        rows = logits(llm, [*context, *continuation])[len(context) - 1 : -1].astype(np.float64)
         rows -= rows.max(axis=-1, keepdims=True)
         logprobs = rows - np.log(np.exp(rows).sum(axis=-1, keepdims=True))
         scores.append(float(logprobs[np.arange(len(continuation)), continuation].sum()))
@@ -107,6 +129,8 @@ def option_logliks(llm: Any, requests: Sequence[tuple[list[int], list[int]]]) ->
 def _existing(path: str | os.PathLike[str], what: str) -> Path:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise LoRAGenError(f"{what} {path} does not exist: give the .gguf file written by `loragen generate --format "
-                           f"{'gguf-lora' if 'LoRA' in what else 'gguf'}` (or the base edge GGUF)")
+        raise LoRAGenError(
+            f"{what} {path} does not exist: give the .gguf file written by `loragen generate --format "
+            f"{'gguf-lora' if 'LoRA' in what else 'gguf'}` (or the base edge GGUF)"
+        )
     return path

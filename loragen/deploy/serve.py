@@ -76,9 +76,18 @@ class _Failure:
 class GeneratorAPI(ls.LitAPI):
     """LitServe API around a ``Deployment`` (loaded in ``setup``, in the inference worker)."""
 
-    def __init__(self, ckpt_path: str, *, cloud: str | None = None, edge: str | None = None, cache: bool = True,
-                 cache_dir: str | None = None, api_key: str | None = None, max_batch_size: int = 8,
-                 batch_timeout: float = 0.01) -> None:
+    def __init__(
+        self,
+        ckpt_path: str,
+        *,
+        cloud: str | None = None,
+        edge: str | None = None,
+        cache: bool = True,
+        cache_dir: str | None = None,
+        api_key: str | None = None,
+        max_batch_size: int = 8,
+        batch_timeout: float = 0.01,
+    ) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=GENERATE_PATH)
         self.ckpt_path, self.cloud, self.edge = ckpt_path, cloud, edge
         self.use_cache, self.cache_dir = cache, cache_dir
@@ -99,8 +108,9 @@ class GeneratorAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         from loragen.deploy.deployment import Deployment
 
-        self.deployment = Deployment(self.ckpt_path, cloud=self.cloud, edge=self.edge, cache=self.use_cache,
-                                     cache_dir=self.cache_dir)
+        self.deployment = Deployment(
+            self.ckpt_path, cloud=self.cloud, edge=self.edge, cache=self.use_cache, cache_dir=self.cache_dir
+        )
         _ = self.deployment.module  # load the cloud and edge now, not on the first request
 
     def decode_request(self, request: GenerateRequest) -> GenerateRequest:
@@ -131,8 +141,14 @@ class GeneratorAPI(ls.LitAPI):
         import loragen
 
         if fmt == "gates":  # `batch_size`: requests the worker handled together with this one
-            return {"loragen_meta": 1, "loragen_version": loragen.__version__, "format": "gates",
-                    **record.to_dict(), "cached": cached, "batch_size": batch_size}
+            return {
+                "loragen_meta": 1,
+                "loragen_version": loragen.__version__,
+                "format": "gates",
+                **record.to_dict(),
+                "cached": cached,
+                "batch_size": batch_size,
+            }
         from loragen.deploy.generate import export
 
         with tempfile.TemporaryDirectory(prefix="loragen-serve-") as tmp:
@@ -159,11 +175,19 @@ def model_info(ckpt_path: str) -> dict[str, Any]:
 
     info = read_checkpoint(ckpt_path)
     pool = info.pool
-    return {"checkpoint_sha256": info.sha256, "fingerprint": info.fingerprint,
-            "pool": {"num_experts": pool.num_experts, "top_k": pool.top_k, "rank": pool.rank,
-                     "lora_alpha": pool.lora_alpha, "layers": info.fingerprint["edge_layers"],
-                     "target_modules": sorted(info.fingerprint.get("target_shapes", {}))},
-            "formats": list(PAYLOAD_FORMATS)}
+    return {
+        "checkpoint_sha256": info.sha256,
+        "fingerprint": info.fingerprint,
+        "pool": {
+            "num_experts": pool.num_experts,
+            "top_k": pool.top_k,
+            "rank": pool.rank,
+            "lora_alpha": pool.lora_alpha,
+            "layers": info.fingerprint["edge_layers"],
+            "target_modules": sorted(info.fingerprint.get("target_shapes", {})),
+        },
+        "formats": list(PAYLOAD_FORMATS),
+    }
 
 
 def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -172,8 +196,10 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
     for error in exc.errors():
         where = ".".join(str(part) for part in error.get("loc", ())[1:] if not isinstance(part, int))
         if error.get("type") == "model_attributes_type" or (error.get("type") == "missing" and not where):
-            problems.append("the body must be a JSON object like {\"system_prompt\": TEXT, \"format\": \"gates\"} "
-                            "sent with Content-Type: application/json")
+            problems.append(
+                'the body must be a JSON object like {"system_prompt": TEXT, "format": "gates"} '
+                "sent with Content-Type: application/json"
+            )
         elif error.get("type") == "json_invalid":
             problems.append(f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'decode error')})")
         else:
@@ -181,14 +207,33 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse(status_code=422, content={"detail": "; ".join(dict.fromkeys(problems))})
 
 
-def build_server(ckpt_path: str, *, cloud: str | None = None, edge: str | None = None, cache: bool = True,
-                 cache_dir: str | None = None, api_key: str | None = None, max_batch_size: int = 8,
-                 batch_timeout: float = 0.01, max_body_bytes: int = 1 << 20, timeout: float = 120.0) -> ls.LitServer:
+def build_server(
+    ckpt_path: str,
+    *,
+    cloud: str | None = None,
+    edge: str | None = None,
+    cache: bool = True,
+    cache_dir: str | None = None,
+    api_key: str | None = None,
+    max_batch_size: int = 8,
+    batch_timeout: float = 0.01,
+    max_body_bytes: int = 1 << 20,
+    timeout: float = 120.0,
+) -> ls.LitServer:
     info = model_info(ckpt_path)  # a missing or foreign checkpoint fails here, before any worker starts
-    api = GeneratorAPI(ckpt_path, cloud=cloud, edge=edge, cache=cache, cache_dir=cache_dir, api_key=api_key,
-                       max_batch_size=max_batch_size, batch_timeout=batch_timeout)
-    server = ls.LitServer(api, accelerator="auto", devices=1, timeout=timeout, max_payload_size=max_body_bytes,
-                          disable_openapi_url=True)
+    api = GeneratorAPI(
+        ckpt_path,
+        cloud=cloud,
+        edge=edge,
+        cache=cache,
+        cache_dir=cache_dir,
+        api_key=api_key,
+        max_batch_size=max_batch_size,
+        batch_timeout=batch_timeout,
+    )
+    server = ls.LitServer(
+        api, accelerator="auto", devices=1, timeout=timeout, max_payload_size=max_body_bytes, disable_openapi_url=True
+    )
 
     def describe() -> dict[str, Any]:
         return info
@@ -198,19 +243,31 @@ def build_server(ckpt_path: str, *, cloud: str | None = None, edge: str | None =
     return server
 
 
-def serve(ckpt_path: str, *, host: str = "127.0.0.1", port: int = 8000, insecure_no_auth: bool = False,
-          api_key_file: str | None = None, log_level: str = "warning", **kwargs: Any) -> None:
+def serve(
+    ckpt_path: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    insecure_no_auth: bool = False,
+    api_key_file: str | None = None,
+    log_level: str = "warning",
+    **kwargs: Any,
+) -> None:
     """``loragen serve``: blocks until interrupted."""
     key = read_api_key(api_key_file)
     if key is None and not insecure_no_auth:
-        raise LoRAGenError(f"no API key: set ${API_KEY_ENV} or pass --api_key_file FILE (or --insecure-no-auth "
-                           "for local use only)")
+        raise LoRAGenError(
+            f"no API key: set ${API_KEY_ENV} or pass --api_key_file FILE (or --insecure-no-auth for local use only)"
+        )
     if key is not None and insecure_no_auth:
         raise LoRAGenError("--insecure-no-auth was given with an API key: drop one of them")
     server = build_server(ckpt_path, api_key=key, **kwargs)
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    print(f"loragen serve: {ckpt_path} at {where} (POST {GENERATE_PATH}, GET {MODEL_PATH}, GET /health; "
-          f"auth {'off' if key is None else 'on'})", flush=True)
+    print(
+        f"loragen serve: {ckpt_path} at {where} (POST {GENERATE_PATH}, GET {MODEL_PATH}, GET /health; "
+        f"auth {'off' if key is None else 'on'})",
+        flush=True,
+    )
     with stop_on_signals():
         server.run(host=host, port=port, log_level=log_level, generate_client_file=False, num_api_servers=1)
     print("loragen serve: stopped", flush=True)

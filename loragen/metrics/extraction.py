@@ -34,8 +34,14 @@ _FINAL_RE = re.compile(r"####\s*(" + _NUMBER + ")")
 _ANSWER_IS_RE = re.compile(r"answer\s+is\s*:?\s*(" + _NUMBER + ")", re.IGNORECASE)
 
 
-def extract_answer(kind: str, text: str | None, *, options: Sequence[str] | None = None,
-                   prefix: str | None = None, num_options: int | None = None) -> str | None:
+def extract_answer(
+    kind: str,
+    text: str | None,
+    *,
+    options: Sequence[str] | None = None,
+    prefix: str | None = None,
+    num_options: int | None = None,
+) -> str | None:
     """The answer predicted by ``text`` in the form of ``kind``, or ``None`` when unparseable."""
     if kind not in KINDS:
         raise ValueError(f"unknown answer kind {kind!r}: choose one of {list(KINDS)}")

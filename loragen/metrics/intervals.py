@@ -21,10 +21,14 @@ from collections.abc import Sequence
 import numpy as np
 
 Z95 = 1.96
-NOTE = ("±: 95% interval, 1.96 × standard error (sample sd with ddof=1 ÷ √n, as lm-evaluation-harness); "
-        "mean over tasks: unweighted, ±1.96 × √(Σ se²)/T")
-PAIRED_NOTE = ("differences: paired bootstrap over the same items (matched by id), resampled within each task, "
-               "{bootstrap} resamples, seed {seed}, percentile interval [2.5, 97.5]")
+NOTE = (
+    "±: 95% interval, 1.96 × standard error (sample sd with ddof=1 ÷ √n, as lm-evaluation-harness); "
+    "mean over tasks: unweighted, ±1.96 × √(Σ se²)/T"
+)
+PAIRED_NOTE = (
+    "differences: paired bootstrap over the same items (matched by id), resampled within each task, "
+    "{bootstrap} resamples, seed {seed}, percentile interval [2.5, 97.5]"
+)
 
 
 def stderr(values: np.ndarray | Sequence[float]) -> float:
@@ -47,8 +51,14 @@ def mean_half_width(stderrs: Sequence[float], z: float = Z95) -> float:
     return z * math.sqrt(sum(se * se for se in stderrs)) / len(stderrs)
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, strata: np.ndarray, *, bootstrap: int = 2000, seed: int = 0,
-                     ) -> tuple[dict[int, tuple[float, float, float]], tuple[float, float, float]]:
+def paired_bootstrap(
+    a: np.ndarray,
+    b: np.ndarray,
+    strata: np.ndarray,
+    *,
+    bootstrap: int = 2000,
+    seed: int = 0,
+) -> tuple[dict[int, tuple[float, float, float]], tuple[float, float, float]]:
     """Paired, stratified bootstrap of mean(a − b) on aligned items (``a[i]``, ``b[i]`` the same item).
 
     Returns ``({stratum: (diff, low, high)}, (mean_diff, low, high))``; the mean is the unweighted mean of the

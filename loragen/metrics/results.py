@@ -17,11 +17,13 @@ from loragen.files import atomic_write_text
 from loragen.metrics.intervals import NOTE, PAIRED_NOTE, half_width, mean_half_width, paired_bootstrap, stderr
 from loragen.report import markdown_table
 
-METRICS = {"acc_norm": "acc_norm: option log-likelihood ÷ option length in characters, as lm-evaluation-harness",
-           "acc": "acc: summed option log-likelihood (generation: the graded answer)",
-           "harness": "per task lm-evaluation-harness's headline: acc_norm where it reports acc_norm (ARC, "
-                      "OpenBookQA, PIQA, HellaSwag; option texts), else acc (classification, letters, yes/no, "
-                      "WinoGrande, BoolQ, SIQA)"}
+METRICS = {
+    "acc_norm": "acc_norm: option log-likelihood ÷ option length in characters, as lm-evaluation-harness",
+    "acc": "acc: summed option log-likelihood (generation: the graded answer)",
+    "harness": "per task lm-evaluation-harness's headline: acc_norm where it reports acc_norm (ARC, "
+    "OpenBookQA, PIQA, HellaSwag; option texts), else acc (classification, letters, yes/no, "
+    "WinoGrande, BoolQ, SIQA)",
+}
 
 
 def harmonic_mean(values: list[float]) -> float:
@@ -55,36 +57,61 @@ def _row(key: str, label: str, out: dict[str, np.ndarray], tasks: list[str], met
     ms = np.asarray(out["ms"], dtype=float)
     timed = ms[~np.isnan(ms)]
     accuracy = {t: per[t][metric] for t in tasks}
-    return {"setting": label, "key": key, "tasks": per, "accuracy": accuracy,
-            "ci": {t: per[t][f"{metric}_ci"] for t in tasks}, **summarize(accuracy),
-            "mean_ci": _finite(mean_half_width(ses[metric])),
-            **{f"{m}_mean": summarize({t: per[t][m] for t in tasks})["mean"] for m in ("acc", "acc_norm")},
-            "tokens_per_request": float(np.mean(out["tokens"])) if len(out["tokens"]) else 0.0,
-            "ms_per_request": float(timed.mean()) if timed.size else None, "timed_items": int(timed.size),
-            "unparseable": int(np.sum(out["unparseable"])), "n": int(len(out["uid"]))}
+    return {
+        "setting": label,
+        "key": key,
+        "tasks": per,
+        "accuracy": accuracy,
+        "ci": {t: per[t][f"{metric}_ci"] for t in tasks},
+        **summarize(accuracy),
+        "mean_ci": _finite(mean_half_width(ses[metric])),
+        **{f"{m}_mean": summarize({t: per[t][m] for t in tasks})["mean"] for m in ("acc", "acc_norm")},
+        "tokens_per_request": float(np.mean(out["tokens"])) if len(out["tokens"]) else 0.0,
+        "ms_per_request": float(timed.mean()) if timed.size else None,
+        "timed_items": int(timed.size),
+        "unparseable": int(np.sum(out["unparseable"])),
+        "n": int(len(out["uid"])),
+    }
 
 
 def _span_dict(interval: tuple[float, float, float]) -> dict[str, float]:
     return dict(zip(("diff", "low", "high"), interval))
 
 
-def _difference(a: dict[str, np.ndarray], b: dict[str, np.ndarray], keys: tuple[str, str], tasks: list[str],
-                metric: str, bootstrap: int, seed: int) -> dict[str, Any] | None:
+def _difference(
+    a: dict[str, np.ndarray],
+    b: dict[str, np.ndarray],
+    keys: tuple[str, str],
+    tasks: list[str],
+    metric: str,
+    bootstrap: int,
+    seed: int,
+) -> dict[str, Any] | None:
     """a − b on the items both evaluated (matched by uid)."""
     _, ia, ib = np.intersect1d(np.asarray(a["uid"]), np.asarray(b["uid"]), assume_unique=True, return_indices=True)
     if not ia.size:
         return None
-    per, mean = paired_bootstrap(np.asarray(a[metric])[ia], np.asarray(b[metric])[ib], np.asarray(a["task"])[ia],
-                                 bootstrap=bootstrap, seed=seed)
-    return {"setting": keys[0], "versus": keys[1], "metric": metric, "n": int(ia.size),
-            "tasks": {tasks[t]: _span_dict(v) for t, v in per.items()}, "mean": _span_dict(mean),
-            "bootstrap": bootstrap, "seed": seed}
+    per, mean = paired_bootstrap(
+        np.asarray(a[metric])[ia], np.asarray(b[metric])[ib], np.asarray(a["task"])[ia], bootstrap=bootstrap, seed=seed
+    )
+    return {
+        "setting": keys[0],
+        "versus": keys[1],
+        "metric": metric,
+        "n": int(ia.size),
+        "tasks": {tasks[t]: _span_dict(v) for t, v in per.items()},
+        "mean": _span_dict(mean),
+        "bootstrap": bootstrap,
+        "seed": seed,
+    }
 
 
-def with_headline(outcomes: dict[str, dict[str, np.ndarray]], tasks: list[str],
-                  task_metrics: dict[str, str]) -> dict[str, dict[str, np.ndarray]]:
+def with_headline(
+    outcomes: dict[str, dict[str, np.ndarray]], tasks: list[str], task_metrics: dict[str, str]
+) -> dict[str, dict[str, np.ndarray]]:
     """Each outcome with a ``harness`` column: per item, the metric its task reports as headline."""
     use_acc = np.array([task_metrics.get(t, "acc_norm") == "acc" for t in tasks], dtype=bool)
+
     def headline(out: dict[str, np.ndarray]) -> np.ndarray:
         acc, acc_norm = np.asarray(out["acc"], dtype=float), np.asarray(out["acc_norm"], dtype=float)
         return np.where(use_acc[np.asarray(out["task"], dtype=int)], acc, acc_norm)
@@ -92,9 +119,17 @@ def with_headline(outcomes: dict[str, dict[str, np.ndarray]], tasks: list[str],
     return {key: {**out, "harness": headline(out)} for key, out in outcomes.items()}
 
 
-def build_results(outcomes: dict[str, dict[str, np.ndarray]], labels: dict[str, str], tasks: list[str], metric: str,
-                  *, paired: list[tuple[str, str]] = (), bootstrap: int = 2000, seed: int = 0,
-                  task_metrics: dict[str, str] | None = None) -> dict[str, Any]:
+def build_results(
+    outcomes: dict[str, dict[str, np.ndarray]],
+    labels: dict[str, str],
+    tasks: list[str],
+    metric: str,
+    *,
+    paired: list[tuple[str, str]] = (),
+    bootstrap: int = 2000,
+    seed: int = 0,
+    task_metrics: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """The results dict from per-item outcomes; ``labels`` gives the row order (first: the method's row).
     ``metric="harness"`` takes each task's headline from ``task_metrics`` (task -> acc | acc_norm)."""
     if metric not in METRICS:
@@ -102,10 +137,18 @@ def build_results(outcomes: dict[str, dict[str, np.ndarray]], labels: dict[str, 
     if metric == "harness":
         outcomes = with_headline(outcomes, tasks, task_metrics or {})
     rows = [_row(key, label, outcomes[key], tasks, metric) for key, label in labels.items() if key in outcomes]
-    differences = [_difference(outcomes[a], outcomes[b], (a, b), tasks, metric, bootstrap, seed)
-                   for a, b in paired if a in outcomes and b in outcomes]
-    results = {"tasks": list(tasks), "metric": metric, "items": rows[0]["n"] if rows else 0, "rows": rows,
-               "differences": [d for d in differences if d is not None]}
+    differences = [
+        _difference(outcomes[a], outcomes[b], (a, b), tasks, metric, bootstrap, seed)
+        for a, b in paired
+        if a in outcomes and b in outcomes
+    ]
+    results = {
+        "tasks": list(tasks),
+        "metric": metric,
+        "items": rows[0]["n"] if rows else 0,
+        "rows": rows,
+        "differences": [d for d in differences if d is not None],
+    }
     if metric == "harness":
         results["task_metrics"] = {t: (task_metrics or {}).get(t, "acc_norm") for t in tasks}
     by_key = {r["key"]: r for r in rows}
@@ -155,22 +198,46 @@ def results_markdown(results: dict[str, Any]) -> str:
     other = {"acc": "acc_norm", "acc_norm": "acc"}.get(metric)
     if other and all(abs(r.get("acc_mean", 0) - r.get("acc_norm_mean", 0)) < 1e-12 for r in rows):
         other = None  # e.g. generation scoring: both metrics are the graded answer
-    header = ["setting", *tasks, "mean", "hmean", *([f"mean ({other})"] if other else []), "edge tokens/request",
-              "ms/request"]
-    lines = markdown_table(header, ([
-        row["setting"], *[pct(row["accuracy"].get(t), row.get("ci", {}).get(t)) for t in tasks],
-        pct(row["mean"], row.get("mean_ci")), pct(row["hmean"]), *([pct(row[f"{other}_mean"])] if other else []),
-        f"{row['tokens_per_request']:.1f}",
-        "-" if row.get("ms_per_request") is None else f"{row['ms_per_request']:.1f}"] for row in rows))
+    header = [
+        "setting",
+        *tasks,
+        "mean",
+        "hmean",
+        *([f"mean ({other})"] if other else []),
+        "edge tokens/request",
+        "ms/request",
+    ]
+    lines = markdown_table(
+        header,
+        (
+            [
+                row["setting"],
+                *[pct(row["accuracy"].get(t), row.get("ci", {}).get(t)) for t in tasks],
+                pct(row["mean"], row.get("mean_ci")),
+                pct(row["hmean"]),
+                *([pct(row[f"{other}_mean"])] if other else []),
+                f"{row['tokens_per_request']:.1f}",
+                "-" if row.get("ms_per_request") is None else f"{row['ms_per_request']:.1f}",
+            ]
+            for row in rows
+        ),
+    )
     label = {r.get("key"): short(r["setting"]) for r in rows}
     if len(set(label.values())) < len(label):  # shortened labels would be ambiguous
         label = {r.get("key"): r["setting"] for r in rows}
     differences = results.get("differences") or []
     if differences:
         pairs = [(label.get(d["setting"], d["setting"]), label.get(d["versus"], d["versus"])) for d in differences]
-        lines += ["", *markdown_table(["difference (points)", *tasks, "mean"], (
-            [f"{x} − {y}", *[span(d["tasks"].get(t)) for t in tasks], span(d["mean"])]
-            for (x, y), d in zip(pairs, differences)))]
+        lines += [
+            "",
+            *markdown_table(
+                ["difference (points)", *tasks, "mean"],
+                (
+                    [f"{x} − {y}", *[span(d["tasks"].get(t)) for t in tasks], span(d["mean"])]
+                    for (x, y), d in zip(pairs, differences)
+                ),
+            ),
+        ]
         lines += ["", *(verdict(d, x, y) for (x, y), d in zip(pairs, differences))]
     lines.append("")
     if "compression_ratio" in results:
@@ -179,14 +246,18 @@ def results_markdown(results: dict[str, Any]) -> str:
     distance = results.get("gate_distance")
     if distance:  # the router side of the prompt-sensitivity check
         between = distance.get("between_prompts")
-        lines.append(f"Router gate distance (0 = same experts and weights, 1 = disjoint): between the "
-                     f"{distance['prompts']} task prompts {'-' if between is None else f'{between:.3f}'}, "
-                     f"task prompts to the task-free prompt {distance['to_generic']:.3f}")
+        lines.append(
+            f"Router gate distance (0 = same experts and weights, 1 = disjoint): between the "
+            f"{distance['prompts']} task prompts {'-' if between is None else f'{between:.3f}'}, "
+            f"task prompts to the task-free prompt {distance['to_generic']:.3f}"
+        )
     scoring = results.get("scoring")
     if metric:  # the scoring is left out where it only restates the metric
         shown = scoring and not re.search(rf"\b{re.escape(metric)}\b", scoring)
-        lines.append(f"Items: {results['items']} · metric {METRICS.get(metric, metric)}"
-                     + (f" · scoring: {scoring}" if shown else ""))
+        lines.append(
+            f"Items: {results['items']} · metric {METRICS.get(metric, metric)}"
+            + (f" · scoring: {scoring}" if shown else "")
+        )
     else:  # older results
         lines.append(f"Items: {results['items']} · accuracy by {scoring}")
     if results.get("latency"):

@@ -66,8 +66,12 @@ class ReAct:
 def parse_react(text: str) -> ReAct:
     """Parse "Thought / Action / Action Input / AI" lines (the benchmark's regular expressions)."""
     text = text or ""
-    return ReAct([t.strip() for t in _THOUGHT_RE.findall(text)], [a.strip() for a in _ACTION_RE.findall(text)],
-                 [a.strip() for a in _ARGS_RE.findall(text)], [a.strip() for a in _AI_RE.findall(text)])
+    return ReAct(
+        [t.strip() for t in _THOUGHT_RE.findall(text)],
+        [a.strip() for a in _ACTION_RE.findall(text)],
+        [a.strip() for a in _ARGS_RE.findall(text)],
+        [a.strip() for a in _AI_RE.findall(text)],
+    )
 
 
 def bleu1(reference: str, candidate: str) -> float:
@@ -129,7 +133,7 @@ def score_tool_use(reference: str, prediction: str, args_match: str = "gpt4tools
         raise ValueError(f"args_match={args_match!r} is unknown: choose one of {list(ARGS_MATCH)}")
     gt, pred = parse_react(reference), parse_react(prediction)
     if "Action:" in reference and "Action Input:" in reference:
-        gt_thoughts = gt.thoughts[:len(gt.actions)]
+        gt_thoughts = gt.thoughts[: len(gt.actions)]
         thoughts = list(pred.thoughts)
         if len(thoughts) == len(pred.actions) + 1 and thoughts and thoughts[-1] == "No":
             thoughts.pop()  # "... Observation: ... Thought: Do I need to use a tool? No" after the action
@@ -163,8 +167,17 @@ class ToolUseSuccess(Metric):
         if args_match not in ARGS_MATCH:
             raise ValueError(f"args_match={args_match!r} is unknown: choose one of {list(ARGS_MATCH)}")
         self.args_match = args_match
-        for name in ("thought", "action", "args", "success", "action_tool", "args_tool", "items", "tool_items",
-                     "unparseable"):
+        for name in (
+            "thought",
+            "action",
+            "args",
+            "success",
+            "action_tool",
+            "args_tool",
+            "items",
+            "tool_items",
+            "unparseable",
+        ):
             self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
     def update(self, predictions: Sequence[str] | str, references: Sequence[str] | str) -> None:
@@ -190,7 +203,14 @@ class ToolUseSuccess(Metric):
     def compute(self) -> dict[str, torch.Tensor]:
         n = self.items.clamp(min=1)
         n_tool = self.tool_items.clamp(min=1)
-        return {"sr_t": self.thought / n, "sr_act": self.action / n, "sr_args": self.args / n,
-                "sr": self.success / n, "sr_act_tool": self.action_tool / n_tool,
-                "sr_args_tool": self.args_tool / n_tool, "items": self.items.clone(),
-                "tool_items": self.tool_items.clone(), "unparseable": self.unparseable.clone()}
+        return {
+            "sr_t": self.thought / n,
+            "sr_act": self.action / n,
+            "sr_args": self.args / n,
+            "sr": self.success / n,
+            "sr_act_tool": self.action_tool / n_tool,
+            "sr_args_tool": self.args_tool / n_tool,
+            "items": self.items.clone(),
+            "tool_items": self.tool_items.clone(),
+            "unparseable": self.unparseable.clone(),
+        }

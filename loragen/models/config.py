@@ -123,8 +123,10 @@ class PoolConfig:
         if not 1 <= self.top_k <= self.num_experts:
             raise LoRAGenError(f"pool.top_k={self.top_k} must be between 1 and pool.num_experts={self.num_experts}")
         if self.target_modules is not None and not self.target_modules:
-            raise LoRAGenError("pool.target_modules is empty: name at least one edge linear, e.g. q_proj, or "
-                               "leave it null for the method's default")
+            raise LoRAGenError(
+                "pool.target_modules is empty: name at least one edge linear, e.g. q_proj, or "
+                "leave it null for the method's default"
+            )
         if self.aux_loss not in AUX_KINDS:
             raise LoRAGenError(f"pool.aux_loss={self.aux_loss!r} is unknown: choose one of {list(AUX_KINDS)}")
         if self.aux_coef < 0:
@@ -152,8 +154,9 @@ class SpecificityConfig:
     null_coef: float = 0.0
     """Null-prompt control: weight of the mean squared Frobenius norm of the LoRA generated for each task-free
     prompt of ``null_prompts`` (pulled toward the untouched edge)."""
-    null_prompts: list[str] = field(default_factory=lambda: ["", "Answer the following.", "You are an assistant.",
-                                                             "Respond to the user's input."])
+    null_prompts: list[str] = field(
+        default_factory=lambda: ["", "Answer the following.", "You are an assistant.", "Respond to the user's input."]
+    )
     """The task-free prompts of the null-prompt control (never the evaluation's task-free probe)."""
     distill_coef: float = 0.0
     """Context distillation: weight of ``T²·KL(edge reading the system prompt ‖ LoRA edge without it)`` over
@@ -172,17 +175,23 @@ class SpecificityConfig:
         if self.null_coef and not self.null_prompts:
             raise LoRAGenError("specificity.null_coef > 0 needs at least one specificity.null_prompts entry")
         if GENERIC_PROMPT in self.null_prompts:
-            raise LoRAGenError(f"specificity.null_prompts holds {GENERIC_PROMPT!r}, the evaluation's task-free probe: "
-                               "training it toward the untouched edge would make that check meaningless; use "
-                               "other task-free prompts")
+            raise LoRAGenError(
+                f"specificity.null_prompts holds {GENERIC_PROMPT!r}, the evaluation's task-free probe: "
+                "training it toward the untouched edge would make that check meaningless; use "
+                "other task-free prompts"
+            )
 
     @property
     def active(self) -> bool:
         return bool(self.margin_coef or self.null_coef or self.distill_coef)
 
 
-GROUPS: dict[str, type] = {"optim": OptimConfig, "eval": EvalConfig, "pool": PoolConfig,
-                           "specificity": SpecificityConfig}
+GROUPS: dict[str, type] = {
+    "optim": OptimConfig,
+    "eval": EvalConfig,
+    "pool": PoolConfig,
+    "specificity": SpecificityConfig,
+}
 STORED_GROUPS = ("optim", "pool", "specificity")  # what a checkpoint keeps; ``eval`` never
 CHECKPOINT_FORMAT = 2  # ``checkpoint["loragen"]["format"]``: 1 = flat model arguments, 2 = the typed groups
 # arguments older loragen versions stored in checkpoints and this one does not (dropped on upgrade): retired

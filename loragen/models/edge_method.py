@@ -68,8 +68,14 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
     # ``prepare_serving``: a method sets this only if the edge is plain there (LoRA-Gen merges per group)
     REFERENCE_ROWS = False
 
-    def __init__(self, cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
-                 optim: OptimConfig = OptimConfig(), eval: EvalConfig = EvalConfig(), seed: int = 0) -> None:  # noqa: A002
+    def __init__(
+        self,
+        cloud: str = "bundled:smollm2-135m-instruct",
+        edge: str = "bundled:smollm2-135m-instruct",
+        optim: OptimConfig = OptimConfig(),
+        eval: EvalConfig = EvalConfig(),
+        seed: int = 0,
+    ) -> None:  # noqa: A002
         super().__init__()
         from loragen.backbones import validate_source
 
@@ -172,8 +178,13 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
         return [(self.METHOD, other) for other in self.eval_settings()[1:]]
 
     def result_info(self) -> dict[str, Any]:
-        return {"method": self.METHOD, "mergeable": self.MERGEABLE, "trainable_params": count_trainable(self),
-                "trained_steps": self.trained_steps, "edge": self.hparams.edge}
+        return {
+            "method": self.METHOD,
+            "mergeable": self.MERGEABLE,
+            "trainable_params": count_trainable(self),
+            "trained_steps": self.trained_steps,
+            "edge": self.hparams.edge,
+        }
 
     @torch.no_grad()
     def _evaluate(self, batch: dict[str, Any], stage: str) -> None:
@@ -202,9 +213,14 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
                 for m in members:
                     record, prompt = batch["records"][m], batch[self.prompt_key][m]
                     text = self._generate_text(prompt).strip()
-                    outputs[m] = {"task": record.task, "input": record.input, "prediction": text,
-                                  "reference": record.output, "correct": self._judge(text, record),
-                                  "edge_prompt_tokens": len(prompt) + self.prefix_tokens}
+                    outputs[m] = {
+                        "task": record.task,
+                        "input": record.input,
+                        "prediction": text,
+                        "reference": record.output,
+                        "correct": self._judge(text, record),
+                        "edge_prompt_tokens": len(prompt) + self.prefix_tokens,
+                    }
         return outputs
 
     # ------------------------------------------------------------------ evaluation epochs
@@ -268,8 +284,9 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = self.trained_state_names()
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
-                                    if k in keep or k.startswith("best_val_acc")}
+        checkpoint["state_dict"] = {
+            k: v for k, v in checkpoint["state_dict"].items() if k in keep or k.startswith("best_val_acc")
+        }
         checkpoint["loragen"] = {"format": CHECKPOINT_FORMAT, **self.identity()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -278,14 +295,18 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
         expected = self.trained_state_names()
         missing = sorted(expected - set(checkpoint["state_dict"]))
         if missing:
-            raise LoRAGenError(f"checkpoint lacks trained weights {missing[:3]}: it is incomplete or was trained "
-                               "with other settings (experts, rank, targets)")
+            raise LoRAGenError(
+                f"checkpoint lacks trained weights {missing[:3]}: it is incomplete or was trained "
+                "with other settings (experts, rank, targets)"
+            )
         mine = self.state_dict(keep_vars=True)
         for name in sorted(expected):
             stored, own = tuple(checkpoint["state_dict"][name].shape), tuple(mine[name].shape)
             if stored != own:
-                raise LoRAGenError(f"checkpoint weight {name} has shape {stored}, this model's {own}: it was "
-                                   "trained with other settings (experts, rank, targets, virtual tokens)")
+                raise LoRAGenError(
+                    f"checkpoint weight {name} has shape {stored}, this model's {own}: it was "
+                    "trained with other settings (experts, rank, targets, virtual tokens)"
+                )
         for name, tensor in mine.items():  # the frozen backbones are not stored: fill them in (references,
             checkpoint["state_dict"].setdefault(name, tensor.detach())  # no copies), so loading reports none missing
 
@@ -320,8 +341,10 @@ def load_class(class_path: str) -> type:
     try:
         return getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError, ValueError):
-        raise LoRAGenError(f"class {class_path!r} does not exist: e.g. loragen.models.lora_gen_module."
-                           "LoRAGenModule or loragen.models.baselines.LoRABaseline") from None
+        raise LoRAGenError(
+            f"class {class_path!r} does not exist: e.g. loragen.models.lora_gen_module."
+            "LoRAGenModule or loragen.models.baselines.LoRABaseline"
+        ) from None
 
 
 def check_method_args(class_path: str, init_args: Any) -> type:

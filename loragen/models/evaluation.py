@@ -82,8 +82,9 @@ class EvaluationMixin:
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         self.eval_tasks = list(getattr(datamodule, "tasks", None) or [])
         for name in ("val", "test"):
-            self.outcomes[name] = MetricCollection({s: ItemOutcomes() for s in self.eval_settings()},
-                                                   compute_groups=False).to(self.device)
+            self.outcomes[name] = MetricCollection(
+                {s: ItemOutcomes() for s in self.eval_settings()}, compute_groups=False
+            ).to(self.device)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._evaluate(batch, "val")
@@ -97,11 +98,14 @@ class EvaluationMixin:
         model, tok = self.scoring_model(), self.edge_tokenizer()
         ids = torch.tensor([prompt], device=self.device)
         prefix = self.prefix_embeds()
-        common = {"do_sample": False, "max_new_tokens": self.evaluation.max_new_tokens,
-                  "pad_token_id": tok.pad_token_id}
+        common = {
+            "do_sample": False,
+            "max_new_tokens": self.evaluation.max_new_tokens,
+            "pad_token_id": tok.pad_token_id,
+        }
         if prefix is None:
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **common)
-            return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+            return tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
         embeds = torch.cat([prefix, model.get_input_embeddings()(ids)], dim=1)
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device)
         out = model.generate(inputs_embeds=embeds, attention_mask=mask, **common)  # returns new tokens only
@@ -137,13 +141,16 @@ class EvaluationMixin:
                 out[i] = (-1, -1, correct, correct, int(verdict is None))
         return out
 
-    def _grade_items(self, stage: str, setting: str, batch: dict[str, Any], prompt_key: str, items: Any,
-                     extra_tokens: int = 0) -> None:
+    def _grade_items(
+        self, stage: str, setting: str, batch: dict[str, Any], prompt_key: str, items: Any, extra_tokens: int = 0
+    ) -> None:
         """Answer each item with the edge model as it currently is and record its outcome. Items of the
         latency sample are answered one at a time and timed; the rest together."""
         if prompt_key not in batch:
-            raise LoRAGenError(f"evaluation batches carry no {prompt_key!r}: set data.init_args.reference true "
-                               "(it prepares the edge prompts that include the system prompt)")
+            raise LoRAGenError(
+                f"evaluation batches carry no {prompt_key!r}: set data.init_args.reference true "
+                "(it prepares the edge prompts that include the system prompt)"
+            )
         items = list(items)
         timed = [i for i in items if batch["task_pos"][i] < LATENCY_ITEMS_PER_TASK]
         if timed and not getattr(self, "_warmed_up", False):  # the first call of a process pays one-off costs:
@@ -158,16 +165,25 @@ class EvaluationMixin:
         tasks = self._task_indices(batch["task"], items)
         columns = list(zip(*(verdicts[i] for i in items), strict=True))
         self.outcomes[stage][setting].update(
-            uid=[batch["uid"][i] for i in items], task=tasks, label=[int(batch["label"][i]) for i in items],
-            pred=columns[0], pred_norm=columns[1], acc=columns[2], acc_norm=columns[3], unparseable=columns[4],
+            uid=[batch["uid"][i] for i in items],
+            task=tasks,
+            label=[int(batch["label"][i]) for i in items],
+            pred=columns[0],
+            pred_norm=columns[1],
+            acc=columns[2],
+            acc_norm=columns[3],
+            unparseable=columns[4],
             tokens=[len(batch[prompt_key][i]) + extra_tokens for i in items],
-            ms=[ms.get(i, float("nan")) for i in items])
+            ms=[ms.get(i, float("nan")) for i in items],
+        )
 
     def _task_indices(self, names: list[str], items: list[int]) -> list[int]:
         missing = sorted({names[i] for i in items} - set(self.eval_tasks))
         if missing:
-            raise LoRAGenError(f"evaluation items of task(s) {missing} that the DataModule does not list: "
-                               "evaluate through a DataModule whose val/test records name their tasks")
+            raise LoRAGenError(
+                f"evaluation items of task(s) {missing} that the DataModule does not list: "
+                "evaluate through a DataModule whose val/test records name their tasks"
+            )
         return [self.eval_tasks.index(names[i]) for i in items]
 
     # ------------------------------------------------------------------ epoch ends and results
@@ -194,10 +210,27 @@ class EvaluationMixin:
             print("\n" + results_markdown(results) + f"\n\nResults written to {json_path} and {md_path}\n")
             for logger in self.loggers:
                 if hasattr(logger, "log_table"):
-                    header = ["setting", *results["tasks"], "mean", "mean_ci", "hmean", "tokens_per_request",
-                              "ms_per_request"]
-                    data = [[r["setting"], *[r["accuracy"][t] for t in results["tasks"]], r["mean"], r["mean_ci"],
-                             r["hmean"], r["tokens_per_request"], r["ms_per_request"]] for r in results["rows"]]
+                    header = [
+                        "setting",
+                        *results["tasks"],
+                        "mean",
+                        "mean_ci",
+                        "hmean",
+                        "tokens_per_request",
+                        "ms_per_request",
+                    ]
+                    data = [
+                        [
+                            r["setting"],
+                            *[r["accuracy"][t] for t in results["tasks"]],
+                            r["mean"],
+                            r["mean_ci"],
+                            r["hmean"],
+                            r["tokens_per_request"],
+                            r["ms_per_request"],
+                        ]
+                        for r in results["rows"]
+                    ]
                     logger.log_table(key="test/results", columns=header, data=data)
 
     def _headlines(self, tasks: list[str]) -> dict[str, str]:
@@ -235,11 +268,20 @@ class EvaluationMixin:
         self._last_outcomes = outcomes
         metric = self.evaluation.metric if self.evaluation.scoring == "loglik" else "acc"
         labels = {s: self.SETTINGS[s] for s in outcomes}
-        results = build_results(outcomes, labels, tasks, metric, paired=self.paired_settings(),
-                                task_metrics=self._headlines(tasks) if metric == "harness" else None)
+        results = build_results(
+            outcomes,
+            labels,
+            tasks,
+            metric,
+            paired=self.paired_settings(),
+            task_metrics=self._headlines(tasks) if metric == "harness" else None,
+        )
         results["stage"] = stage
-        results["scoring"] = ("generation + answer extraction" if self.evaluation.scoring == "generate"
-                              else "option log-likelihood (lm-evaluation-harness formulation)")
+        results["scoring"] = (
+            "generation + answer extraction"
+            if self.evaluation.scoring == "generate"
+            else "option log-likelihood (lm-evaluation-harness formulation)"
+        )
         results["latency"] = f"ms/request: the first {LATENCY_ITEMS_PER_TASK} items of each task, one at a time"
         results.update(self.result_info())
         for row in results["rows"]:
@@ -259,11 +301,20 @@ class EvaluationMixin:
             for k in range(len(values["uid"])):
                 uid = int(values["uid"][k])
                 record = examples[uid]["record"] if uid < len(examples) else None
-                lines.append(json.dumps({
-                    "setting": setting, "uid": uid, "task": self.last_results["tasks"][int(values["task"][k])],
-                    "source": record.meta.get("source") if record is not None else None,
-                    **{f: int(values[f][k]) for f in ("label", "pred", "pred_norm", "acc", "acc_norm",
-                                                       "unparseable", "tokens")}}))
+                lines.append(
+                    json.dumps(
+                        {
+                            "setting": setting,
+                            "uid": uid,
+                            "task": self.last_results["tasks"][int(values["task"][k])],
+                            "source": record.meta.get("source") if record is not None else None,
+                            **{
+                                f: int(values[f][k])
+                                for f in ("label", "pred", "pred_norm", "acc", "acc_norm", "unparseable", "tokens")
+                            },
+                        }
+                    )
+                )
         return "\n".join(lines) + "\n"
 
 

@@ -48,12 +48,23 @@ class LoRAGenModule(PromptLoRAMethod):
     LABEL = "LoRA-Gen"
     SETTINGS = SETTINGS
 
-    def __init__(self, cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
-                 pool: PoolConfig = PoolConfig(), router_hidden: int = 256, layer_embedding: bool = True,
-                 router_noise: str = "gaussian", router_center: bool = False, train_meta_tokens: bool = False,
-                 cloud_lora_rank: int = 0, init_from: str | None = None, optim: OptimConfig = OptimConfig(),
-                 eval: EvalConfig = EvalConfig(), specificity: SpecificityConfig = SpecificityConfig(),
-                 seed: int = 0) -> None:  # noqa: A002
+    def __init__(
+        self,
+        cloud: str = "bundled:smollm2-135m-instruct",
+        edge: str = "bundled:smollm2-135m-instruct",
+        pool: PoolConfig = PoolConfig(),
+        router_hidden: int = 256,
+        layer_embedding: bool = True,
+        router_noise: str = "gaussian",
+        router_center: bool = False,
+        train_meta_tokens: bool = False,
+        cloud_lora_rank: int = 0,
+        init_from: str | None = None,
+        optim: OptimConfig = OptimConfig(),
+        eval: EvalConfig = EvalConfig(),
+        specificity: SpecificityConfig = SpecificityConfig(),
+        seed: int = 0,
+    ) -> None:  # noqa: A002
         self.check_args({"router_noise": router_noise, "cloud_lora_rank": cloud_lora_rank, "init_from": init_from})
         super().__init__(cloud=cloud, edge=edge, optim=optim, eval=eval, seed=seed)
         from loragen.backbones import load_backbone
@@ -64,11 +75,22 @@ class LoRAGenModule(PromptLoRAMethod):
         cloud_bb = load_backbone(cloud)
         share = cloud == edge and cloud_lora_rank == 0  # one frozen copy serves both roles
         edge_bb = cloud_bb if share else load_backbone(edge)
-        self.model = LoRAGen(cloud_bb, edge_bb, num_experts=pool.num_experts, top_k=pool.top_k, rank=pool.rank,
-                             lora_alpha=pool.lora_alpha, target_modules=pool.targets(DEFAULT_TARGETS),
-                             router_hidden=router_hidden, layer_embedding=layer_embedding,
-                             router_noise=router_noise, router_center=router_center,
-                             train_meta_tokens=train_meta_tokens, cloud_lora_rank=cloud_lora_rank, seed=seed)
+        self.model = LoRAGen(
+            cloud_bb,
+            edge_bb,
+            num_experts=pool.num_experts,
+            top_k=pool.top_k,
+            rank=pool.rank,
+            lora_alpha=pool.lora_alpha,
+            target_modules=pool.targets(DEFAULT_TARGETS),
+            router_hidden=router_hidden,
+            layer_embedding=layer_embedding,
+            router_noise=router_noise,
+            router_center=router_center,
+            train_meta_tokens=train_meta_tokens,
+            cloud_lora_rank=cloud_lora_rank,
+            seed=seed,
+        )
         if init_from:
             self._init_from(init_from)
         self.last_routing: tuple[torch.Tensor, list[str]] | None = None
@@ -95,8 +117,9 @@ class LoRAGenModule(PromptLoRAMethod):
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
         """Edge hidden states with each sample's generated LoRA applied, and the routing."""
-        return self.model.hidden_states(batch["system_ids"], batch["system_mask"], batch["input_ids"],
-                                        batch["attention_mask"])
+        return self.model.hidden_states(
+            batch["system_ids"], batch["system_mask"], batch["input_ids"], batch["attention_mask"]
+        )
 
     def training_forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         from loragen.models.components.router import auxiliary_loss
@@ -135,8 +158,9 @@ class LoRAGenModule(PromptLoRAMethod):
         other_rows = other_rows.to(labels.device)
         routing = self._train_routing
         with self.model.edge_lora.routing(routing.indices[other_rows], routing.weights[other_rows]):
-            other_hidden = edge.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                              use_cache=False).last_hidden_state
+            other_hidden = edge.get_decoder()(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+            ).last_hidden_state
         other, _ = answer_logliks(edge, other_hidden, labels)
         return margin_loss(own, other, valid, self.specificity.margin)
 
@@ -158,16 +182,20 @@ class LoRAGenModule(PromptLoRAMethod):
         from loragen.models.specificity import aligned_answer_rows, distillation_loss
 
         if "teacher_input_ids" not in batch:
-            raise LoRAGenError("specificity.distill_coef > 0 needs the training sequences with the system prompt: "
-                               "train with a loragen DataModule (it adds them when the model asks)")
+            raise LoRAGenError(
+                "specificity.distill_coef > 0 needs the training sequences with the system prompt: "
+                "train with a loragen DataModule (it adds them when the model asks)"
+            )
         edge, labels, teacher_labels = self.scoring_model(), batch["labels"], batch["teacher_labels"]
         rows = aligned_answer_rows(labels, teacher_labels)
         if not rows.any():
             return hidden.sum() * 0.0
         with torch.no_grad():  # the plain edge reading the prompt: no LoRA, no gradient
-            teacher_hidden = edge.get_decoder()(input_ids=batch["teacher_input_ids"][rows],
-                                                attention_mask=batch["teacher_attention_mask"][rows],
-                                                use_cache=False).last_hidden_state
+            teacher_hidden = edge.get_decoder()(
+                input_ids=batch["teacher_input_ids"][rows],
+                attention_mask=batch["teacher_attention_mask"][rows],
+                use_cache=False,
+            ).last_hidden_state
             teacher = answer_logits(edge, teacher_hidden, teacher_labels[rows])
         student = answer_logits(edge, hidden[rows], labels[rows])
         return distillation_loss(student, teacher, self.specificity.distill_temperature)
@@ -178,10 +206,14 @@ def gate_distances(task_gates: list[torch.Tensor], generic: torch.Tensor) -> dic
     matrices, ``½ Σ_e |g_a[l, e] − g_b[l, e]|`` averaged over layers (0: the same experts and weights
     everywhere; 1: disjoint experts), averaged over all pairs of prompts and from each prompt to the
     task-free one."""
+
     def tv(a: torch.Tensor, b: torch.Tensor) -> float:
         return float(0.5 * (a.float() - b.float()).abs().sum(-1).mean())
 
-    pairs = [tv(a, b) for i, a in enumerate(task_gates) for b in task_gates[i + 1:]]
-    return {"between_prompts": sum(pairs) / len(pairs) if pairs else None,
-            "to_generic": sum(tv(g, generic) for g in task_gates) / len(task_gates), "prompts": len(task_gates),
-            "definition": "total-variation distance of the gates, averaged over layers and prompt pairs"}
+    pairs = [tv(a, b) for i, a in enumerate(task_gates) for b in task_gates[i + 1 :]]
+    return {
+        "between_prompts": sum(pairs) / len(pairs) if pairs else None,
+        "to_generic": sum(tv(g, generic) for g in task_gates) / len(task_gates),
+        "prompts": len(task_gates),
+        "definition": "total-variation distance of the gates, averaged over layers and prompt pairs",
+    }

@@ -39,10 +39,12 @@ def adamw_warmup_cosine(module: Any) -> dict[str, Any]:
         plain = param.dim() < 2 or any(key in name for key in NO_DECAY_NAMES)
         (no_decay if plain else decay).append(param)
     if not decay and not no_decay:
-        raise LoRAGenError(f"{type(module).__name__} has no trainable parameters: there is nothing to fit; "
-                           "run `loragen test` instead")
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr)
+        raise LoRAGenError(
+            f"{type(module).__name__} has no trainable parameters: there is nothing to fit; run `loragen test` instead"
+        )
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr
+    )
     trainer = module._trainer
     total = max(1, int(trainer.estimated_stepping_batches)) if trainer is not None else 1
     warmup, floor = hp.warmup_steps, hp.min_lr_ratio
@@ -89,9 +91,13 @@ class ScheduledTraining:
                 raise LoRAGenError(
                     f"stopped at step {step}: {self._nonfinite_run} consecutive steps with a non-finite loss or "
                     "gradients (none reached the weights; the last checkpoint is from before them): lower "
-                    "model.init_args.optim.lr, check the data, or resume with --ckpt_path last")
-            warnings.warn(f"step {step}: non-finite loss or gradients, step skipped (the weights are unchanged; "
-                          f"{self._nonfinite_total} skipped so far)", stacklevel=2)
+                    "model.init_args.optim.lr, check the data, or resume with --ckpt_path last"
+                )
+            warnings.warn(
+                f"step {step}: non-finite loss or gradients, step skipped (the weights are unchanged; "
+                f"{self._nonfinite_total} skipped so far)",
+                stacklevel=2,
+            )
         if self._trainer is not None:
             self.log("train/nonfinite_steps", float(self._nonfinite_total), reduce_fx="max")
 
@@ -101,6 +107,11 @@ class ScheduledTraining:
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
         elapsed = max(time.perf_counter() - self._step_start, 1e-9)
         size = batch["input_ids"].shape[0]
-        self.log_dict({"train/samples_per_s": size / elapsed,
-                       "train/edge_tokens_per_s": float(batch["attention_mask"].sum()) / elapsed,
-                       "train/lr": self.optimizers().param_groups[0]["lr"]}, batch_size=size)
+        self.log_dict(
+            {
+                "train/samples_per_s": size / elapsed,
+                "train/edge_tokens_per_s": float(batch["attention_mask"].sum()) / elapsed,
+                "train/lr": self.optimizers().param_groups[0]["lr"],
+            },
+            batch_size=size,
+        )

@@ -33,11 +33,14 @@ PRECOMPUTED_PROMPTS = 64  # distinct system prompts generated up front per evalu
 
 def settings_for(key: str, label: str) -> dict[str, str]:
     """The rows of a prompt-to-LoRA method: its own, the sensitivity rows and the references."""
-    return {key: f"{label} (merged, no system prompt)",
-            "rotated": f"{label}, another task's LoRA (rotated)",
-            "generic": f"{label}, a task-free prompt's LoRA",
-            "paraphrase": f"{label}, the held-out paraphrase's LoRA",
-            "prompted": "edge + full system prompt", "zero_shot": "edge, no system prompt, no LoRA"}
+    return {
+        key: f"{label} (merged, no system prompt)",
+        "rotated": f"{label}, another task's LoRA (rotated)",
+        "generic": f"{label}, a task-free prompt's LoRA",
+        "paraphrase": f"{label}, the held-out paraphrase's LoRA",
+        "prompted": "edge + full system prompt",
+        "zero_shot": "edge, no system prompt, no LoRA",
+    }
 
 
 class PromptLoRAMethod(EdgeMethod):
@@ -72,8 +75,11 @@ class PromptLoRAMethod(EdgeMethod):
         return {f"model.{k}" for k in self.model.trainable_state_dict()}
 
     def identity(self) -> dict[str, Any]:
-        return {"method": self.METHOD, "fingerprint": self.model.fingerprint.to_dict(),
-                **({"init_from": str(self.init_from)} if self.init_from else {})}
+        return {
+            "method": self.METHOD,
+            "fingerprint": self.model.fingerprint.to_dict(),
+            **({"init_from": str(self.init_from)} if self.init_from else {}),
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -86,15 +92,20 @@ class PromptLoRAMethod(EdgeMethod):
             raise LoRAGenError("this checkpoint has no loragen pair fingerprint: it was not written by loragen")
         method = stored.get("method", "loragen")  # checkpoints before Text-to-LoRA are LoRA-Gen's
         if method != self.METHOD:
-            raise LoRAGenError(f"method: checkpoint {method!r} was written by another method than {self.METHOD!r}: "
-                               "load it with its own class_path")
+            raise LoRAGenError(
+                f"method: checkpoint {method!r} was written by another method than {self.METHOD!r}: "
+                "load it with its own class_path"
+            )
         PairFingerprint.from_dict(stored["fingerprint"]).check_compatible(self.model.fingerprint)
         if self._fitting() and "rng" in stored:  # random draws continue exactly where they stopped
             _set_rng_state(stored["rng"])
 
     def result_info(self) -> dict[str, Any]:
-        info = {**super().result_info(), "eval_path": self.evaluation.path,
-                "fingerprint": self.model.fingerprint.to_dict()}
+        info = {
+            **super().result_info(),
+            "eval_path": self.evaluation.path,
+            "fingerprint": self.model.fingerprint.to_dict(),
+        }
         info.pop("edge")
         if self.gate_distance is not None:
             info["gate_distance"] = self.gate_distance
@@ -180,7 +191,7 @@ class PromptLoRAMethod(EdgeMethod):
             return
         keys = list(prompts)
         for start in range(0, len(keys), PRECOMPUTED_PROMPTS):  # bounded cloud batches
-            chunk = keys[start:start + PRECOMPUTED_PROMPTS]
+            chunk = keys[start : start + PRECOMPUTED_PROMPTS]
             self.task_loras.update(zip(chunk, self._generate_for([prompts[k] for k in chunk]), strict=True))
         if stage in ("val", "test") and not self._fitting():  # cheap (one LoRA per prompt): every test has them
             tasks = list(first_of_task)
@@ -188,8 +199,9 @@ class PromptLoRAMethod(EdgeMethod):
                 following = {t: first_of_task[tasks[(i + 1) % len(tasks)]] for i, t in enumerate(tasks)}
                 for task, key in keyed:
                     self.rotation.setdefault(key, following[task])
-            self.gate_distance = self.prompt_distances([self.task_loras[first_of_task[t]] for t in tasks],
-                                                       self._generic_lora())
+            self.gate_distance = self.prompt_distances(
+                [self.task_loras[first_of_task[t]] for t in tasks], self._generic_lora()
+            )
 
     def _fitting(self) -> bool:
         return self._trainer is not None and self.trainer.state.fn == "fit"
@@ -237,8 +249,10 @@ class PromptLoRAMethod(EdgeMethod):
         weights = {k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
         expected = set(self.model.trainable_state_dict())
         if expected - set(weights):
-            raise LoRAGenError(f"{path} lacks trained weights {sorted(expected - set(weights))[:3]}: it was "
-                               "trained with other settings (method, experts, rank, targets)")
+            raise LoRAGenError(
+                f"{path} lacks trained weights {sorted(expected - set(weights))[:3]}: it was "
+                "trained with other settings (method, experts, rank, targets)"
+            )
         self.model.load_state_dict({k: weights[k] for k in expected}, strict=False)
 
 

@@ -44,13 +44,18 @@ def answer_loss(model: Any, hidden: torch.Tensor, labels: torch.Tensor) -> torch
 def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The same loss from full logits (for callers that already have them)."""
     shift_logits = logits[:, :-1].float()
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]), labels[:, 1:].reshape(-1),
-                           ignore_index=IGNORE)
+    return F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=IGNORE
+    )
 
 
 @torch.no_grad()
-def score_requests(model: Any, requests: Sequence[tuple[list[int], list[int]]],
-                   prefix_embeds: torch.Tensor | None = None, max_rows: int = 8) -> list[float]:
+def score_requests(
+    model: Any,
+    requests: Sequence[tuple[list[int], list[int]]],
+    prefix_embeds: torch.Tensor | None = None,
+    max_rows: int = 8,
+) -> list[float]:
     """Summed log-likelihood of each continuation given its context, for many requests at once.
 
     A request is ``(context ids, continuation ids)``; the continuation's tokens are scored at the
@@ -68,7 +73,7 @@ def score_requests(model: Any, requests: Sequence[tuple[list[int], list[int]]],
         # continuation: such models read each request whole instead of sharing its context.
         order = sorted(range(len(requests)), key=lambda i: -(len(requests[i][0]) + len(requests[i][1])))
         for start in range(0, len(order), max_rows):
-            chunk = order[start:start + max_rows]
+            chunk = order[start : start + max_rows]
             for i, value in zip(chunk, _score_whole(model, [requests[i] for i in chunk], prefix_embeds), strict=True):
                 scores[i] = value
         return scores
@@ -77,10 +82,9 @@ def score_requests(model: Any, requests: Sequence[tuple[list[int], list[int]]],
         contexts.setdefault(tuple(context), []).append(i)
     order = sorted(contexts, key=len, reverse=True)
     for start in range(0, len(order), max_rows):
-        chunk = order[start:start + max_rows]
+        chunk = order[start : start + max_rows]
         members = [(b, i) for b, context in enumerate(chunk) for i in contexts[context]]
-        sums = _score_chunk(model, chunk, [requests[i][1] for _, i in members], [b for b, _ in members],
-                            prefix_embeds)
+        sums = _score_chunk(model, chunk, [requests[i][1] for _, i in members], [b for b, _ in members], prefix_embeds)
         for (_, i), value in zip(members, sums, strict=True):
             scores[i] = value
     return scores
@@ -91,8 +95,9 @@ def _sliding_window(model: Any) -> bool:
     return bool(getattr(config, "sliding_window", None)) and getattr(config, "use_sliding_window", True) is not False
 
 
-def _score_whole(model: Any, requests: list[tuple[list[int], list[int]]],
-                 prefix_embeds: torch.Tensor | None) -> list[float]:
+def _score_whole(
+    model: Any, requests: list[tuple[list[int], list[int]]], prefix_embeds: torch.Tensor | None
+) -> list[float]:
     """Each request as one right-padded sequence ``(context + continuation)[:-1]`` (no cache reuse)."""
     device = model.get_output_embeddings().weight.device
     n_prefix = 0 if prefix_embeds is None else prefix_embeds.shape[1]
@@ -116,19 +121,26 @@ def _score_whole(model: Any, requests: list[tuple[list[int], list[int]]],
     return totals.tolist()
 
 
-def _decode(model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix_embeds: torch.Tensor | None,
-            use_cache: bool = False) -> Any:
+def _decode(
+    model: Any, ids: torch.Tensor, mask: torch.Tensor, prefix_embeds: torch.Tensor | None, use_cache: bool = False
+) -> Any:
     """The decoder over ``ids``, after the soft prompt ``prefix_embeds`` when given."""
     decoder = model.get_decoder()
     if prefix_embeds is None:
         return decoder(input_ids=ids, attention_mask=mask, use_cache=use_cache)
-    embeds = torch.cat([prefix_embeds.to(ids.device).expand(ids.shape[0], -1, -1),
-                        model.get_input_embeddings()(ids)], dim=1)
+    embeds = torch.cat(
+        [prefix_embeds.to(ids.device).expand(ids.shape[0], -1, -1), model.get_input_embeddings()(ids)], dim=1
+    )
     return decoder(inputs_embeds=embeds, attention_mask=mask, use_cache=use_cache)
 
 
-def _score_chunk(model: Any, contexts: list[tuple[int, ...]], continuations: list[list[int]], owner: list[int],
-                 prefix_embeds: torch.Tensor | None) -> list[float]:
+def _score_chunk(
+    model: Any,
+    contexts: list[tuple[int, ...]],
+    continuations: list[list[int]],
+    owner: list[int],
+    prefix_embeds: torch.Tensor | None,
+) -> list[float]:
     """Summed log-likelihoods of ``continuations`` (continuation j follows ``contexts[owner[j]]``)."""
     device = model.get_output_embeddings().weight.device
     decoder = model.get_decoder()
@@ -155,8 +167,13 @@ def _score_chunk(model: Any, contexts: list[tuple[int, ...]], continuations: lis
         cache = getattr(first, "cache", None) or first.past_key_values
         cache.reorder_cache(rows)
         positions = lengths[rows, None] + torch.arange(cont_width - 1, device=device)
-        rest = decoder(input_ids=cont[:, :-1], attention_mask=torch.cat([mask[rows], cont_mask[:, :-1]], dim=1),
-                       position_ids=positions, use_cache=True, **{_cache_kwarg(decoder): cache}).last_hidden_state
+        rest = decoder(
+            input_ids=cont[:, :-1],
+            attention_mask=torch.cat([mask[rows], cont_mask[:, :-1]], dim=1),
+            position_ids=positions,
+            use_cache=True,
+            **{_cache_kwarg(decoder): cache},
+        ).last_hidden_state
         hidden = torch.cat([hidden, rest], dim=1)
     logp = torch.log_softmax(_head(model, hidden[cont_mask.bool()]), -1)
     picked = logp.gather(-1, cont[cont_mask.bool()][:, None]).squeeze(-1)

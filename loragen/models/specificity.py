@@ -76,5 +76,6 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 def aligned_answer_rows(labels: torch.Tensor, teacher_labels: torch.Tensor) -> torch.Tensor:
     """Rows whose answer has as many tokens in the student's sequence as in the teacher's (the answer
     positions then pair up one to one); a row where truncation or tokenization differs is left out."""
-    return ((labels[:, 1:] != IGNORE).sum(1) == (teacher_labels[:, 1:] != IGNORE).sum(1)) & \
-        ((labels[:, 1:] != IGNORE).sum(1) > 0)
+    return ((labels[:, 1:] != IGNORE).sum(1) == (teacher_labels[:, 1:] != IGNORE).sum(1)) & (
+        (labels[:, 1:] != IGNORE).sum(1) > 0
+    )

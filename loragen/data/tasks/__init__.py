@@ -42,8 +42,24 @@ from loragen.data.tasks.registry import (
 )
 from loragen.data.tasks.suite import build_families, suite_presets
 
-_NATIVE = [spec for module in (arc, openbookqa, boolq, siqa, hellaswag, winogrande, piqa, gsm8k, alpaca, gpt4tools,
-                               reading, classify) for spec in module.TASKS]
+_NATIVE = [
+    spec
+    for module in (
+        arc,
+        openbookqa,
+        boolq,
+        siqa,
+        hellaswag,
+        winogrande,
+        piqa,
+        gsm8k,
+        alpaca,
+        gpt4tools,
+        reading,
+        classify,
+    )
+    for spec in module.TASKS
+]
 for _spec in [*_NATIVE, *build_families(_NATIVE)]:
     register_task(_spec, replace=True)
 PRESETS.update(suite_presets(REGISTRY))
@@ -54,6 +70,22 @@ def task_records(task: str, split: str, data_dir: str | None = None, **loader_ar
     return TaskLoader(data_dir, **loader_args).records(task, split)
 
 
-__all__ = ["HUB", "PRESETS", "REGISTRY", "ChoiceTask", "FreeTask", "HubSource", "Item", "LLMAdaptersTask",
-           "Malformed", "TaskLoader", "TaskSpec", "expand_tasks", "get_task", "known_tasks", "register_task",
-           "task_from_config", "task_records"]
+__all__ = [
+    "HUB",
+    "PRESETS",
+    "REGISTRY",
+    "ChoiceTask",
+    "FreeTask",
+    "HubSource",
+    "Item",
+    "LLMAdaptersTask",
+    "Malformed",
+    "TaskLoader",
+    "TaskSpec",
+    "expand_tasks",
+    "get_task",
+    "known_tasks",
+    "register_task",
+    "task_from_config",
+    "task_records",
+]

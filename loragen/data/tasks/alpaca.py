@@ -34,12 +34,16 @@ class AlpacaTask(TaskSpec):
 
 
 ALPACA = AlpacaTask(
-    name="alpaca", description="",
+    name="alpaca",
+    description="",
     files={"train": "alpaca/alpaca_data_1k.json"},
     hub=HubSource("tatsu-lab/alpaca", None, {"train": "train"}),
-    answer_kind="text", shot_splits=(), non_commercial=True,
+    answer_kind="text",
+    shot_splits=(),
+    non_commercial=True,
     license="License: CC BY-NC 4.0 -- NON-COMMERCIAL use only (Stanford: research use only; generated with OpenAI "
-            "text-davinci-003, so OpenAI's terms also apply).",
+    "text-davinci-003, so OpenAI's terms also apply).",
     notes="System prompt = the instruction (per record); only a train split (the first 335 records of the original "
-          "file are in alpaca/alpaca_data.first335.json).")
+    "file are in alpaca/alpaca_data.first335.json).",
+)
 TASKS = [ALPACA]

@@ -39,11 +39,14 @@ class ArcTask(TaskSpec):
 
 def _arc(name: str, folder: str, level: str) -> ArcTask:
     return ArcTask(
-        name=name, description=f"Answer the {level}grade-school science question by choosing the correct option.",
+        name=name,
+        description=f"Answer the {level}grade-school science question by choosing the correct option.",
         files={"train": f"llm-adapters/{folder}/train.json", "test": f"llm-adapters/{folder}/test.json"},
         hub=HubSource("allenai/ai2_arc", folder, {"train": "train", "val": "validation", "test": "test"}),
-        answer_kind="choice_label", license=LICENSE,
-        notes="Local LLM-Adapters files have no validation split (use val_split: test or the hub).")
+        answer_kind="choice_label",
+        license=LICENSE,
+        notes="Local LLM-Adapters files have no validation split (use val_split: test or the hub).",
+    )
 
 
 ARC_CHALLENGE = _arc("arc_challenge", "ARC-Challenge", "challenging ")

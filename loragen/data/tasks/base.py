@@ -143,8 +143,11 @@ class TaskSpec:
 
     def grading(self) -> str:
         """How an item of this task is graded, in words (the suite's table)."""
-        free = {"text": "generation, exact match", "tool": "generation, GPT4Tools success rates",
-                "number": "generation, the final number"}
+        free = {
+            "text": "generation, exact match",
+            "tool": "generation, GPT4Tools success rates",
+            "number": "generation, the final number",
+        }
         if self.answer_kind in free:
             return free[self.answer_kind]
         harness = f"= lm-eval `{self.harness}`" if self.harness else "loragen's formulation"
@@ -180,8 +183,16 @@ class TaskSpec:
 
     def to_record(self, item: Item, system: str, split: str, where: str) -> Record:
         meta = {"answer": item.answer, "split": split, "source": where, "answer_kind": self.answer_kind, **item.meta}
-        return Record(item.system if item.system is not None else system, item.input, item.output, self.name,
-                      item.options, item.label, meta, contexts=item.contexts)
+        return Record(
+            item.system if item.system is not None else system,
+            item.input,
+            item.output,
+            self.name,
+            item.options,
+            item.label,
+            meta,
+            contexts=item.contexts,
+        )
 
     def extract(self, text: str, record: Record) -> str | None:
         """The answer a generated ``text`` gives, in the form of ``record.meta['answer']``; None if unparseable."""
@@ -267,8 +278,9 @@ def format_choice_input(question: str, options: Sequence[str]) -> str:
     return f"Question: {question}\nChoices:\n{choices}\nAnswer:"
 
 
-def choice_item(question: str, options: Sequence[str], label: int, prefix: str, *, normalize: bool = True,
-                **meta: Any) -> Item:
+def choice_item(
+    question: str, options: Sequence[str], label: int, prefix: str, *, normalize: bool = True, **meta: Any
+) -> Item:
     """A multiple-choice ``Item`` (checks: a question, >= 2 non-empty options, label in range, the correct
     option's text not repeated among the others). ``normalize=False`` keeps texts a task has already
     cleaned exactly as the harness does (HellaSwag)."""
@@ -283,10 +295,18 @@ def choice_item(question: str, options: Sequence[str], label: int, prefix: str, 
         raise Malformed(f"label {label} is outside the {len(options)} options")
     plain = [normalize_space(o) for o in options]  # options that differ only in whitespace are the same answer
     if plain.count(plain[label]) > 1:  # duplicated distractors are harmless; a duplicated answer is not
-        raise Malformed("the correct option's text also appears as another option (option scoring cannot tell "
-                        "them apart)")
-    return Item(format_choice_input(question, options), options[label], options, label, f"{prefix}{label + 1}",
-                meta=dict(meta), question=question)
+        raise Malformed(
+            "the correct option's text also appears as another option (option scoring cannot tell them apart)"
+        )
+    return Item(
+        format_choice_input(question, options),
+        options[label],
+        options,
+        label,
+        f"{prefix}{label + 1}",
+        meta=dict(meta),
+        question=question,
+    )
 
 
 def inline_or_file_label(row: dict[str, Any], key: str, file_label: str | None) -> Any:

@@ -48,11 +48,18 @@ class BoolQTask(TaskSpec):
 
 
 BOOLQ = BoolQTask(
-    name="boolq", description="Answer the yes/no question about general knowledge.",
-    files={"train": "llm-adapters/boolq/train.json", "val": "llm-adapters/boolq/test.json",
-           "test": "llm-adapters/boolq/test.json"},
+    name="boolq",
+    description="Answer the yes/no question about general knowledge.",
+    files={
+        "train": "llm-adapters/boolq/train.json",
+        "val": "llm-adapters/boolq/test.json",
+        "test": "llm-adapters/boolq/test.json",
+    },
     hub=HubSource("google/boolq", None, {"train": "train", "val": "validation", "test": "validation"}),
-    answer_kind="boolean", cloze="Question: {question}?\nAnswer:", headline="acc",
+    answer_kind="boolean",
+    cloze="Question: {question}?\nAnswer:",
+    headline="acc",
     license="License: CC BY-SA 3.0 (BoolQ); LLM-Adapters compilation ODC-By 1.0. Adapted data is share-alike.",
-    notes="val and test are both the public dev set (BoolQ's test labels are not public).")
+    notes="val and test are both the public dev set (BoolQ's test labels are not public).",
+)
 TASKS = [BOOLQ]

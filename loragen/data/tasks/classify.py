@@ -58,8 +58,9 @@ class LabelTask(TaskSpec):
         if not 0 <= index < len(self.words):
             raise Malformed(f"class {index} is outside the {len(self.words)} classes")
         word = self.words[index]
-        return Item(self.template.format(**values), word, self.words, index, word,
-                    plain=self.plain_template.format(**values))
+        return Item(
+            self.template.format(**values), word, self.words, index, word, plain=self.plain_template.format(**values)
+        )
 
 
 def label_index(raw: Any, names: dict[str, int], what: str = "label") -> int:
@@ -83,9 +84,12 @@ def _sentence(text: str) -> str:
 
 # ------------------------------------------------------------------------------------------ NLI
 
+
 def _premise_hypothesis(row: dict[str, Any], label: str | None, names: dict[str, int]) -> Fields:
-    return ({"premise": get_str(row, "premise"), "hypothesis": get_str(row, "hypothesis")},
-            label_index(row.get("label", label), names))
+    return (
+        {"premise": get_str(row, "premise"), "hypothesis": get_str(row, "hypothesis")},
+        label_index(row.get("label", label), names),
+    )
 
 
 def _rte(row: dict[str, Any], label: str | None) -> Fields:
@@ -97,8 +101,10 @@ def _cb(row: dict[str, Any], label: str | None) -> Fields:
 
 
 def _qnli(row: dict[str, Any], label: str | None) -> Fields:
-    return ({"question": get_str(row, "question"), "sentence": get_str(row, "sentence")},
-            label_index(row.get("label", label), {"entailment": 0, "not_entailment": 1}))
+    return (
+        {"question": get_str(row, "question"), "sentence": get_str(row, "sentence")},
+        label_index(row.get("label", label), {"entailment": 0, "not_entailment": 1}),
+    )
 
 
 def _esnli(row: dict[str, Any], label: str | None) -> Fields:
@@ -111,58 +117,91 @@ def _esnli_files(path: Path) -> list[Row]:
     """``.../s1.SPLIT`` names the four line-aligned files of a split (premise, hypothesis, label,
     the first explanation)."""
     split = path.name.split(".", 1)[1]
-    rows = read_aligned({"premise": path, "hypothesis": path.with_name(f"s2.{split}"),
-                         "label": path.with_name(f"labels.{split}"),
-                         "explanation_1": path.with_name(f"preproc1_expl_1.{split}")})
+    rows = read_aligned(
+        {
+            "premise": path,
+            "hypothesis": path.with_name(f"s2.{split}"),
+            "label": path.with_name(f"labels.{split}"),
+            "explanation_1": path.with_name(f"preproc1_expl_1.{split}"),
+        }
+    )
     return rows
 
 
 NLI_PROMPT = "{premise}\nQuestion: {hypothesis} True or False?\nAnswer:"
 PAIR_PLAIN = "Premise: {premise}\nHypothesis: {hypothesis}\nAnswer:"
-LICENSE_SUPERGLUE = ("License not stated in the copy (SuperGLUE distribution of {what}); research use, check before "
-                     "redistributing.")
+LICENSE_SUPERGLUE = (
+    "License not stated in the copy (SuperGLUE distribution of {what}); research use, check before redistributing."
+)
 
 RTE = LabelTask(
-    name="rte", words=("True", "False"), template=NLI_PROMPT, plain_template=PAIR_PLAIN, row_fields=_rte,
-    description="Decide whether the hypothesis follows from the premise.", harness="sglue_rte",
+    name="rte",
+    words=("True", "False"),
+    template=NLI_PROMPT,
+    plain_template=PAIR_PLAIN,
+    row_fields=_rte,
+    description="Decide whether the hypothesis follows from the premise.",
+    harness="sglue_rte",
     files={"train": "rte/train.jsonl", "val": "rte/val.jsonl", "test": "rte/val.jsonl"},
     hub=HubSource("aps/super_glue", "rte", {"train": "train", "val": "validation", "test": "validation"}),
     license=LICENSE_SUPERGLUE.format(what="the PASCAL RTE data"),
-    notes="val and test are both the public validation set (SuperGLUE's test labels are hidden).")
+    notes="val and test are both the public validation set (SuperGLUE's test labels are hidden).",
+)
 CB = LabelTask(
-    name="cb", words=("True", "False", "Neither"), row_fields=_cb, plain_template=PAIR_PLAIN,
-    template="{premise}\nQuestion: {hypothesis}. True, False, or Neither?\nAnswer:", harness="cb",
+    name="cb",
+    words=("True", "False", "Neither"),
+    row_fields=_cb,
+    plain_template=PAIR_PLAIN,
+    template="{premise}\nQuestion: {hypothesis}. True, False, or Neither?\nAnswer:",
+    harness="cb",
     description="Decide whether the hypothesis follows from the premise, contradicts it, or neither.",
     files={"train": "cb/train.jsonl", "val": "cb/val.jsonl", "test": "cb/val.jsonl"},
     hub=HubSource("aps/super_glue", "cb", {"train": "train", "val": "validation", "test": "validation"}),
-    license=LICENSE_SUPERGLUE.format(what="the CommitmentBank"), max_shots=2,
-    notes="val and test are both the public validation set (56 items); premises are long: at most 2 shots.")
+    license=LICENSE_SUPERGLUE.format(what="the CommitmentBank"),
+    max_shots=2,
+    notes="val and test are both the public validation set (56 items); premises are long: at most 2 shots.",
+)
 QNLI = LabelTask(
-    name="qnli", words=("yes", "no"), row_fields=_qnli, harness="qnli",
+    name="qnli",
+    words=("yes", "no"),
+    row_fields=_qnli,
+    harness="qnli",
     template="{question}\n{sentence}\nQuestion: Does this response answer the question?\nAnswer:",
     plain_template="Question: {question}\nSentence: {sentence}\nAnswer:",
     description="Decide whether the sentence answers the question.",
-    files={"train": "qnli/dev.tsv"}, carve=500,
+    files={"train": "qnli/dev.tsv"},
+    carve=500,
     reader=partial(read_table, delimiter="\t", quoted=False),
     hub=HubSource("nyu-mll/glue", "qnli", {"train": "train", "val": "validation", "test": "validation"}),
     license="License: CC BY-SA 4.0 (built from SQuAD). Adapted data is share-alike.",
-    notes="Only GLUE's dev split is available locally: val/test are 500 items carved from it, train is the rest.")
+    notes="Only GLUE's dev split is available locally: val/test are 500 items carved from it, train is the rest.",
+)
 ESNLI = LabelTask(
-    name="esnli", words=("True", "Neither", "False"), row_fields=_esnli, harness="mnli (its prompt, on SNLI items)",
-    template="{premise}\nQuestion: {hypothesis} True, False or Neither?\nAnswer:", plain_template=PAIR_PLAIN,
+    name="esnli",
+    words=("True", "Neither", "False"),
+    row_fields=_esnli,
+    harness="mnli (its prompt, on SNLI items)",
+    template="{premise}\nQuestion: {hypothesis} True, False or Neither?\nAnswer:",
+    plain_template=PAIR_PLAIN,
     description="Decide whether the hypothesis follows from the premise, contradicts it, or neither.",
-    files={"train": "esnli/s1.dev"}, carve=500, reader=_esnli_files,
+    files={"train": "esnli/s1.dev"},
+    carve=500,
+    reader=_esnli_files,
     hub=HubSource("esnli", None, {"train": "train", "val": "validation", "test": "test"}),
     license="License: e-SNLI MIT; SNLI CC BY-SA 4.0 (share-alike).",
     notes="Only the preprocessed (tokenised) SNLI dev files are available locally: val/test are 500 items carved "
-          "from them, train is the rest. The explanations are kept in the rows, not asked.")
+    "from them, train is the rest. The explanations are kept in the rows, not asked.",
+)
 
 
 # ------------------------------------------------------------------------------------------ sentence pairs
 
+
 def _mrpc(row: dict[str, Any], label: str | None) -> Fields:
-    values = {"sentence1": get_str(row, "sentence1" if "sentence1" in row else "#1 String"),
-              "sentence2": get_str(row, "sentence2" if "sentence2" in row else "#2 String")}
+    values = {
+        "sentence1": get_str(row, "sentence1" if "sentence1" in row else "#1 String"),
+        "sentence2": get_str(row, "sentence2" if "sentence2" in row else "#2 String"),
+    }
     return values, label_index(row.get("label", row.get("Quality", label)), {"0": 0, "1": 1})
 
 
@@ -180,7 +219,7 @@ def _stsb(row: dict[str, Any], label: str | None) -> Fields:
 def _wic(row: dict[str, Any], label: str | None) -> Fields:
     sentence1, sentence2 = get_str(row, "sentence1"), get_str(row, "sentence2")
     try:
-        word = sentence1[int(row["start1"]):int(row["end1"])]
+        word = sentence1[int(row["start1"]) : int(row["end1"])]
     except (KeyError, TypeError, ValueError):
         raise Malformed("missing or invalid start1/end1") from None
     if not word.strip():
@@ -211,48 +250,75 @@ def _wic_files(path: Path) -> list[Row]:
         except (ValueError, IndexError):
             rows.append((where, Malformed(f"word index {indices!r} is not in sentence 1")))
             continue
-        rows.append((where, {"sentence1": sentence1, "sentence2": sentence2, "start1": start, "end1": end,
-                             "label": row["label"].strip()}))
+        rows.append(
+            (
+                where,
+                {
+                    "sentence1": sentence1,
+                    "sentence2": sentence2,
+                    "start1": start,
+                    "end1": end,
+                    "label": row["label"].strip(),
+                },
+            )
+        )
     return rows
 
 
 PAIRS_PLAIN = "Sentence 1: {sentence1}\nSentence 2: {sentence2}\nAnswer:"
 
 MRPC = LabelTask(
-    name="mrpc", words=("no", "yes"), row_fields=_mrpc, harness="mrpc", plain_template=PAIRS_PLAIN,
+    name="mrpc",
+    words=("no", "yes"),
+    row_fields=_mrpc,
+    harness="mrpc",
+    plain_template=PAIRS_PLAIN,
     template="Sentence 1: {sentence1}\nSentence 2: {sentence2}\nQuestion: Do both sentences mean the same "
-             "thing?\nAnswer:",
+    "thing?\nAnswer:",
     description="Decide whether the two sentences mean the same thing.",
     files={"train": "mrpc/train.tsv", "val": "mrpc/dev.tsv", "test": "mrpc/dev.tsv"},
     reader=partial(read_table, delimiter="\t", quoted=False),
     hub=HubSource("nyu-mll/glue", "mrpc", {"train": "train", "val": "validation", "test": "validation"}),
     license="License unclear (Microsoft Research Paraphrase Corpus terms; no licence text with the data): "
-            "research use, check before redistributing.",
-    notes="val and test are both GLUE's dev split (test labels are hidden).")
+    "research use, check before redistributing.",
+    notes="val and test are both GLUE's dev split (test labels are hidden).",
+)
 STSB = LabelTask(
-    name="stsb", words=("0", "1", "2", "3", "4", "5"), row_fields=_stsb, ordinal=True, plain_template=PAIRS_PLAIN,
+    name="stsb",
+    words=("0", "1", "2", "3", "4", "5"),
+    row_fields=_stsb,
+    ordinal=True,
+    plain_template=PAIRS_PLAIN,
     template="Sentence 1: {sentence1}\nSentence 2: {sentence2}\nQuestion: On a scale from 0 to 5, how similar "
-             "are the two sentences?\nAnswer:",
+    "are the two sentences?\nAnswer:",
     description="Rate how similar the two sentences are in meaning, from 0 (unrelated) to 5 (equivalent).",
     files={"train": "stsb/train.tsv", "val": "stsb/dev.tsv", "test": "stsb/dev.tsv"},
     reader=partial(read_table, delimiter="\t", quoted=False),
     hub=HubSource("nyu-mll/glue", "stsb", {"train": "train", "val": "validation", "test": "validation"}),
     license="License: per source (see stsb/LICENSE.txt of the STS benchmark); research use.",
     notes="lm-evaluation-harness has no STS-B task: loragen asks for the similarity score rounded to an integer "
-          "(six classes 0-5, the continuation scored), so acc is exact agreement with the rounded gold score.")
+    "(six classes 0-5, the continuation scored), so acc is exact agreement with the rounded gold score.",
+)
 WIC = LabelTask(
-    name="wic", words=("no", "yes"), row_fields=_wic, harness="wic", reader=_wic_files,
+    name="wic",
+    words=("no", "yes"),
+    row_fields=_wic,
+    harness="wic",
+    reader=_wic_files,
     template="Sentence 1: {sentence1}\nSentence 2: {sentence2}\nQuestion: Is the word '{word}' used in the same "
-             "way in the two sentences above?\nAnswer:",
+    "way in the two sentences above?\nAnswer:",
     plain_template="Word: {word}\nSentence 1: {sentence1}\nSentence 2: {sentence2}\nAnswer:",
     description="Decide whether the word is used with the same meaning in both sentences.",
     files={"train": "wic/train.data.txt", "val": "wic/dev.data.txt", "test": "wic/dev.data.txt"},
     hub=HubSource("aps/super_glue", "wic", {"train": "train", "val": "validation", "test": "validation"}),
-    license="License: CC BY-NC 4.0 -- NON-COMMERCIAL use only (WiC website).", non_commercial=True,
-    notes="val and test are both the dev split (test labels are hidden). Local sentences are tokenised.")
+    license="License: CC BY-NC 4.0 -- NON-COMMERCIAL use only (WiC website).",
+    non_commercial=True,
+    notes="val and test are both the dev split (test labels are hidden). Local sentences are tokenised.",
+)
 
 
 # ------------------------------------------------------------------------------------------ single texts
+
 
 def _sst2(row: dict[str, Any], label: str | None) -> Fields:
     return {"sentence": get_str(row, "sentence")}, label_index(row.get("label", label), {"0": 0, "1": 1})
@@ -292,45 +358,66 @@ def _mc_taco(row: dict[str, Any], label: str | None) -> Fields:
 
 
 SST2 = LabelTask(
-    name="sst2", words=("negative", "positive"), row_fields=_sst2, harness="sst2",
+    name="sst2",
+    words=("negative", "positive"),
+    row_fields=_sst2,
+    harness="sst2",
     template="{sentence}\nQuestion: Is this sentence positive or negative?\nAnswer:",
-    plain_template="Text: {sentence}\nAnswer:", description="Decide whether the sentence is positive or negative.",
+    plain_template="Text: {sentence}\nAnswer:",
+    description="Decide whether the sentence is positive or negative.",
     files={"train": "sst2/stsa.binary.train", "val": "sst2/stsa.binary.dev", "test": "sst2/stsa.binary.dev"},
     reader=partial(read_labelled_lines, split=_sst2_line, keys=("label", "sentence")),
     hub=HubSource("nyu-mll/glue", "sst2", {"train": "train", "val": "validation", "test": "validation"}),
     license="License unclear (SST has no explicit licence): research use, check before redistributing.",
-    notes="Sentence-level SST-2 (Kim 2014's stsa.binary; lower-cased, tokenised); dev = GLUE SST-2 dev.")
+    notes="Sentence-level SST-2 (Kim 2014's stsa.binary; lower-cased, tokenised); dev = GLUE SST-2 dev.",
+)
 TREC = LabelTask(
-    name="trec", words=("abbreviation", "entity", "description", "person", "location", "number"), row_fields=_trec,
+    name="trec",
+    words=("abbreviation", "entity", "description", "person", "location", "number"),
+    row_fields=_trec,
     template="Question: {text}\nWhat kind of thing does this question ask for: an abbreviation, an entity, a "
-             "description, a person, a location or a number?\nAnswer:",
-    plain_template="Question: {text}\nAnswer:", description="Classify what kind of answer the question asks for.",
+    "description, a person, a location or a number?\nAnswer:",
+    plain_template="Question: {text}\nAnswer:",
+    description="Classify what kind of answer the question asks for.",
     files={"train": "trec/train.txt", "test": "trec/test.txt", "val": "trec/test.txt"},
     reader=partial(read_labelled_lines, split=_trec_line, keys=("coarse_label", "text")),
     hub=HubSource("CogComp/trec", None, {"train": "train", "val": "test", "test": "test"}),
     license="License unknown (public research data, Li & Roth 2002): research use.",
     notes="lm-evaluation-harness has no TREC task: loragen asks for the coarse class as a word. val = test "
-          "(TREC has no dev split).")
+    "(TREC has no dev split).",
+)
 AG_NEWS = LabelTask(
-    name="ag_news", words=("world", "sports", "business", "science"), row_fields=_ag_news,
+    name="ag_news",
+    words=("world", "sports", "business", "science"),
+    row_fields=_ag_news,
     template="{text}\nQuestion: Is this news article about the world, sports, business or science?\nAnswer:",
-    plain_template="Article: {text}\nAnswer:", description="Classify the topic of the news article.",
-    files={"train": "ag_news/test.csv"}, carve=500, reader=partial(read_table, delimiter=","),
+    plain_template="Article: {text}\nAnswer:",
+    description="Classify the topic of the news article.",
+    files={"train": "ag_news/test.csv"},
+    carve=500,
+    reader=partial(read_table, delimiter=","),
     hub=HubSource("fancyzhx/ag_news", None, {"train": "train", "val": "test", "test": "test"}),
-    license="License: research / NON-COMMERCIAL use (AG corpus readme).", non_commercial=True,
+    license="License: research / NON-COMMERCIAL use (AG corpus readme).",
+    non_commercial=True,
     notes="Only the test split is available locally: val/test are 500 items carved from it, train is the rest. "
-          "lm-evaluation-harness has no AG News task (Sci/Tech is asked as 'science').")
+    "lm-evaluation-harness has no AG News task (Sci/Tech is asked as 'science').",
+)
 MC_TACO = LabelTask(
-    name="mc_taco", words=("no", "yes"), row_fields=_mc_taco, harness="mc_taco",
+    name="mc_taco",
+    words=("no", "yes"),
+    row_fields=_mc_taco,
+    harness="mc_taco",
     template="{sentence}\nQuestion: {question}\nAnswer: {answer}\nPlausible:",
     plain_template="{sentence}\nQuestion: {question}\nCandidate answer: {answer}\nAnswer:",
     description="Decide whether the candidate answer to the temporal question is plausible.",
     files={"train": "mc_taco/dev_3783.tsv", "val": "mc_taco/test_9442.tsv", "test": "mc_taco/test_9442.tsv"},
-    reader=partial(read_table, delimiter="\t", quoted=False,
-                   columns=("sentence", "question", "answer", "label", "category")),
+    reader=partial(
+        read_table, delimiter="\t", quoted=False, columns=("sentence", "question", "answer", "label", "category")
+    ),
     hub=HubSource("CogComp/mc_taco", None, {"train": "validation", "val": "test", "test": "test"}),
     license="License not stated (check before redistributing); research use.",
     notes="MC-TACO has no train split: its dev file (3783 candidate rows) is the train split here, its test file "
-          "(9442) val and test. One item per candidate answer.")
+    "(9442) val and test. One item per candidate answer.",
+)
 
 TASKS = [RTE, CB, QNLI, ESNLI, MRPC, STSB, WIC, SST2, TREC, AG_NEWS, MC_TACO]

@@ -30,7 +30,7 @@ class Paraphrases:
 
 
 def mapping(answers: tuple[str, ...], meanings: list[str]) -> str:
-    """"'True' if the hypothesis follows, 'False' if it does not" (the last pair joined by "and")."""
+    """ "'True' if the hypothesis follows, 'False' if it does not" (the last pair joined by "and")."""
     parts = [f"'{answer}' if {meaning}" for answer, meaning in zip(answers, meanings)]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
@@ -64,8 +64,9 @@ def paraphrases(dataset: str, kind: str | None, family: str, answers: tuple[str,
         return Paraphrases(t2l[:-1], t2l[-1]) if len(t2l) > 1 else None
     meanings = entry.get("classes") or []
     if kind == "label" and len(meanings) != len(answers):
-        raise LoRAGenError(f"{GRAMMAR}: dataset {dataset!r} lists {len(meanings)} class meanings for "
-                           f"{len(answers)} classes")
+        raise LoRAGenError(
+            f"{GRAMMAR}: dataset {dataset!r} lists {len(meanings)} class meanings for {len(answers)} classes"
+        )
     slots = {"mapping": mapping(answers, meanings)} if kind == "label" else {}
     train = tuple(frame.format(intro=intro, **slots) for intro in entry["intro"] for frame in frames["train"])
     heldout = frames["heldout"].format(intro=entry["heldout"], **slots)

@@ -108,15 +108,22 @@ def _incorrect(spec: FamilyTask, item: Item, native: Item, formulation: str) -> 
     options = tuple(native.options[i] for i in pair)
     label = pair.index(wrong)
     text = native.input if formulation == "cloze" else format_choice_input(item.question, options)
-    return dataclasses.replace(native, input=text, options=options, label=label, output=options[label],
-                               answer=options[label], contexts=None)
+    return dataclasses.replace(
+        native, input=text, options=options, label=label, output=options[label], answer=options[label], contexts=None
+    )
 
 
 def _letter(spec: FamilyTask, item: Item, native: Item, formulation: str) -> Item:
     letters = tuple(LETTERS[: len(native.options)])
     listed = "\n".join(f"{letter}. {option}" for letter, option in zip(letters, native.options))
-    return dataclasses.replace(native, input=f"{_stem(spec.base, item)}\n{listed}\nAnswer:", options=letters,
-                               output=letters[native.label], answer=letters[native.label], contexts=None)
+    return dataclasses.replace(
+        native,
+        input=f"{_stem(spec.base, item)}\n{listed}\nAnswer:",
+        options=letters,
+        output=letters[native.label],
+        answer=letters[native.label],
+        contexts=None,
+    )
 
 
 def _judge(spec: FamilyTask, item: Item, native: Item, formulation: str) -> Item:
@@ -125,8 +132,9 @@ def _judge(spec: FamilyTask, item: Item, native: Item, formulation: str) -> Item
     shown = native.label if shown_correct else rng.choice(_distractors(native))
     options, label = ("no", "yes"), int(shown_correct)
     text = f"{_stem(spec.base, item)}\nProposed answer: {native.options[shown]}\nAnswer:"
-    return dataclasses.replace(native, input=text, options=options, label=label, output=options[label],
-                               answer=options[label], contexts=None)
+    return dataclasses.replace(
+        native, input=text, options=options, label=label, output=options[label], answer=options[label], contexts=None
+    )
 
 
 def _relabel(spec: FamilyTask, item: Item, native: Item, formulation: str) -> Item:
@@ -135,16 +143,29 @@ def _relabel(spec: FamilyTask, item: Item, native: Item, formulation: str) -> It
         options, label = tuple(native.options), native.options.index(names[native.label])
     else:
         options, label = names, native.label
-    return dataclasses.replace(native, input=item.plain or native.input, options=options, label=label,
-                               output=options[label], answer=options[label], contexts=None)
+    return dataclasses.replace(
+        native,
+        input=item.plain or native.input,
+        options=options,
+        label=label,
+        output=options[label],
+        answer=options[label],
+        contexts=None,
+    )
 
 
 def _number(spec: FamilyTask, item: Item, native: Item, formulation: str) -> Item:
     return dataclasses.replace(native, output=native.answer)
 
 
-TRANSFORMS = {"incorrect": _incorrect, "letter": _letter, "judge": _judge, "renamed": _relabel,
-              "swapped": _relabel, "number": _number}
+TRANSFORMS = {
+    "incorrect": _incorrect,
+    "letter": _letter,
+    "judge": _judge,
+    "renamed": _relabel,
+    "swapped": _relabel,
+    "number": _number,
+}
 
 
 @dataclass
@@ -179,10 +200,22 @@ def family_task(base: TaskSpec, family: str, description: str) -> FamilyTask:
         raise ValueError(f"unknown task family {family!r}: choose one of {', '.join(TRANSFORMS)}")
     answer_kind = "number" if family == "number" else "option_text"
     return FamilyTask(
-        name=f"{base.name}.{family}", description=description, files=dict(base.files), hub=base.hub,
-        answer_kind=answer_kind, answer_prefix=base.answer_prefix, cloze=base.cloze, shot_splits=base.shot_splits,
-        license=base.license, notes=f"The {family} family over {base.name}'s items.", dataset=base.dataset,
+        name=f"{base.name}.{family}",
+        description=description,
+        files=dict(base.files),
+        hub=base.hub,
+        answer_kind=answer_kind,
+        answer_prefix=base.answer_prefix,
+        cloze=base.cloze,
+        shot_splits=base.shot_splits,
+        license=base.license,
+        notes=f"The {family} family over {base.name}'s items.",
+        dataset=base.dataset,
         headline=base.headline if family == "incorrect" else "acc",  # letters, yes/no, label words: acc
-        family=family, non_commercial=base.non_commercial, harness="commonsense_qa" if
-        (base.name, family) == ("commonsenseqa", "letter") else "", carve=base.carve, max_shots=base.max_shots,
-        base=base)
+        family=family,
+        non_commercial=base.non_commercial,
+        harness="commonsense_qa" if (base.name, family) == ("commonsenseqa", "letter") else "",
+        carve=base.carve,
+        max_shots=base.max_shots,
+        base=base,
+    )

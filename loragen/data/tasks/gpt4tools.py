@@ -30,8 +30,11 @@ from typing import Any
 from loragen.data.tasks.base import Item, Malformed, TaskSpec
 
 HISTORY_MARKER = "Previous conversation:"
-_REMINDER = re.compile(r"\n?(GPT4Tools needs to use tools to observe images, not directly imagine them\..*?"
-                       r"Let's think step by step\.)[ \t]*\n?", re.DOTALL)
+_REMINDER = re.compile(
+    r"\n?(GPT4Tools needs to use tools to observe images, not directly imagine them\..*?"
+    r"Let's think step by step\.)[ \t]*\n?",
+    re.DOTALL,
+)
 _THOUGHT = re.compile(r"Thought: Do I need to use a tool\? (Yes|No)")
 
 
@@ -46,7 +49,7 @@ def split_instruction(instruction: str) -> tuple[str, str]:
     reminder = _REMINDER.search(rest)
     if reminder:
         system = f"{system}\n\n{reminder.group(1).strip()}"
-        rest = rest[:reminder.start()] + "\n" + rest[reminder.end():]
+        rest = rest[: reminder.start()] + "\n" + rest[reminder.end() :]
     user = (marker + rest).strip()
     return system, user
 
@@ -72,12 +75,19 @@ class Gpt4ToolsTask(TaskSpec):
 
 
 GPT4TOOLS = Gpt4ToolsTask(
-    name="gpt4tools", description="",
-    files={"train": "gpt4tools/gpt4tools_71k.json", "val": "gpt4tools/gpt4tools_val_seen.json",
-           "test": "gpt4tools/gpt4tools_test_unseen.json"},
-    hub=None, answer_kind="tool", shot_splits=(),
+    name="gpt4tools",
+    description="",
+    files={
+        "train": "gpt4tools/gpt4tools_71k.json",
+        "val": "gpt4tools/gpt4tools_val_seen.json",
+        "test": "gpt4tools/gpt4tools_test_unseen.json",
+    },
+    hub=None,
+    answer_kind="tool",
+    shot_splits=(),
     license="License: not stated by the authors (generated with GPT-3.5; no-tool items from Alpaca-GPT4, "
-            "CC BY-NC 4.0): research use only.",
+    "CC BY-NC 4.0): research use only.",
     notes="No hub dataset: download the three files from the links in AILab-CVC/GPT4Tools into DATA_DIR/gpt4tools/. "
-          "val = seen tools, test = unseen tools. The system prompt (tool list) comes from each record.")
+    "val = seen tools, test = unseen tools. The system prompt (tool list) comes from each record.",
+)
 TASKS = [GPT4TOOLS]

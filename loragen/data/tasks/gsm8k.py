@@ -47,18 +47,23 @@ class Gsm8kTask(TaskSpec):
 
 
 GSM8K = Gsm8kTask(
-    name="gsm8k", description="Solve the grade-school math word problem step by step and end with "
-                              "'The answer is N.'",
+    name="gsm8k",
+    description="Solve the grade-school math word problem step by step and end with 'The answer is N.'",
     files={"train": "gsm8k/train.jsonl", "test": "gsm8k/test.jsonl"},
     hub=HubSource("openai/gsm8k", "main", {"train": "train", "test": "test"}),
-    answer_kind="number", license="License: MIT (Copyright (c) 2021 OpenAI; keep the notice).",
+    answer_kind="number",
+    license="License: MIT (Copyright (c) 2021 OpenAI; keep the notice).",
     notes="The LLM-Adapters copy of the test split (llm-adapters/gsm8k/test.json) reads the same; point "
-          "files.gsm8k.test at it to use it.")
+    "files.gsm8k.test at it to use it.",
+)
 TASKS = [GSM8K]
 MATH = Gsm8kTask(
-    name="math", description="Solve the math word problem step by step and end with 'The answer is N.'",
-    files={"train": "llm-adapters/math_data/train.json"}, carve=300,
+    name="math",
+    description="Solve the math word problem step by step and end with 'The answer is N.'",
+    files={"train": "llm-adapters/math_data/train.json"},
+    carve=300,
     license="LLM-Adapters compilation ODC-By 1.0 (credit Hu et al., EMNLP 2023); the rationales are LLM-generated.",
     notes="LLM-Adapters' math_data (arithmetic word problems with worked solutions), a train split only: val/test "
-          "are 300 items carved from it, train is the rest.")
+    "are 300 items carved from it, train is the rest.",
+)
 TASKS.append(MATH)

@@ -43,18 +43,32 @@ class HellaSwagTask(TaskSpec):
             raise Malformed("no label (the published test split has none: evaluate on val)")
         activity = row.get("activity_label")
         question = clean(f"{activity}: {ctx}" if isinstance(activity, str) and activity.strip() else ctx)
-        return choice_item(question, [clean(e) for e in endings], parse_index(raw, len(endings), base=0), "ending",
-                           normalize=False, **({"id": row["ind"]} if "ind" in row else {}))
+        return choice_item(
+            question,
+            [clean(e) for e in endings],
+            parse_index(raw, len(endings), base=0),
+            "ending",
+            normalize=False,
+            **({"id": row["ind"]} if "ind" in row else {}),
+        )
 
 
 HELLASWAG = HellaSwagTask(
-    name="hellaswag", description="Choose the most plausible continuation of the described activity.",
-    files={"train": "hellaswag/hellaswag_train.jsonl", "val": "hellaswag/hellaswag_val.jsonl",
-           "test": "hellaswag/hellaswag_val.jsonl"},
+    name="hellaswag",
+    description="Choose the most plausible continuation of the described activity.",
+    files={
+        "train": "hellaswag/hellaswag_train.jsonl",
+        "val": "hellaswag/hellaswag_val.jsonl",
+        "test": "hellaswag/hellaswag_val.jsonl",
+    },
     hub=HubSource("Rowan/hellaswag", None, {"train": "train", "val": "validation", "test": "validation"}),
-    answer_kind="choice_label", answer_prefix="ending", shot_splits=("train", "val"), cloze="{question}",
+    answer_kind="choice_label",
+    answer_prefix="ending",
+    shot_splits=("train", "val"),
+    cloze="{question}",
     license="License: MIT (Copyright (c) 2019 Rowan Zellers; keep the notice).",
     notes="val and test are both the published validation set (test labels are hidden). Few-shot examples come "
-          "from train; if no train file is given they come from val, and those items are then removed from the "
-          "evaluated items.")
+    "from train; if no train file is given they come from val, and those items are then removed from the "
+    "evaluated items.",
+)
 TASKS = [HELLASWAG]

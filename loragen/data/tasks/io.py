@@ -33,8 +33,10 @@ def read_labels(path: Path, expected: int) -> list[tuple[str, str | Malformed]]:
         except UnicodeDecodeError:
             labels.append((where, Malformed(f"label line {where} is not valid UTF-8")))
     if len(labels) != expected:
-        raise LoRAGenError(f"{path} has {len(labels)} labels for {expected} records in its data file: the two "
-                           "files must have one line per record, in the same order")
+        raise LoRAGenError(
+            f"{path} has {len(labels)} labels for {expected} records in its data file: the two "
+            "files must have one line per record, in the same order"
+        )
     return labels
 
 
@@ -46,6 +48,8 @@ def hub_rows(hub: HubSource, split: str) -> list[Row]:
     try:
         dataset = datasets.load_dataset(hub.path, hub.name, split=hub_split)
     except Exception as err:  # noqa: BLE001 - any hub/cache failure is a user-fixable source problem
-        raise LoRAGenError(f"could not load {hub.path} ({hub.name or 'default'}, split {hub_split}) from the hub: "
-                           f"{err}. Without a hub, set data.data_dir to local files") from err
+        raise LoRAGenError(
+            f"could not load {hub.path} ({hub.name or 'default'}, split {hub_split}) from the hub: "
+            f"{err}. Without a hub, set data.data_dir to local files"
+        ) from err
     return [(f"{hub.path}[{hub_split}]#{i}", dict(row)) for i, row in enumerate(dataset)]

@@ -23,10 +23,14 @@ from loragen.data.tasks.base import Item, Malformed, choice_item, get_str, norma
 
 _CHOICE_RE = re.compile(
     r"\APlease choose the correct [^:\n]*:\s*(?P<body>.*?)\s*\n\s*Answer format:\s*"
-    r"(?P<format>(?P<word>[a-z]+)1(?:/[a-z]+\d+)+)\s*\Z", re.DOTALL)
+    r"(?P<format>(?P<word>[a-z]+)1(?:/[a-z]+\d+)+)\s*\Z",
+    re.DOTALL,
+)
 _BOOLQ_RE = re.compile(
     r"\APlease answer the following question with true or false, question:\s*(?P<question>.*?)\s*\n\s*"
-    r"Answer format:\s*true/false\s*\Z", re.DOTALL)
+    r"Answer format:\s*true/false\s*\Z",
+    re.DOTALL,
+)
 
 
 def is_llm_adapters(row: Any) -> bool:

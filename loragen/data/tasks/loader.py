@@ -63,11 +63,21 @@ def item_sha(item: Item) -> str:
 
 
 class TaskLoader:
-    def __init__(self, data_dir: str | Path | None = None, files: Mapping[str, Mapping[str, str]] | None = None,
-                 shots: int = 3, seed: int = 0, strict: bool = False,
-                 tasks: Mapping[str, TaskSpec] | None = None, formulation: str = "cloze", holdout: int = 0,
-                 shot_draws: int = 1, holdout_skip: int = 0, train_descriptions: int | None = 1,
-                 eval_description: str = "canonical") -> None:
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        files: Mapping[str, Mapping[str, str]] | None = None,
+        shots: int = 3,
+        seed: int = 0,
+        strict: bool = False,
+        tasks: Mapping[str, TaskSpec] | None = None,
+        formulation: str = "cloze",
+        holdout: int = 0,
+        shot_draws: int = 1,
+        holdout_skip: int = 0,
+        train_descriptions: int | None = 1,
+        eval_description: str = "canonical",
+    ) -> None:
         if shots < 0:
             raise LoRAGenError(f"data.shots must be >= 0, got {shots}")
         if holdout < 0:
@@ -75,14 +85,19 @@ class TaskLoader:
         if shot_draws < 1:
             raise LoRAGenError(f"data.shot_draws must be >= 1 (1 = the task's one fixed prompt), got {shot_draws}")
         if holdout_skip < 0 or (holdout_skip and not holdout):
-            raise LoRAGenError(f"data.holdout_skip must be >= 0 and needs data.holdout > 0, got holdout_skip="
-                               f"{holdout_skip} with holdout={holdout}")
+            raise LoRAGenError(
+                f"data.holdout_skip must be >= 0 and needs data.holdout > 0, got holdout_skip="
+                f"{holdout_skip} with holdout={holdout}"
+            )
         if train_descriptions is not None and train_descriptions < 1:
-            raise LoRAGenError(f"data.train_descriptions must be >= 1 (1 = each task's one description) or null "
-                               f"(all its paraphrases), got {train_descriptions}")
+            raise LoRAGenError(
+                f"data.train_descriptions must be >= 1 (1 = each task's one description) or null "
+                f"(all its paraphrases), got {train_descriptions}"
+            )
         if eval_description not in EVAL_DESCRIPTIONS:
-            raise LoRAGenError(f"data.eval_description={eval_description!r} is unknown: choose one of "
-                               f"{', '.join(EVAL_DESCRIPTIONS)}")
+            raise LoRAGenError(
+                f"data.eval_description={eval_description!r} is unknown: choose one of {', '.join(EVAL_DESCRIPTIONS)}"
+            )
         self.train_descriptions, self.eval_description = train_descriptions, eval_description
         self.holdout, self.holdout_skip, self.shot_draws = holdout, holdout_skip, shot_draws
         if formulation not in FORMULATIONS:
@@ -106,8 +121,10 @@ class TaskLoader:
         """Where (task, split) comes from: a file path or ``"hub"``; errors name the fix."""
         if split == HOLDOUT:
             if not self.holdout:
-                raise LoRAGenError(f"task {task!r}: the {HOLDOUT!r} split is carved from train only when "
-                                   "data.init_args.holdout > 0 (items per task, e.g. 200)")
+                raise LoRAGenError(
+                    f"task {task!r}: the {HOLDOUT!r} split is carved from train only when "
+                    "data.init_args.holdout > 0 (items per task, e.g. 200)"
+                )
             split = "train"
         spec = self.spec(task)
         split = self.file_split(spec, task, split)
@@ -126,13 +143,16 @@ class TaskLoader:
                     f"task {task!r} has no local {split!r} split (local: {', '.join(spec.files) or 'none'}; "
                     f"hub: {', '.join(spec.hub.splits) if spec.hub else 'none'}): pick another split "
                     f"(e.g. '{task}:{next(iter(spec.files), 'test')}' or data.init_args.val_split) or give "
-                    f"data.init_args.files.{task}.{split}")
+                    f"data.init_args.files.{task}.{split}"
+                )
             return self.data_dir / spec.files[split]
         if hub_ok:
             return HUB
-        raise LoRAGenError(f"task {task!r}, split {split!r}: no data_dir and no hub source; set "
-                           f"data.init_args.data_dir (expected layout: {spec.files.get(split, '?')}) or "
-                           f"data.init_args.files.{task}.{split}")
+        raise LoRAGenError(
+            f"task {task!r}, split {split!r}: no data_dir and no hub source; set "
+            f"data.init_args.data_dir (expected layout: {spec.files.get(split, '?')}) or "
+            f"data.init_args.files.{task}.{split}"
+        )
 
     def file_split(self, spec: TaskSpec, task: str, split: str) -> str:
         """The split whose file holds ``split``: ``train`` for the splits a single-file dataset carves."""
@@ -147,8 +167,11 @@ class TaskLoader:
         if where != HUB and not Path(where).is_file():
             spec = self.spec(task)
             split = self.file_split(spec, task, "train" if split == HOLDOUT else split)
-            hint = (f"data_dir should hold {spec.files[split]}" if split in spec.files and task not in self.files
-                    else "check data.init_args.files")
+            hint = (
+                f"data_dir should hold {spec.files[split]}"
+                if split in spec.files and task not in self.files
+                else "check data.init_args.files"
+            )
             raise LoRAGenError(f"data file {where} for task {task!r} ({split}) does not exist: {hint}")
 
     def available(self, task: str, split: str) -> bool:
@@ -174,9 +197,11 @@ class TaskLoader:
             train = self._read(task, "train")
             if len(train) < self.holdout_skip + self.holdout + max(self.shots, 1):
                 after = f" after the {self.holdout_skip} skipped" if self.holdout_skip else ""
-                raise LoRAGenError(f"task {task!r}: its train split has {len(train)} items, too few to hold out "
-                                   f"{self.holdout}{after} and keep {max(self.shots, 1)}: lower data.init_args.holdout "
-                                   f"or point data.init_args.files.{task}.train at a larger file")
+                raise LoRAGenError(
+                    f"task {task!r}: its train split has {len(train)} items, too few to hold out "
+                    f"{self.holdout}{after} and keep {max(self.shots, 1)}: lower data.init_args.holdout "
+                    f"or point data.init_args.files.{task}.train at a larger file"
+                )
             seed = f"loragen-holdout|{self.spec(task).dataset}|{self.seed}"  # every task of a dataset: one carve
             # the skipped items are exactly those a ``holdout: <holdout_skip>`` loader carves
             skipped = set(random.Random(seed).sample(range(len(train)), self.holdout_skip))
@@ -184,8 +209,9 @@ class TaskLoader:
             rng = random.Random(f"{seed}|after {len(skipped)}" if skipped else seed)  # no skip: the original carve
             chosen = set(rng.sample(rest, self.holdout))
             self._items[(task, HOLDOUT)] = [pair for i, pair in enumerate(train) if i in chosen]
-            self._items[(task, "train-kept")] = [pair for i, pair in enumerate(train)
-                                                 if i not in chosen and i not in skipped]
+            self._items[(task, "train-kept")] = [
+                pair for i, pair in enumerate(train) if i not in chosen and i not in skipped
+            ]
         return self._items[(task, HOLDOUT if split == HOLDOUT else "train-kept")]
 
     def _read(self, task: str, split: str) -> list[tuple[str, Item]]:
@@ -197,8 +223,9 @@ class TaskLoader:
             if spec.carve and self.file_split(spec, task, split) == "train" and "train" in spec.files:
                 whole = self._read_file(task, "train")
                 if len(whole) <= spec.carve:
-                    raise LoRAGenError(f"task {task!r}: its file has {len(whole)} items, too few to carve "
-                                       f"{spec.carve} for val/test")
+                    raise LoRAGenError(
+                        f"task {task!r}: its file has {len(whole)} items, too few to carve {spec.carve} for val/test"
+                    )
                 chosen = set(random.Random(f"loragen-carve|{spec.dataset}").sample(range(len(whole)), spec.carve))
                 self._items[(task, "carve")] = [pair for i, pair in enumerate(whole) if i in chosen]
                 self._items[(task, "carve-rest")] = [pair for i, pair in enumerate(whole) if i not in chosen]
@@ -235,12 +262,16 @@ class TaskLoader:
                 except (Malformed, KeyError, TypeError, ValueError, AttributeError) as err:
                     problems.append(f"{loc}: {err}")
                     if self.strict:
-                        raise RecordError(f"{loc}: {err} (task {task}, {split}; fix the record or drop "
-                                          "data.strict)") from err
+                        raise RecordError(
+                            f"{loc}: {err} (task {task}, {split}; fix the record or drop data.strict)"
+                        ) from err
             if problems:
                 shown = "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else "")
-                warnings.warn(f"skipped {len(problems)} malformed record(s) of {len(rows)} in {name} "
-                              f"(task {task}, {split}): {shown}", stacklevel=2)
+                warnings.warn(
+                    f"skipped {len(problems)} malformed record(s) of {len(rows)} in {name} "
+                    f"(task {task}, {split}): {shown}",
+                    stacklevel=2,
+                )
             if not items:
                 raise LoRAGenError(f"{name} has no usable records for task {task!r} ({split})")
             self._files[cache_key] = items
@@ -255,9 +286,11 @@ class TaskLoader:
         for split in spec.shot_splits:
             if self.available(task, split):
                 return split
-        raise LoRAGenError(f"task {task!r}: no split to draw {self.shots} few-shot examples from (tried "
-                           f"{', '.join(spec.shot_splits)}); give data.init_args.files.{task}.{spec.shot_splits[0]} "
-                           "or set data.init_args.shots: 0")
+        raise LoRAGenError(
+            f"task {task!r}: no split to draw {self.shots} few-shot examples from (tried "
+            f"{', '.join(spec.shot_splits)}); give data.init_args.files.{task}.{spec.shot_splits[0]} "
+            "or set data.init_args.shots: 0"
+        )
 
     def shots_of(self, task: str) -> int:
         """Few-shot examples in ``task``'s prompt: ``shots``, at most the task's ``max_shots``."""
@@ -281,8 +314,9 @@ class TaskLoader:
         spec = self.spec(task)
         if self.eval_description == "heldout":
             if not spec.heldout_description:
-                raise LoRAGenError(f"task {task!r} has no held-out paraphrase: use data.eval_description: canonical "
-                                   "for it")
+                raise LoRAGenError(
+                    f"task {task!r} has no held-out paraphrase: use data.eval_description: canonical for it"
+                )
             return spec.heldout_description
         return spec.description
 
@@ -320,8 +354,11 @@ class TaskLoader:
         taken = {(s.input, s.options) for s in shots}
         kept = [(loc, item) for loc, item in items if (item.input, item.options) not in taken]
         if len(kept) < len(items) and split != self._shots[task][0]:
-            warnings.warn(f"task {task} ({split}): left out {len(items) - len(kept)} item(s) that equal one of its "
-                          f"few-shot examples (from {self._shots[task][0]})", stacklevel=2)
+            warnings.warn(
+                f"task {task} ({split}): left out {len(items) - len(kept)} item(s) that equal one of its "
+                f"few-shot examples (from {self._shots[task][0]})",
+                stacklevel=2,
+            )
         if not kept:
             raise LoRAGenError(f"task {task!r} ({split}) has no items left besides its few-shot examples")
         draws = self.shot_draws_of(task) if vary_shots else [shots]
@@ -335,8 +372,11 @@ class TaskLoader:
                 if (item.input, item.options) not in draw_keys[(d + step) % len(draws)]:
                     d = (d + step) % len(draws)
                     break
-            t = random.Random(f"loragen-description|{task}|{self.seed}|{i}").randrange(len(texts)) \
-                if len(texts) > 1 else 0
+            t = (
+                random.Random(f"loragen-description|{task}|{self.seed}|{i}").randrange(len(texts))
+                if len(texts) > 1
+                else 0
+            )
             if (d, t) not in systems:
                 systems[(d, t)] = spec.system_prompt(draws[d], texts[t])
             records.append(spec.to_record(item, systems[(d, t)], split, loc))

@@ -27,8 +27,10 @@ OPENBOOKQA = OpenBookQATask(
     description="Answer the elementary science question using common knowledge by choosing the correct option.",
     files={"train": "llm-adapters/openbookqa/train.json", "test": "llm-adapters/openbookqa/test.json"},
     hub=HubSource("allenai/openbookqa", "main", {"train": "train", "val": "validation", "test": "test"}),
-    answer_kind="choice_label", cloze="{question}",  # the harness asks the question stem alone
+    answer_kind="choice_label",
+    cloze="{question}",  # the harness asks the question stem alone
     license="License unclear (HF card 'unknown'; AI2 repository Apache-2.0): research use; cite Mihaylov et al. "
-            "2018; LLM-Adapters compilation ODC-By 1.0.",
-    notes="Local LLM-Adapters files have no validation split (use val_split: test or the hub).")
+    "2018; LLM-Adapters compilation ODC-By 1.0.",
+    notes="Local LLM-Adapters files have no validation split (use val_split: test or the hub).",
+)
 TASKS = [OPENBOOKQA]

@@ -32,10 +32,13 @@ class PiqaTask(TaskSpec):
 
 
 PIQA = PiqaTask(
-    name="piqa", description="Choose the solution that best achieves the goal, using physical commonsense.",
+    name="piqa",
+    description="Choose the solution that best achieves the goal, using physical commonsense.",
     files={"train": "piqa/train.hf.jsonl", "val": "piqa/valid.jsonl", "test": "piqa/valid.jsonl"},
     hub=HubSource("ybisk/piqa", None, {"train": "train", "val": "validation", "test": "validation"}),
-    answer_kind="choice_label", answer_prefix="solution",
+    answer_kind="choice_label",
+    answer_prefix="solution",
     license="License: AFL-3.0 (keep attribution notices; cite Bisk et al., AAAI 2020).",
-    notes="val and test are both the public validation set (valid.jsonl + valid-labels.lst; test labels are hidden).")
+    notes="val and test are both the public validation set (valid.jsonl + valid-labels.lst; test labels are hidden).",
+)
 TASKS = [PIQA]

@@ -52,8 +52,14 @@ def _dream(row: dict[str, Any]) -> Item:
     if answer not in plain:
         raise Malformed(f"answer {answer!r} is not one of the choices")
     question = "\n".join(" ".join(t.split()) for t in dialogue) + "\nQuestion: " + get_str(row, "question")
-    return choice_item(question, plain, plain.index(answer), "answer", normalize=False,  # keep the turns' line breaks
-                       **({"id": row["id"]} if row.get("id") else {}))
+    return choice_item(
+        question,
+        plain,
+        plain.index(answer),
+        "answer",
+        normalize=False,  # keep the turns' line breaks
+        **({"id": row["id"]} if row.get("id") else {}),
+    )
 
 
 def _dream_file(path: Path) -> list[Row]:
@@ -72,17 +78,32 @@ def _dream_file(path: Path) -> list[Row]:
             if not isinstance(q, dict):
                 rows.append((f"{where}#q{j}", Malformed("a question must be an object")))
                 continue
-            rows.append((f"{where}#q{j}", {"dialogue": turns, "question": q.get("question"),
-                                           "choice": q.get("choice"), "answer": q.get("answer"),
-                                           "id": f"{ident}#{j}"}))
+            rows.append(
+                (
+                    f"{where}#q{j}",
+                    {
+                        "dialogue": turns,
+                        "question": q.get("question"),
+                        "choice": q.get("choice"),
+                        "answer": q.get("answer"),
+                        "id": f"{ident}#{j}",
+                    },
+                )
+            )
     return rows
 
 
 def _cosmos(row: dict[str, Any]) -> Item:
     options = [get_str(row, f"answer{i}") for i in range(4)]
     question = f"{get_str(row, 'context')}\nQuestion: {get_str(row, 'question')}"
-    return choice_item(question, options, parse_index(row.get("label"), 4, base=0), "answer", normalize=False,
-                       **({"id": row["id"]} if row.get("id") else {}))
+    return choice_item(
+        question,
+        options,
+        parse_index(row.get("label"), 4, base=0),
+        "answer",
+        normalize=False,
+        **({"id": row["id"]} if row.get("id") else {}),
+    )
 
 
 @dataclass
@@ -99,30 +120,46 @@ class ReadingTask(TaskSpec):
 
 
 COMMONSENSEQA = ReadingTask(
-    name="commonsenseqa", parse=_csqa,
+    name="commonsenseqa",
+    parse=_csqa,
     description="Answer the commonsense question by choosing the correct option.",
-    files={"train": "commonsenseqa/train_rand_split.jsonl", "val": "commonsenseqa/dev_rand_split.jsonl",
-           "test": "commonsenseqa/dev_rand_split.jsonl"},
+    files={
+        "train": "commonsenseqa/train_rand_split.jsonl",
+        "val": "commonsenseqa/dev_rand_split.jsonl",
+        "test": "commonsenseqa/dev_rand_split.jsonl",
+    },
     hub=HubSource("tau/commonsense_qa", None, {"train": "train", "val": "validation", "test": "validation"}),
     license="License: MIT (HF card; no licence file with the copy).",
     notes="val and test are both the dev split (test labels are hidden). The lettered form of "
-          "lm-evaluation-harness's commonsense_qa is the commonsenseqa.letter family.")
+    "lm-evaluation-harness's commonsense_qa is the commonsenseqa.letter family.",
+)
 DREAM = ReadingTask(
-    name="dream", parse=_dream, reader=_dream_file, max_shots=1, cloze="{question}\nAnswer:",
+    name="dream",
+    parse=_dream,
+    reader=_dream_file,
+    max_shots=1,
+    cloze="{question}\nAnswer:",
     description="Read the dialogue and answer the question about it by choosing the correct option.",
     files={"train": "dream/train.json", "val": "dream/dev.json", "test": "dream/dev.json"},
     hub=HubSource("dream", None, {"train": "train", "val": "validation", "test": "validation"}),
-    license="License: NON-COMMERCIAL research use only (dream/license.txt).", non_commercial=True,
+    license="License: NON-COMMERCIAL research use only (dream/license.txt).",
+    non_commercial=True,
     notes="One item per question (a dialogue has one to several); dialogues are long: at most 1 shot. "
-          "val and test are both the dev split. Not in lm-evaluation-harness: asked in ARC's cloze form.")
+    "val and test are both the dev split. Not in lm-evaluation-harness: asked in ARC's cloze form.",
+)
 COSMOSQA = ReadingTask(
-    name="cosmosqa", parse=_cosmos, reader=partial(read_table, delimiter=","), max_shots=1, carve=500,
+    name="cosmosqa",
+    parse=_cosmos,
+    reader=partial(read_table, delimiter=","),
+    max_shots=1,
+    carve=500,
     cloze="{question}\nAnswer:",
     description="Read the passage and answer the commonsense question about it by choosing the correct option.",
     files={"train": "cosmosqa/valid.csv"},
     hub=HubSource("allenai/cosmos_qa", None, {"train": "train", "val": "validation", "test": "validation"}),
     license="License: CC BY 4.0 (credit Huang et al. 2019).",
     notes="Only the labelled valid split is available locally: val/test are 500 items carved from it, train is "
-          "the rest. Passages are long: at most 1 shot. Not in lm-evaluation-harness: asked in ARC's cloze form.")
+    "the rest. Passages are long: at most 1 shot. Not in lm-evaluation-harness: asked in ARC's cloze form.",
+)
 
 TASKS = [COMMONSENSEQA, DREAM, COSMOSQA]

@@ -54,10 +54,13 @@ def get_task(name: str, extra: Mapping[str, TaskSpec] | None = None) -> TaskSpec
 
     close = difflib.get_close_matches(name, known_tasks(extra), n=3)
     natives = [t for t in known_tasks(extra) if "." not in t]
-    raise LoRAGenError(f"unknown task {name!r}" + (f" (did you mean {', '.join(close)}?)" if close else "")
-                       + f": known tasks are {', '.join(natives)}, and their families DATASET.FAMILY "
-                       f"(`loragen tasks` lists all); presets: {', '.join(PRESETS)}; "
-                       "add your own with data.init_args.extra_tasks")
+    raise LoRAGenError(
+        f"unknown task {name!r}"
+        + (f" (did you mean {', '.join(close)}?)" if close else "")
+        + f": known tasks are {', '.join(natives)}, and their families DATASET.FAMILY "
+        f"(`loragen tasks` lists all); presets: {', '.join(PRESETS)}; "
+        "add your own with data.init_args.extra_tasks"
+    )
 
 
 def expand_tasks(entries: str | Iterable[str] | None, default_split: str) -> list[tuple[str, str]]:
@@ -142,8 +145,10 @@ def task_from_config(config: Mapping[str, Any] | TaskSpec) -> TaskSpec:
                 config["files"] = {**base.files, **dict(config["files"] or {})}
             return dataclasses.replace(base, **config)
         if fmt not in FORMATS:
-            raise LoRAGenError(f"extra task {config['name']!r}: 'format' must be one of {sorted(FORMATS)} "
-                               "(or give 'like: TASK' or a 'class_path')")
+            raise LoRAGenError(
+                f"extra task {config['name']!r}: 'format' must be one of {sorted(FORMATS)} "
+                "(or give 'like: TASK' or a 'class_path')"
+            )
         return FORMATS[fmt](**config)
     except TypeError as err:
         raise LoRAGenError(f"extra task {config['name']!r}: {err}") from err

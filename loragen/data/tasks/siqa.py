@@ -33,14 +33,17 @@ class SiqaTask(TaskSpec):
 
 
 SIQA = SiqaTask(
-    name="siqa", description="Answer the question about people's actions and social situations by choosing the "
-                             "correct option.",
+    name="siqa",
+    description="Answer the question about people's actions and social situations by choosing the correct option.",
     files={"train": "siqa/train.jsonl", "val": "siqa/dev.jsonl", "test": "llm-adapters/social_i_qa/test.json"},
     hub=HubSource("allenai/social_i_qa", None, {"train": "train", "val": "validation", "test": "validation"}),
-    answer_kind="choice_label", shot_splits=("train", "val"), cloze="Q: {question}\nA:",  # the harness's social_iqa
+    answer_kind="choice_label",
+    shot_splits=("train", "val"),
+    cloze="Q: {question}\nA:",  # the harness's social_iqa
     headline="acc",  # social_iqa reports acc only
     license="License: CC BY 4.0 (AI2; credit Sap et al. 2019); LLM-Adapters compilation ODC-By 1.0.",
     notes="val and test are both the public dev set (test in LLM-Adapters form). Few-shot examples come from the "
-          "raw train split (siqa/train.jsonl + train-labels.lst); without it, from val -- and then those items are "
-          "removed from the evaluated dev items.")
+    "raw train split (siqa/train.jsonl + train-labels.lst); without it, from val -- and then those items are "
+    "removed from the evaluated dev items.",
+)
 TASKS = [SIQA]

@@ -55,13 +55,20 @@ def build_families(natives: Iterable[TaskSpec]) -> list[TaskSpec]:
 
 
 def suite_presets(registry: dict[str, TaskSpec]) -> dict[str, tuple[str, ...]]:
-    trainable = [name for name, spec in registry.items() if spec.dataset not in NEVER_TRAIN + DEV_UNSEEN_DATASETS
-                 and spec.dataset not in NO_LOCAL_DATA and spec.files.get("train")]
+    trainable = [
+        name
+        for name, spec in registry.items()
+        if spec.dataset not in NEVER_TRAIN + DEV_UNSEEN_DATASETS
+        and spec.dataset not in NO_LOCAL_DATA
+        and spec.files.get("train")
+    ]
     unseen = [f"{name}:holdout" for name, spec in registry.items() if spec.dataset in ("piqa", "winogrande")]
     unseen += [name for name, spec in registry.items() if spec.dataset in DEV_UNSEEN_DATASETS]
-    return {"suite": tuple(trainable),
-            "suite_no_nc": tuple(n for n in trainable if not registry[n].non_commercial),
-            "dev_unseen": tuple(unseen)}
+    return {
+        "suite": tuple(trainable),
+        "suite_no_nc": tuple(n for n in trainable if not registry[n].non_commercial),
+        "dev_unseen": tuple(unseen),
+    }
 
 
 def licences(tasks: Iterable[str], registry: dict[str, TaskSpec]) -> list[dict[str, Any]]:
@@ -69,8 +76,10 @@ def licences(tasks: Iterable[str], registry: dict[str, TaskSpec]) -> list[dict[s
     by_dataset: dict[str, dict[str, Any]] = {}
     for name in tasks:
         spec = registry[name]
-        entry = by_dataset.setdefault(spec.dataset, {"dataset": spec.dataset, "licence": spec.license,
-                                                     "non_commercial": spec.non_commercial, "tasks": []})
+        entry = by_dataset.setdefault(
+            spec.dataset,
+            {"dataset": spec.dataset, "licence": spec.license, "non_commercial": spec.non_commercial, "tasks": []},
+        )
         entry["tasks"].append(name)
     return list(by_dataset.values())
 
@@ -122,9 +131,14 @@ def summary(rows: list[dict[str, Any]], registry: dict[str, TaskSpec]) -> str:
     native task; val is test or a carve shared with it)."""
     datasets = {row["dataset"] for row in rows}
     families = {row["family"] for row in rows} - {"native"}
-    descriptions = sum(len({registry[r["task"]].description, *registry[r["task"]].paraphrases} - {""})
-                       + bool(registry[r["task"]].heldout_description) for r in rows)
+    descriptions = sum(
+        len({registry[r["task"]].description, *registry[r["task"]].paraphrases} - {""})
+        + bool(registry[r["task"]].heldout_description)
+        for r in rows
+    )
     items = sum(int(r["train"] or 0) + int(r["test"] or 0) for r in rows if r["family"] == "native")
     counted = "" if not any(r["train"] != "" for r in rows) else f", {items:,} items (train + test of each dataset)"
-    return (f"{len(rows)} tasks over {len(datasets)} datasets, {len(families)} families besides the native "
-            f"formulations ({', '.join(sorted(families))}), {descriptions:,} descriptions{counted}.")
+    return (
+        f"{len(rows)} tasks over {len(datasets)} datasets, {len(families)} families besides the native "
+        f"formulations ({', '.join(sorted(families))}), {descriptions:,} descriptions{counted}."
+    )

@@ -37,8 +37,7 @@ def _lines(path: Path) -> list[tuple[int, str | Malformed]]:
     return out
 
 
-def read_table(path: Path, *, delimiter: str, columns: Sequence[str] | None = None,
-               quoted: bool = True) -> list[Row]:
+def read_table(path: Path, *, delimiter: str, columns: Sequence[str] | None = None, quoted: bool = True) -> list[Row]:
     """Rows of a delimited file as dicts: keyed by the header line, or by ``columns`` when the file has
     no header. ``quoted=False`` reads every character literally (GLUE's TSVs hold unbalanced quotes)."""
     if quoted:  # CSV fields may span lines: parse the whole text, then find each record's first line
@@ -96,8 +95,10 @@ def read_aligned(files: dict[str, Path]) -> list[Row]:
     columns = {}
     for key, path in files.items():
         if not path.is_file():
-            raise LoRAGenError(f"{path} does not exist: it is read line by line beside "
-                               f"{', '.join(str(p) for p in files.values() if p != path)}")
+            raise LoRAGenError(
+                f"{path} does not exist: it is read line by line beside "
+                f"{', '.join(str(p) for p in files.values() if p != path)}"
+            )
         text = path.read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
         lines = text.split("\n")
         if lines and lines[-1] == "":

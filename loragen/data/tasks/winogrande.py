@@ -34,12 +34,13 @@ class WinograndeTask(TaskSpec):
             return super().formulate(item, formulation)
         sentence = item.question
         blank = sentence.index("_")
-        rest = sentence[blank + 1:].strip()
+        rest = sentence[blank + 1 :].strip()
         if not rest:  # nothing after the blank (possible in LLM-Adapters rows): no partial scoring possible
             return super().formulate(item, formulation)
         contexts = tuple(sentence[:blank] + option for option in item.options)
-        return dataclasses.replace(item, input=sentence, output=rest, options=(rest,) * len(contexts),
-                                   contexts=contexts)
+        return dataclasses.replace(
+            item, input=sentence, output=rest, options=(rest,) * len(contexts), contexts=contexts
+        )
 
     def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
         if is_llm_adapters(row):
@@ -47,22 +48,31 @@ class WinograndeTask(TaskSpec):
         sentence = get_text(row, "sentence")  # raw text, as the harness reads it
         if "_" not in sentence:
             raise Malformed("sentence has no blank '_'")
-        if not sentence[sentence.index("_") + 1:].strip():
+        if not sentence[sentence.index("_") + 1 :].strip():
             raise Malformed("nothing follows the blank '_' (partial scoring needs a continuation)")
         options = [get_text(row, "option1"), get_text(row, "option2")]
         raw = inline_or_file_label(row, "answer", label)
         qid = row.get("qID")
-        return choice_item(sentence, options, parse_index(raw, 2, base=1, what="answer"), "option", normalize=False,
-                           **({"id": qid} if qid else {}))
+        return choice_item(
+            sentence,
+            options,
+            parse_index(raw, 2, base=1, what="answer"),
+            "option",
+            normalize=False,
+            **({"id": qid} if qid else {}),
+        )
 
 
 WINOGRANDE = WinograndeTask(
-    name="winogrande", description="Choose the option that correctly fills the blank (_) in the sentence.",
+    name="winogrande",
+    description="Choose the option that correctly fills the blank (_) in the sentence.",
     files={"train": "winogrande/train_xs.jsonl", "val": "winogrande/dev.jsonl", "test": "winogrande/dev.jsonl"},
-    hub=HubSource("allenai/winogrande", "winogrande_xs", {"train": "train", "val": "validation",
-                                                          "test": "validation"}),
-    answer_kind="choice_label", answer_prefix="option", headline="acc",
+    hub=HubSource("allenai/winogrande", "winogrande_xs", {"train": "train", "val": "validation", "test": "validation"}),
+    answer_kind="choice_label",
+    answer_prefix="option",
+    headline="acc",
     license="License: CC-BY (credit Sakaguchi et al. 2019).",
     notes="Train defaults to the smallest size (train_xs); point files.winogrande.train at train_s/m/l/xl for more. "
-          "val and test are both the dev set (test labels are hidden).")
+    "val and test are both the dev set (test labels are hidden).",
+)
 TASKS = [WINOGRANDE]

@@ -10,5 +10,12 @@ from loragen.models.baselines.moe import LoRAMoEBaseline, MixLoRABaseline
 from loragen.models.baselines.prompt_tuning import PromptTuningBaseline
 from loragen.models.baselines.text_to_lora import TextToLoRAModule
 
-__all__ = ["BaseModel", "EdgeBaselineModule", "LoRABaseline", "LoRAMoEBaseline", "MixLoRABaseline",
-           "PromptTuningBaseline", "TextToLoRAModule"]
+__all__ = [
+    "BaseModel",
+    "EdgeBaselineModule",
+    "LoRABaseline",
+    "LoRAMoEBaseline",
+    "MixLoRABaseline",
+    "PromptTuningBaseline",
+    "TextToLoRAModule",
+]

@@ -104,20 +104,34 @@ class EdgeBaselineModule(EdgeMethod):
 
     def identity(self) -> dict[str, Any]:
         config = self.edge.config
-        return {"baseline": {"method": self.METHOD, "edge": self.hparams.edge, "arch": str(config.model_type),
-                             "layers": int(config.num_hidden_layers), "hidden": int(config.hidden_size),
-                             "vocab": int(config.vocab_size)}}
+        return {
+            "baseline": {
+                "method": self.METHOD,
+                "edge": self.hparams.edge,
+                "arch": str(config.model_type),
+                "layers": int(config.num_hidden_layers),
+                "hidden": int(config.hidden_size),
+                "vocab": int(config.vocab_size),
+            }
+        }
 
     def check_identity(self, stored: dict[str, Any]) -> None:
         if stored.get("baseline") is None:
-            raise LoRAGenError(f"this checkpoint was not written by a loragen baseline: load it with the module "
-                               f"that trained it, not {type(self).__name__}")
+            raise LoRAGenError(
+                f"this checkpoint was not written by a loragen baseline: load it with the module "
+                f"that trained it, not {type(self).__name__}"
+            )
         mine = self.identity()["baseline"]
-        diffs = [f"{k}: checkpoint {stored['baseline'].get(k)!r} vs. this model {v!r}" for k, v in mine.items()
-                 if stored["baseline"].get(k) != v]
+        diffs = [
+            f"{k}: checkpoint {stored['baseline'].get(k)!r} vs. this model {v!r}"
+            for k, v in mine.items()
+            if stored["baseline"].get(k) != v
+        ]
         if diffs:
-            raise LoRAGenError("checkpoint does not fit this baseline (" + "; ".join(diffs) + "): use the "
-                               "configuration it was trained with")
+            raise LoRAGenError(
+                "checkpoint does not fit this baseline (" + "; ".join(diffs) + "): use the "
+                "configuration it was trained with"
+            )
 
 
 class BaseModel(EdgeBaselineModule):

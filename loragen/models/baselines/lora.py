@@ -45,8 +45,13 @@ class LoRABaseline(EdgeBaselineModule):
         self.pool_config, self.lora_dropout = pool, lora_dropout
         from peft import LoraConfig, get_peft_model
 
-        config = LoraConfig(r=pool.top_k * pool.rank, lora_alpha=pool.top_k * pool.lora_alpha,
-                            target_modules=list(pool.targets(DEFAULT_TARGETS)), lora_dropout=lora_dropout, bias="none")
+        config = LoraConfig(
+            r=pool.top_k * pool.rank,
+            lora_alpha=pool.top_k * pool.lora_alpha,
+            target_modules=list(pool.targets(DEFAULT_TARGETS)),
+            lora_dropout=lora_dropout,
+            bias="none",
+        )
         # PEFT injects its LoRA layers into ``self.edge`` in place; the wrapper is kept out of the
         # module tree so parameters are not registered twice.
         object.__setattr__(self, "_peft", get_peft_model(self.edge, config))

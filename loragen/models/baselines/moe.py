@@ -64,8 +64,14 @@ class MixLoRABaseline(_MoEBaseline):
         from loragen.models.components.moe_lora import install_mixlora
 
         pool = self.pool_config
-        self.moe_layers = install_mixlora(self.edge, num_experts=pool.num_experts, top_k=pool.top_k, rank=pool.rank,
-                                          lora_alpha=pool.lora_alpha, attention_rank=attention_rank)
+        self.moe_layers = install_mixlora(
+            self.edge,
+            num_experts=pool.num_experts,
+            top_k=pool.top_k,
+            rank=pool.rank,
+            lora_alpha=pool.lora_alpha,
+            attention_rank=attention_rank,
+        )
 
 
 class LoRAMoEBaseline(_MoEBaseline):
@@ -87,7 +93,11 @@ class LoRAMoEBaseline(_MoEBaseline):
         from loragen.models.components.moe_lora import install_loramoe
 
         pool = self.pool_config
-        self.moe_layers = install_loramoe(self.edge, num_experts=pool.num_experts, rank=pool.rank,
-                                          lora_alpha=pool.lora_alpha,
-                                          targets=pool.targets(("gate_proj", "up_proj", "down_proj")),
-                                          attention_rank=attention_rank)
+        self.moe_layers = install_loramoe(
+            self.edge,
+            num_experts=pool.num_experts,
+            rank=pool.rank,
+            lora_alpha=pool.lora_alpha,
+            targets=pool.targets(("gate_proj", "up_proj", "down_proj")),
+            attention_rank=attention_rank,
+        )

@@ -30,8 +30,12 @@ class PromptTuningBaseline(EdgeBaselineModule):
     LABEL = "prompt tuning"
     MERGEABLE = False
 
-    def __init__(self, num_virtual_tokens: int = 20,
-                 init_text: str = "Read the question, then give the correct answer.", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_virtual_tokens: int = 20,
+        init_text: str = "Read the question, then give the correct answer.",
+        **kwargs: Any,
+    ) -> None:
         self.check_args({"num_virtual_tokens": num_virtual_tokens})
         super().__init__(**kwargs)
         from peft import PromptTuningConfig, TaskType, get_peft_model

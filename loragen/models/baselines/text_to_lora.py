@@ -48,8 +48,15 @@ class _Residual(nn.Module):
 
     def __init__(self, size: int, dropout: float) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.LayerNorm(size), nn.Linear(size, 4 * size), nn.SiLU(), nn.Dropout(dropout),
-                                 nn.Linear(4 * size, size), nn.SiLU(), nn.Dropout(dropout))
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(size),
+            nn.Linear(size, 4 * size),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(4 * size, size),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.mlp(x)
@@ -59,8 +66,18 @@ class HyperLoRA(nn.Module):
     """Task embedding ``(batch, d)`` → LoRA factors for every (layer, module): ``{module: (A, B)}`` with
     ``A`` (batch, layers, rank, in) and ``B`` (batch, layers, out, rank)."""
 
-    def __init__(self, embedding_size: int, num_layers: int, module_shapes: dict[str, tuple[int, int]], rank: int,
-                 *, latent: int = 128, head_in: int = 128, dropout: float = 0.05, seed: int = 0) -> None:
+    def __init__(
+        self,
+        embedding_size: int,
+        num_layers: int,
+        module_shapes: dict[str, tuple[int, int]],
+        rank: int,
+        *,
+        latent: int = 128,
+        head_in: int = 128,
+        dropout: float = 0.05,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.num_layers, self.rank = num_layers, rank
         self.modules_order = sorted(module_shapes)
@@ -70,11 +87,24 @@ class HyperLoRA(nn.Module):
         self.task_encoder = nn.Sequential(nn.Linear(embedding_size, latent // 2), nn.LayerNorm(latent // 2))
         self.depth = nn.Sequential(nn.Embedding(num_layers, quarter), nn.LayerNorm(quarter))
         self.kind = nn.Sequential(nn.Embedding(len(self.modules_order), quarter), nn.LayerNorm(quarter))
-        self.mixer = nn.Sequential(nn.Dropout(dropout), nn.Linear(size, 4 * size), nn.SiLU(), nn.Dropout(dropout),
-                                   nn.Linear(4 * size, size), nn.SiLU(), nn.Dropout(dropout))
+        self.mixer = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(size, 4 * size),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(4 * size, size),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+        )
         self.blocks = nn.Sequential(_Residual(size, dropout), _Residual(size, dropout))
-        self.to_head = nn.Sequential(nn.LayerNorm(size), nn.Linear(size, 4 * size), nn.SiLU(), nn.Dropout(dropout),
-                                     nn.Linear(4 * size, head_in), nn.SiLU())
+        self.to_head = nn.Sequential(
+            nn.LayerNorm(size),
+            nn.Linear(size, 4 * size),
+            nn.SiLU(),
+            nn.Dropout(dropout),
+            nn.Linear(4 * size, head_in),
+            nn.SiLU(),
+        )
         gen = torch.Generator().manual_seed(seed)
         self.heads = nn.ModuleDict()
         for module in self.modules_order:
@@ -94,8 +124,9 @@ class HyperLoRA(nn.Module):
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for m, module in enumerate(self.modules_order):
             kind = self.kind(torch.tensor([m], device=embedding.device)).expand(layers, -1)
-            x = torch.cat([task[:, None].expand(-1, layers, -1), depth.expand(batch, -1, -1),
-                           kind.expand(batch, -1, -1)], dim=-1)  # (b, L, size)
+            x = torch.cat(
+                [task[:, None].expand(-1, layers, -1), depth.expand(batch, -1, -1), kind.expand(batch, -1, -1)], dim=-1
+            )  # (b, L, size)
             flat = self.heads[_key(module)](self.to_head(self.blocks(self.mixer(x))))
             out_f, in_f = self.shapes[module]
             a, b = flat.split([self.rank * in_f, self.rank * out_f], dim=-1)
@@ -110,9 +141,19 @@ def _key(module: str) -> str:
 class TextToLoRA(nn.Module):
     """Frozen cloud (mean-pooled prompt embedding) → ``HyperLoRA`` → LoRA on the frozen edge."""
 
-    def __init__(self, cloud: Backbone, edge: Backbone, *, rank: int, lora_alpha: float,
-                 target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGETS, latent: int = 128,
-                 head_in: int = 128, dropout: float = 0.05, seed: int = 0) -> None:
+    def __init__(
+        self,
+        cloud: Backbone,
+        edge: Backbone,
+        *,
+        rank: int,
+        lora_alpha: float,
+        target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
+        latent: int = 128,
+        head_in: int = 128,
+        dropout: float = 0.05,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.cloud_backbone, self.edge_backbone = cloud, edge
         self.edge = edge.model
@@ -124,14 +165,25 @@ class TextToLoRA(nn.Module):
         self.module_shapes = shapes
         self.rank, self.scale = rank, lora_alpha / rank
         self.generator = CloudGenerator(cloud.model, 0, pooling="mean", seed=seed)
-        self.hyper = HyperLoRA(self.generator.hidden_size, self.num_layers, shapes, rank, latent=latent,
-                               head_in=head_in, dropout=dropout, seed=seed)
+        self.hyper = HyperLoRA(
+            self.generator.hidden_size,
+            self.num_layers,
+            shapes,
+            rank,
+            latent=latent,
+            head_in=head_in,
+            dropout=dropout,
+            seed=seed,
+        )
         self.edge_lora = EdgeLoRA(self.edge, sites=self.sites)
         self.fingerprint = PairFingerprint.of(cloud, edge, shapes)
         self.targets = sorted({s.name.rsplit(".", 1)[-1] for s in self.sites})
 
-    def factors(self, system_ids: torch.Tensor, system_mask: torch.Tensor,
-                ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def factors(
+        self,
+        system_ids: torch.Tensor,
+        system_mask: torch.Tensor,
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Each row's factors per target path: ``A`` (b, rank, in), ``B`` (b, out, rank); the hypernetwork
         runs once per distinct prompt of the batch."""
         rows = [ids[mask.bool()].cpu().numpy().tobytes() for ids, mask in zip(system_ids, system_mask, strict=True)]
@@ -141,11 +193,18 @@ class TextToLoRA(nn.Module):
         index = torch.tensor([distinct.index(f) for f in firsts], device=system_ids.device)
         embedding = self.generator(system_ids[distinct], system_mask[distinct])[:, 0]  # (p, d)
         per_module = self.hyper(embedding)
-        return {site.path: (per_module[site.name][0][index, site.layer], per_module[site.name][1][index, site.layer])
-                for site in self.sites}
+        return {
+            site.path: (per_module[site.name][0][index, site.layer], per_module[site.name][1][index, site.layer])
+            for site in self.sites
+        }
 
-    def hidden_states(self, system_ids: torch.Tensor, system_mask: torch.Tensor, input_ids: torch.Tensor,
-                      attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_states(
+        self,
+        system_ids: torch.Tensor,
+        system_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Functional path: the edge's final hidden states with each row's generated LoRA applied."""
         with self.edge_lora.applied(self.factors(system_ids, system_mask), self.scale):
             out = self.edge.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
@@ -161,9 +220,16 @@ class TextToLoRA(nn.Module):
         finally:
             self.hyper.train(was_training)
         empty = torch.zeros(self.num_layers, 0)
-        return [GeneratedLoRA(factors={p: (a[i].detach(), b[i].detach()) for p, (a, b) in factors.items()},
-                              scale=self.scale, rank=self.rank, gates=empty, targets=list(self.targets))
-                for i in range(system_ids.shape[0])]
+        return [
+            GeneratedLoRA(
+                factors={p: (a[i].detach(), b[i].detach()) for p, (a, b) in factors.items()},
+                scale=self.scale,
+                rank=self.rank,
+                gates=empty,
+                targets=list(self.targets),
+            )
+            for i in range(system_ids.shape[0])
+        ]
 
     def functional(self, lora: GeneratedLoRA) -> Any:
         """A context in which the edge serves one generated LoRA by hooks, as in training."""
@@ -194,10 +260,19 @@ class TextToLoRAModule(PromptLoRAMethod):
     LABEL = "Text-to-LoRA"
     SETTINGS = settings_for(METHOD, LABEL)
 
-    def __init__(self, cloud: str = "bundled:smollm2-135m-instruct", edge: str = "bundled:smollm2-135m-instruct",
-                 pool: PoolConfig = PoolConfig(), latent: int = 128, head_in: int = 128, dropout: float = 0.05,
-                 init_from: str | None = None, optim: OptimConfig = OptimConfig(), eval: EvalConfig = EvalConfig(),
-                 seed: int = 0) -> None:  # noqa: A002
+    def __init__(
+        self,
+        cloud: str = "bundled:smollm2-135m-instruct",
+        edge: str = "bundled:smollm2-135m-instruct",
+        pool: PoolConfig = PoolConfig(),
+        latent: int = 128,
+        head_in: int = 128,
+        dropout: float = 0.05,
+        init_from: str | None = None,
+        optim: OptimConfig = OptimConfig(),
+        eval: EvalConfig = EvalConfig(),
+        seed: int = 0,
+    ) -> None:  # noqa: A002
         self.check_args({"latent": latent, "head_in": head_in, "dropout": dropout})
         super().__init__(cloud=cloud, edge=edge, optim=optim, eval=eval, seed=seed)
         from loragen.backbones import load_backbone
@@ -205,9 +280,17 @@ class TextToLoRAModule(PromptLoRAMethod):
         self.pool_config = pool = group("pool", pool)
         cloud_bb = load_backbone(cloud)
         edge_bb = cloud_bb if cloud == edge else load_backbone(edge)
-        self.model = TextToLoRA(cloud_bb, edge_bb, rank=pool.top_k * pool.rank, lora_alpha=pool.top_k * pool.lora_alpha,
-                                target_modules=pool.targets(DEFAULT_TARGETS), latent=latent, head_in=head_in,
-                                dropout=dropout, seed=seed)
+        self.model = TextToLoRA(
+            cloud_bb,
+            edge_bb,
+            rank=pool.top_k * pool.rank,
+            lora_alpha=pool.top_k * pool.lora_alpha,
+            target_modules=pool.targets(DEFAULT_TARGETS),
+            latent=latent,
+            head_in=head_in,
+            dropout=dropout,
+            seed=seed,
+        )
         for backbone in {id(m): m for m in (self.model.edge, self.model.generator.cloud)}.values():
             backbone.requires_grad_(False)
         if init_from:
@@ -218,13 +301,16 @@ class TextToLoRAModule(PromptLoRAMethod):
         from loragen import LoRAGenError
 
         if args.get("latent", 128) < 4 or args.get("latent", 128) % 4:
-            raise LoRAGenError(f"latent={args['latent']} must be a multiple of 4 (>= 4): the task, depth and "
-                               "module embeddings take half, a quarter and a quarter of it")
+            raise LoRAGenError(
+                f"latent={args['latent']} must be a multiple of 4 (>= 4): the task, depth and "
+                "module embeddings take half, a quarter and a quarter of it"
+            )
         if args.get("head_in", 128) < 1:
             raise LoRAGenError(f"head_in={args['head_in']} must be >= 1")
         if not 0 <= args.get("dropout", 0.0) < 1:
             raise LoRAGenError(f"dropout={args['dropout']} must be in [0, 1)")
 
     def training_forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.model.hidden_states(batch["system_ids"], batch["system_mask"], batch["input_ids"],
-                                        batch["attention_mask"]), None
+        return self.model.hidden_states(
+            batch["system_ids"], batch["system_mask"], batch["input_ids"], batch["attention_mask"]
+        ), None

@@ -36,8 +36,9 @@ class EdgeLoRA:
     pool, ``sites`` names the target linears.
     """
 
-    def __init__(self, edge: nn.Module, pool: ExpertPool | None = None, *,
-                 sites: list[TargetSite] | None = None) -> None:
+    def __init__(
+        self, edge: nn.Module, pool: ExpertPool | None = None, *, sites: list[TargetSite] | None = None
+    ) -> None:
         self.edge, self.pool = edge, pool
         sites = pool.sites if pool is not None else sites
         if not sites:
@@ -109,12 +110,16 @@ class EdgeLoRA:
             a, b = lora.factors[path]
             limit = torch.finfo(module.weight.dtype).max / 4
             if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-                raise LoRAGenError(f"the generated LoRA for {path} is non-finite: the generator state is corrupt "
-                                   "or diverged; nothing was merged")
+                raise LoRAGenError(
+                    f"the generated LoRA for {path} is non-finite: the generator state is corrupt "
+                    "or diverged; nothing was merged"
+                )
             bound = self._weight_bound(path) + abs(lora.scale) * a.shape[0] * float(a.abs().max() * b.abs().max())
             if not bound < limit:
-                raise LoRAGenError(f"merging the generated LoRA could make {path} non-finite (bound {bound:.3g}): "
-                                   "the generator state is corrupt or diverged; nothing was merged")
+                raise LoRAGenError(
+                    f"merging the generated LoRA could make {path} non-finite (bound {bound:.3g}): "
+                    "the generator state is corrupt or diverged; nothing was merged"
+                )
         self._originals = {}
         for path, module in self._modules.items():
             weight = module.weight.data
@@ -125,8 +130,11 @@ class EdgeLoRA:
             if weight.dtype == torch.float32:
                 torch.addmm(weight, b.to(weight), a.to(weight), alpha=lora.scale, out=buffer)
             else:  # low precision: add in fp32, round once
-                buffer.copy_(torch.addmm(weight.float(), b.float().to(weight.device), a.float().to(weight.device),
-                                         alpha=lora.scale))
+                buffer.copy_(
+                    torch.addmm(
+                        weight.float(), b.float().to(weight.device), a.float().to(weight.device), alpha=lora.scale
+                    )
+                )
             # Swap storages: the original tensor is kept untouched, so unmerge restores it bit for bit.
             self._originals[path] = weight
             module.weight.data = buffer
@@ -197,8 +205,13 @@ class _SiteHook:
         return output + delta.to(output.dtype)
 
 
-def save_peft_adapter(lora: GeneratedLoRA, directory: str | os.PathLike[str], *,
-                      base_model_name_or_path: str | None = None, overwrite: bool = False) -> Path:
+def save_peft_adapter(
+    lora: GeneratedLoRA,
+    directory: str | os.PathLike[str],
+    *,
+    base_model_name_or_path: str | None = None,
+    overwrite: bool = False,
+) -> Path:
     """Write ``lora`` as a standard PEFT LoRA adapter (rank k·r, ``lora_alpha = s·k·r``).
 
     Written to a temporary directory beside ``directory`` and moved into place only when complete.
@@ -210,9 +223,15 @@ def save_peft_adapter(lora: GeneratedLoRA, directory: str | os.PathLike[str], *,
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise LoRAGenError(f"output directory {target} exists and is not empty: choose another or pass overwrite")
     with atomic_directory(target) as tmp:
-        config = LoraConfig(r=lora.rank, lora_alpha=lora.scale * lora.rank, lora_dropout=0.0, bias="none",
-                            target_modules=list(lora.targets), task_type="CAUSAL_LM",
-                            base_model_name_or_path=base_model_name_or_path)
+        config = LoraConfig(
+            r=lora.rank,
+            lora_alpha=lora.scale * lora.rank,
+            lora_dropout=0.0,
+            bias="none",
+            target_modules=list(lora.targets),
+            task_type="CAUSAL_LM",
+            base_model_name_or_path=base_model_name_or_path,
+        )
         config.save_pretrained(str(tmp))
         tensors = {}
         for path, (a, b) in lora.factors.items():

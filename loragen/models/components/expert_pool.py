@@ -51,13 +51,11 @@ def find_target_sites(model: nn.Module, targets: tuple[str, ...] | list[str]) ->
             short = name.rsplit(".", 1)[-1]
             available.add(short)
             if short in targets:
-                sites.append(TargetSite(idx, name, f"{prefix}.{idx}.{name}", module.out_features,
-                                        module.in_features))
+                sites.append(TargetSite(idx, name, f"{prefix}.{idx}.{name}", module.out_features, module.in_features))
     missing = [t for t in targets if t not in available]
     if missing:
         raise LoRAGenError(
-            f"target module(s) {missing} match no linear layer of the edge model: "
-            f"choose from {sorted(available)}"
+            f"target module(s) {missing} match no linear layer of the edge model: choose from {sorted(available)}"
         )
     return sites
 
@@ -75,9 +73,17 @@ class ExpertPool(nn.Module):
         seed: seed for the ``A`` initialisation.
     """
 
-    def __init__(self, edge: nn.Module, target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGETS, *,
-                 num_experts: int = 8, rank: int = 8, lora_alpha: float = 16.0, top_k: int | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        edge: nn.Module,
+        target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
+        *,
+        num_experts: int = 8,
+        rank: int = 8,
+        lora_alpha: float = 16.0,
+        top_k: int | None = None,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         if num_experts < 1 or rank < 1:
             raise ValueError(f"num_experts ({num_experts}) and rank ({rank}) must be >= 1")
@@ -123,7 +129,7 @@ class ExpertPool(nn.Module):
             a_cat = a[idx].reshape(k * self.rank, -1).float()  # (k·r, in)
             b_cat = (b[idx] * w.to(b.dtype)[:, None, None]).permute(1, 0, 2).reshape(b.shape[1], -1).float()
             total = total + ((b_cat.T @ b_cat) * (a_cat @ a_cat.T)).sum()
-        return self.scale ** 2 * total / len(self.sites)
+        return self.scale**2 * total / len(self.sites)
 
     def assemble(self, gates: torch.Tensor) -> GeneratedLoRA:
         """The LoRA for one prompt from its gates ``(L, n)`` (k non-zeros per layer)."""
@@ -141,8 +147,15 @@ class ExpertPool(nn.Module):
             b_cat = (b[idx] * w.to(b.dtype)[:, None, None]).permute(1, 0, 2).reshape(b.shape[1], -1)  # (out, k·r)
             factors[site.path] = (a_cat, b_cat)
         targets = sorted({s.name.rsplit(".", 1)[-1] for s in self.sites})
-        return GeneratedLoRA(factors=factors, scale=self.scale, rank=k * self.rank, gates=gates.detach().clone(),
-                             targets=targets, indices=indices, weights=weights)
+        return GeneratedLoRA(
+            factors=factors,
+            scale=self.scale,
+            rank=k * self.rank,
+            gates=gates.detach().clone(),
+            targets=targets,
+            indices=indices,
+            weights=weights,
+        )
 
 
 @dataclass
@@ -163,6 +176,12 @@ class GeneratedLoRA:
 
     def detach(self) -> GeneratedLoRA:
         factors = {p: (a.detach(), b.detach()) for p, (a, b) in self.factors.items()}
-        return GeneratedLoRA(factors, self.scale, self.rank, self.gates.detach(), list(self.targets),
-                             None if self.indices is None else self.indices.detach(),
-                             None if self.weights is None else self.weights.detach())
+        return GeneratedLoRA(
+            factors,
+            self.scale,
+            self.rank,
+            self.gates.detach(),
+            list(self.targets),
+            None if self.indices is None else self.indices.detach(),
+            None if self.weights is None else self.weights.detach(),
+        )

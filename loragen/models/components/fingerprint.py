@@ -31,11 +31,16 @@ class PairFingerprint:
     def of(cls, cloud: Any, edge: Any, target_shapes: dict[str, tuple[int, int]]) -> PairFingerprint:
         """Build from two ``Backbone`` objects and the expert pool's per-module shapes."""
         return cls(
-            cloud=cloud.source, edge=edge.source,
-            cloud_arch=str(cloud.model.config.model_type), edge_arch=str(edge.model.config.model_type),
-            cloud_layers=cloud.num_layers, edge_layers=edge.num_layers,
-            cloud_hidden=cloud.hidden_size, edge_hidden=edge.hidden_size,
-            cloud_vocab=len(cloud.tokenizer), edge_vocab=len(edge.tokenizer),
+            cloud=cloud.source,
+            edge=edge.source,
+            cloud_arch=str(cloud.model.config.model_type),
+            edge_arch=str(edge.model.config.model_type),
+            cloud_layers=cloud.num_layers,
+            edge_layers=edge.num_layers,
+            cloud_hidden=cloud.hidden_size,
+            edge_hidden=edge.hidden_size,
+            cloud_vocab=len(cloud.tokenizer),
+            edge_vocab=len(edge.tokenizer),
             target_shapes={k: [int(v[0]), int(v[1])] for k, v in sorted(target_shapes.items())},
         )
 

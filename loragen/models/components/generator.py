@@ -63,8 +63,12 @@ class CloudGenerator(nn.Module):
         if cloud_lora_rank > 0:
             from peft import LoraConfig, get_peft_model
 
-            config = LoraConfig(r=cloud_lora_rank, lora_alpha=2 * cloud_lora_rank, lora_dropout=0.0,
-                                target_modules=list(cloud_lora_targets))
+            config = LoraConfig(
+                r=cloud_lora_rank,
+                lora_alpha=2 * cloud_lora_rank,
+                lora_dropout=0.0,
+                target_modules=list(cloud_lora_targets),
+            )
             cloud = get_peft_model(cloud, config)
         self.cloud = cloud
         self.cache_states = cache_states
@@ -117,7 +121,7 @@ class CloudGenerator(nn.Module):
         for b, (row, n) in enumerate(zip(rows, lengths, strict=True)):
             if n:
                 inputs[b, :n] = embed(row.to(meta.device))
-            inputs[b, n:n + self.num_meta] = meta
+            inputs[b, n : n + self.num_meta] = meta
             mask[b, : n + self.num_meta] = 1
             positions[b] = torch.arange(n, n + self.num_meta, device=meta.device)
         self.cloud_passes += batch

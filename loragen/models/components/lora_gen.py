@@ -26,22 +26,53 @@ class LoRAGen(nn.Module):
     Frozen: the cloud and edge backbones.
     """
 
-    def __init__(self, cloud: Backbone, edge: Backbone, *, num_experts: int = 8, top_k: int = 2,
-                 rank: int = 8, lora_alpha: float = 16.0,
-                 target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
-                 router_hidden: int = 256, layer_embedding: bool = True, router_noise: str = "gaussian",
-                 router_center: bool = False, train_meta_tokens: bool = False, cloud_lora_rank: int = 0,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        cloud: Backbone,
+        edge: Backbone,
+        *,
+        num_experts: int = 8,
+        top_k: int = 2,
+        rank: int = 8,
+        lora_alpha: float = 16.0,
+        target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
+        router_hidden: int = 256,
+        layer_embedding: bool = True,
+        router_noise: str = "gaussian",
+        router_center: bool = False,
+        train_meta_tokens: bool = False,
+        cloud_lora_rank: int = 0,
+        seed: int = 0,
+    ) -> None:
         super().__init__()
         self.cloud_backbone, self.edge_backbone = cloud, edge
         self.edge = edge.model
-        self.pool = ExpertPool(edge.model, target_modules, num_experts=num_experts, rank=rank,
-                               lora_alpha=lora_alpha, top_k=top_k, seed=seed)
-        self.generator = CloudGenerator(cloud.model, self.pool.num_layers, train_meta_tokens=train_meta_tokens,
-                                        cloud_lora_rank=cloud_lora_rank, seed=seed)
-        self.router = Router(self.generator.hidden_size, num_experts, top_k, self.pool.num_layers,
-                             hidden=router_hidden, layer_embedding=layer_embedding, noise=router_noise,
-                             center=router_center)
+        self.pool = ExpertPool(
+            edge.model,
+            target_modules,
+            num_experts=num_experts,
+            rank=rank,
+            lora_alpha=lora_alpha,
+            top_k=top_k,
+            seed=seed,
+        )
+        self.generator = CloudGenerator(
+            cloud.model,
+            self.pool.num_layers,
+            train_meta_tokens=train_meta_tokens,
+            cloud_lora_rank=cloud_lora_rank,
+            seed=seed,
+        )
+        self.router = Router(
+            self.generator.hidden_size,
+            num_experts,
+            top_k,
+            self.pool.num_layers,
+            hidden=router_hidden,
+            layer_embedding=layer_embedding,
+            noise=router_noise,
+            center=router_center,
+        )
         self.edge_lora = EdgeLoRA(self.edge, self.pool)
         self.fingerprint = PairFingerprint.of(cloud, edge, self.pool.module_shapes)
 
@@ -51,16 +82,26 @@ class LoRAGen(nn.Module):
             raise RuntimeError("cloud and edge share weights and a LoRA is merged: unmerge before routing")
         return self.router(self.generator(system_ids, system_mask))
 
-    def forward(self, system_ids: torch.Tensor, system_mask: torch.Tensor, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None) -> tuple[Any, Routing]:
+    def forward(
+        self,
+        system_ids: torch.Tensor,
+        system_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[Any, Routing]:
         """Functional (training) path: edge logits with each sample's generated LoRA applied."""
         routing = self.route(system_ids, system_mask)
         with self.edge_lora.routing(routing.indices, routing.weights):
             out = self.edge(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
         return out, routing
 
-    def hidden_states(self, system_ids: torch.Tensor, system_mask: torch.Tensor, input_ids: torch.Tensor,
-                      attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Routing]:
+    def hidden_states(
+        self,
+        system_ids: torch.Tensor,
+        system_mask: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, Routing]:
         """Functional path up to the edge's final hidden states (the caller applies the LM head
         only where logits are needed)."""
         routing = self.route(system_ids, system_mask)

@@ -108,8 +108,10 @@ class MixLoRAFFN(nn.Module):
         _check_config(num_experts, rank, top_k)
         missing = [name for name in (*MLP_LINEARS, "act_fn") if not hasattr(base_mlp, name)]
         if missing:
-            raise LoRAGenError(f"MixLoRA needs a gated MLP with gate_proj/up_proj/down_proj/act_fn; "
-                               f"{type(base_mlp).__name__} lacks {missing}")
+            raise LoRAGenError(
+                f"MixLoRA needs a gated MLP with gate_proj/up_proj/down_proj/act_fn; "
+                f"{type(base_mlp).__name__} lacks {missing}"
+            )
         self.base = base_mlp
         self.num_experts, self.top_k, self.rank = num_experts, top_k, rank
         self.scale = lora_alpha / rank
@@ -119,8 +121,9 @@ class MixLoRAFFN(nn.Module):
         self.lora_B = nn.ParameterDict()
         for name in MLP_LINEARS:
             linear: nn.Linear = getattr(base_mlp, name)
-            self.lora_A[name] = _new_param(num_experts, rank, linear.in_features, like=weight,
-                                           fan_in=linear.in_features)
+            self.lora_A[name] = _new_param(
+                num_experts, rank, linear.in_features, like=weight, fan_in=linear.in_features
+            )
             self.lora_B[name] = _new_param(num_experts, linear.out_features, rank, like=weight)
         self.last_gates: torch.Tensor | None = None
         self.last_probs: torch.Tensor | None = None
@@ -145,8 +148,9 @@ class MixLoRAFFN(nn.Module):
             if tokens.numel() == 0:
                 continue
             xe = h[tokens]
-            mid = (base.act_fn(gate_all[tokens] + self._delta("gate_proj", e, xe))
-                   * (up_all[tokens] + self._delta("up_proj", e, xe)))
+            mid = base.act_fn(gate_all[tokens] + self._delta("gate_proj", e, xe)) * (
+                up_all[tokens] + self._delta("up_proj", e, xe)
+            )
             ye = base.down_proj(mid) + self._delta("down_proj", e, mid)
             ye = ye * top_w[tokens, slots].unsqueeze(-1).to(ye.dtype)
             if out is None:
@@ -218,8 +222,7 @@ def _target_linear(layer: nn.Module, parent_name: str, name: str) -> nn.Linear:
     if isinstance(module, (LoRALinear, LoRAMoELinear, MixLoRAFFN)) or isinstance(parent, MixLoRAFFN):
         raise LoRAGenError(f"{parent_name}.{name} already has a LoRA adapter installed: load a fresh model")
     if not isinstance(module, nn.Linear):
-        raise LoRAGenError(f"no linear {parent_name}.{name} in a decoder layer; its linears are "
-                           f"{_linear_names(layer)}")
+        raise LoRAGenError(f"no linear {parent_name}.{name} in a decoder layer; its linears are {_linear_names(layer)}")
     return module
 
 
@@ -228,16 +231,24 @@ def _freeze(model: nn.Module) -> None:
         param.requires_grad_(False)
 
 
-def _install_attention(layer: nn.Module, linears: dict[str, nn.Linear], attention_rank: int,
-                       lora_alpha: float, rank: int, training: bool) -> None:
+def _install_attention(
+    layer: nn.Module, linears: dict[str, nn.Linear], attention_rank: int, lora_alpha: float, rank: int, training: bool
+) -> None:
     """Plain LoRA on attention linears with the MoE's scale: alpha' = alpha·r_att/r, so alpha'/r_att = alpha/r."""
     for name, linear in linears.items():
         lora = LoRALinear(linear, attention_rank, lora_alpha * attention_rank / rank).train(training)
         setattr(layer.self_attn, name, lora)
 
 
-def install_mixlora(model: nn.Module, num_experts: int, top_k: int, rank: int, lora_alpha: float,
-                    attention_rank: int, attention_targets: Sequence[str] = ATTENTION_LINEARS) -> list[nn.Module]:
+def install_mixlora(
+    model: nn.Module,
+    num_experts: int,
+    top_k: int,
+    rank: int,
+    lora_alpha: float,
+    attention_rank: int,
+    attention_targets: Sequence[str] = ATTENTION_LINEARS,
+) -> list[nn.Module]:
     """Replace every decoder layer's ``mlp`` by a ``MixLoRAFFN`` (and attention targets by ``LoRALinear``).
 
     Every pre-existing parameter of ``model`` is frozen first; only the new router and LoRA factors train.
@@ -269,9 +280,15 @@ def install_mixlora(model: nn.Module, num_experts: int, top_k: int, rank: int, l
     return moe_layers
 
 
-def install_loramoe(model: nn.Module, num_experts: int, rank: int, lora_alpha: float,
-                    targets: Sequence[str] = MLP_LINEARS, attention_rank: int = 0,
-                    attention_targets: Sequence[str] = ATTENTION_LINEARS) -> list[nn.Module]:
+def install_loramoe(
+    model: nn.Module,
+    num_experts: int,
+    rank: int,
+    lora_alpha: float,
+    targets: Sequence[str] = MLP_LINEARS,
+    attention_rank: int = 0,
+    attention_targets: Sequence[str] = ATTENTION_LINEARS,
+) -> list[nn.Module]:
     """Replace each decoder layer's MLP linears named in ``targets`` by ``LoRAMoELinear``.
 
     Attention targets get plain ``LoRALinear`` (scale ``lora_alpha / rank``) when ``attention_rank > 0``.
@@ -309,13 +326,16 @@ def _real_rows(tensor: torch.Tensor, token_mask: torch.Tensor | None) -> torch.T
     if token_mask is None:
         return rows
     if token_mask.shape != tensor.shape[:-1]:
-        raise LoRAGenError(f"token_mask shape {tuple(token_mask.shape)} does not match the last forward's "
-                           f"tokens {tuple(tensor.shape[:-1])}")
+        raise LoRAGenError(
+            f"token_mask shape {tuple(token_mask.shape)} does not match the last forward's "
+            f"tokens {tuple(tensor.shape[:-1])}"
+        )
     return rows[token_mask.reshape(-1).to(device=rows.device, dtype=torch.bool)]
 
 
-def moe_aux_loss(layers: Sequence[nn.Module], kind: str = "cv2",
-                 token_mask: torch.Tensor | None = None) -> torch.Tensor:
+def moe_aux_loss(
+    layers: Sequence[nn.Module], kind: str = "cv2", token_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Load-balancing loss over the real tokens of the last forward, averaged over layers.
 
     - ``cv2``: ``CV(I)^2 = Var(I) / mean(I)^2`` of the importance ``I_e = Σ_tokens g_e`` (``last_gates``);

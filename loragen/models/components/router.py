@@ -53,9 +53,18 @@ class Router(nn.Module):
     CENTER_EXACT_BATCHES = 100
     CENTER_MOMENTUM = 0.01
 
-    def __init__(self, in_features: int, num_experts: int, top_k: int, num_layers: int, *,
-                 hidden: int = 256, layer_embedding: bool = True, noise: str = "gaussian",
-                 center: bool = False) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        num_experts: int,
+        top_k: int,
+        num_layers: int,
+        *,
+        hidden: int = 256,
+        layer_embedding: bool = True,
+        noise: str = "gaussian",
+        center: bool = False,
+    ) -> None:
         super().__init__()
         if not 1 <= top_k <= num_experts:
             raise ValueError(f"top_k={top_k} must be between 1 and num_experts={num_experts}")
@@ -102,7 +111,6 @@ class Router(nn.Module):
         weights = top_vals.softmax(dim=-1)
         gates = torch.zeros_like(noisy).scatter(-1, top_idx, weights)
         return Routing(gates=gates, indices=top_idx, weights=weights, logits=logits)
-
 
     @torch.no_grad()
     def _update_mean(self, states: torch.Tensor) -> None:
