@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 TOP_HELP = """usage: loragen {fit,validate,test,predict} [--config FILE] [--print_config] [options]
 
@@ -92,6 +93,7 @@ def _cli_class() -> type:
                 cls = load_class(data["class_path"])
                 if hasattr(cls, "check_config"):
                     cls.check_config(**dict(data.get("init_args") or {}))
+            check_trainer(config.get("trainer") or {})
             root = (config.get("trainer") or {}).get("default_root_dir")
             if self.subcommand == "fit" and root:  # one fit per run directory: a second is refused, not interleaved
                 from loragen.files import lock_run_directory
@@ -132,6 +134,29 @@ def _cli_class() -> type:
             release_run_directory(getattr(self, "_run_lock", None))
 
     return LoRAGenCLI
+
+
+def check_trainer(trainer: Any) -> None:
+    """Trainer settings this machine cannot run, in one line before any model loads: a GPU accelerator
+    without a CUDA device, DeepSpeed without the ``deepspeed`` package."""
+    import importlib.util
+
+    import torch
+
+    from loragen import LoRAGenError
+
+    if hasattr(trainer, "as_dict"):
+        trainer = trainer.as_dict()
+    accelerator = str(trainer.get("accelerator") or "auto")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise LoRAGenError(
+            f"trainer.accelerator={accelerator} needs a CUDA device and this machine has none: run it on a GPU "
+            "machine, or leave out the GPU strategy config (configs/strategies/ddp.yaml runs on CPU processes)"
+        )
+    strategy = trainer.get("strategy")
+    name = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy or "")
+    if "deepspeed" in name.lower() and importlib.util.find_spec("deepspeed") is None:
+        raise LoRAGenError(f"trainer.strategy={name} needs DeepSpeed: pip install deepspeed (on a GPU machine)")
 
 
 def run(args: list[str] | None = None) -> object:

@@ -2,8 +2,8 @@
 LightningCLI run, on tiny models, with the shipped data, the test fixtures or the shared benchmark files.
 
 Pair configs (hub models) only change the model sources, which this test replaces by tiny ones, so they are
-parsed by tests/test_cli.py and not run here; FSDP, DeepSpeed and multi-process DDP need several devices (DDP
-is run on two CPU processes by tests/test_training.py)."""
+parsed by tests/test_cli.py and not run here; FSDP and DeepSpeed need CUDA devices (without them they are refused
+in one line, tested below) and multi-process DDP is run on two CPU processes by tests/test_training.py."""
 
 from __future__ import annotations
 
@@ -100,3 +100,43 @@ def test_fit_without_val_data_trains_and_validate_without_it_says_so(tmp_path, c
             run(["validate", *tiny])
     assert exit_info.value.code == 2
     assert "no val data: set data.val_files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("layer", "fragment"),
+    [
+        ("fsdp.yaml", "trainer.accelerator=gpu needs a CUDA device"),
+        ("deepspeed.yaml", "trainer.accelerator=gpu needs a CUDA device"),
+    ],
+)
+def test_gpu_strategy_configs_are_refused_in_one_line_on_a_machine_without_cuda(layer, fragment, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the strategy runs (scripts/device_check.sh)")
+    configs = [
+        "--config",
+        str(ROOT / "configs" / "tiny.yaml"),
+        "--config",
+        str(ROOT / "configs" / "strategies" / layer),
+    ]
+    with pytest.raises(SystemExit) as stop:
+        run(["fit", *configs, "--trainer.fast_dev_run", "1", "--trainer.default_root_dir", str(tmp_path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_evaluation_under_a_sharded_strategy_is_refused_not_merged_into_a_shard():
+    """Lightning runs FSDP only on CUDA, so the check every evaluation epoch makes is tested on the strategy
+    objects here; an FSDP run itself needs a GPU machine."""
+    from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy, SingleDeviceStrategy
+
+    from loragen import LoRAGenError
+    from loragen.models.edge_method import check_unsharded
+
+    with pytest.raises(LoRAGenError, match="test under FSDPStrategy: serving merges adapters into whole edge"):
+        check_unsharded(FSDPStrategy(), "test")
+    check_unsharded(DDPStrategy(), "test")  # whole weights on every rank: served as always
+    check_unsharded(SingleDeviceStrategy("cpu"), "validate")

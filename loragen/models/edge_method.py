@@ -228,6 +228,8 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
     def _start_serving(self, stage: str) -> None:
         if self._serving:
             return
+        if self._trainer is not None:
+            check_unsharded(self.trainer.strategy, stage)
         if self.evaluation.verify_restore:
             self._snapshot = {n: p.detach().clone() for n, p in self.scoring_model().named_parameters()}
         self._serving = True  # set first: a preparation that fails half-way is still released
@@ -318,6 +320,21 @@ class _ReleaseOnException(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if isinstance(pl_module, EdgeMethod):
             pl_module._stop_serving(verify=False)
+
+
+SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+def check_unsharded(strategy: Any, stage: str) -> None:
+    """Serving merges into (or swaps) whole edge weights; under a sharded strategy a rank holds shards of them,
+    so an evaluation epoch there is refused in one line rather than merged into a shard."""
+    name = type(strategy).__name__
+    if name in SHARDED_STRATEGIES:
+        raise LoRAGenError(
+            f"{stage} under {name}: serving merges adapters into whole edge weights, which a sharded strategy "
+            "splits across ranks; train with it, then evaluate the checkpoint with `loragen test` on one device "
+            "or with DDP (configs/strategies/ddp.yaml), and set trainer.limit_val_batches 0 for the sharded fit"
+        )
 
 
 def method_arguments(cls: type) -> list[str]:
