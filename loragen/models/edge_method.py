@@ -329,6 +329,8 @@ def check_unsharded(strategy: Any, stage: str) -> None:
     """Serving merges into (or swaps) whole edge weights; under a sharded strategy a rank holds shards of them,
     so an evaluation epoch there is refused in one line rather than merged into a shard."""
     name = type(strategy).__name__
+    if name == "DeepSpeedStrategy" and not getattr(strategy, "zero_stage_3", True):
+        return  # ZeRO-1/2 shard optimizer state and gradients; every rank holds whole weights
     if name in SHARDED_STRATEGIES:
         raise LoRAGenError(
             f"{stage} under {name}: serving merges adapters into whole edge weights, which a sharded strategy "
