@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from loragen.backbones import Backbone
+from loragen.models.components import eval_mode
 from loragen.models.components.edge_lora import EdgeLoRA
 from loragen.models.components.expert_pool import DEFAULT_TARGETS, GeneratedLoRA, decoder_layers, find_target_sites
 from loragen.models.components.fingerprint import PairFingerprint
@@ -43,20 +44,20 @@ from loragen.models.config import EvalConfig, OptimConfig, PoolConfig, group
 from loragen.models.prompt_lora import PromptLoRAMethod, settings_for
 
 
+def _mlp(size: int, out: int, dropout: float, first: nn.Module, last_dropout: bool = True) -> nn.Sequential:
+    """T2L's MLP shape: ``first`` (LayerNorm or dropout), Linear to 4x, SiLU, dropout, Linear to ``out``, SiLU."""
+    tail = [nn.Dropout(dropout)] if last_dropout else []
+    return nn.Sequential(
+        first, nn.Linear(size, 4 * size), nn.SiLU(), nn.Dropout(dropout), nn.Linear(4 * size, out), nn.SiLU(), *tail
+    )
+
+
 class _Residual(nn.Module):
-    """T2L's ``MLPResidualBlock``: ``x + MLP(LN(x))`` with a 4x hidden width."""
+    """T2L's ``MLPResidualBlock``: ``x + MLP(LN(x))``."""
 
     def __init__(self, size: int, dropout: float) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.LayerNorm(size),
-            nn.Linear(size, 4 * size),
-            nn.SiLU(),
-            nn.Dropout(dropout),
-            nn.Linear(4 * size, size),
-            nn.SiLU(),
-            nn.Dropout(dropout),
-        )
+        self.mlp = _mlp(size, size, dropout, nn.LayerNorm(size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.mlp(x)
@@ -87,24 +88,9 @@ class HyperLoRA(nn.Module):
         self.task_encoder = nn.Sequential(nn.Linear(embedding_size, latent // 2), nn.LayerNorm(latent // 2))
         self.depth = nn.Sequential(nn.Embedding(num_layers, quarter), nn.LayerNorm(quarter))
         self.kind = nn.Sequential(nn.Embedding(len(self.modules_order), quarter), nn.LayerNorm(quarter))
-        self.mixer = nn.Sequential(
-            nn.Dropout(dropout),
-            nn.Linear(size, 4 * size),
-            nn.SiLU(),
-            nn.Dropout(dropout),
-            nn.Linear(4 * size, size),
-            nn.SiLU(),
-            nn.Dropout(dropout),
-        )
+        self.mixer = _mlp(size, size, dropout, nn.Dropout(dropout))
         self.blocks = nn.Sequential(_Residual(size, dropout), _Residual(size, dropout))
-        self.to_head = nn.Sequential(
-            nn.LayerNorm(size),
-            nn.Linear(size, 4 * size),
-            nn.SiLU(),
-            nn.Dropout(dropout),
-            nn.Linear(4 * size, head_in),
-            nn.SiLU(),
-        )
+        self.to_head = _mlp(size, head_in, dropout, nn.LayerNorm(size), last_dropout=False)
         gen = torch.Generator().manual_seed(seed)
         self.heads = nn.ModuleDict()
         for module in self.modules_order:
@@ -213,12 +199,8 @@ class TextToLoRA(nn.Module):
     @torch.no_grad()
     def generate(self, system_ids: torch.Tensor, system_mask: torch.Tensor) -> list[GeneratedLoRA]:
         """Deployment: one LoRA per system prompt (hypernetwork in eval mode: no dropout)."""
-        was_training = self.hyper.training
-        self.hyper.eval()
-        try:
+        with eval_mode(self.hyper):
             factors = self.factors(system_ids, system_mask)
-        finally:
-            self.hyper.train(was_training)
         empty = torch.zeros(self.num_layers, 0)
         return [
             GeneratedLoRA(

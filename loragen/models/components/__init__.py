@@ -8,3 +8,21 @@
 - ``edge_lora``: apply per-sample generated LoRA functionally, merge / unmerge, PEFT export.
 - ``fingerprint``: identity of the cloud/edge pair stored with every trained state.
 """
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from torch import nn
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode (no noise, no dropout) inside the block, its training flag restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from loragen.backbones import Backbone
+from loragen.models.components import eval_mode
 from loragen.models.components.edge_lora import EdgeLoRA
 from loragen.models.components.expert_pool import DEFAULT_TARGETS, ExpertPool, GeneratedLoRA
 from loragen.models.components.fingerprint import PairFingerprint
@@ -116,12 +117,8 @@ class LoRAGen(nn.Module):
     @torch.no_grad()
     def generate(self, system_ids: torch.Tensor, system_mask: torch.Tensor) -> list[GeneratedLoRA]:
         """Deployment: one generated LoRA per system prompt (router in eval mode, no noise)."""
-        was_training = self.router.training
-        self.router.eval()
-        try:
+        with eval_mode(self.router):
             routing = self.route(system_ids, system_mask)
-        finally:
-            self.router.train(was_training)
         return [self.pool.assemble(g).detach() for g in routing.gates]
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
