@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from loragen.data.tokenize import IGNORE
-from loragen.models.scoring import answer_cross_entropy, answer_loss, score_requests
+from loragen.eval.scoring import answer_cross_entropy, answer_loss, score_requests
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma"])
