@@ -235,9 +235,9 @@ def budget_line(budgets: dict[str, str]) -> str:
 
 def difference_lines(differences: list[dict[str, Any]]) -> list[str]:
     """The paired differences to LoRA-Gen as a Markdown table (groups as columns), or nothing."""
-    from loragen.metrics.intervals import PAIRED_NOTE
+    from loragen.eval.intervals import PAIRED_NOTE
+    from loragen.eval.study import BOOTSTRAP, SEED
     from loragen.report import markdown_table
-    from loragen.study import BOOTSTRAP, SEED
 
     if not differences:
         return []
@@ -267,8 +267,8 @@ def difference_lines(differences: list[dict[str, Any]]) -> list[str]:
 
 
 def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: dict[str, Any]) -> list[Path]:
-    from loragen.metrics.intervals import NOTE
-    from loragen.metrics.results import with_ci
+    from loragen.eval.intervals import NOTE
+    from loragen.eval.results import with_ci
     from loragen.report import markdown_table, pyplot, save_figure, write_csv
 
     tasks = [k for k in dict.fromkeys(k for row in rows for k in row) if k.startswith("acc/") and not k.endswith("_ci")]
@@ -411,7 +411,7 @@ def compare(
             "tasks": record["results"].get("tasks"),
         }
     if rows:
-        from loragen.study import differences_to
+        from loragen.eval.study import differences_to
 
         unseen = list(((base.get("data") or {}).get("init_args") or {}).get("unseen") or [])
         runs = {method: run_dir for method, run_dir, _ in plans if (run_dir / "method.json").is_file()}

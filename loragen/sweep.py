@@ -17,7 +17,7 @@ method on the same data and budget (``lora: {config: configs/baselines/lora.yaml
 
 When the points wrote per-item outcomes, ``study.md`` / ``study.csv`` / ``study.png`` pair every LoRA-Gen
 point with its own prompt-sensitivity rows, the reference rows and each baseline point, item by item, on
-seen and unseen tasks apart (:mod:`loragen.study`).
+seen and unseen tasks apart (:mod:`loragen.eval.study`).
 
 For W&B users with an account, ``configs/sweeps/*.yaml`` are the same grids as W&B sweep configs.
 """
@@ -212,8 +212,8 @@ def summarize_point(point: dict[str, Any], outcome: dict[str, Any], name: str | 
 
 
 def write_tables(rows: list[dict[str, Any]], out: Path, grid: dict[str, list[Any]], metric: str) -> list[Path]:
-    from loragen.metrics.intervals import NOTE
-    from loragen.metrics.results import with_ci
+    from loragen.eval.intervals import NOTE
+    from loragen.eval.results import with_ci
     from loragen.report import markdown_table, pyplot, save_figure, write_csv
 
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -328,7 +328,7 @@ def sweep(
         rows.append(row)
     paths = write_tables(rows, out_dir, grid or {}, metric)
     if points is not None:
-        from loragen.study import write_study
+        from loragen.eval.study import write_study
 
         unseen = ((base.get("data") or {}).get("init_args") or {}).get("unseen") or []
         paths += write_study({name: run_dir for name, _, run_dir, _ in plans}, list(unseen), out_dir)

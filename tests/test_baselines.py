@@ -103,7 +103,7 @@ def test_lora_merged_and_unmerged_outputs_agree():
 
 
 def test_prompt_tuning_scoring_equals_a_full_forward_with_the_soft_prompt():
-    from loragen.models.scoring import score_requests
+    from loragen.eval.scoring import score_requests
 
     module = PromptTuningBaseline(**EDGE, num_virtual_tokens=5)
     module.eval()
@@ -330,7 +330,7 @@ def test_lora_adapter_export_loads_in_peft_with_the_same_outputs(tmp_path):
 
 
 def test_prompt_tuning_and_moe_baselines_run_on_a_bf16_edge():
-    from loragen.models.scoring import score_requests
+    from loragen.eval.scoring import score_requests
 
     modules = (
         PromptTuningBaseline(**EDGE, num_virtual_tokens=4),

@@ -1,4 +1,4 @@
-"""95% intervals on accuracies and paired-bootstrap differences (loragen.metrics.intervals / results)."""
+"""95% intervals on accuracies and paired-bootstrap differences (loragen.eval.intervals / results)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from loragen.compare import summarize_method, write_comparison
-from loragen.metrics.intervals import half_width, mean_half_width, paired_bootstrap, stderr
-from loragen.metrics.results import build_results, results_markdown, write_results
+from loragen.eval.intervals import half_width, mean_half_width, paired_bootstrap, stderr
+from loragen.eval.results import build_results, results_markdown, write_results
 from loragen.sweep import summarize_point, write_tables
 
 TASKS = ["boolq", "piqa"]

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from loragen.data.tokenize import IGNORE
-from loragen.models.scoring import answer_cross_entropy, answer_loss, score_requests
+from loragen.eval.scoring import answer_cross_entropy, answer_loss, score_requests
 
 
 @pytest.mark.parametrize("arch", ["llama", "gemma"])
@@ -34,7 +34,7 @@ def _alone(model, context, continuation):
 def test_batched_request_scoring_equals_scoring_each_request_alone(tiny, arch, sliding, monkeypatch):
     """Padding and context sharing change no scored position: many ragged requests, some sharing a context, in
     one padded batch (and in several) score as each does alone."""
-    from loragen.models import scoring
+    from loragen.eval import scoring
 
     model = tiny(arch).model
     # sliding-window models read each request whole instead of sharing contexts through the cache

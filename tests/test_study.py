@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from loragen import LoRAGenError
-from loragen.study import task_groups
+from loragen.eval.study import task_groups
 from loragen.sweep import read_points, sweep
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -347,7 +347,7 @@ def test_release_lists_the_licences_of_its_training_data():
 def test_harness_metric_reports_each_task_by_its_own_headline():
     import numpy as np
 
-    from loragen.metrics.results import build_results
+    from loragen.eval.results import build_results
 
     def outcome(acc, acc_norm):
         n = len(acc)

@@ -30,7 +30,7 @@ from loragen.data.tasks import (
 )
 from loragen.data.tasks.base import normalize_space
 from loragen.data.tasks.registry import REGISTRY
-from loragen.metrics.extraction import answers_match, extract_answer, match_option
+from loragen.eval.extraction import answers_match, extract_answer, match_option
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"

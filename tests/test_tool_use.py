@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from loragen.metrics.tool_use import ToolUseSuccess, bleu1, parse_react, score_tool_use
+from loragen.eval.tool_use import ToolUseSuccess, bleu1, parse_react, score_tool_use
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "gpt4tools" / "predictions.jsonl"
 CASES = [json.loads(line) for line in FIXTURE.read_text().splitlines()]

@@ -203,7 +203,7 @@ class RecordDataModule(L.LightningDataModule):
         """Grade a generated answer to ``record``: its task's answer extraction when the task is known (the
         registry, or this DataModule's own task definitions), else an exact match; None = unparseable."""
         from loragen.data.tasks.registry import get_task
-        from loragen.metrics.extraction import exact_match
+        from loragen.eval.extraction import exact_match
 
         try:
             spec = get_task(record.task, getattr(self, "extra_specs", None))

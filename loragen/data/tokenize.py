@@ -179,7 +179,7 @@ class Collator:
                     [e["teacher_input_ids"] for e in examples], [e["teacher_labels"] for e in examples], "teacher_"
                 )
             )
-        if "requests" in examples[0]:  # evaluation: ragged lists (see ``loragen.models.scoring``)
+        if "requests" in examples[0]:  # evaluation: ragged lists (see ``loragen.eval.scoring``)
             batch["label"] = torch.tensor([e["label"] for e in examples])
             for key in ("requests", "ref_requests", "option_chars", "prompt", "ref_prompt", "uid", "task_pos"):
                 if key in examples[0]:

@@ -78,7 +78,7 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         from loragen.data.tasks.base import formulation_for
-        from loragen.metrics.results import METRICS
+        from loragen.eval.results import METRICS
 
         formulation_for(self.scoring)  # an unknown scoring mode fails here, naming the modes
         if self.metric not in METRICS:

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from loragen import LoRAGenError
+from loragen.eval.scoring import answer_loss
 from loragen.models.config import (
     CHECKPOINT_FORMAT,
     GROUPS,
@@ -44,7 +45,6 @@ from loragen.models.config import (
 )
 from loragen.models.evaluation import EvaluationMixin, count_trainable
 from loragen.models.optim import ScheduledTraining
-from loragen.models.scoring import answer_loss
 
 Served = tuple[list[int], contextlib.AbstractContextManager]
 

@@ -5,7 +5,7 @@ merged without the system prompt, the plain edge model with it). Multiple-choice
 by option log-likelihood as lm-evaluation-harness grades them -- ``acc`` (highest summed
 log-likelihood) and ``acc_norm`` (divided by the option's length in characters) -- with many items
 per forward pass; others by generation and the task's answer extraction. Every item's outcome is
-kept (``loragen.metrics.outcomes.ItemOutcomes``, gathered across DDP ranks and deduplicated), so
+kept (``loragen.eval.outcomes.ItemOutcomes``, gathered across DDP ranks and deduplicated), so
 tables carry 95% intervals and paired differences. Latency per request is measured honestly on a
 fixed sample: the first ``LATENCY_ITEMS_PER_TASK`` items of each task are answered one at a time.
 
@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from loragen import LoRAGenError
-from loragen.models.scoring import score_requests
+from loragen.eval.scoring import score_requests
 
 LATENCY_ITEMS_PER_TASK = 8
 
@@ -77,7 +77,7 @@ class EvaluationMixin:
         """The outcome metrics, built once from the DataModule's task list (the same on every rank)."""
         from torchmetrics import MetricCollection
 
-        from loragen.metrics.outcomes import ItemOutcomes
+        from loragen.eval.outcomes import ItemOutcomes
 
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         self.eval_tasks = list(getattr(datamodule, "tasks", None) or [])
@@ -116,7 +116,7 @@ class EvaluationMixin:
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None and hasattr(datamodule, "judge"):
             return datamodule.judge(text, record)
-        from loragen.metrics.extraction import exact_match
+        from loragen.eval.extraction import exact_match
 
         return exact_match(text, record.output)
 
@@ -202,8 +202,8 @@ class EvaluationMixin:
             return
         self.last_results = results
         if self.trainer.is_global_zero:
+            from loragen.eval.results import results_markdown, write_results
             from loragen.files import atomic_write_text
-            from loragen.metrics.results import results_markdown, write_results
 
             json_path, md_path = write_results(results, directory)
             atomic_write_text(md_path.with_name("items.jsonl"), self._items_jsonl("test"))
@@ -249,7 +249,7 @@ class EvaluationMixin:
         return out
 
     def _collect(self, stage: str) -> dict[str, Any] | None:
-        from loragen.metrics.results import build_results
+        from loragen.eval.results import build_results
 
         if stage not in self.outcomes:
             return None

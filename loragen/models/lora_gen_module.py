@@ -178,7 +178,7 @@ class LoRAGenModule(PromptLoRAMethod):
         return torch.stack(norms).mean()
 
     def _distill_term(self, batch: dict[str, Any], hidden: torch.Tensor) -> torch.Tensor:
-        from loragen.models.scoring import answer_logits
+        from loragen.eval.scoring import answer_logits
         from loragen.models.specificity import aligned_answer_rows, distillation_loss
 
         if "teacher_input_ids" not in batch:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from loragen.data.tokenize import IGNORE
-from loragen.models.scoring import answer_logits
+from loragen.eval.scoring import answer_logits
 
 
 def answer_logliks(model: Any, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -75,7 +75,7 @@ class TaskSpec:
         description: first part of the system prompt (followed by the few-shot examples).
         files: split -> default path relative to ``data_dir`` (the layout of ``../shared/data``).
         hub: public hub source for users with a hub (used only when no local file is given).
-        answer_kind: how a generated answer is extracted (``loragen.metrics.extraction`` kinds, or
+        answer_kind: how a generated answer is extracted (``loragen.eval.extraction`` kinds, or
             ``tool`` for GPT4Tools ReAct output, or ``text`` for none).
         answer_prefix: the label word of ``choice_label`` answers (``answer``, ``solution``, ...).
         cloze: the question of option scoring (``scoring: loglik``) in lm-evaluation-harness's
@@ -196,7 +196,7 @@ class TaskSpec:
 
     def extract(self, text: str, record: Record) -> str | None:
         """The answer a generated ``text`` gives, in the form of ``record.meta['answer']``; None if unparseable."""
-        from loragen.metrics.extraction import extract_answer
+        from loragen.eval.extraction import extract_answer
 
         if self.answer_kind in ("text", "tool"):
             return text.strip() or None
@@ -204,13 +204,13 @@ class TaskSpec:
 
     def is_correct(self, text: str, record: Record) -> bool | None:
         """Generation scoring: True/False, or None when the generation is unparseable."""
-        from loragen.metrics.extraction import answers_match
+        from loragen.eval.extraction import answers_match
 
         predicted = self.extract(text, record)
         if predicted is None:
             return None
         if self.answer_kind == "tool":
-            from loragen.metrics.tool_use import score_tool_use
+            from loragen.eval.tool_use import score_tool_use
 
             return score_tool_use(record.output, text).success
         reference = record.output if self.answer_kind in ("option_text", "text") else record.meta.get("answer")

@@ -17,7 +17,7 @@ or ``Thought: Do I need to use a tool? No\\nAI: ...``.
 Records: system prompt = the tool-listing part of the instruction plus the fixed reminder (it differs
 per item: each lists its own tools), user input = ``Previous conversation: ...`` onwards (chat
 history, new input, earlier turns), output = the output. Scored with
-``loragen.metrics.tool_use.ToolUseSuccess`` (SR_t, SR_act, SR_args, SR).
+``loragen.eval.tool_use.ToolUseSuccess`` (SR_t, SR_act, SR_args, SR).
 License: not stated by the authors; the data was generated with GPT-3.5 and its no-tool items come
 from Alpaca-GPT4 (CC BY-NC 4.0): research use only.
 """

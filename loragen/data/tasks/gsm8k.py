@@ -17,7 +17,7 @@ from typing import Any
 
 from loragen.data.tasks.base import HubSource, Item, Malformed, TaskSpec, get_str
 from loragen.data.tasks.llm_adapters import is_llm_adapters
-from loragen.metrics.extraction import normalize_number
+from loragen.eval.extraction import normalize_number
 
 _CALC = re.compile(r"<<[^<>]*>>")
 

@@ -1,6 +1,6 @@
 """Per-task accuracy summaries with 95% intervals and the results files (``results.json`` / ``results.md``).
 
-Intervals follow the convention of :mod:`loragen.metrics.intervals` (stated under every table).
+Intervals follow the convention of :mod:`loragen.eval.intervals` (stated under every table).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from loragen.eval.intervals import NOTE, PAIRED_NOTE, half_width, mean_half_width, paired_bootstrap, stderr
 from loragen.files import atomic_write_text
-from loragen.metrics.intervals import NOTE, PAIRED_NOTE, half_width, mean_half_width, paired_bootstrap, stderr
 from loragen.report import markdown_table
 
 METRICS = {

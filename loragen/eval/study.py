@@ -5,7 +5,7 @@ A sweep point's ``items.jsonl`` holds one line per (edge setting, item). Setting
 generator (the edge reading the system prompt, ``prompted``; the bare edge, ``zero_shot``) and baseline points
 (a point without prompt-sensitivity rows, e.g. the multi-task ``lora``) are scored once and paired with every
 point item by item, by (task, source line). Every difference is a paired, task-stratified bootstrap of the
-unweighted mean over tasks (:func:`loragen.metrics.intervals.paired_bootstrap`), computed on the items both
+unweighted mean over tasks (:func:`loragen.eval.intervals.paired_bootstrap`), computed on the items both
 sides scored, on each task's headline metric.
 
 A task is *unseen* when its dataset is in the point's ``data.unseen`` list (``loragen tasks`` gives each
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from loragen.eval.intervals import PAIRED_NOTE, half_width, paired_bootstrap
 from loragen.files import atomic_write_text
-from loragen.metrics.intervals import PAIRED_NOTE, half_width, paired_bootstrap
 
 OWN = "own"  # stands for the point's method row (``loragen``, ``text_to_lora``)
 # (label, setting, versus): the method's row against its own sensitivity rows, then against the references

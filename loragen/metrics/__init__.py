@@ -1,1 +1,0 @@
-"""Accuracy summaries (mean, harmonic mean), token counts and results files."""
