@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from loragen import LoRAGenError
+from loragen.eval.study import main as study_main
 from loragen.eval.study import task_groups
 from loragen.sweep import read_points, sweep
 
@@ -67,6 +68,9 @@ def test_study_pairs_points_with_their_own_rows_the_shared_references_and_a_laye
     md = (tmp_path / "study.md").read_text()
     assert md.startswith("### Seen tasks") and "| margin |" in md and "own − lora" in md
     assert (tmp_path / "study.png").stat().st_size > 1000
+    (tmp_path / "study.md").unlink()  # re-rendered from the finished points alone (an interrupted sweep)
+    study_main([str(tmp_path)])
+    assert (tmp_path / "study.md").read_text() == md
 
 
 def test_layered_point_config_must_exist_before_anything_runs(tmp_path):

@@ -264,3 +264,28 @@ def write_study(runs: dict[str, Path], unseen: list[str], out: Path) -> list[Pat
         fig.tight_layout()
         paths.append(save_figure(fig, out / "study.png"))
     return paths
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m loragen.eval.study OUT``: (re)write the study files of a sweep directory from the points
+    that have finished (e.g. while the sweep still runs, or after it was interrupted)."""
+    import argparse
+
+    import yaml
+
+    parser = argparse.ArgumentParser(prog="python -m loragen.eval.study", description=main.__doc__)
+    parser.add_argument("out", help="the sweep's --out directory")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    finished = sorted(out.glob("*/point.json"), key=lambda p: p.stat().st_mtime)
+    if not finished:
+        raise SystemExit(f"python -m loragen.eval.study: error: {out} holds no finished point (*/point.json)")
+    config = yaml.safe_load((finished[0].parent / "config.yaml").read_text()) or {}
+    unseen = ((config.get("data") or {}).get("init_args") or {}).get("unseen") or []
+    paths = write_study({p.parent.name: p.parent for p in finished}, list(unseen), out)
+    print((out / "study.md").read_text() if paths else "no point wrote per-item outcomes")
+    print("wrote " + ", ".join(str(p) for p in paths))
+
+
+if __name__ == "__main__":
+    main()
