@@ -34,14 +34,36 @@ PAIR = "bundled:smollm2-135m-instruct"
 PROMPT = "Answer the science question with the letter of the correct option."
 FIT_PROBE = """
 import json, sys, time
+import lightning as L
 import torch
 from loragen.cli import run
+
+
+class StepTimer(L.Callback):
+    \"\"\"Wall time of the training steps after the first (model loading and the first step's warm-up excluded).\"\"\"
+
+    start = end = None
+    first = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if StepTimer.start is None:
+            StepTimer.start, StepTimer.first = time.perf_counter(), trainer.global_step
+        StepTimer.end = time.perf_counter()
+        StepTimer.last = trainer.global_step
+
+
 args = json.loads(sys.argv[1])
+if args[0] == "fit":
+    args = [*args, "--trainer.callbacks+=__main__.StepTimer"]
 start = time.perf_counter()
 cli = run(args)
 seconds = time.perf_counter() - start
+timed = None
+if StepTimer.start is not None and StepTimer.last > StepTimer.first:
+    timed = {"steps": StepTimer.last - StepTimer.first, "seconds": StepTimer.end - StepTimer.start}
 peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
-print("DEVICE_CHECK " + json.dumps({"seconds": seconds, "steps": cli.trainer.global_step, "peak_bytes": peak}))
+print("DEVICE_CHECK " + json.dumps({"seconds": seconds, "steps": cli.trainer.global_step, "peak_bytes": peak,
+                                    "timed": timed}))
 """
 
 
@@ -96,11 +118,14 @@ def step_merge_exactness(_: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cli(args: list[str], log: Path) -> dict[str, Any]:
-    """``loragen`` subcommand in a fresh process; its probe line (time, steps, peak device memory)."""
+    """``loragen`` subcommand in a fresh process; its probe line (time, steps, peak device memory). The probe is a
+    script file, not ``python -c``: multi-process strategies start their workers by re-running it."""
+    probe_file = log.parent / "probe.py"
+    probe_file.write_text(FIT_PROBE)
     env = {**os.environ, "WANDB_MODE": "offline"}
     with open(log, "w") as fh:
         run = subprocess.run(
-            [sys.executable, "-c", FIT_PROBE, json.dumps(args)],
+            [sys.executable, str(probe_file), json.dumps(args)],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
@@ -116,7 +141,7 @@ def _cli(args: list[str], log: Path) -> dict[str, Any]:
 
 def _items(run_dir: Path) -> dict[str, dict[str, Any]]:
     found = sorted(run_dir.rglob("items.jsonl"), key=lambda p: p.stat().st_mtime)
-    return {f"{x['task']}:{x['source']}": x for x in map(json.loads, found[-1].read_text().splitlines())}
+    return {f"{x['setting']}:{x['uid']}": x for x in map(json.loads, found[-1].read_text().splitlines())}
 
 
 def step_zero_shot_parity(args: argparse.Namespace) -> dict[str, Any]:
@@ -170,8 +195,6 @@ def _fit(args: argparse.Namespace, name: str, accelerator: str, steps: int, extr
             str(steps),
             "--trainer.limit_val_batches",
             "0",
-            "--trainer.logger",
-            "false",
             "--trainer.default_root_dir",
             str(run_dir),
             *extra,
@@ -179,10 +202,11 @@ def _fit(args: argparse.Namespace, name: str, accelerator: str, steps: int, extr
         args.out / f"{name}.log",
     )
     batch = 8  # configs/quickstart.yaml
+    timed = probe["timed"] or {"steps": probe["steps"], "seconds": probe["seconds"]}  # one step: whole run
     return {
         "steps": probe["steps"],
         "seconds": round(probe["seconds"], 1),
-        "samples_per_s": round(probe["steps"] * batch / probe["seconds"], 2),
+        "samples_per_s": round(timed["steps"] * batch / timed["seconds"], 2),  # steps after the first
         "peak_device_mib": None if probe["peak_bytes"] is None else round(probe["peak_bytes"] / 2**20),
     }
 
