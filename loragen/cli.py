@@ -94,6 +94,7 @@ def _cli_class() -> type:
                 if hasattr(cls, "check_config"):
                     cls.check_config(**dict(data.get("init_args") or {}))
             check_trainer(config.get("trainer") or {})
+            drop_logger_callbacks(config.get("trainer"))
             root = (config.get("trainer") or {}).get("default_root_dir")
             if self.subcommand == "fit" and root:  # one fit per run directory: a second is refused, not interleaved
                 from loragen.files import lock_run_directory
@@ -157,6 +158,26 @@ def check_trainer(trainer: Any) -> None:
     name = strategy.get("class_path", "") if isinstance(strategy, dict) else str(strategy or "")
     if "deepspeed" in name.lower() and importlib.util.find_spec("deepspeed") is None:
         raise LoRAGenError(f"trainer.strategy={name} needs DeepSpeed: pip install deepspeed (on a GPU machine)")
+
+
+LOGGER_CALLBACKS = ("LearningRateMonitor",)  # callbacks that only write to a logger
+
+
+def drop_logger_callbacks(trainer: Any) -> None:
+    """``--trainer.logger false`` on a config that carries a logger-only callback: leave the callback out (said in
+    one line) instead of Lightning's MisconfigurationException when training starts."""
+    if trainer is None or trainer.get("logger") is not False or not trainer.get("callbacks"):
+        return
+    kept = []
+    for callback in trainer["callbacks"]:
+        path = callback.get("class_path", "") if hasattr(callback, "get") else type(callback).__name__
+        if str(path).rsplit(".", 1)[-1] in LOGGER_CALLBACKS:
+            print(
+                f"loragen: no logger: {str(path).rsplit('.', 1)[-1]} left out (it writes to a logger)", file=sys.stderr
+            )
+            continue
+        kept.append(callback)
+    trainer["callbacks"] = kept
 
 
 def run(args: list[str] | None = None) -> object:

@@ -274,3 +274,22 @@ def test_a_checkpoint_of_the_flat_argument_layout_is_upgraded(tmp_path, monkeypa
     assert info.pool.num_experts == 4 and info.hparams["optim"]["lr"] == 0.01 and "scoring" not in info.hparams
     state = torch.load(info.path, weights_only=True)["state_dict"]
     assert all(torch.equal(state[k], v) for k, v in ckpt["state_dict"].items())  # the weights untouched
+
+
+def test_no_logger_leaves_a_logger_only_callback_out_in_one_line_instead_of_failing(tmp_path, capsys):
+    args = [
+        "fit",
+        "--config",
+        TINY,
+        "--trainer.logger",
+        "false",
+        "--trainer.fast_dev_run",
+        "1",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.LearningRateMonitor",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
+    cli = run(args)
+    assert cli.trainer.state.finished and cli.trainer.global_step == 1
+    assert not any(type(c).__name__ == "LearningRateMonitor" for c in cli.trainer.callbacks)
+    assert "loragen: no logger: LearningRateMonitor left out (it writes to a logger)" in capsys.readouterr().err
