@@ -179,6 +179,7 @@ def test_base_model_refuses_to_fit_and_few_shot_pays_for_the_system_prompt(tmp_p
         _trainer(tmp_path).fit(BaseModel(**EDGE), datamodule=_data())
 
 
+@pytest.mark.heavy
 def test_compare_runs_methods_through_the_cli_writes_the_table_and_resumes(tmp_path):
     out = tmp_path / "cmp"
     cmd = [
@@ -240,6 +241,7 @@ def test_compare_runs_methods_through_the_cli_writes_the_table_and_resumes(tmp_p
     assert "| trained steps |" in (out / "comparison.md").read_text()
 
 
+@pytest.mark.heavy
 def test_compare_reports_a_failed_method_and_still_tables_the_others(tmp_path):
     out = tmp_path / "cmp"
     cmd = [
@@ -265,6 +267,7 @@ def test_compare_reports_a_failed_method_and_still_tables_the_others(tmp_path):
         assert [r["method"] for r in csv.DictReader(fh)] == ["base"]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     "args, fragment",
     [

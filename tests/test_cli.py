@@ -40,6 +40,7 @@ def test_top_level_help_answers_without_importing_torch():
     assert "fit" in out.stdout and "predict" in out.stdout
 
 
+@pytest.mark.heavy
 def test_fit_test_predict_and_resume_through_the_cli(tmp_path):
     run(["fit", *_args(tmp_path)])
     (last,) = tmp_path.rglob("last.ckpt")
@@ -201,6 +202,7 @@ def test_wandb_offline_run_records_config_fingerprint_metrics_and_tables(tmp_pat
     assert list((runs[1] / "files" / "media" / "table").rglob("*.json"))
 
 
+@pytest.mark.heavy
 def test_csv_logger_runs_without_wandb_installed(tmp_path):
     code = (
         "import sys; sys.modules['wandb'] = None\n"  # makes `import wandb` fail, as if not installed
@@ -216,6 +218,7 @@ def test_csv_logger_runs_without_wandb_installed(tmp_path):
     assert "edge_arch" in hparams and "max_new_tokens" in hparams  # the pair fingerprint and the eval group
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize(
     "env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}], ids=["hub-off", "hub-unreachable"]
 )

@@ -48,6 +48,7 @@ def test_every_runnable_config_is_listed():
     assert every - skipped <= listed, f"configs not run by this test: {sorted(every - skipped - listed)}"
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("layers", list(RUNS))
 def test_config_runs_one_step_on_tiny_models(layers, tmp_path):
     command, data_dir, extra = RUNS[layers]

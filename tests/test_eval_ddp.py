@@ -119,6 +119,7 @@ def _outputs(out: Path) -> tuple[dict, list[dict]]:
     return json.loads(results.read_text()), items
 
 
+@pytest.mark.heavy
 def test_two_process_ddp_test_writes_the_same_results_as_one_process(tmp_path):
     # both at once (3 processes on the CPUs): each is mostly start-up, so this halves the wall time
     procs = {devices: _start(tmp_path / f"devices{devices}", devices) for devices in (2, 1)}

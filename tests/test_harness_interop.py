@@ -116,6 +116,7 @@ def _generate(ckpt: Path, prompt_file: Path, fmt: str, output: Path) -> dict:
     return json.loads((output / "loragen_meta.json").read_text())
 
 
+@pytest.mark.heavy
 @needs_shared
 def test_generated_merged_model_and_adapter_give_loragen_test_results_in_the_harness(
     tmp_path,

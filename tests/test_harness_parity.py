@@ -111,6 +111,7 @@ def _table(tasks: list[str], per_task: dict[str, list[dict]], theirs: dict) -> d
     return table
 
 
+@pytest.mark.heavy
 @needs_shared
 def test_same_chosen_option_as_the_harness_for_every_item_on_a_tiny_model(tmp_path, tiny_dir):
     tasks = ["arc_easy", "arc_challenge", "openbookqa", "siqa", "piqa", "winogrande", "boolq"]
@@ -120,6 +121,7 @@ def test_same_chosen_option_as_the_harness_for_every_item_on_a_tiny_model(tmp_pa
         assert row["loragen_acc"] == row["harness_acc"] and row["loragen_acc_norm"] == row["harness_acc_norm"]
 
 
+@pytest.mark.heavy
 @needs_shared
 def test_suite_tasks_choose_the_same_option_as_the_harness_for_every_item_on_a_tiny_model(tmp_path, tiny_dir):
     """The suite's datasets that lm-evaluation-harness has (SuperGLUE RTE / CB / WiC, GLUE QNLI / MRPC / SST-2,

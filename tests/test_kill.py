@@ -112,6 +112,7 @@ def uninterrupted(tmp_path_factory):
     return _state(run_dir / "ckpt" / "last.ckpt")
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("when, step", [("train_step", 3), ("checkpoint", 4), ("validation", 2)])
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted, when, step):
     killed = _fit(tmp_path, kill=(when, step))
@@ -136,6 +137,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted
         assert torch.allclose(mine["exp_avg_sq"], ref["exp_avg_sq"], atol=TOLERANCE)
 
 
+@pytest.mark.heavy
 def test_a_second_fit_on_the_same_run_directory_is_refused(tmp_path):
     """Two `loragen fit` runs pointed at one run directory: the second stops in one line, the first finishes."""
     import time

@@ -88,6 +88,7 @@ def _leftovers(directory: Path) -> list[Path]:
     return sorted(p for p in directory.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("command", ["generate", "apply"])
 def test_a_kill_during_the_output_write_leaves_no_output_and_the_next_run_cleans_up(ckpt, tmp_path, command):
     out = tmp_path / "out"
@@ -142,6 +143,7 @@ def test_a_kill_during_the_output_write_leaves_no_output_and_the_next_run_cleans
     assert meta["format"] == "merged" and (out / "model.safetensors").is_file()
 
 
+@pytest.mark.heavy
 def test_a_kill_during_the_cache_write_and_a_corrupt_entry_are_rebuilt(ckpt, tmp_path):
     argv = ["generate", "--ckpt_path", str(ckpt), "--system_prompt", PROMPT, "--format", "gates"]
     cache = tmp_path / "cache"
@@ -168,6 +170,7 @@ def test_a_kill_during_the_cache_write_and_a_corrupt_entry_are_rebuilt(ckpt, tmp
     assert torch.equal(served.gates, reference.gates)
 
 
+@pytest.mark.heavy
 def test_two_generate_processes_racing_for_one_output_leave_one_valid_result(ckpt, tmp_path):
     gate = tmp_path / "gate"
     gate.mkdir()
@@ -205,6 +208,7 @@ def _wait_for(path_glob: Path, pattern: str, proc: subprocess.Popen, timeout: fl
 TINY_RUN = ["--trainer.max_steps", "40", "--trainer.val_check_interval", "40", "--data.init_args.limit_per_task", "2"]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("runner", ["sweep", "compare"])
 def test_a_killed_sweep_or_compare_resumes_the_unfinished_point(tmp_path, runner):
     out = tmp_path / "runs"

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -20,6 +22,7 @@ def _run(*argv: str) -> str:
     return done.stdout
 
 
+@pytest.mark.heavy
 def test_fit_and_test_print_progress_lines_into_a_pipe(tmp_path):
     common = [
         "--config",

@@ -179,6 +179,7 @@ def test_points_file_is_validated(tmp_path):
         sweep(str(ROOT / "configs" / "tiny.yaml"), {"a": [1]}, str(tmp_path), points={"base": {}})
 
 
+@pytest.mark.heavy
 def test_named_points_run_with_a_table_bars_and_resume(tmp_path, capsys):
     points_file = tmp_path / "points.yaml"
     points_file.write_text(

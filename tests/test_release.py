@@ -61,6 +61,7 @@ def test_a_float16_release_is_half_the_size_and_close(ckpt, tmp_path):
     torch.testing.assert_close(gates16, gates32, atol=2e-3, rtol=0)
 
 
+@pytest.mark.heavy
 def test_commands_take_a_release_as_their_checkpoint(ckpt, tmp_path):
     export_release(ckpt, tmp_path / "rel", name="tiny-gen", command="c", dtype="float32")
     out = io.StringIO()

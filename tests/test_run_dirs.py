@@ -58,6 +58,7 @@ def test_default_root_dir_moves_every_output_path(config, tmp_path, capsys):
     assert paths and all(p == str(target) or p.startswith(f"{target}/") for p in paths), paths
 
 
+@pytest.mark.heavy
 def test_a_fresh_fit_beside_an_earlier_run_says_so_and_a_resume_does_not_fork(tmp_path):
     common = ["--config", "configs/tiny.yaml", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_steps", "2"]
     first = _loragen("fit", *common)

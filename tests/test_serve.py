@@ -79,6 +79,7 @@ def _post(url: str, body: bytes, key: str | None = KEY, content_type: str = "app
         return err.code, json.loads(err.read() or b"{}")
 
 
+@pytest.mark.heavy
 def test_gates_over_http_equal_a_local_generation_and_apply_is_bit_identical(
     server, reference, ckpt, tmp_path, monkeypatch
 ):
@@ -237,6 +238,7 @@ def test_bad_requests_get_4xx_with_a_message_and_the_server_keeps_serving(server
     assert statuses == [200, 422, 200]
 
 
+@pytest.mark.heavy
 def test_a_server_killed_mid_request_leaves_a_clear_error_and_no_output(ckpt, tmp_path):
     slow = Server(ckpt, tmp_path, "--max_batch_size", "8", "--batch_timeout", "20", key=None)  # requests wait
     try:
@@ -319,6 +321,7 @@ def _running(pid: int) -> bool:
     return state != "Z"  # a zombie holds no port and runs nothing
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
 def test_a_signal_to_the_serve_pid_alone_stops_every_process_and_frees_the_port(ckpt, tmp_path, signame):
     import signal

@@ -26,6 +26,7 @@ def _items(point: Path) -> dict[str, dict[tuple[str, str], float]]:
     return out
 
 
+@pytest.mark.heavy
 def test_study_pairs_points_with_their_own_rows_the_shared_references_and_a_layered_baseline(tmp_path):
     points = {
         "base": {},

@@ -231,6 +231,7 @@ def test_training_draws_descriptions_and_evaluation_reads_the_canonical_or_held_
     }
 
 
+@pytest.mark.heavy
 @needs_shared
 def test_no_dev_unseen_item_enters_any_training_set(loader):
     """Content hashes of every training record of the suite, and of every few-shot example in its system
@@ -312,6 +313,7 @@ def test_length_grouped_batches_pad_less_and_keep_the_epoch():
     assert padded(b) < 0.75 * padded(a)
 
 
+@pytest.mark.heavy
 @needs_shared
 def test_loragen_tasks_table_is_the_generated_docs_page(tmp_path, capsys):
     from loragen.cli import main

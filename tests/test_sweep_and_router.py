@@ -19,6 +19,7 @@ from tests.conftest import TINY, _data, _trainer
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.heavy
 def test_offline_sweep_writes_table_plot_and_resumes(tmp_path, capsys):
     grid = parse_grid(["model.init_args.pool.num_experts=2,4", "model.init_args.pool.aux_coef=0,0.01"])
     extra = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--data.init_args.limit_per_task", "2"]
@@ -99,6 +100,7 @@ def test_gate_entropy_is_zero_for_one_hot_and_log_k_for_uniform():
     assert gate_entropy(two).item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-5)
 
 
+@pytest.mark.heavy
 def test_ddp_on_two_cpu_processes_matches_one_process_with_the_same_global_batch(tmp_path):
     """2 gloo processes × batch 2 == 1 process × batch 4, for the trained generator weights."""
     records = tmp_path / "equal.jsonl"

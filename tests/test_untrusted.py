@@ -54,6 +54,7 @@ def test_checkpoints_are_read_weights_only_and_bad_ones_refused_in_one_line(tmp_
     assert not files["marker"].exists()  # the payload never ran
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("command", ["test", "generate", "init_from"])
 def test_the_cli_refuses_bad_checkpoints_before_any_work(tmp_path, command):
     files = _bad_files(tmp_path)
