@@ -95,6 +95,9 @@ def _cli_class() -> type:
                     cls.check_config(**dict(data.get("init_args") or {}))
             check_trainer(config.get("trainer") or {})
             drop_logger_callbacks(config.get("trainer"))
+            trainer = config.get("trainer")
+            if trainer is not None and not sys.stdout.isatty() and trainer.get("enable_progress_bar") is None:
+                trainer["enable_progress_bar"] = False  # no terminal: the progress lines instead of a bar
             root = (config.get("trainer") or {}).get("default_root_dir")
             if self.subcommand == "fit" and root:  # one fit per run directory: a second is refused, not interleaved
                 from loragen.files import lock_run_directory
@@ -160,6 +163,26 @@ def check_trainer(trainer: Any) -> None:
         raise LoRAGenError(f"trainer.strategy={name} needs DeepSpeed: pip install deepspeed (on a GPU machine)")
 
 
+class _NoAdverts:
+    """A logging filter: Lightning's "💡 Tip" lines advertise other products; they are not about the run."""
+
+    def filter(self, record: Any) -> bool:
+        return not str(record.getMessage()).startswith("💡 Tip")
+
+
+def quiet_logs() -> None:
+    """Logs a user reads: no product adverts from Lightning; without a terminal, no W&B banners (their ANSI
+    colour codes land in log files as escape sequences); the run's W&B files are still written."""
+    import logging
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdverts) for f in logger.filters):
+            logger.addFilter(_NoAdverts())
+    if not sys.stderr.isatty():
+        os.environ.setdefault("WANDB_SILENT", "true")
+
+
 LOGGER_CALLBACKS = ("LearningRateMonitor",)  # callbacks that only write to a logger
 
 
@@ -183,6 +206,7 @@ def drop_logger_callbacks(trainer: Any) -> None:
 def run(args: list[str] | None = None) -> object:
     """Run the CLI (``args`` as on the command line); returns the LightningCLI object."""
     os.environ.setdefault("WANDB_MODE", "offline")  # no account or network needed
+    quiet_logs()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
 
