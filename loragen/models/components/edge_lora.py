@@ -59,35 +59,34 @@ class EdgeLoRA:
 
     # ------------------------------------------------------------------ functional (training) path
 
-    @contextlib.contextmanager
-    def routing(self, indices: torch.Tensor, weights: torch.Tensor) -> Iterator[None]:
+    def routing(self, indices: torch.Tensor, weights: torch.Tensor) -> contextlib.AbstractContextManager[None]:
         """Within this context the edge forward adds each sample's generated LoRA.
 
         ``indices`` and ``weights`` have shape (batch, L, k): the selected experts and their gates;
         a batch of 1 applies to every row of the forward.
         """
-        if self._originals is not None:
-            raise LoRAGenError("the edge model has a merged LoRA: unmerge it before a functional forward")
-        self._routing = (indices, weights)
-        try:
-            yield
-        finally:
-            self._routing = None
+        return self._functional("_routing", (indices, weights))
 
-    @contextlib.contextmanager
-    def applied(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], scale: float) -> Iterator[None]:
+    def applied(
+        self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], scale: float
+    ) -> contextlib.AbstractContextManager[None]:
         """Within this context the edge forward adds each sample's own LoRA ``s · B (A x)``.
 
         ``factors`` maps each target path to ``A`` (batch, R, in) and ``B`` (batch, out, R); a batch of 1
         applies to every row of the forward.
         """
+        return self._functional("_factors", (factors, scale))
+
+    @contextlib.contextmanager
+    def _functional(self, slot: str, value: object) -> Iterator[None]:
+        """The hooks read ``slot`` while the context is open (refused while a LoRA is merged)."""
         if self._originals is not None:
             raise LoRAGenError("the edge model has a merged LoRA: unmerge it before a functional forward")
-        self._factors = (factors, scale)
+        setattr(self, slot, value)
         try:
             yield
         finally:
-            self._factors = None
+            setattr(self, slot, None)
 
     # ------------------------------------------------------------------ merge / unmerge (deployment)
 
