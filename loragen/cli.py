@@ -92,7 +92,10 @@ def _cli_class() -> type:
             if data is not None and data.get("class_path"):  # files and tasks exist, before any model loads
                 cls = load_class(data["class_path"])
                 if hasattr(cls, "check_config"):
-                    cls.check_config(**dict(data.get("init_args") or {}))
+                    from loragen.data.datamodule import SUBCOMMAND_STAGES
+
+                    stages = SUBCOMMAND_STAGES.get(self.subcommand) if self.subcommand else None
+                    cls.check_config(stages=stages, **dict(data.get("init_args") or {}))
             check_trainer(config.get("trainer") or {})
             drop_logger_callbacks(config.get("trainer"))
             trainer = config.get("trainer")

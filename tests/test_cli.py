@@ -296,3 +296,18 @@ def test_no_logger_leaves_a_logger_only_callback_out_in_one_line_instead_of_fail
     assert cli.trainer.state.finished and cli.trainer.global_step == 1
     assert not any(type(c).__name__ == "LearningRateMonitor" for c in cli.trainer.callbacks)
     assert "loragen: no logger: LearningRateMonitor left out (it writes to a logger)" in capsys.readouterr().err
+
+
+def test_test_needs_only_the_test_files_and_fit_still_checks_the_train_files(tmp_path, capsys):
+    """A data directory with test files alone serves `loragen test`; `fit` refuses the missing train file in one
+    line before any model loads."""
+    missing = str(tmp_path / "no" / "train.jsonl")
+    common = ["--config", TINY, "--data.init_args.train_files", missing, "--trainer.default_root_dir", str(tmp_path)]
+    cli = run(["test", *common, "--trainer.fast_dev_run", "1"])
+    assert cli.trainer.state.finished and cli.trainer.callback_metrics
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        run(["fit", *common, "--trainer.fast_dev_run", "1"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.jsonl" in err[0], err

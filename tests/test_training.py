@@ -182,8 +182,9 @@ def test_malformed_records_are_reported_by_line_or_stop_when_strict(tmp_path):
         assert len(load_records(path)) == 1
     with pytest.raises(LoRAGenError, match=r"mixed.jsonl:2"):
         load_records(path, strict=True)
+    dm = RecordDataModule(train_files=str(tmp_path / "missing.jsonl"))  # a test run reads no train file
     with pytest.raises(LoRAGenError, match="does not exist"):
-        RecordDataModule(train_files=str(tmp_path / "missing.jsonl"))
+        dm.setup("fit")  # before any tokenizer or model loads
 
 
 def test_truncation_is_counted_in_a_warning_not_a_crash():

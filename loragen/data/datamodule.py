@@ -18,6 +18,10 @@ from loragen.data.tokenize import Collator, Limits, RecordTokenizer
 PACKAGED = Path(__file__).parent
 
 
+# the data stages each Trainer entry point reads
+SUBCOMMAND_STAGES = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
+
+
 def resolve_files(spec: str | list[str] | None) -> list[Path]:
     """Resolve file specs; ``quickstart:SPLIT`` names the small multi-task set shipped with loragen."""
     if spec is None:
@@ -147,16 +151,10 @@ class RecordDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.check_config(**self.hparams)
-        self.files = {
-            stage: resolve_files(spec)
-            for stage, spec in (
-                ("train", train_files),
-                ("val", val_files),
-                ("test", test_files),
-                ("predict", predict_files),
-            )
-        }
+        self.check_config(stages=(), **self.hparams)  # files: checked for the stages a run sets up (``setup``)
+        specs = {"train": train_files, "val": val_files, "test": test_files, "predict": predict_files}
+        self._file_specs = specs
+        self._files: dict[str, list[Path]] = {}  # resolved when a stage is set up: a test reads no train file
         self.records: dict[str, list[Record]] = {}
         self.examples: dict[str, list[dict[str, Any]]] = {}
         self._tok: RecordTokenizer | None = None
@@ -176,14 +174,16 @@ class RecordDataModule(L.LightningDataModule):
         self._resume = dict(state) if state else None
 
     @staticmethod
-    def check_config(**kw: Any) -> None:
-        """Fail on missing files or impossible sizes before any model or tokenizer is loaded."""
+    def check_config(stages: tuple[str, ...] | None = None, **kw: Any) -> None:
+        """Fail on missing files or impossible sizes before any model or tokenizer is loaded; files only of
+        ``stages`` (``train`` / ``val`` / ``test`` / ``predict``; None: all), e.g. a test needs no train file."""
         check_sizes(kw)
-        specs = [kw.get(f"{s}_files") for s in ("train", "val", "test", "predict")]
-        if not any(specs):
+        specs = {s: kw.get(f"{s}_files") for s in ("train", "val", "test", "predict")}
+        if not any(specs.values()):
             raise LoRAGenError("no data files given: set data.train_files (and val/test files) in your config")
-        for spec in specs:
-            resolve_files(spec)
+        for stage, spec in specs.items():
+            if stages is None or stage in stages:
+                resolve_files(spec)
 
     # ----------------------------------------------------------------------------- setup
 
@@ -213,11 +213,13 @@ class RecordDataModule(L.LightningDataModule):
 
     def has_stage(self, stage: str) -> bool:
         """Whether data is configured for ``stage`` (train / val / test / predict)."""
-        return bool(self.files[stage])
+        return bool(self._file_specs[stage])
 
     def read_records(self, stage: str) -> list[Record]:
         """The raw records of a stage; subclasses (e.g. task-registry DataModules) override this."""
-        return [r for f in self.files[stage] for r in load_records(f, strict=self.hparams.strict)]
+        if stage not in self._files:
+            self._files[stage] = resolve_files(self._file_specs[stage])
+        return [r for f in self._files[stage] for r in load_records(f, strict=self.hparams.strict)]
 
     def load(self, stage: str) -> list[Record]:
         """Records of a stage after per-task limits, grouped by task for evaluation (cached)."""
@@ -242,8 +244,8 @@ class RecordDataModule(L.LightningDataModule):
         return sorted(names)
 
     def setup(self, stage: str | None = None) -> None:
-        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("predict",)}
-        stages = wanted.get(stage or "fit", ("train", "val", "test", "predict"))
+        stages = SUBCOMMAND_STAGES.get(stage or "fit", ("train", "val", "test", "predict"))
+        self.check_config(stages=stages, **self.hparams)  # the files these stages read
         tok = self._tokenizer()
         for name in stages:
             key = self._examples_key(name)

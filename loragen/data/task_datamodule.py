@@ -182,8 +182,9 @@ class TaskDataModule(RecordDataModule):
         )
 
     @staticmethod
-    def check_config(**kw: Any) -> None:
-        """Unknown tasks, splits and missing files fail here, before any model or tokenizer is loaded."""
+    def check_config(stages: tuple[str, ...] | None = None, **kw: Any) -> None:
+        """Unknown tasks, splits and missing files fail here, before any model or tokenizer is loaded; files
+        only of ``stages`` (None: all), e.g. a test reads no train file but its test tasks' shot files."""
         check_sizes(kw)
         for key in ("shots", "train_limit_per_task", "limit_per_task", "val_limit_per_task", "holdout", "holdout_skip"):
             if kw.get(key) is not None and kw[key] < 0:
@@ -208,7 +209,8 @@ class TaskDataModule(RecordDataModule):
             train_descriptions=kw.get("train_descriptions", 1),
             eval_description=kw.get("eval_description", "canonical"),
         )
-        for task, split in dict.fromkeys(p for stage_pairs in pairs.values() for p in stage_pairs):
+        read = (p for stage, stage_pairs in pairs.items() if stages is None or stage in stages for p in stage_pairs)
+        for task, split in dict.fromkeys(read):
             loader.check(task, split)
             loader.shot_split(task)  # a task with shots needs a split to draw them from (reads nothing)
 
