@@ -219,7 +219,7 @@ class PromptLoRAMethod(EdgeMethod):
     def _loras_for(self, batch: dict[str, Any]) -> tuple[list[list[int]], list[bytes], list[Any]]:
         """Rows grouped by system prompt, each group's prompt key and generated LoRA — prepared once
         per evaluation epoch (``prepare_serving``), else generated here."""
-        groups = _distinct_rows(batch["system_ids"], batch["system_mask"])
+        groups = distinct_rows(batch["system_ids"], batch["system_mask"])
         keys = [_row_key(batch["system_ids"][g[0]], batch["system_mask"][g[0]]) for g in groups]
         missing = [i for i, key in enumerate(keys) if key not in self.task_loras]
         generated = iter([])
@@ -284,7 +284,7 @@ def _row_key(ids: torch.Tensor, mask: torch.Tensor) -> bytes:
     return prompt_key(ids[mask.bool()])
 
 
-def _distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+def distinct_rows(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
     """Group batch rows by identical (unpadded) system prompt, in order of first appearance."""
     groups: dict[bytes, list[int]] = {}
     for i, (row, m) in enumerate(zip(ids, mask, strict=True)):

@@ -41,7 +41,7 @@ from loragen.models.components.expert_pool import DEFAULT_TARGETS, GeneratedLoRA
 from loragen.models.components.fingerprint import PairFingerprint
 from loragen.models.components.generator import CloudGenerator
 from loragen.models.config import EvalConfig, OptimConfig, PoolConfig, group
-from loragen.models.prompt_lora import PromptLoRAMethod, settings_for
+from loragen.models.prompt_lora import PromptLoRAMethod, distinct_rows, settings_for
 
 
 def _mlp(size: int, out: int, dropout: float, first: nn.Module, last_dropout: bool = True) -> nn.Sequential:
@@ -172,11 +172,11 @@ class TextToLoRA(nn.Module):
     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Each row's factors per target path: ``A`` (b, rank, in), ``B`` (b, out, rank); the hypernetwork
         runs once per distinct prompt of the batch."""
-        rows = [ids[mask.bool()].cpu().numpy().tobytes() for ids, mask in zip(system_ids, system_mask, strict=True)]
-        slots: dict[bytes, int] = {}
-        firsts = [slots.setdefault(key, i) for i, key in enumerate(rows)]
-        distinct = sorted(set(firsts))
-        index = torch.tensor([distinct.index(f) for f in firsts], device=system_ids.device)
+        groups = distinct_rows(system_ids, system_mask)  # rows by identical prompt, in order of first appearance
+        distinct = [rows[0] for rows in groups]
+        index = torch.empty(system_ids.shape[0], dtype=torch.long, device=system_ids.device)
+        for slot, rows in enumerate(groups):
+            index[rows] = slot
         embedding = self.generator(system_ids[distinct], system_mask[distinct])[:, 0]  # (p, d)
         per_module = self.hyper(embedding)
         return {
