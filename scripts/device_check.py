@@ -10,7 +10,12 @@ Steps (each timed; a failing step is reported with its error and the others stil
 3. zero-shot parity: the bare edge on the 200 quickstart test items, fp32 against bf16 (same choices, accuracy);
 4. a bf16 quickstart fit on the device (steps/s, samples/s, peak device memory) and the same fit on the CPU, for
    the training-throughput ratio device ÷ CPU;
-5. strategies: DDP over the devices present (two CPU processes with gloo when there is no GPU) and FSDP (CUDA only).
+5. strategies: DDP over the devices present (two CPU processes with gloo when there is no GPU) and FSDP (CUDA only);
+6. the test suite's CUDA-marked tests (``pytest -m cuda``; skipped without CUDA).
+
+The throughput ratio is meant against *these* CPUs (the 2-core machines loragen is developed on), not the GPU
+machine's own: run the script once here without a GPU, then pass its ``report.json`` to the GPU run with
+``--cpu-reference`` (the GPU run then skips its own CPU fit).
 
 Without a GPU every step runs on the CPU except FSDP (Lightning runs it only on CUDA), with fewer fit steps, so the
 script itself is checked on any machine. Everything it writes stays under OUT.
@@ -197,6 +202,8 @@ def _fit(args: argparse.Namespace, name: str, accelerator: str, steps: int, extr
             "0",
             "--trainer.default_root_dir",
             str(run_dir),
+            "--trainer.logger",  # no W&B needed on the device machine (LearningRateMonitor goes with it)
+            "false",
             *extra,
         ],
         args.out / f"{name}.log",
@@ -211,8 +218,19 @@ def _fit(args: argparse.Namespace, name: str, accelerator: str, steps: int, extr
     }
 
 
+def _cpu_reference(path: Path) -> dict[str, Any]:
+    """The CPU fit of an earlier run's report.json (the same script, run on the reference CPUs)."""
+    for row in json.loads(path.read_text()):
+        if row["step"].startswith("quickstart fit") and row["status"] == "ok":
+            return {**row["result"]["cpu"], "measured": f"on the reference machine ({path.name})"}
+    raise ValueError(f"{path} has no successful quickstart fit step: run the script on the CPU machine first")
+
+
 def step_fit_throughput(args: argparse.Namespace) -> dict[str, Any]:
-    out = {"cpu": _fit(args, "fit_cpu", "cpu", args.cpu_steps, [])}
+    if args.cpu_reference:
+        out = {"cpu": _cpu_reference(args.cpu_reference)}
+    else:
+        out = {"cpu": _fit(args, "fit_cpu", "cpu", args.cpu_steps, [])}
     if gpu_count():
         out["gpu_bf16"] = _fit(
             args, "fit_gpu_bf16", "gpu", args.gpu_steps, ["--trainer.precision", "bf16-mixed", "--trainer.devices", "1"]
@@ -221,27 +239,49 @@ def step_fit_throughput(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def step_strategies(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    gpus = gpu_count()
+def step_ddp(args: argparse.Namespace) -> dict[str, Any]:
+    """DDP over the GPUs present, else two CPU processes with gloo."""
     ddp = ["--config", "configs/strategies/ddp.yaml"]
-    if gpus:
-        out["ddp"] = _fit(args, "ddp_gpu", "gpu", 10, [*ddp, "--trainer.devices", str(gpus)])
-        out["fsdp"] = _fit(
-            args, "fsdp_gpu", "gpu", 10, ["--config", "configs/strategies/fsdp.yaml", "--trainer.devices", str(gpus)]
+    if gpu_count():
+        return _fit(args, "ddp_gpu", "gpu", 10, [*ddp, "--trainer.devices", str(gpu_count())])
+    return _fit(args, "ddp_cpu", "cpu", 4, [*ddp, "--trainer.devices", "2"])
+
+
+def step_fsdp(args: argparse.Namespace) -> dict[str, Any] | str:
+    """FSDP (configs/strategies/fsdp.yaml: bf16-mixed, norm clipping) over the GPUs present; Lightning runs it
+    only on CUDA."""
+    if not gpu_count():
+        return "not run: Lightning runs FSDP only on CUDA"
+    fsdp = ["--config", "configs/strategies/fsdp.yaml", "--trainer.devices", str(gpu_count())]
+    return _fit(args, "fsdp_gpu", "gpu", 10, fsdp)
+
+
+def step_cuda_tests(args: argparse.Namespace) -> dict[str, Any] | str:
+    if not gpu_count():
+        return "skipped: no CUDA device"
+    log = args.out / "cuda_tests.log"
+    with open(log, "w") as fh:
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/test_cuda.py"],
+            cwd=ROOT,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            timeout=600,
         )
-    else:
-        out["ddp"] = _fit(args, "ddp_cpu", "cpu", 4, [*ddp, "--trainer.devices", "2"])
-        out["fsdp"] = "not run: Lightning runs FSDP only on CUDA"
-    return out
+    summary = log.read_text().strip().splitlines()[-1]
+    if done.returncode != 0:
+        raise RuntimeError(f"pytest exit {done.returncode}: {summary}; see {log}")
+    return {"pytest": summary}
 
 
-STEPS: list[tuple[str, Callable[[argparse.Namespace], dict[str, Any]]]] = [
+STEPS: list[tuple[str, Callable[[argparse.Namespace], Any]]] = [
     ("environment", step_environment),
     ("merge / unmerge on the device", step_merge_exactness),
     ("zero-shot parity fp32 vs bf16 (200 items)", step_zero_shot_parity),
     ("quickstart fit: throughput and peak memory", step_fit_throughput),
-    ("strategies", step_strategies),
+    ("strategy: DDP", step_ddp),
+    ("strategy: FSDP", step_fsdp),
+    ("CUDA-marked tests", step_cuda_tests),
 ]
 
 
@@ -259,7 +299,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "device_check")
     parser.add_argument("--gpu-steps", type=int, default=60, help="fit steps on the GPU")
     parser.add_argument("--cpu-steps", type=int, default=6, help="fit steps on the CPU (the throughput baseline)")
-    parser.add_argument("--only", nargs="*", help="run only these step functions (e.g. step_strategies)")
+    parser.add_argument(
+        "--cpu-reference", type=Path, help="report.json of a CPU run: its fit is the throughput ratio's baseline"
+    )
+    parser.add_argument("--only", nargs="*", help="run only these step functions (e.g. step_ddp step_fsdp)")
     args = parser.parse_args()
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,17 @@ class ScheduledTraining:
     def configure_optimizers(self) -> Any:
         return adamw_warmup_cosine(self)
 
+    def configure_gradient_clipping(
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Norm clipping under FSDP goes through the wrapped model's ``clip_grad_norm_`` (the norm over every
+        rank's shards), which Lightning's FSDP precision plugin refuses to do; anything else is Lightning's."""
+        strategy = self.trainer.strategy
+        if gradient_clip_val and type(strategy).__name__ == "FSDPStrategy" and gradient_clip_algorithm != "value":
+            strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)  # type: ignore[misc]
+
     def on_after_backward(self) -> None:
         """Drop the gradients of a non-finite step (see the module docstring); stop after too many in a row.
         Under DDP the gradients are already averaged, so every rank decides the same."""
