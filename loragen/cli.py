@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-TOP_HELP = """usage: loragen {fit,validate,test,predict} [--config FILE] [--print_config] [options]
+TOP_HELP = """usage: loragen {fit,validate,test,predict,encode} [--config FILE] [--print_config] [options]
 
 loragen trains LoRA-Gen generators: a cloud LM reads a task's system prompt once (plus one meta
 token per edge layer), a router mixes LoRA experts, and the LoRA is merged into the edge LM, which
@@ -23,6 +23,8 @@ subcommands:
   validate   evaluate on data.val_files
   test       evaluate on data.test_files; writes results.json / results.md in the run directory
   predict    write the specialized edge model's answers as JSONL (merged LoRA, no system prompt)
+  encode     the frozen cloud's meta-token states for every system prompt of the data, in a states
+             file (--out FILE); fit / test with --model.init_args.cloud_states FILE never load the cloud
   generate   checkpoint + system prompt -> PEFT adapter, merged HF model, or compact gates file
   apply      gates file (or --server URL) + checkpoint -> PEFT adapter or merged HF model (edge
              side, no cloud pass)
@@ -62,6 +64,11 @@ def _cli_class() -> type:
 
     class LoRAGenCLI(LightningCLI):
         save_config_class = LoggerSaveConfigCallback
+
+        @staticmethod
+        def subcommands() -> dict[str, set[str]]:
+            """Lightning's four, and ``encode`` (``LoRAGenTrainer.encode``)."""
+            return {**LightningCLI.subcommands(), "encode": {"model", "datamodule"}}
 
         def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001
             parser.link_arguments("model.init_args.cloud", "data.init_args.cloud")
@@ -107,6 +114,17 @@ def _cli_class() -> type:
 
                 self._run_lock = lock_run_directory(root)
 
+        def instantiate_classes(self) -> None:
+            """A loragen error while the model or data is built (a stale states file, another pair's checkpoint)
+            reaches the user as its own line, not inside jsonargparse's wrapping of every subclass it tried."""
+            try:
+                super().instantiate_classes()
+            except Exception as err:
+                cause = loragen_error_in(err)
+                if cause is None:
+                    raise
+                raise cause from None
+
         def _progress_lines(self) -> None:
             """Without a terminal the rich progress bar prints nothing: print plain progress lines."""
             from loragen.callbacks.progress_lines import ProgressLines
@@ -133,7 +151,7 @@ def _cli_class() -> type:
                         )
 
         # the other subcommands only need the progress lines
-        before_validate = before_test = before_predict = _progress_lines
+        before_validate = before_test = before_predict = before_encode = _progress_lines
 
         def after_fit(self) -> None:
             from loragen.files import release_run_directory
@@ -141,6 +159,20 @@ def _cli_class() -> type:
             release_run_directory(getattr(self, "_run_lock", None))
 
     return LoRAGenCLI
+
+
+def loragen_error_in(err: BaseException) -> BaseException | None:
+    """The LoRAGenError an exception was raised from or while handling, if any (its cause/context chain)."""
+    from loragen import LoRAGenError
+
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, LoRAGenError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def check_trainer(trainer: Any) -> None:
@@ -221,6 +253,7 @@ def run(args: list[str] | None = None) -> object:
 
     from loragen import LoRAGenError
     from loragen.data.datamodule import RecordDataModule
+    from loragen.encode import LoRAGenTrainer
 
     # configs derive their output paths from the run directory, e.g. ``save_dir: ${trainer.default_root_dir}``:
     # interpolations resolve after every config and flag is merged, so ``--trainer.default_root_dir`` moves them
@@ -237,7 +270,7 @@ def run(args: list[str] | None = None) -> object:
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
             save_config_callback=cli_class.save_config_class,
-            trainer_class=L.Trainer,
+            trainer_class=LoRAGenTrainer,
             auto_configure_optimizers=False,
             parser_kwargs={"parser_mode": "omegaconf+"},
         )

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAIR = "bundled:smollm2-135m-instruct"
 PROMPT = "Answer the science question with the letter of the correct option."
 FIT_PROBE = """
-import json, sys, time
+import json, resource, sys, time
 import lightning as L
 import torch
 from loragen.cli import run
@@ -67,8 +67,10 @@ timed = None
 if StepTimer.start is not None and StepTimer.last > StepTimer.first:
     timed = {"steps": StepTimer.last - StepTimer.first, "seconds": StepTimer.end - StepTimer.start}
 peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+held = sum(t.numel() * t.element_size() for t in [*cli.model.parameters(), *cli.model.buffers()])
 print("DEVICE_CHECK " + json.dumps({"seconds": seconds, "steps": cli.trainer.global_step, "peak_bytes": peak,
-                                    "timed": timed}))
+                                    "peak_rss_bytes": rss, "model_bytes": held, "timed": timed}))
 """
 
 
@@ -122,7 +124,7 @@ def step_merge_exactness(_: argparse.Namespace) -> dict[str, Any]:
     return {"device": device, "restored_bit_for_bit": restored, "merged_vs_functional_max_abs": gap}
 
 
-def _cli(args: list[str], log: Path) -> dict[str, Any]:
+def run_probe(args: list[str], log: Path) -> dict[str, Any]:
     """``loragen`` subcommand in a fresh process; its probe line (time, steps, peak device memory). The probe is a
     script file, not ``python -c``: multi-process strategies start their workers by re-running it."""
     probe_file = log.parent / "probe.py"
@@ -155,7 +157,7 @@ def step_zero_shot_parity(args: argparse.Namespace) -> dict[str, Any]:
     items = {}
     for precision in ("32-true", "bf16-true"):
         run_dir = args.out / f"zero_shot_{precision}"
-        _cli(
+        run_probe(
             [
                 "test",
                 "--config",
@@ -189,7 +191,7 @@ def step_zero_shot_parity(args: argparse.Namespace) -> dict[str, Any]:
 
 def _fit(args: argparse.Namespace, name: str, accelerator: str, steps: int, extra: list[str]) -> dict[str, Any]:
     run_dir = args.out / name
-    probe = _cli(
+    probe = run_probe(
         [
             "fit",
             "--config",

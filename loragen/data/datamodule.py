@@ -260,6 +260,20 @@ class RecordDataModule(L.LightningDataModule):
             else:
                 self._tokenize(name, lambda r: tok.eval_example(r, self.hparams.reference))
 
+    def system_prompt_ids(self) -> list[list[int]]:
+        """Every distinct tokenized system prompt of the configured stages (held-out paraphrases included), in
+        order of first appearance: what ``loragen encode`` computes the cloud's states for."""
+        for subcommand in ("fit", "test", "predict"):
+            if any(self.has_stage(s) for s in SUBCOMMAND_STAGES[subcommand]):
+                self.setup(subcommand)
+        seen: dict[tuple[int, ...], None] = {}
+        for examples in self.examples.values():
+            for example in examples:
+                for ids in (example["system_ids"], example.get("heldout_system_ids")):
+                    if ids is not None:
+                        seen.setdefault(tuple(ids))
+        return [list(ids) for ids in seen]
+
     def _examples_key(self, stage: str) -> str:
         """Where a stage's examples live. Methods that read the system prompt at every request (e.g.
         LoRA with the system prompt) also train with it in the edge context: ``train+system``; methods that

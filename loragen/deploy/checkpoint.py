@@ -77,11 +77,14 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     )
 
 
-def load_module(info: CheckpointInfo, cloud: str | None = None, edge: str | None = None) -> LoRAGenModule:
-    """The full LoRAGenModule (cloud + edge), in eval mode; overrides are checked against the fingerprint."""
+def load_module(
+    info: CheckpointInfo, cloud: str | None = None, edge: str | None = None, cloud_states: str | None = None
+) -> LoRAGenModule:
+    """The full LoRAGenModule (cloud + edge; with ``cloud_states``, the edge and the states file), in eval mode;
+    overrides are checked against the fingerprint."""
     from loragen.models.lora_gen_module import LoRAGenModule
 
-    overrides = {k: v for k, v in (("cloud", cloud), ("edge", edge)) if v is not None}
+    overrides = {k: v for k, v in (("cloud", cloud), ("edge", edge), ("cloud_states", cloud_states)) if v is not None}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_MISSING_KEYS)
         module = LoRAGenModule.load_from_checkpoint(info.path, map_location="cpu", weights_only=False, **overrides)

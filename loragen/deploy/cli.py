@@ -62,6 +62,17 @@ def _add_gguf_type(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_cloud_states(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cloud_states",
+        "--model.init_args.cloud_states",
+        dest="cloud_states",
+        metavar="FILE",
+        help="states file of `loragen encode`: prompts it holds are read without loading the cloud (another "
+        "prompt is refused, unless the cloud is also the edge)",
+    )
+
+
 def build_parser(command: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=f"loragen {command}", description=_DESCRIPTIONS[command])
     if command == "generate":
@@ -80,6 +91,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         _add_gguf_type(parser)
         parser.add_argument("--cloud", metavar="SRC", help="cloud model source (default: the checkpoint's)")
         parser.add_argument("--edge", metavar="SRC", help="edge model source (default: the checkpoint's)")
+        _add_cloud_states(parser)
         parser.add_argument("--overwrite", action="store_true", help="replace an existing loragen output directory")
         parser.add_argument(
             "--sample_input",
@@ -155,6 +167,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         )
         parser.add_argument("--cloud", metavar="SRC", help="cloud model source (default: the checkpoint's)")
         parser.add_argument("--edge", metavar="SRC", help="edge model source (default: the checkpoint's)")
+        _add_cloud_states(parser)
         parser.add_argument(
             "--log_level",
             default="warning",
@@ -218,6 +231,7 @@ def _run(command: str, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) 
             args.format,
             cloud=args.cloud,
             edge=args.edge,
+            cloud_states=args.cloud_states,
             overwrite=args.overwrite,
             sample_input=args.sample_input,
             cache=not args.no_cache,
@@ -284,6 +298,7 @@ def _run(command: str, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) 
             log_level=args.log_level,
             cloud=args.cloud,
             edge=args.edge,
+            cloud_states=args.cloud_states,
             cache=not args.no_cache,
             cache_dir=args.cache_dir,
             max_batch_size=args.max_batch_size,

@@ -39,6 +39,7 @@ class Deployment:
     Args:
         ckpt_path: a checkpoint written by ``loragen fit``.
         cloud / edge: model sources overriding the checkpoint's; checked against its pair fingerprint.
+        cloud_states: a ``loragen encode`` states file: prompts it holds are read without loading the cloud.
         cache: look up and store generated gates in ``cache_dir`` (default ``cache_root()/generated``).
     """
 
@@ -48,11 +49,12 @@ class Deployment:
         *,
         cloud: str | None = None,
         edge: str | None = None,
+        cloud_states: str | None = None,
         cache: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.info = read_checkpoint(ckpt_path)
-        self.cloud, self.edge = cloud, edge
+        self.cloud, self.edge, self.cloud_states = cloud, edge, cloud_states
         self.cache = GatesCache(cache_dir) if cache else None
         self._module: Any = None  # LoRAGenModule, loaded on first use
         self._edge_side: EdgeSide | None = None
@@ -64,7 +66,7 @@ class Deployment:
     def module(self) -> Any:
         """The full ``LoRAGenModule`` (cloud + edge), loaded on first use."""
         if self._module is None:
-            self._module = load_module(self.info, self.cloud, self.edge)
+            self._module = load_module(self.info, self.cloud, self.edge, self.cloud_states)
         return self._module
 
     @property
@@ -82,7 +84,8 @@ class Deployment:
         model = self.module.model
         ids = model.cloud_backbone.tokenizer(text, add_special_tokens=True)["input_ids"]
         meta = model.generator.num_meta
-        context = getattr(model.cloud_backbone.model.config, "max_position_embeddings", None)
+        config = getattr(model.cloud_backbone.model, "config", None)  # no cloud model: served from a states file
+        context = getattr(config, "max_position_embeddings", None)
         if context is not None and len(ids) > int(context) - meta:
             raise LoRAGenError(
                 f"the system prompt is {len(ids)} cloud tokens, over the limit of {int(context) - meta} "

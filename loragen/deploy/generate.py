@@ -93,6 +93,7 @@ def generate(
     *,
     cloud: str | None = None,
     edge: str | None = None,
+    cloud_states: str | None = None,
     overwrite: bool = False,
     sample_input: str = DEFAULT_SAMPLE_INPUT,
     cache: bool = True,
@@ -104,7 +105,9 @@ def generate(
     _check_format(fmt, FORMATS)
     check_system_prompt(system_prompt)
     check_output_dir(Path(output), overwrite)
-    deployment = Deployment(ckpt_path, cloud=cloud, edge=edge, cache=cache, cache_dir=cache_dir)
+    deployment = Deployment(
+        ckpt_path, cloud=cloud, edge=edge, cloud_states=cloud_states, cache=cache, cache_dir=cache_dir
+    )
     if fmt in GGUF_FORMATS:  # an edge llama.cpp cannot take fails before the cloud pass and its cache entry
         from loragen.deploy.gguf_export import check_source
 

@@ -82,6 +82,7 @@ class GeneratorAPI(ls.LitAPI):
         *,
         cloud: str | None = None,
         edge: str | None = None,
+        cloud_states: str | None = None,
         cache: bool = True,
         cache_dir: str | None = None,
         api_key: str | None = None,
@@ -89,7 +90,7 @@ class GeneratorAPI(ls.LitAPI):
         batch_timeout: float = 0.01,
     ) -> None:
         super().__init__(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path=GENERATE_PATH)
-        self.ckpt_path, self.cloud, self.edge = ckpt_path, cloud, edge
+        self.ckpt_path, self.cloud, self.edge, self.cloud_states = ckpt_path, cloud, edge, cloud_states
         self.use_cache, self.cache_dir = cache, cache_dir
         self._key_digest = key_digest(api_key) if api_key else None  # the key itself is never kept
 
@@ -109,7 +110,12 @@ class GeneratorAPI(ls.LitAPI):
         from loragen.deploy.deployment import Deployment
 
         self.deployment = Deployment(
-            self.ckpt_path, cloud=self.cloud, edge=self.edge, cache=self.use_cache, cache_dir=self.cache_dir
+            self.ckpt_path,
+            cloud=self.cloud,
+            edge=self.edge,
+            cloud_states=self.cloud_states,
+            cache=self.use_cache,
+            cache_dir=self.cache_dir,
         )
         _ = self.deployment.module  # load the cloud and edge now, not on the first request
 
@@ -212,6 +218,7 @@ def build_server(
     *,
     cloud: str | None = None,
     edge: str | None = None,
+    cloud_states: str | None = None,
     cache: bool = True,
     cache_dir: str | None = None,
     api_key: str | None = None,
@@ -221,10 +228,15 @@ def build_server(
     timeout: float = 120.0,
 ) -> ls.LitServer:
     info = model_info(ckpt_path)  # a missing or foreign checkpoint fails here, before any worker starts
+    if cloud_states:  # a missing or foreign states file too
+        from loragen.models.components.cloud_states import CloudStates
+
+        CloudStates.load(cloud_states)
     api = GeneratorAPI(
         ckpt_path,
         cloud=cloud,
         edge=edge,
+        cloud_states=cloud_states,
         cache=cache,
         cache_dir=cache_dir,
         api_key=api_key,

@@ -85,7 +85,7 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
         validate_source(edge)
         # every constructor argument of the method, with the groups as plain mappings; ``eval`` is left out
         # so that a checkpoint never decides how it is evaluated
-        self.save_hyperparameters(ignore=["eval", "init_from"])
+        self.save_hyperparameters(ignore=["eval", "init_from", "cloud_states"])
         for name, value in list(self.hparams.items()):
             self.hparams[name] = as_plain(group(name, value)) if name in STORED_GROUPS else value
         self.strict_loading = False  # checkpoints hold only trained weights, not the backbones

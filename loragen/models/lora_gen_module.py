@@ -40,6 +40,11 @@ class LoRAGenModule(PromptLoRAMethod):
             multi-task training) without its optimizer state or step count; the pair must match.
         specificity: training signals for a LoRA specific to its prompt (``SpecificityConfig``: counterfactual
             margin, null-prompt control, context distillation; all off by default).
+        cloud_states: a states file of ``loragen encode`` (the frozen cloud's meta-token states per system
+            prompt): the cloud is then not loaded (unless it is also the edge) and never runs for the prompts the
+            file holds; its meta tokens are the file's. Needs a frozen cloud side (no ``train_meta_tokens``, no
+            ``cloud_lora_rank``); a file for another cloud or other meta tokens is refused. Never stored in
+            checkpoints.
         optim / eval / seed: see ``EdgeMethod`` (``eval.sensitivity``: the prompt-sensitivity rows; the
             mean gate distance between the prompts, and to a task-free one, is reported by every test).
     """
@@ -64,16 +69,29 @@ class LoRAGenModule(PromptLoRAMethod):
         eval: EvalConfig = EvalConfig(),
         specificity: SpecificityConfig = SpecificityConfig(),
         seed: int = 0,
+        cloud_states: str | None = None,
     ) -> None:  # noqa: A002
-        self.check_args({"router_noise": router_noise, "cloud_lora_rank": cloud_lora_rank, "init_from": init_from})
+        self.check_args(
+            {
+                "router_noise": router_noise,
+                "cloud_lora_rank": cloud_lora_rank,
+                "init_from": init_from,
+                "train_meta_tokens": train_meta_tokens,
+                "cloud_states": cloud_states,
+            }
+        )
         super().__init__(cloud=cloud, edge=edge, optim=optim, eval=eval, seed=seed)
         from loragen.backbones import load_backbone
         from loragen.models.components.lora_gen import LoRAGen
 
         self.pool_config = pool = group("pool", pool)
         self.specificity = group("specificity", specificity)
-        cloud_bb = load_backbone(cloud)
         share = cloud == edge and cloud_lora_rank == 0  # one frozen copy serves both roles
+        states = None
+        if cloud_states:
+            cloud_bb, states = cloud_side_from_states(cloud, cloud_states, load=share)
+        else:
+            cloud_bb = load_backbone(cloud)
         edge_bb = cloud_bb if share else load_backbone(edge)
         self.model = LoRAGen(
             cloud_bb,
@@ -90,6 +108,7 @@ class LoRAGenModule(PromptLoRAMethod):
             train_meta_tokens=train_meta_tokens,
             cloud_lora_rank=cloud_lora_rank,
             seed=seed,
+            cloud_states=states,
         )
         if init_from:
             self._init_from(init_from)
@@ -109,6 +128,20 @@ class LoRAGenModule(PromptLoRAMethod):
             from loragen.release import resolve_checkpoint
 
             load_checkpoint(resolve_checkpoint(args["init_from"]))
+        if args.get("cloud_states"):
+            if args.get("train_meta_tokens") or args.get("cloud_lora_rank", 0):
+                raise LoRAGenError(
+                    "model.cloud_states holds the states of a frozen cloud side, but train_meta_tokens or "
+                    "cloud_lora_rank trains it (its states change every step): leave out cloud_states or train "
+                    "neither"
+                )
+            from pathlib import Path
+
+            if not Path(args["cloud_states"]).expanduser().is_file():
+                raise LoRAGenError(
+                    f"model.cloud_states file {args['cloud_states']} does not exist: write it with "
+                    "`loragen encode --config CONFIG --out FILE`"
+                )
 
     def prompt_distances(self, task_loras: list[Any], generic: Any) -> dict[str, Any]:
         return gate_distances([lora.gates for lora in task_loras], generic.gates)
@@ -164,15 +197,23 @@ class LoRAGenModule(PromptLoRAMethod):
         other, _ = answer_logliks(edge, other_hidden, labels)
         return margin_loss(own, other, valid, self.specificity.margin)
 
-    def _null_term(self) -> torch.Tensor:
-        from loragen.data.tokenize import pad
-
+    def null_prompt_ids(self) -> list[list[int]]:
+        """The task-free prompts of the null-prompt control, tokenized for the cloud (never empty)."""
         if self._null_ids is None:
             tokenizer = self.model.cloud_backbone.tokenizer
             rows = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in self.specificity.null_prompts]
             self._null_ids = [r if r else [tokenizer.bos_token_id or tokenizer.eos_token_id or 0] for r in rows]
-        ids = pad(self._null_ids, 0).to(self.device)
-        mask = pad([[1] * len(r) for r in self._null_ids], 0).to(self.device)
+        return self._null_ids
+
+    def method_prompt_ids(self) -> list[list[int]]:
+        return super().method_prompt_ids() + (self.null_prompt_ids() if self.specificity.null_coef else [])
+
+    def _null_term(self) -> torch.Tensor:
+        from loragen.data.tokenize import pad
+
+        null_ids = self.null_prompt_ids()
+        ids = pad(null_ids, 0).to(self.device)
+        mask = pad([[1] * len(r) for r in null_ids], 0).to(self.device)
         routing = self.model.route(ids, mask)
         norms = [self.model.pool.delta_sq_norm(routing.indices[i], routing.weights[i]) for i in range(ids.shape[0])]
         return torch.stack(norms).mean()
@@ -199,6 +240,23 @@ class LoRAGenModule(PromptLoRAMethod):
             teacher = answer_logits(edge, teacher_hidden, teacher_labels[rows])
         student = answer_logits(edge, hidden[rows], labels[rows])
         return distillation_loss(student, teacher, self.specificity.distill_temperature)
+
+
+def cloud_side_from_states(cloud: str, path: str, load: bool) -> tuple[Any, Any]:
+    """The cloud backbone and the states of a ``loragen encode`` file. ``load``: the cloud model is loaded anyway
+    (it is also the edge), checked against the file in full and kept to read prompts the file lacks; else only
+    its tokenizer is loaded, and the file is checked against the source and vocabulary it names."""
+    from loragen.backbones import Backbone, load_backbone, load_tokenizer
+    from loragen.models.components.cloud_states import CloudStates, cloud_fingerprint
+
+    states = CloudStates.load(path)
+    if load:
+        backbone = load_backbone(cloud)
+        states.check_cloud(cloud_fingerprint(backbone))
+    else:
+        backbone = Backbone(model=None, tokenizer=load_tokenizer(cloud), source=cloud)
+        states.check_cloud({"cloud": cloud, "cloud_vocab": len(backbone.tokenizer)})
+    return backbone, states
 
 
 def gate_distances(task_gates: list[torch.Tensor], generic: torch.Tensor) -> dict[str, Any]:

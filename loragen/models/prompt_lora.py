@@ -63,7 +63,7 @@ class PromptLoRAMethod(EdgeMethod):
     # ------------------------------------------------------------------ what the base asks of a method
 
     def frozen_backbones(self) -> list[torch.nn.Module]:
-        return [self.model.edge, self.model.generator.cloud]
+        return [m for m in (self.model.edge, self.model.generator.cloud) if m is not None]
 
     def scoring_model(self) -> Any:
         return self.model.edge
@@ -169,9 +169,16 @@ class PromptLoRAMethod(EdgeMethod):
 
     def _generic_lora(self) -> Any:
         if GENERIC_KEY not in self.task_loras:
-            ids = self.model.cloud_backbone.tokenizer(GENERIC_PROMPT, add_special_tokens=True)["input_ids"]
-            self.task_loras[GENERIC_KEY] = self._generate_for([ids])[0]
+            self.task_loras[GENERIC_KEY] = self._generate_for([self.generic_prompt_ids()])[0]
         return self.task_loras[GENERIC_KEY]
+
+    def generic_prompt_ids(self) -> list[int]:
+        """The task-free probe of the sensitivity rows, tokenized for the cloud."""
+        return self.model.cloud_backbone.tokenizer(GENERIC_PROMPT, add_special_tokens=True)["input_ids"]
+
+    def method_prompt_ids(self) -> list[list[int]]:
+        """System prompts the method reads besides its data's (``loragen encode`` covers them too)."""
+        return [self.generic_prompt_ids()]
 
     def prepare_serving(self, stage: str) -> None:
         """Before an evaluation epoch: one generated LoRA per distinct system prompt of the stage (one

@@ -28,18 +28,19 @@ class PairFingerprint:
     target_shapes: dict[str, list[int]] = field(default_factory=dict)  # module name -> [out, in]
 
     @classmethod
-    def of(cls, cloud: Any, edge: Any, target_shapes: dict[str, tuple[int, int]]) -> PairFingerprint:
-        """Build from two ``Backbone`` objects and the expert pool's per-module shapes."""
+    def of(
+        cls, cloud: Any, edge: Any, target_shapes: dict[str, tuple[int, int]], cloud_part: dict[str, Any] | None = None
+    ) -> PairFingerprint:
+        """Build from two ``Backbone`` objects and the expert pool's per-module shapes; ``cloud_part``: the
+        cloud's fields when its model is not loaded (those a cloud states file recorded)."""
+        from loragen.models.components.cloud_states import cloud_fingerprint
+
         return cls(
-            cloud=cloud.source,
+            **(cloud_part if cloud.model is None and cloud_part else cloud_fingerprint(cloud)),
             edge=edge.source,
-            cloud_arch=str(cloud.model.config.model_type),
             edge_arch=str(edge.model.config.model_type),
-            cloud_layers=cloud.num_layers,
             edge_layers=edge.num_layers,
-            cloud_hidden=cloud.hidden_size,
             edge_hidden=edge.hidden_size,
-            cloud_vocab=len(cloud.tokenizer),
             edge_vocab=len(edge.tokenizer),
             target_shapes={k: [int(v[0]), int(v[1])] for k, v in sorted(target_shapes.items())},
         )

@@ -10,14 +10,22 @@ a prompt alone and inside a padded batch give the same states.
 Identical system prompts in a batch run through the cloud once. When nothing on the cloud side is
 trainable (frozen cloud, frozen meta tokens), a prompt's states are constant: they are computed
 without autograd and cached by token ids, so training costs one cloud pass per distinct prompt.
+
+Those constant states can also come from a states file (``loragen encode``; ``cloud_states.CloudStates``): then
+the cloud runs for no prompt the file holds, and need not be loaded at all (``cloud=None``): the meta tokens are
+the file's, and a prompt the file lacks is a one-line error naming it (with a cloud, it runs there instead).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+
+from loragen import LoRAGenError
+from loragen.models.components.cloud_states import CloudStates
 
 
 class CloudGenerator(nn.Module):
@@ -34,11 +42,13 @@ class CloudGenerator(nn.Module):
         pooling: ``meta`` (the states at the meta tokens, ``(batch, num_meta, d)``) or ``mean`` (no meta
             tokens: the mean of the prompt's final hidden states, ``(batch, 1, d)``: a prompt embedding, as
             Text-to-LoRA feeds its hypernetwork).
+        states: precomputed states (a ``loragen encode`` file); its meta tokens replace the seeded ones.
+        describe: token ids -> text, to name a prompt the states lack.
     """
 
     def __init__(
         self,
-        cloud: nn.Module,
+        cloud: nn.Module | None,
         num_meta: int,
         *,
         train_meta_tokens: bool = False,
@@ -47,20 +57,33 @@ class CloudGenerator(nn.Module):
         cache_states: bool = True,
         seed: int = 0,
         pooling: str = "meta",
+        states: CloudStates | None = None,
+        describe: Callable[[list[int]], str] | None = None,
     ) -> None:
         super().__init__()
         if pooling not in ("meta", "mean"):
             raise ValueError(f"pooling={pooling!r} is unknown: choose meta or mean")
         self.pooling = pooling
         num_meta = num_meta if pooling == "meta" else 0
-        embed = cloud.get_input_embeddings()
-        std = float(embed.weight.detach().float().std())
-        gen = torch.Generator().manual_seed(seed)
-        init = torch.randn(num_meta, embed.embedding_dim, generator=gen) * std
-        self.meta_tokens = nn.Parameter(init.to(embed.weight.dtype), requires_grad=train_meta_tokens)
+        if states is not None:
+            if states.pooling != pooling or states.meta_tokens.shape[0] != num_meta:
+                raise LoRAGenError(
+                    f"cloud states {states.path} hold {states.meta_tokens.shape[0]} {states.pooling}-pooled meta "
+                    f"states per prompt; this model needs {num_meta} {pooling}-pooled: encode them for this pair"
+                )
+            init = states.meta_tokens.clone()
+        elif cloud is None:
+            raise ValueError("CloudGenerator needs a cloud model or precomputed states")
+        else:
+            embed = cloud.get_input_embeddings()
+            std = float(embed.weight.detach().float().std())
+            gen = torch.Generator().manual_seed(seed)
+            init = (torch.randn(num_meta, embed.embedding_dim, generator=gen) * std).to(embed.weight.dtype)
+        self.meta_tokens = nn.Parameter(init, requires_grad=train_meta_tokens)
+        self.states, self.describe = states, describe
         self.num_meta = num_meta
         self.cloud_lora_rank = cloud_lora_rank
-        if cloud_lora_rank > 0:
+        if cloud_lora_rank > 0 and cloud is not None:
             from peft import LoraConfig, get_peft_model
 
             config = LoraConfig(
@@ -99,17 +122,36 @@ class CloudGenerator(nn.Module):
         index = torch.tensor([slot[k] for k in keys], device=system_ids.device)
         if self.cache_states and not self.trains_cloud_side:
             missing = [k for k in first if k not in self._cache]
+            if missing and self.states is not None:
+                self._cache.update(self._from_states(missing, first))
+                missing = [k for k in missing if k not in self._cache]
             if missing:
                 with torch.no_grad():
-                    states = self._run_cloud([first[k] for k in missing])
+                    states = self.run_cloud([first[k] for k in missing])
                 self._cache.update({k: s.detach() for k, s in zip(missing, states, strict=True)})
             out = torch.stack([self._cache[k] for k in first]).to(self.meta_tokens.device)
         else:
-            out = self._run_cloud(list(first.values()))
+            out = self.run_cloud(list(first.values()))
         return out[index]
 
-    def _run_cloud(self, rows: list[torch.Tensor]) -> torch.Tensor:
-        """Run ``[prompt ; meta]`` for each row (right-padded) and gather the meta positions."""
+    def _from_states(self, keys: list[bytes], rows: dict[bytes, torch.Tensor]) -> dict[bytes, torch.Tensor]:
+        """The file's states of these prompts; without a cloud to fall back on, a prompt it lacks is an error."""
+        assert self.states is not None
+        found = {k: s for k in keys if (s := self.states.lookup(rows[k])) is not None}
+        lacking = [k for k in keys if k not in found]
+        if lacking and self.cloud is None:
+            ids = rows[lacking[0]].tolist()
+            text = self.describe(ids) if self.describe else f"{len(ids)} tokens"
+            raise LoRAGenError(
+                f"cloud states {self.states.path} hold no states for the system prompt {text[:80]!r} "
+                f"({len(lacking)} prompt(s) missing): run `loragen encode` over data that includes it, or leave out "
+                "model.init_args.cloud_states so the cloud reads it"
+            )
+        return found
+
+    def run_cloud(self, rows: list[torch.Tensor]) -> torch.Tensor:
+        """Run ``[prompt ; meta]`` for each row (right-padded) and gather the meta positions (no cache, no states
+        file: what ``loragen encode`` writes)."""
         embed = self.cloud.get_input_embeddings()
         lengths = [int(r.numel()) for r in rows]
         total = max(lengths) + self.num_meta
@@ -140,3 +182,5 @@ class CloudGenerator(nn.Module):
 
 def _clear_cache_after_load(module: CloudGenerator, _incompatible_keys: object) -> None:
     module.clear_cache()  # a module-level function, so the generator stays picklable (ddp_spawn)
+    if module.states is not None:  # loaded meta tokens (a checkpoint's) must be those the states were computed with
+        module.states.check_meta_tokens(module.meta_tokens, "the loaded weights")

@@ -13,6 +13,7 @@ from torch import nn
 
 from loragen.backbones import Backbone
 from loragen.models.components import eval_mode
+from loragen.models.components.cloud_states import CloudStates
 from loragen.models.components.edge_lora import EdgeLoRA
 from loragen.models.components.expert_pool import DEFAULT_TARGETS, ExpertPool, GeneratedLoRA
 from loragen.models.components.fingerprint import PairFingerprint
@@ -24,7 +25,8 @@ class LoRAGen(nn.Module):
     """The LoRA-Gen model for one cloud/edge pair.
 
     Trainable: meta tokens (optional), cloud LoRA (optional), router, expert pool.
-    Frozen: the cloud and edge backbones.
+    Frozen: the cloud and edge backbones. With ``cloud_states`` (a ``loragen encode`` file) the cloud backbone
+    may be a tokenizer alone (``model=None``): the states stand in for the cloud's passes.
     """
 
     def __init__(
@@ -44,6 +46,7 @@ class LoRAGen(nn.Module):
         train_meta_tokens: bool = False,
         cloud_lora_rank: int = 0,
         seed: int = 0,
+        cloud_states: CloudStates | None = None,
     ) -> None:
         super().__init__()
         self.cloud_backbone, self.edge_backbone = cloud, edge
@@ -63,6 +66,8 @@ class LoRAGen(nn.Module):
             train_meta_tokens=train_meta_tokens,
             cloud_lora_rank=cloud_lora_rank,
             seed=seed,
+            states=cloud_states,
+            describe=cloud.tokenizer.decode,
         )
         self.router = Router(
             self.generator.hidden_size,
@@ -75,7 +80,8 @@ class LoRAGen(nn.Module):
             center=router_center,
         )
         self.edge_lora = EdgeLoRA(self.edge, self.pool)
-        self.fingerprint = PairFingerprint.of(cloud, edge, self.pool.module_shapes)
+        cloud_part = cloud_states.cloud if cloud_states is not None else None
+        self.fingerprint = PairFingerprint.of(cloud, edge, self.pool.module_shapes, cloud_part)
 
     def route(self, system_ids: torch.Tensor, system_mask: torch.Tensor) -> Routing:
         """Gates for each row of a batch of tokenized system prompts."""
