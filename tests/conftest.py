@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -149,3 +150,77 @@ def _print_config(capsys, *configs: str) -> dict:
         run(["fit", *args, "--print_config"])
     assert exc.value.code in (0, None)
     return yaml.safe_load(capsys.readouterr().out)
+
+
+# ----------------------------------------------------------------------------- multi-process runs (DDP on CPU)
+
+DDP_RUN_TIMEOUT_S = 240  # a rank stuck in a collective that its peer never joins fails the test, not CI
+DDP_PG_TIMEOUT = "0:01:00"  # the process group's own timeout: a mismatched collective errors out after this
+
+
+def ddp_cpu_flags(devices: int) -> list[str]:
+    """``loragen`` flags for ``devices`` CPU processes under DDP with gloo."""
+    return [
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.devices",
+        str(devices),
+        "--trainer.strategy",
+        "lightning.pytorch.strategies.DDPStrategy",
+        "--trainer.strategy.init_args.process_group_backend",
+        "gloo",
+        "--trainer.strategy.init_args.timeout",
+        DDP_PG_TIMEOUT,
+    ]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_loragen(args: list[str], cwd: Path) -> Any:
+    """``python -m loragen.cli ARGS`` in its own session (so a timeout kills the ranks Lightning launched), one
+    thread per process, on a free port."""
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+        "TOKENIZERS_PARALLELISM": "false",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
+    }
+    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "GROUP_RANK"):  # not ours to inherit
+        env.pop(key, None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "loragen.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def finish_loragen(proc: Any, what: str) -> str:
+    """Its output, once it exited 0 within ``DDP_RUN_TIMEOUT_S`` (else the test fails with the log's tail)."""
+    import signal
+    import subprocess
+
+    try:
+        log, _ = proc.communicate(timeout=DDP_RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate()
+        pytest.fail(f"{what} did not finish in {DDP_RUN_TIMEOUT_S} s (a rank waiting in a collective?):\n{log[-4000:]}")
+    assert proc.returncode == 0, f"{what} failed (rc={proc.returncode}):\n{log[-6000:]}"
+    return log

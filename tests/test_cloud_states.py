@@ -171,3 +171,20 @@ def test_generate_with_the_states_file_writes_the_adapter_the_cloud_would(encode
         )
     assert "hold no states for the system prompt 'Reply in haiku." in capsys.readouterr().err
     assert not (tmp_path / "other").exists()  # nothing half-written
+
+
+@pytest.mark.heavy
+def test_encode_on_two_ddp_processes_writes_the_states_of_one(encoded, tmp_path):
+    """Each rank encodes its shard of the prompts; rank 0 gathers them into the one file."""
+    from tests.conftest import ddp_cpu_flags, finish_loragen, start_loragen
+
+    out = tmp_path / "ddp.safetensors"
+    prompts = Path(CloudStates.load(encoded).path).parent / "prompts.jsonl"
+    args = ["encode", *_args(tmp_path), *ddp_cpu_flags(2), "--out", str(out), "--prompts", str(prompts)]
+    log = finish_loragen(start_loragen(args + ["--batch_size", "2"], tmp_path), "loragen encode on 2 processes")
+    assert "Starting with 2 processes" in log  # really two ranks, not a silent fallback to one
+    one, two = CloudStates.load(encoded), CloudStates.load(out)
+    assert set(two.states) == set(one.states) and two.prompts == one.prompts
+    for sha, state in one.states.items():
+        torch.testing.assert_close(two.states[sha], state, rtol=1e-5, atol=1e-6)
+    assert two.meta_sha == one.meta_sha

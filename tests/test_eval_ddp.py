@@ -11,10 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +18,7 @@ import pytest
 
 from loragen.cli import run
 from loragen.data.datamodule import PACKAGED
+from tests.conftest import ddp_cpu_flags, finish_loragen, start_loragen
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")
@@ -31,35 +28,15 @@ QUICKSTART = str(ROOT / "configs" / "quickstart.yaml")
 # pads rank 1 with a repeat of item 0 (arc_easy) -- visible as a 10th item or n=4 unless deduplicated.
 DDP_TASKS = ("arc_easy", "boolq", "openbookqa")
 PER_TASK = 3
-RUN_TIMEOUT_S = 240  # a rank stuck in a collective that its peer never joins fails the test, not CI
-PG_TIMEOUT = "0:01:00"  # the process group's own timeout: a mismatched collective errors out after this
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ddp_test_command(out: Path, devices: int) -> list[str]:
     test_files = ",".join(str(PACKAGED / "quickstart" / f"{t}.test.jsonl") for t in DDP_TASKS)
     return [
-        sys.executable,
-        "-m",
-        "loragen.cli",
         "test",
         "--config",
         TINY,
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.devices",
-        str(devices),
-        "--trainer.strategy",
-        "lightning.pytorch.strategies.DDPStrategy",
-        "--trainer.strategy.init_args.process_group_backend",
-        "gloo",
-        "--trainer.strategy.init_args.timeout",
-        PG_TIMEOUT,
+        *ddp_cpu_flags(devices),
         "--trainer.default_root_dir",
         str(out),
         "--trainer.logger.init_args.save_dir",
@@ -75,43 +52,6 @@ def _ddp_test_command(out: Path, devices: int) -> list[str]:
     ]
 
 
-def _start(out: Path, devices: int) -> subprocess.Popen:
-    out.mkdir()
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "WANDB_MODE": "offline",
-        "TOKENIZERS_PARALLELISM": "false",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
-        "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
-    }
-    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "GROUP_RANK"):  # not ours to inherit
-        env.pop(key, None)
-    # its own session, so that on a timeout the rank processes Lightning launched are killed with it
-    return subprocess.Popen(
-        _ddp_test_command(out, devices),
-        cwd=out,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def _finish(proc: subprocess.Popen, what: str) -> str:
-    try:
-        log, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        pytest.fail(f"{what} did not finish in {RUN_TIMEOUT_S} s (a rank waiting in a collective?):\n{log[-4000:]}")
-    assert proc.returncode == 0, f"{what} failed (rc={proc.returncode}):\n{log[-6000:]}"
-    return log
-
-
 def _outputs(out: Path) -> tuple[dict, list[dict]]:
     (results,) = out.rglob("results.json")  # written once, by rank 0, into the run directory
     assert (results.parent / "results.md").is_file()
@@ -122,8 +62,15 @@ def _outputs(out: Path) -> tuple[dict, list[dict]]:
 @pytest.mark.heavy
 def test_two_process_ddp_test_writes_the_same_results_as_one_process(tmp_path):
     # both at once (3 processes on the CPUs): each is mostly start-up, so this halves the wall time
-    procs = {devices: _start(tmp_path / f"devices{devices}", devices) for devices in (2, 1)}
-    logs = {devices: _finish(proc, f"loragen test --trainer.devices {devices}") for devices, proc in procs.items()}
+    procs = {}
+    for devices in (2, 1):
+        (tmp_path / f"devices{devices}").mkdir()
+        procs[devices] = start_loragen(
+            _ddp_test_command(tmp_path / f"devices{devices}", devices), tmp_path / f"devices{devices}"
+        )
+    logs = {
+        devices: finish_loragen(proc, f"loragen test --trainer.devices {devices}") for devices, proc in procs.items()
+    }
     assert "Starting with 2 processes" in logs[2]  # really two ranks, not a silent fallback to one
 
     (ddp, ddp_items), (single, single_items) = _outputs(tmp_path / "devices2"), _outputs(tmp_path / "devices1")
