@@ -10,7 +10,8 @@ Steps (each timed; a failing step is reported with its error and the others stil
 3. zero-shot parity: the bare edge on the 200 quickstart test items, fp32 against bf16 (same choices, accuracy);
 4. a bf16 quickstart fit on the device (steps/s, samples/s, peak device memory) and the same fit on the CPU, for
    the training-throughput ratio device ÷ CPU;
-5. strategies: DDP over the devices present (two CPU processes with gloo when there is no GPU) and FSDP (CUDA only);
+5. strategies: DDP over the devices present (two CPU processes with gloo when there is no GPU), FSDP (CUDA only) and
+   DeepSpeed ZeRO-2 (CUDA and the deepspeed package);
 6. the test suite's CUDA-marked tests (``pytest -m cuda``; skipped without CUDA).
 
 The throughput ratio is meant against *these* CPUs (the 2-core machines loragen is developed on), not the GPU
@@ -258,6 +259,18 @@ def step_fsdp(args: argparse.Namespace) -> dict[str, Any] | str:
     return _fit(args, "fsdp_gpu", "gpu", 10, fsdp)
 
 
+def step_deepspeed(args: argparse.Namespace) -> dict[str, Any] | str:
+    """DeepSpeed ZeRO-2 (configs/strategies/deepspeed.yaml) over the GPUs present, where the package is installed."""
+    import importlib.util
+
+    if not gpu_count():
+        return "not run: DeepSpeed needs CUDA"
+    if importlib.util.find_spec("deepspeed") is None:
+        return "not run: the deepspeed package is not installed (pip install deepspeed)"
+    ds = ["--config", "configs/strategies/deepspeed.yaml", "--trainer.devices", str(gpu_count())]
+    return _fit(args, "deepspeed_gpu", "gpu", 10, ds)
+
+
 def step_cuda_tests(args: argparse.Namespace) -> dict[str, Any] | str:
     if not gpu_count():
         return "skipped: no CUDA device"
@@ -283,6 +296,7 @@ STEPS: list[tuple[str, Callable[[argparse.Namespace], Any]]] = [
     ("quickstart fit: throughput and peak memory", step_fit_throughput),
     ("strategy: DDP", step_ddp),
     ("strategy: FSDP", step_fsdp),
+    ("strategy: DeepSpeed", step_deepspeed),
     ("CUDA-marked tests", step_cuda_tests),
 ]
 
