@@ -289,7 +289,7 @@ def _bundled_cache_dir(name: str) -> Path:
         model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         # The weights are already dequantized to float; drop the GGUF quantizer marker so transformers
         # will serialize them (it refuses to save "quantized" models).
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # set by transformers, not declared on the model
         if hasattr(model.config, "quantization_config"):
             delattr(model.config, "quantization_config")
         model.save_pretrained(tmp)

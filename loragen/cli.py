@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 TOP_HELP = """usage: loragen {fit,validate,test,predict,encode} [--config FILE] [--print_config] [options]
 
@@ -49,8 +49,8 @@ Run `loragen SUBCOMMAND --help` for every option of a subcommand.
 DEPLOY_COMMANDS = ("generate", "apply", "chat", "serve")
 
 
-def _cli_class() -> type:
-    from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+def _cli_class() -> Any:
+    from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
     class LoggerSaveConfigCallback(SaveConfigCallback):
         """Writes config.yaml to the run directory and logs the full resolved config to every
@@ -62,8 +62,19 @@ def _cli_class() -> type:
             for logger in trainer.loggers:
                 logger.log_hyperparams({"resolved_config": config})
 
+    class LoRAGenParser(LightningArgumentParser):
+        def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+            """A value outside a field's fixed set: one line naming the field and the allowed values."""
+            # a nested parser (a subclass's, one Union member tried) raises instead of exiting: leave it be
+            line = condense_parse_error(message) if getattr(self, "exit_on_error", True) else None
+            if line is None:
+                super().error(message, ex)
+            print(f"loragen: error: {line}", file=sys.stderr)
+            raise SystemExit(2)
+
     class LoRAGenCLI(LightningCLI):
         save_config_class = LoggerSaveConfigCallback
+        parser_class = LoRAGenParser  # passed to the constructor by ``run``
 
         @staticmethod
         def subcommands() -> dict[str, set[str]]:
@@ -129,15 +140,16 @@ def _cli_class() -> type:
             """Without a terminal the rich progress bar prints nothing: print plain progress lines."""
             from loragen.callbacks.progress_lines import ProgressLines
 
-            if not sys.stdout.isatty() and not any(isinstance(c, ProgressLines) for c in self.trainer.callbacks):
-                self.trainer.callbacks.append(ProgressLines())
+            callbacks = self.trainer.callbacks  # type: ignore[attr-defined]  # set in Trainer.__init__, not declared
+            if not sys.stdout.isatty() and not any(isinstance(c, ProgressLines) for c in callbacks):
+                callbacks.append(ProgressLines())
 
         def before_fit(self) -> None:
             self._progress_lines()
             if self.config[self.subcommand].get("ckpt_path") is None:  # a fresh run beside an earlier one: say so
                 from lightning.pytorch.callbacks import ModelCheckpoint
 
-                for callback in self.trainer.callbacks:
+                for callback in self.trainer.callbacks:  # type: ignore[attr-defined]  # as above
                     if (
                         isinstance(callback, ModelCheckpoint)
                         and callback.dirpath
@@ -159,6 +171,21 @@ def _cli_class() -> type:
             release_run_directory(getattr(self, "_run_lock", None))
 
     return LoRAGenCLI
+
+
+def condense_parse_error(message: str) -> str | None:
+    """jsonargparse's report of a value outside a ``Literal`` field (nested in every subclass it tried) as one
+    line, ``model.init_args.eval.scoring='foo' is not allowed: choose one of loglik, generate``; None for other
+    errors (they keep jsonargparse's words)."""
+    import re
+
+    found = re.search(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)", message)
+    if found is None:
+        return None
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    key = keys[0] + (".init_args." + keys[1] if len(keys) > 1 and "class_path" in message else "")
+    allowed = ", ".join(v.strip().strip("'\"") for v in found.group(1).split(","))
+    return f"{key}={found.group(2).strip()!r} is not allowed: choose one of {allowed}"
 
 
 def loragen_error_in(err: BaseException) -> BaseException | None:
@@ -271,6 +298,7 @@ def run(args: list[str] | None = None) -> object:
             seed_everything_default=0,
             save_config_callback=cli_class.save_config_class,
             trainer_class=LoRAGenTrainer,
+            parser_class=cli_class.parser_class,
             auto_configure_optimizers=False,
             parser_kwargs={"parser_mode": "omegaconf+"},
         )

@@ -90,7 +90,7 @@ class LoRAGenTrainer(L.Trainer):
 
     def encode(
         self,
-        model: L.LightningModule,
+        model: Any,
         datamodule: L.LightningDataModule | None = None,
         out: str = "cloud_states.safetensors",
         prompts: str | None = None,
@@ -127,11 +127,12 @@ class LoRAGenTrainer(L.Trainer):
             raise LoRAGenError("loragen encode found no system prompt: give data files or --prompts FILE")
         order = sorted(found, key=lambda sha: len(found[sha]))
         items = [(sha, torch.tensor(found[sha], dtype=torch.long)) for sha in order]
-        loader = torch.utils.data.DataLoader(items, batch_size=batch_size, collate_fn=_collate)
+        loader: Any = torch.utils.data.DataLoader(items, batch_size=batch_size, collate_fn=_collate)  # type: ignore[arg-type]  # a list is a map-style dataset
         from lightning.pytorch.callbacks import BasePredictionWriter
 
         # the config's prediction writers are for the edge's answers, not for states
-        self.callbacks = [c for c in self.callbacks if not isinstance(c, BasePredictionWriter)]
+        callbacks = self.callbacks  # type: ignore[has-type]  # set in Trainer.__init__, not declared
+        self.callbacks = [c for c in callbacks if not isinstance(c, BasePredictionWriter)]
         predictions = self.predict(CloudEncoder(generator), dataloaders=loader, return_predictions=True) or []
         pairs = [pair for batch in predictions for pair in batch]
         if self.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():

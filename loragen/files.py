@@ -59,7 +59,7 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_temps(parent: Path, name: str) -> list[Path]:
     """Remove the temporary files/directories of ``name`` in ``parent`` left by writers that were
     killed (their pid is gone); returns what was removed."""
-    removed = []
+    removed: list[Path] = []
     if not parent.is_dir():
         return removed
     pattern = re.compile(rf"^\.{re.escape(name)}\.(tmp|old)-(\d+)-")

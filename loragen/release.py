@@ -67,7 +67,7 @@ def export_release(
 
     if dtype not in DTYPES:
         raise LoRAGenError(f"release dtype {dtype!r} is unknown: choose one of {list(DTYPES)}")
-    checkpoint = load_checkpoint(ckpt_path)
+    checkpoint = load_checkpoint(Path(ckpt_path))
     info = checkpoint.get("loragen") or {}
     if "fingerprint" not in info:
         raise LoRAGenError(f"{ckpt_path} has no loragen pair fingerprint: it was not written by loragen")

@@ -256,11 +256,11 @@ def write_tables(rows: list[dict[str, Any]], out: Path, grid: dict[str, list[Any
         plt = pyplot()
         fig, ax = plt.subplots(figsize=(5, 3.5))
         series_key = keys[1] if len(keys) > 1 else None
-        for series in sorted({row.get(series_key) for row in rows}, key=str):
+        for series in sorted({row.get(series_key) for row in rows} if series_key else {None}, key=str):
             points = sorted(
                 (row[keys[0]], row[metric], row.get(f"{metric}_ci") or 0.0)
                 for row in rows
-                if row.get(series_key) == series
+                if series_key is None or row.get(series_key) == series
             )
             label = f"{series_key}={series}" if series_key else metric
             ax.errorbar(
@@ -296,7 +296,7 @@ def sweep(
     out_dir = Path(out)
     if points is not None:
         named = list(points.items())
-    else:
+    elif grid is not None:
         combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
         named = [(point_name(point), point) for point in combos]
     plans = []

@@ -311,3 +311,29 @@ def test_test_needs_only_the_test_files_and_fit_still_checks_the_train_files(tmp
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.jsonl" in err[0], err
+
+
+@pytest.mark.parametrize(
+    "flag, value, allowed",
+    [
+        ("--model.init_args.eval.scoring", "vote", "loglik, generate"),
+        ("--model.init_args.eval.metric", "f1", "acc_norm, acc, harness"),
+        ("--model.init_args.router_noise", "loud", "none, gaussian, gumbel"),
+        ("--model.init_args.pool.aux_loss", "l2", "cv2, switch, none"),
+    ],
+)
+def test_a_value_outside_a_fixed_set_is_refused_at_parse_time_in_one_line(tmp_path, capsys, flag, value, allowed):
+    with pytest.raises(SystemExit) as stop:
+        run(["fit", *_args(tmp_path, flag, value)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0] == f"loragen: error: {flag.removeprefix('--')}={value!r} is not allowed: choose one of {allowed}"
+    assert not (tmp_path / "checkpoints").exists()  # refused before anything ran
+
+
+def test_the_metric_choices_are_the_described_metrics():
+    from loragen.eval.results import METRICS as DESCRIBED
+    from loragen.models.config import METRICS
+
+    assert set(METRICS) == set(DESCRIBED)

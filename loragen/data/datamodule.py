@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import torch
@@ -14,6 +14,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 from loragen import LoRAGenError
 from loragen.data.records import Record, load_records
 from loragen.data.tokenize import Collator, Limits, RecordTokenizer
+
+if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
 
 PACKAGED = Path(__file__).parent
 
@@ -127,6 +130,12 @@ class RecordDataModule(L.LightningDataModule):
         seed: shuffling seed (the order of epoch e depends only on seed and e, so resumes repeat it).
     """
 
+    # Lightning types ``hparams`` as a MutableMapping; what ``save_hyperparameters`` stores is an AttributeDict
+    if TYPE_CHECKING:
+
+        @property
+        def hparams(self) -> AttributeDict: ...
+
     def __init__(
         self,
         train_files: str | list[str] | None = None,
@@ -168,7 +177,8 @@ class RecordDataModule(L.LightningDataModule):
         progress = self.trainer.fit_loop.epoch_loop.batch_progress
         if progress.is_last_batch:  # the epoch is finished: a resume starts the next one from its start
             return {"epoch": self.trainer.current_epoch + 1, "batches_done": 0}
-        return {"epoch": self.trainer.current_epoch, "batches_done": progress.current.processed}
+        processed = progress.current.processed  # type: ignore[attr-defined]  # a _ProcessedTracker, typed as its base
+        return {"epoch": self.trainer.current_epoch, "batches_done": processed}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._resume = dict(state) if state else None
@@ -328,7 +338,7 @@ class RecordDataModule(L.LightningDataModule):
         # or a resumed run would see different noise than an uninterrupted one.
         generator = torch.Generator().manual_seed(self.hparams.seed)
         return DataLoader(
-            examples,
+            examples,  # type: ignore[arg-type]  # a list is a map-style dataset
             batch_size=size,
             sampler=sampler,
             collate_fn=collate,

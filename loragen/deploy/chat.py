@@ -211,7 +211,7 @@ def chat(
                 continue
             if not interactive:
                 stdout.write(f"> {text}\n")
-            turn = {"input": text}
+            turn: dict[str, Any] = {"input": text}
             with chat_model.specialized() if compare else contextlib.nullcontext():
                 turn["specialized"] = stream_answer(chat_model, text, stdout, "specialized", max_new_tokens)
             if compare:

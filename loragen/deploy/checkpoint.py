@@ -84,7 +84,9 @@ def load_module(
     overrides are checked against the fingerprint."""
     from loragen.models.lora_gen_module import LoRAGenModule
 
-    overrides = {k: v for k, v in (("cloud", cloud), ("edge", edge), ("cloud_states", cloud_states)) if v is not None}
+    overrides: dict[str, Any] = {
+        k: v for k, v in (("cloud", cloud), ("edge", edge), ("cloud_states", cloud_states)) if v is not None
+    }
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_MISSING_KEYS)
         module = LoRAGenModule.load_from_checkpoint(info.path, map_location="cpu", weights_only=False, **overrides)

@@ -222,11 +222,12 @@ def _system_prompt(args: argparse.Namespace) -> str | None:
 
 def _run(command: str, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> None:
     if command == "generate":
+        from loragen.deploy.deployment import check_system_prompt
         from loragen.deploy.generate import generate
 
         generate(
             args.ckpt_path,
-            _system_prompt(args),
+            check_system_prompt(_system_prompt(args)),
             args.output,
             args.format,
             cloud=args.cloud,
@@ -326,7 +327,7 @@ def _run(command: str, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) 
         else:
             from loragen.deploy.deployment import Deployment, check_system_prompt
 
-            check_system_prompt(prompt)
+            prompt = check_system_prompt(prompt)
             deployment = Deployment(args.ckpt_path, cloud=args.cloud, edge=args.edge, cache=not args.no_cache)
             model = chat.from_deployment(deployment, prompt)
         chat.chat(model, stdin, stdout, max_new_tokens=args.max_new_tokens, compare=args.compare)

@@ -53,7 +53,7 @@ class Deployment:
         cache: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.info = read_checkpoint(ckpt_path)
+        self.info = read_checkpoint(Path(ckpt_path))
         self.cloud, self.edge, self.cloud_states = cloud, edge, cloud_states
         self.cache = GatesCache(cache_dir) if cache else None
         self._module: Any = None  # LoRAGenModule, loaded on first use

@@ -131,7 +131,7 @@ class GeneratorAPI(ls.LitAPI):
     def predict(self, x: GenerateRequest | list[GenerateRequest]) -> Any:
         requests = x if isinstance(x, list) else [x]
         outcomes = self.deployment.gates_many([r.system_prompt for r in requests])
-        answers = []
+        answers: list[Any] = []
         for request, outcome in zip(requests, outcomes, strict=True):
             if isinstance(outcome, LoRAGenError):
                 answers.append(_Failure(422, " ".join(str(outcome).split())))

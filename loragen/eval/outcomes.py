@@ -21,20 +21,21 @@ class ItemOutcomes(Metric):
     ``FIELDS`` (``pred`` / ``pred_norm`` = -1 and ``ms`` = NaN where they do not apply)."""
 
     full_state_update = False
+    uid: list[torch.Tensor] | torch.Tensor  # a state of ``FIELDS`` (each one like it): see ``compute``
 
     def __init__(self) -> None:
         super().__init__()
         for name in FIELDS:
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, **values: list[float]) -> None:  # type: ignore[override]
+    def update(self, **values: list[float]) -> None:
         missing = set(FIELDS) - set(values)
         if missing:
             raise ValueError(f"ItemOutcomes.update needs {sorted(missing)}")
         for name in FIELDS:
             getattr(self, name).append(torch.as_tensor(values[name], dtype=torch.float64, device=self.device))
 
-    def compute(self) -> dict[str, np.ndarray]:  # type: ignore[override]
+    def compute(self) -> dict[str, np.ndarray]:
         # a list of per-batch tensors; after a DDP sync, one tensor of everything gathered
         if len(self.uid) == 0:
             return {name: np.zeros(0) for name in FIELDS}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ def _finite(value: float) -> float | None:
 def _row(key: str, label: str, out: dict[str, np.ndarray], tasks: list[str], metric: str) -> dict[str, Any]:
     task_index = np.asarray(out["task"])
     measured = ("acc", "acc_norm", *(("harness",) if "harness" in out else ()))
-    per, ses = {}, {m: [] for m in measured}
+    per: dict[str, dict[str, Any]] = {}
+    ses: dict[str, list[float]] = {m: [] for m in measured}
     for t, name in enumerate(tasks):
         mask = task_index == t
         cell: dict[str, Any] = {"n": int(mask.sum())}
@@ -125,7 +127,7 @@ def build_results(
     tasks: list[str],
     metric: str,
     *,
-    paired: list[tuple[str, str]] = (),
+    paired: Sequence[tuple[str, str]] = (),
     bootstrap: int = 2000,
     seed: int = 0,
     task_metrics: dict[str, str] | None = None,
@@ -195,7 +197,7 @@ def verdict(diff: dict[str, Any], setting: str, versus: str) -> str:
 def results_markdown(results: dict[str, Any]) -> str:
     """One row per evaluated edge setting (``value ±95% half-width``), then the paired differences."""
     tasks, rows, metric = results["tasks"], results["rows"], results.get("metric")
-    other = {"acc": "acc_norm", "acc_norm": "acc"}.get(metric)
+    other = {"acc": "acc_norm", "acc_norm": "acc"}.get(metric or "")  # no metric (older files): no other
     if other and all(abs(r.get("acc_mean", 0) - r.get("acc_norm_mean", 0)) < 1e-12 for r in rows):
         other = None  # e.g. generation scoring: both metrics are the graded answer
     header = [

@@ -80,11 +80,11 @@ def score_requests(
     contexts: dict[tuple[int, ...], list[int]] = {}  # distinct context -> its requests
     for i, (context, _) in enumerate(requests):
         contexts.setdefault(tuple(context), []).append(i)
-    order = sorted(contexts, key=len, reverse=True)
-    for start in range(0, len(order), max_rows):
-        chunk = order[start : start + max_rows]
-        members = [(b, i) for b, context in enumerate(chunk) for i in contexts[context]]
-        sums = _score_chunk(model, chunk, [requests[i][1] for _, i in members], [b for b, _ in members], prefix_embeds)
+    by_length = sorted(contexts, key=len, reverse=True)
+    for start in range(0, len(by_length), max_rows):
+        group = by_length[start : start + max_rows]
+        members = [(b, i) for b, context in enumerate(group) for i in contexts[context]]
+        sums = _score_chunk(model, group, [requests[i][1] for _, i in members], [b for b, _ in members], prefix_embeds)
         for (_, i), value in zip(members, sums, strict=True):
             scores[i] = value
     return scores
@@ -104,7 +104,9 @@ def _score_whole(
     sequences = [(list(c) + list(t))[:-1] for c, t in requests]
     ids = torch.zeros(len(sequences), max(map(len, sequences)), dtype=torch.long, device=device)
     mask = torch.zeros(len(sequences), n_prefix + ids.shape[1], dtype=torch.long, device=device)
-    rows, positions, targets = [], [], []
+    rows: list[int] = []
+    positions: list[int] = []
+    targets: list[int] = []
     for r, ((context, continuation), sequence) in enumerate(zip(requests, sequences, strict=True)):
         ids[r, : len(sequence)] = torch.tensor(sequence, device=device)
         mask[r, : n_prefix + len(sequence)] = 1

@@ -245,7 +245,8 @@ def write_study(runs: dict[str, Path], unseen: list[str], out: Path) -> list[Pat
         for ax, which in zip(axes[0], groups, strict=True):
             cells = {(r["point"], r["comparison"]): r for r in diffs if r["group"] == which}
             for j, point in enumerate(points):
-                ys, xs, err = [], [], [[], []]
+                ys, xs = [], []
+                err: list[list[float]] = [[], []]
                 for i, comparison in enumerate(comparisons):
                     r = cells.get((point, comparison))
                     if r is None:

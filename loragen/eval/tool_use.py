@@ -161,6 +161,16 @@ class ToolUseSuccess(Metric):
 
     full_state_update = False
     higher_is_better = True
+    # states (``add_state`` in ``__init__``): float64 scalars
+    thought: torch.Tensor
+    action: torch.Tensor
+    args: torch.Tensor
+    success: torch.Tensor
+    action_tool: torch.Tensor
+    args_tool: torch.Tensor
+    items: torch.Tensor
+    tool_items: torch.Tensor
+    unparseable: torch.Tensor
 
     def __init__(self, args_match: str = "gpt4tools", **kwargs) -> None:
         super().__init__(**kwargs)

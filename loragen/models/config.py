@@ -16,9 +16,27 @@ command line of the run that evaluates it.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from loragen import LoRAGenError
+
+# The fields with a fixed set of values, typed so that the command line refuses anything else at parse time (one
+# line listing the values); the tuples are what code checks against (one fact, one place).
+Scoring = Literal["loglik", "generate"]
+Metric = Literal["acc_norm", "acc", "harness"]  # described in loragen.eval.results.METRICS
+ServePath = Literal["merged", "functional"]
+AuxLoss = Literal["cv2", "switch", "none"]
+RouterNoise = Literal["none", "gaussian", "gumbel"]
+SCORINGS: tuple[str, ...] = get_args(Scoring)
+METRICS: tuple[str, ...] = get_args(Metric)
+AUX_KINDS: tuple[str, ...] = get_args(AuxLoss)
+NOISE_KINDS: tuple[str, ...] = get_args(RouterNoise)
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    """The one-line refusal of a value outside its fixed set (for values that bypass the command line)."""
+    if value not in allowed:
+        raise LoRAGenError(f"{name}={value!r} is unknown: choose one of {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -49,11 +67,11 @@ class OptimConfig:
 class EvalConfig:
     """How validation, test and predict run; never read from a checkpoint."""
 
-    scoring: str = "loglik"
+    scoring: Scoring = "loglik"
     """``loglik``: pick the option with the highest log-likelihood, as lm-evaluation-harness asks the
     question; ``generate``: a greedy answer graded by the task's answer extraction (unparseable
     answers count as wrong and are counted). Records without options are always graded by generation."""
-    metric: str = "acc_norm"
+    metric: Metric = "acc_norm"
     """The headline of option scoring: ``acc_norm`` (log-likelihood ÷ option length in characters) or
     ``acc`` (summed log-likelihood), as lm-evaluation-harness defines them; both are always written."""
     max_new_tokens: int = 32
@@ -69,7 +87,7 @@ class EvalConfig:
     """LoRA-Gen's prompt-sensitivity rows at test time: each task's items also served with another
     task's generated LoRA (rotated), with a task-free prompt's LoRA and, for tasks with a held-out
     paraphrase, with the LoRA of their prompt read with that paraphrase; each paired with the task's own."""
-    path: str = "merged"
+    path: ServePath = "merged"
     """``merged``: the adapter merged into the edge weights, as deployed; ``functional``: applied as in
     training (hooks), for parity checks."""
     verify_restore: bool = True
@@ -77,16 +95,11 @@ class EvalConfig:
     merge that was not undone stops the run instead of training on corrupted weights)."""
 
     def __post_init__(self) -> None:
-        from loragen.data.tasks.base import formulation_for
-        from loragen.eval.results import METRICS
-
-        formulation_for(self.scoring)  # an unknown scoring mode fails here, naming the modes
-        if self.metric not in METRICS:
-            raise LoRAGenError(f"eval.metric={self.metric!r} is unknown: choose one of {', '.join(METRICS)}")
+        check_choice("eval.scoring", self.scoring, SCORINGS)
+        check_choice("eval.metric", self.metric, METRICS)
         if self.max_new_tokens < 1:
             raise LoRAGenError(f"eval.max_new_tokens={self.max_new_tokens} must be >= 1")
-        if self.path not in ("merged", "functional"):
-            raise LoRAGenError(f"eval.path={self.path!r} is unknown: choose merged or functional")
+        check_choice("eval.path", self.path, get_args(ServePath))
 
 
 @dataclass(frozen=True)
@@ -109,15 +122,13 @@ class PoolConfig:
     target_modules: list[str] | None = None
     """Edge linears that receive LoRA; null = the method's default (LoRA-Gen and LoRA: every attention
     and MLP projection; LoRAMoE: the MLP linears)."""
-    aux_loss: str = "cv2"
+    aux_loss: AuxLoss = "cv2"
     """Balance loss over the experts: ``cv2`` (the paper: squared coefficient of variation of expert
     importance) ``| switch | none``."""
     aux_coef: float = 0.01
     """Its coefficient α in ``loss = CE + α · aux``."""
 
     def __post_init__(self) -> None:
-        from loragen.models.components.router import AUX_KINDS
-
         if self.num_experts < 1 or self.rank < 1:
             raise LoRAGenError(f"pool.num_experts={self.num_experts} and pool.rank={self.rank} must be >= 1")
         if not 1 <= self.top_k <= self.num_experts:
@@ -127,8 +138,7 @@ class PoolConfig:
                 "pool.target_modules is empty: name at least one edge linear, e.g. q_proj, or "
                 "leave it null for the method's default"
             )
-        if self.aux_loss not in AUX_KINDS:
-            raise LoRAGenError(f"pool.aux_loss={self.aux_loss!r} is unknown: choose one of {list(AUX_KINDS)}")
+        check_choice("pool.aux_loss", self.aux_loss, AUX_KINDS)
         if self.aux_coef < 0:
             raise LoRAGenError(f"pool.aux_coef={self.aux_coef} must be >= 0")
 

@@ -158,7 +158,7 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         hidden, aux = self.training_forward(batch)
         ce = answer_loss(self.scoring_model(), hidden, batch["labels"])
-        loss = ce if aux is None else ce + self.pool_config.aux_coef * aux
+        loss = ce if aux is None or self.pool_config is None else ce + self.pool_config.aux_coef * aux
         logs = {"train/ce": ce} | ({} if aux is None else {"train/aux": aux})
         for name, (coef, term) in self.extra_losses(batch, hidden).items():
             loss = loss + coef * term
@@ -183,7 +183,7 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
             "mergeable": self.MERGEABLE,
             "trainable_params": count_trainable(self),
             "trained_steps": self.trained_steps,
-            "edge": self.hparams.edge,
+            "edge": self.hparams["edge"],
         }
 
     @torch.no_grad()

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -32,6 +32,11 @@ from torch import nn
 
 from loragen import LoRAGenError
 from loragen.eval.scoring import score_requests
+
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
+
+    from loragen.models.config import EvalConfig
 
 LATENCY_ITEMS_PER_TASK = 8
 
@@ -41,6 +46,16 @@ class EvaluationMixin:
 
     SETTINGS: dict[str, str] = {}
     prefix_tokens = 0  # learned virtual tokens the edge reads before every prompt (prompt tuning)
+
+    if TYPE_CHECKING:  # provided by the LightningModule using the mixin (see the module docstring)
+        trainer: Any
+        _trainer: Any
+        device: torch.device
+        loggers: Any
+        log: Any
+        evaluation: EvalConfig
+
+        def _evaluate(self, batch: dict[str, Any], stage: str) -> None: ...
 
     def _init_evaluation(self) -> None:
         from torchmetrics import MaxMetric
@@ -164,7 +179,7 @@ class EvaluationMixin:
         verdicts.update(self._verdicts(batch, prompt_key, [i for i in items if i not in ms]))
         tasks = self._task_indices(batch["task"], items)
         columns = list(zip(*(verdicts[i] for i in items), strict=True))
-        self.outcomes[stage][setting].update(
+        cast("MetricCollection", self.outcomes[stage])[setting].update(
             uid=[batch["uid"][i] for i in items],
             task=tasks,
             label=[int(batch["label"][i]) for i in items],
@@ -255,10 +270,10 @@ class EvaluationMixin:
             return None
         outcomes = {}
         for setting in self.eval_settings():
-            metric = self.outcomes[stage][setting]
-            if metric.update_called:
-                outcomes[setting] = metric.compute()
-            metric.reset()
+            item_outcomes = cast("MetricCollection", self.outcomes[stage])[setting]
+            if item_outcomes.update_called:
+                outcomes[setting] = item_outcomes.compute()
+            item_outcomes.reset()
         if not outcomes:
             return None
         present = sorted({int(t) for values in outcomes.values() for t in values["task"]})
@@ -296,6 +311,8 @@ class EvaluationMixin:
     def _items_jsonl(self, stage: str) -> str:
         """One line per (setting, item): what was chosen, what was right, and where the item came from."""
         examples = getattr(self.trainer.datamodule, "examples", {}).get(stage, [])
+        results = self.last_results
+        assert results is not None  # ``on_test_epoch_end`` sets it before it writes the items
         lines = []
         for setting, values in self._last_outcomes.items():
             for k in range(len(values["uid"])):
@@ -306,7 +323,7 @@ class EvaluationMixin:
                         {
                             "setting": setting,
                             "uid": uid,
-                            "task": self.last_results["tasks"][int(values["task"][k])],
+                            "task": results["tasks"][int(values["task"][k])],
                             "source": record.meta.get("source") if record is not None else None,
                             **{
                                 f: int(values[f][k])

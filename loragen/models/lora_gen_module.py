@@ -14,8 +14,16 @@ import torch
 
 from loragen import LoRAGenError
 from loragen.models.components.expert_pool import DEFAULT_TARGETS
-from loragen.models.components.router import NOISE_KINDS
-from loragen.models.config import EvalConfig, OptimConfig, PoolConfig, SpecificityConfig, group
+from loragen.models.config import (
+    NOISE_KINDS,
+    EvalConfig,
+    OptimConfig,
+    PoolConfig,
+    RouterNoise,
+    SpecificityConfig,
+    check_choice,
+    group,
+)
 from loragen.models.prompt_lora import PromptLoRAMethod, settings_for
 
 SETTINGS = settings_for("loragen", "LoRA-Gen")
@@ -60,7 +68,7 @@ class LoRAGenModule(PromptLoRAMethod):
         pool: PoolConfig = PoolConfig(),
         router_hidden: int = 256,
         layer_embedding: bool = True,
-        router_noise: str = "gaussian",
+        router_noise: RouterNoise = "gaussian",
         router_center: bool = False,
         train_meta_tokens: bool = False,
         cloud_lora_rank: int = 0,
@@ -84,7 +92,8 @@ class LoRAGenModule(PromptLoRAMethod):
         from loragen.backbones import load_backbone
         from loragen.models.components.lora_gen import LoRAGen
 
-        self.pool_config = pool = group("pool", pool)
+        self.pool_config: PoolConfig = group("pool", pool)
+        pool = self.pool_config
         self.specificity = group("specificity", specificity)
         share = cloud == edge and cloud_lora_rank == 0  # one frozen copy serves both roles
         states = None
@@ -119,8 +128,7 @@ class LoRAGenModule(PromptLoRAMethod):
     @staticmethod
     def check_args(args: dict[str, Any]) -> None:
         """Settings of LoRA-Gen's own arguments that cannot work, before any model loads."""
-        if args.get("router_noise", "gaussian") not in NOISE_KINDS:
-            raise LoRAGenError(f"router_noise={args['router_noise']!r} is unknown: choose one of {list(NOISE_KINDS)}")
+        check_choice("router_noise", args.get("router_noise", "gaussian"), NOISE_KINDS)
         if args.get("cloud_lora_rank", 0) < 0:
             raise LoRAGenError(f"cloud_lora_rank={args['cloud_lora_rank']} must be >= 0 (0 = frozen cloud)")
         if args.get("init_from"):  # a file that is not a loragen checkpoint fails here, before any model loads

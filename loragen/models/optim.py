@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -32,7 +33,8 @@ def adamw_warmup_cosine(module: Any) -> dict[str, Any]:
     """``configure_optimizers`` output for a LightningModule with an ``optim`` group
     (``loragen.models.config.OptimConfig``)."""
     hp = module.optim
-    decay, no_decay = [], []
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
@@ -68,6 +70,15 @@ class ScheduledTraining:
     max_nonfinite_steps = MAX_NONFINITE_STEPS
     _nonfinite_total = 0
     _nonfinite_run = 0
+
+    if TYPE_CHECKING:  # provided by the LightningModule this mixin is combined with
+        trainer: Any
+        _trainer: Any
+        log: Any
+        log_dict: Any
+        optimizers: Any
+
+        def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
 
     def configure_optimizers(self) -> Any:
         return adamw_warmup_cosine(self)

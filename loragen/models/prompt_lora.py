@@ -18,6 +18,7 @@ generated LoRA by hooks) and ``trainable_state_dict()``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +187,8 @@ class PromptLoRAMethod(EdgeMethod):
         are generated batch by batch instead), and for the sensitivity check each task's LoRA (that of
         its first prompt), the task rotation and the prompt distances."""
         self.task_loras, self.rotation, self.gate_distance = {}, {}, None
-        examples = getattr(self.trainer.datamodule, "examples", {}).get(stage, []) if self._trainer else []
+        datamodule = getattr(self._trainer, "datamodule", None)
+        examples = getattr(datamodule, "examples", {}).get(stage, [])
         prompts: dict[bytes, list[int]] = {}
         first_of_task: dict[str, bytes] = {}
         keyed = [(example["task"], prompt_key(example["system_ids"])) for example in examples]
@@ -229,7 +231,7 @@ class PromptLoRAMethod(EdgeMethod):
         groups = distinct_rows(batch["system_ids"], batch["system_mask"])
         keys = [_row_key(batch["system_ids"][g[0]], batch["system_mask"][g[0]]) for g in groups]
         missing = [i for i, key in enumerate(keys) if key not in self.task_loras]
-        generated = iter([])
+        generated: Iterator[Any] = iter([])
         if missing:
             firsts = torch.tensor([groups[i][0] for i in missing], device=self.device)
             generated = iter(self.model.generate(batch["system_ids"][firsts], batch["system_mask"][firsts]))

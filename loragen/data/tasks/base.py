@@ -18,9 +18,9 @@ from typing import Any
 from loragen import LoRAGenError
 from loragen.data.jsonrows import Malformed, Row, read_rows  # Malformed re-exported: task parsers raise it
 from loragen.data.records import Record
+from loragen.models.config import SCORINGS as SCORING_MODES  # how a model grades items (eval.scoring)
 
 FORMULATIONS = ("cloze", "choices")
-SCORING_MODES = ("loglik", "generate")  # how a model grades items (``model.init_args.eval.scoring``)
 
 
 def formulation_for(scoring: str) -> str:

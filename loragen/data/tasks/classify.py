@@ -54,6 +54,7 @@ class LabelTask(TaskSpec):
     def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
         if not isinstance(row, dict):
             raise Malformed(f"a record must be an object, got {type(row).__name__}")
+        assert self.row_fields is not None  # every LabelTask names its row parser
         values, index = self.row_fields(row, label)
         if not 0 <= index < len(self.words):
             raise Malformed(f"class {index} is outside the {len(self.words)} classes")
@@ -206,7 +207,7 @@ def _mrpc(row: dict[str, Any], label: str | None) -> Fields:
 
 
 def _stsb(row: dict[str, Any], label: str | None) -> Fields:
-    raw = row.get("label", row.get("score", label))
+    raw: Any = row.get("label", row.get("score", label))  # anything: what is not a number is Malformed
     try:
         score = float(raw)
     except (TypeError, ValueError):

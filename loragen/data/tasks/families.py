@@ -34,7 +34,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from loragen.data.jsonrows import Row
 from loragen.data.tasks.base import Item, Malformed, TaskSpec, format_choice_input, normalize_space
@@ -96,29 +96,33 @@ def _stem(base: TaskSpec, item: Item) -> str:
 
 
 def _distractors(native: Item) -> list[int]:
+    assert native.options is not None and native.label is not None  # checked by ``FamilyTask.formulate``
     correct = normalize_space(native.options[native.label])
     return [i for i, o in enumerate(native.options) if i != native.label and normalize_space(o) != correct]
 
 
 def _incorrect(spec: FamilyTask, item: Item, native: Item, formulation: str) -> Item:
+    assert native.options is not None and native.label is not None  # checked by ``FamilyTask.formulate``
     rng = item_rng(spec.family, item)
     wrong = rng.choice(_distractors(native))
     pair = [native.label, wrong]
     rng.shuffle(pair)
     options = tuple(native.options[i] for i in pair)
     label = pair.index(wrong)
-    text = native.input if formulation == "cloze" else format_choice_input(item.question, options)
+    question = cast(str, item.question)  # choice items keep their question (``choice_item``)
+    text = native.input if formulation == "cloze" else format_choice_input(question, options)
     return dataclasses.replace(
         native, input=text, options=options, label=label, output=options[label], answer=options[label], contexts=None
     )
 
 
 def _letter(spec: FamilyTask, item: Item, native: Item, formulation: str) -> Item:
+    assert native.options is not None and native.label is not None  # checked by ``FamilyTask.formulate``
     letters = tuple(LETTERS[: len(native.options)])
     listed = "\n".join(f"{letter}. {option}" for letter, option in zip(letters, native.options))
     return dataclasses.replace(
         native,
-        input=f"{_stem(spec.base, item)}\n{listed}\nAnswer:",
+        input=f"{_stem(spec._base_task, item)}\n{listed}\nAnswer:",
         options=letters,
         output=letters[native.label],
         answer=letters[native.label],
@@ -127,18 +131,20 @@ def _letter(spec: FamilyTask, item: Item, native: Item, formulation: str) -> Ite
 
 
 def _judge(spec: FamilyTask, item: Item, native: Item, formulation: str) -> Item:
+    assert native.options is not None and native.label is not None  # checked by ``FamilyTask.formulate``
     rng = item_rng(spec.family, item)
     shown_correct = rng.random() < 0.5
     shown = native.label if shown_correct else rng.choice(_distractors(native))
     options, label = ("no", "yes"), int(shown_correct)
-    text = f"{_stem(spec.base, item)}\nProposed answer: {native.options[shown]}\nAnswer:"
+    text = f"{_stem(spec._base_task, item)}\nProposed answer: {native.options[shown]}\nAnswer:"
     return dataclasses.replace(
         native, input=text, options=options, label=label, output=options[label], answer=options[label], contexts=None
     )
 
 
 def _relabel(spec: FamilyTask, item: Item, native: Item, formulation: str) -> Item:
-    names = class_names(spec.base, tuple(native.options), spec.family)
+    assert native.options is not None and native.label is not None  # checked by ``FamilyTask.formulate``
+    names = class_names(spec._base_task, tuple(native.options), spec.family)
     if spec.family == "swapped":  # the same words, each standing for another class: the gold class's new word
         options, label = tuple(native.options), native.options.index(names[native.label])
     else:
@@ -155,7 +161,7 @@ def _relabel(spec: FamilyTask, item: Item, native: Item, formulation: str) -> It
 
 
 def _number(spec: FamilyTask, item: Item, native: Item, formulation: str) -> Item:
-    return dataclasses.replace(native, output=native.answer)
+    return dataclasses.replace(native, output=cast(str, native.answer))  # word problems carry their final number
 
 
 TRANSFORMS = {
@@ -174,19 +180,25 @@ class FamilyTask(TaskSpec):
 
     base: TaskSpec | None = None
 
+    @property
+    def _base_task(self) -> TaskSpec:
+        """``base``: always given (``family_task``); its None default only keeps the dataclass's field order."""
+        assert self.base is not None
+        return self.base
+
     def read(self, path: Path) -> list[Row]:
-        return self.base.read(path)
+        return self._base_task.read(path)
 
     def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
-        return self.base.parse_row(row, label)
+        return self._base_task.parse_row(row, label)
 
     def parse_hub_row(self, row: dict[str, Any]) -> Item:
-        return self.base.parse_hub_row(row)
+        return self._base_task.parse_hub_row(row)
 
     def formulate(self, item: Item, formulation: str) -> Item:
         # label families ask plain content and name the classes in the instruction, so they use the cloze
         # classes in both formulations (BoolQ's generation form answers true/false in another class order)
-        native = self.base.formulate(item, "cloze" if self.family in LABEL_FAMILIES else formulation)
+        native = self._base_task.formulate(item, "cloze" if self.family in LABEL_FAMILIES else formulation)
         if self.family != "number" and (native.options is None or native.label is None):
             raise Malformed(f"task {self.name}: the item has no options to ask as the {self.family} family")
         if self.family in ("incorrect", "judge") and not _distractors(native):

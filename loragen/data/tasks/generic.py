@@ -32,9 +32,10 @@ class ChoiceTask(TaskSpec):
         if self.option_fields:
             options = [get_str(row, key) for key in self.option_fields]
         else:
-            options = row.get(self.options_field) if isinstance(row, dict) else None
-            if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+            listed = row.get(self.options_field) if isinstance(row, dict) and self.options_field is not None else None
+            if not isinstance(listed, list) or not all(isinstance(o, str) for o in listed):
                 raise Malformed(f"field {self.options_field!r} must be a list of strings")
+            options = listed
         raw = row.get(self.label_field, label) if isinstance(row, dict) else label
         if isinstance(raw, str) and len(raw.strip()) == 1 and raw.strip().isalpha():
             raw = ord(raw.strip().upper()) - ord("A") + self.label_base

@@ -241,8 +241,10 @@ class TaskLoader:
         cache_key = (spec.dataset, f"{where}|{split}" if where == HUB else str(where))
         if cache_key not in self._files:
             if where == HUB:
-                rows, labels, parse = hub_rows(spec.hub, split), None, lambda row, _: spec.parse_hub_row(row)
-                name = f"{spec.hub.path} ({spec.hub.splits[split]})"
+                hub = spec.hub
+                assert hub is not None  # ``source`` answers HUB only for a task with a hub source
+                rows, labels, parse = hub_rows(hub, split), None, lambda row, _: spec.parse_hub_row(row)
+                name = f"{hub.path} ({hub.splits[split]})"
             else:
                 path = Path(where)
                 rows, parse, name = spec.read(path), spec.parse_row, str(path)

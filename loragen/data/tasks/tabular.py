@@ -40,16 +40,17 @@ def _lines(path: Path) -> list[tuple[int, str | Malformed]]:
 def read_table(path: Path, *, delimiter: str, columns: Sequence[str] | None = None, quoted: bool = True) -> list[Row]:
     """Rows of a delimited file as dicts: keyed by the header line, or by ``columns`` when the file has
     no header. ``quoted=False`` reads every character literally (GLUE's TSVs hold unbalanced quotes)."""
+    numbered: list[tuple[int, list[str] | Malformed]]
     if quoted:  # CSV fields may span lines: parse the whole text, then find each record's first line
         text = path.read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
         reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
         records = []
-        for fields in reader:
-            records.append((reader.line_num, fields))
+        for cells in reader:
+            records.append((reader.line_num, cells))
         # line_num is the *last* physical line of a record; the first is one after the previous record's last
         numbered, previous = [], 0
-        for last, fields in records:
-            numbered.append((previous + 1, fields))
+        for last, cells in records:
+            numbered.append((previous + 1, cells))
             previous = last
     else:
         numbered = [(n, line if isinstance(line, Malformed) else line.split(delimiter)) for n, line in _lines(path)]

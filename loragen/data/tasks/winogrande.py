@@ -30,9 +30,9 @@ class WinograndeTask(TaskSpec):
     both) is the continuation scored after it."""
 
     def formulate(self, item: Item, formulation: str) -> Item:
-        if formulation == "choices" or item.options is None or "_" not in (item.question or ""):
+        sentence = item.question or ""
+        if formulation == "choices" or item.options is None or "_" not in sentence:
             return super().formulate(item, formulation)
-        sentence = item.question
         blank = sentence.index("_")
         rest = sentence[blank + 1 :].strip()
         if not rest:  # nothing after the blank (possible in LLM-Adapters rows): no partial scoring possible

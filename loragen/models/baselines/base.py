@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from loragen import LoRAGenError
 from loragen.models.edge_method import EdgeMethod, Served
+
+if TYPE_CHECKING:
+    from lightning.fabric.utilities.data import AttributeDict
 
 
 class EdgeBaselineModule(EdgeMethod):
@@ -36,6 +39,12 @@ class EdgeBaselineModule(EdgeMethod):
     METHOD = "edge"
     LABEL = "edge model"
     MERGEABLE = True
+
+    # Lightning types ``hparams`` as a MutableMapping; what ``save_hyperparameters`` stores is an AttributeDict
+    if TYPE_CHECKING:
+
+        @property
+        def hparams(self) -> AttributeDict: ...
 
     def __init__(self, system_prompt: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)

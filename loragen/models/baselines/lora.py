@@ -38,6 +38,8 @@ class LoRABaseline(EdgeBaselineModule):
     LABEL = "LoRA"
     MERGEABLE = True
 
+    _peft: Any  # the PeftModel (outside the module tree): it forwards the adapter methods dynamically
+
     def __init__(self, pool: PoolConfig = PoolConfig(), lora_dropout: float = 0.0, **kwargs: Any) -> None:
         self.check_args({"lora_dropout": lora_dropout})
         pool = group("pool", pool)
@@ -47,7 +49,7 @@ class LoRABaseline(EdgeBaselineModule):
 
         config = LoraConfig(
             r=pool.top_k * pool.rank,
-            lora_alpha=pool.top_k * pool.lora_alpha,
+            lora_alpha=pool.top_k * pool.lora_alpha,  # type: ignore[arg-type]  # PEFT annotates int; floats work
             target_modules=list(pool.targets(DEFAULT_TARGETS)),
             lora_dropout=lora_dropout,
             bias="none",

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import nn
 
 from loragen import LoRAGenError
 from loragen.models.baselines.base import EdgeBaselineModule
@@ -24,6 +25,9 @@ from loragen.models.config import PoolConfig, group
 
 class _MoEBaseline(EdgeBaselineModule):
     MERGEABLE = False
+
+    pool_config: PoolConfig  # always set (``__init__``)
+    moe_layers: list[nn.Module]  # set by each subclass
 
     def __init__(self, pool: PoolConfig = PoolConfig(), attention_rank: int = 8, **kwargs: Any) -> None:
         self.check_args({"attention_rank": attention_rank})

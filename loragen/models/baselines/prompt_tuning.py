@@ -7,9 +7,10 @@ request (counted in the edge tokens per request); it cannot be merged into weigh
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
+from torch import nn
 
 from loragen import LoRAGenError
 from loragen.models.baselines.base import EdgeBaselineModule
@@ -46,7 +47,7 @@ class PromptTuningBaseline(EdgeBaselineModule):
         self.prompt_encoder = peft_model.prompt_encoder  # the trained soft prompt
         self.prefix_tokens = num_virtual_tokens
         table = self.edge.get_input_embeddings().weight
-        weight = self.prompt_encoder["default"].embedding.weight
+        weight = cast(nn.Embedding, self.prompt_encoder["default"].embedding).weight
         with torch.no_grad():
             ids = self.backbone.tokenizer(init_text, add_special_tokens=False)["input_ids"] if init_text else []
             if ids:
@@ -64,7 +65,7 @@ class PromptTuningBaseline(EdgeBaselineModule):
     def prefix_embeds(self) -> torch.Tensor:
         """(1, n, hidden) in the edge's dtype (the trained parameter itself stays float32, as in PEFT)."""
         dtype = self.edge.get_input_embeddings().weight.dtype
-        return self.prompt_encoder["default"].embedding.weight.to(dtype)[None]
+        return cast(nn.Embedding, self.prompt_encoder["default"].embedding).weight.to(dtype)[None]
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         n, b = self.prefix_tokens, input_ids.shape[0]

@@ -29,7 +29,7 @@ without the system prompt, the original weights restored bit for bit; the same p
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -105,7 +105,7 @@ class HyperLoRA(nn.Module):
 
     def forward(self, embedding: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         batch, layers = embedding.shape[0], self.num_layers
-        task = self.task_encoder(embedding.to(self.task_encoder[0].weight.dtype))  # (b, latent/2)
+        task = self.task_encoder(embedding.to(cast(nn.Linear, self.task_encoder[0]).weight.dtype))  # (b, latent/2)
         depth = self.depth(torch.arange(layers, device=embedding.device))  # (L, latent/4)
         out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for m, module in enumerate(self.modules_order):

@@ -179,6 +179,7 @@ class _SiteHook:
             return output
         indices, weights = self.owner._routing
         pool, site = self.owner.pool, self.site
+        assert pool is not None  # routing selects experts of the pool
         a_all, b_all = pool.factors(site)  # (n, r, in), (n, out, r)
         idx, w = indices[:, site.layer], weights[:, site.layer]  # (b, k)
         batch, k = inputs[0].shape[0], idx.shape[1]
@@ -194,6 +195,7 @@ class _SiteHook:
         return output + delta.to(output.dtype)
 
     def _applied(self, x: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        assert self.owner._factors is not None  # checked by ``__call__``
         factors, scale = self.owner._factors
         a, b = factors[self.site.path]  # (b, R, in), (b, out, R)
         batch = x.shape[0]
@@ -224,7 +226,7 @@ def save_peft_adapter(
     with atomic_directory(target) as tmp:
         config = LoraConfig(
             r=lora.rank,
-            lora_alpha=lora.scale * lora.rank,
+            lora_alpha=lora.scale * lora.rank,  # type: ignore[arg-type]  # PEFT annotates int; floats work
             lora_dropout=0.0,
             bias="none",
             target_modules=list(lora.targets),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -32,7 +33,7 @@ class TargetSite:
 
 def decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """Return (path, ModuleList) of the decoder layers of a Hugging Face causal LM."""
-    layers = model.get_decoder().layers
+    layers = cast(Any, model).get_decoder().layers  # a Hugging Face model's API, not nn.Module's
     for name, module in model.named_modules():
         if module is layers:
             return name, layers

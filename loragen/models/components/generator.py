@@ -19,7 +19,7 @@ the file's, and a prompt the file lacks is a one-line error naming it (with a cl
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -45,6 +45,8 @@ class CloudGenerator(nn.Module):
         states: precomputed states (a ``loragen encode`` file); its meta tokens replace the seeded ones.
         describe: token ids -> text, to name a prompt the states lack.
     """
+
+    cloud: Any  # the Hugging Face causal LM (PEFT-wrapped with a cloud LoRA) or None: its API is not nn.Module's
 
     def __init__(
         self,
@@ -75,7 +77,7 @@ class CloudGenerator(nn.Module):
         elif cloud is None:
             raise ValueError("CloudGenerator needs a cloud model or precomputed states")
         else:
-            embed = cloud.get_input_embeddings()
+            embed = cast(Any, cloud).get_input_embeddings()  # a Hugging Face model's API, not nn.Module's
             std = float(embed.weight.detach().float().std())
             gen = torch.Generator().manual_seed(seed)
             init = (torch.randn(num_meta, embed.embedding_dim, generator=gen) * std).to(embed.weight.dtype)

@@ -118,6 +118,8 @@ class LoRAGen(nn.Module):
 
     def functional(self, lora: GeneratedLoRA) -> Any:
         """A context in which the edge serves one generated LoRA by hooks, as in training (parity checks)."""
+        if lora.indices is None or lora.weights is None:
+            raise ValueError("this LoRA carries no routing (indices / weights): serve it merged instead")
         return self.edge_lora.routing(lora.indices[None], lora.weights[None])
 
     @torch.no_grad()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -103,6 +104,8 @@ class MixLoRAFFN(nn.Module):
     ``last_probs`` (b, s, E) the full softmax, both float32 and still attached to the autograd graph.
     """
 
+    base: Any  # the model's own gated MLP, whatever its class (gate_proj / up_proj / down_proj / act_fn)
+
     def __init__(self, base_mlp: nn.Module, num_experts: int, top_k: int, rank: int, lora_alpha: float) -> None:
         super().__init__()
         _check_config(num_experts, rank, top_k)
@@ -115,8 +118,9 @@ class MixLoRAFFN(nn.Module):
         self.base = base_mlp
         self.num_experts, self.top_k, self.rank = num_experts, top_k, rank
         self.scale = lora_alpha / rank
-        weight = base_mlp.gate_proj.weight
-        self.router = _new_router(base_mlp.gate_proj.in_features, num_experts, weight)
+        gate_proj = cast(nn.Linear, base_mlp.gate_proj)
+        weight = gate_proj.weight
+        self.router = _new_router(gate_proj.in_features, num_experts, weight)
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
         for name in MLP_LINEARS:
@@ -204,7 +208,8 @@ class LoRAMoELinear(nn.Module):
 
 
 def _decoder_layers(model: nn.Module) -> Sequence[nn.Module]:
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", model)
+    hf_model: Any = model  # a Hugging Face causal LM (``get_decoder``), or a module holding ``model.layers``
+    decoder = hf_model.get_decoder() if hasattr(hf_model, "get_decoder") else getattr(hf_model, "model", hf_model)
     layers = getattr(decoder, "layers", None)
     if layers is None or len(layers) == 0:
         raise LoRAGenError(f"{type(model).__name__} has no decoder layers (expected model.get_decoder().layers)")
@@ -266,7 +271,7 @@ def install_mixlora(
             raise LoRAGenError("the model already has MixLoRA installed: load a fresh model")
         for name in MLP_LINEARS:
             _target_linear(layer, "mlp", name)
-        if not hasattr(mlp, "act_fn"):
+        if mlp is None or not hasattr(mlp, "act_fn"):
             raise LoRAGenError(f"MixLoRA needs mlp.act_fn; {type(mlp).__name__} has none")
         attn = {name: _target_linear(layer, "self_attn", name) for name in attention_targets} if attention_rank else {}
         plan.append((layer, mlp, attn))
@@ -350,7 +355,7 @@ def moe_aux_loss(
     """
     if kind not in AUX_KINDS:
         raise LoRAGenError(f"auxiliary loss {kind!r} is unknown: choose one of {list(AUX_KINDS)}")
-    active = [layer for layer in layers if getattr(layer, "last_gates", None) is not None]
+    active: list[Any] = [layer for layer in layers if getattr(layer, "last_gates", None) is not None]  # MoE layers
     if not active:
         raise LoRAGenError("no MoE layer has gates yet: run a forward pass first")
     if kind == "none":

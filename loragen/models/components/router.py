@@ -53,6 +53,10 @@ class Router(nn.Module):
     CENTER_EXACT_BATCHES = 100
     CENTER_MOMENTUM = 0.01
 
+    mlp: nn.Sequential | nn.Linear
+    state_mean: torch.Tensor  # buffers, registered only with ``center``
+    state_batches: torch.Tensor
+
     def __init__(
         self,
         in_features: int,
