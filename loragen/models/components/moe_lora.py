@@ -27,10 +27,10 @@ from torch import nn
 
 from loragen import LoRAGenError
 from loragen.models.components.router import cv_squared
+from loragen.models.config import AUX_KINDS
 
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
 ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
-AUX_KINDS = ("cv2", "switch", "none")
 
 
 def _init_lora_A_(tensor: torch.Tensor, fan_in: int) -> None:

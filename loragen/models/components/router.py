@@ -19,8 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NOISE_KINDS = ("none", "gaussian", "gumbel")
-AUX_KINDS = ("cv2", "switch", "none")
+from loragen.models.config import AUX_KINDS, NOISE_KINDS
 
 
 @dataclass
