@@ -250,25 +250,26 @@ def step_ddp(args: argparse.Namespace) -> dict[str, Any]:
     return _fit(args, "ddp_cpu", "cpu", 4, [*ddp, "--trainer.devices", "2"])
 
 
-def step_fsdp(args: argparse.Namespace) -> dict[str, Any] | str:
-    """FSDP (configs/strategies/fsdp.yaml: bf16-mixed, norm clipping) over the GPUs present; Lightning runs it
-    only on CUDA."""
-    if not gpu_count():
-        return "not run: Lightning runs FSDP only on CUDA"
-    fsdp = ["--config", "configs/strategies/fsdp.yaml", "--trainer.devices", str(gpu_count())]
-    return _fit(args, "fsdp_gpu", "gpu", 10, fsdp)
-
-
-def step_deepspeed(args: argparse.Namespace) -> dict[str, Any] | str:
-    """DeepSpeed ZeRO-2 (configs/strategies/deepspeed.yaml) over the GPUs present, where the package is installed."""
+def _gpu_strategy(args: argparse.Namespace, name: str, package: str | None = None) -> dict[str, Any] | str:
+    """10 fit steps with ``configs/strategies/NAME.yaml`` over the GPUs present (it needs CUDA, and ``package``)."""
     import importlib.util
 
     if not gpu_count():
-        return "not run: DeepSpeed needs CUDA"
-    if importlib.util.find_spec("deepspeed") is None:
-        return "not run: the deepspeed package is not installed (pip install deepspeed)"
-    ds = ["--config", "configs/strategies/deepspeed.yaml", "--trainer.devices", str(gpu_count())]
-    return _fit(args, "deepspeed_gpu", "gpu", 10, ds)
+        return f"not run: {name} needs CUDA (Lightning runs it only there)"
+    if package and importlib.util.find_spec(package) is None:
+        return f"not run: the {package} package is not installed (pip install {package})"
+    layer = ["--config", f"configs/strategies/{name}.yaml", "--trainer.devices", str(gpu_count())]
+    return _fit(args, f"{name}_gpu", "gpu", 10, layer)
+
+
+def step_fsdp(args: argparse.Namespace) -> dict[str, Any] | str:
+    """FSDP (configs/strategies/fsdp.yaml: bf16-mixed, norm clipping over the shards)."""
+    return _gpu_strategy(args, "fsdp")
+
+
+def step_deepspeed(args: argparse.Namespace) -> dict[str, Any] | str:
+    """DeepSpeed ZeRO-2 (configs/strategies/deepspeed.yaml), where the package is installed."""
+    return _gpu_strategy(args, "deepspeed", package="deepspeed")
 
 
 def step_cuda_tests(args: argparse.Namespace) -> dict[str, Any] | str:
