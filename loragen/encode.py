@@ -68,16 +68,18 @@ def read_prompts_file(path: str | Path) -> list[str]:
 
 def collect_prompts(model: Any, datamodule: Any, prompts_file: str | None) -> dict[str, list[int]]:
     """Every distinct tokenized system prompt the run reads, keyed by its states-file sha256."""
+    from loragen.contracts import EvaluationData
     from loragen.models.components.cloud_states import prompt_sha
 
+    data = datamodule if isinstance(datamodule, EvaluationData) else None
     rows: list[list[int]] = []
-    if datamodule is not None and hasattr(datamodule, "system_prompt_ids"):
-        rows += datamodule.system_prompt_ids()
+    if data is not None:
+        rows += data.system_prompt_ids()
     rows += model.method_prompt_ids()
     if prompts_file:
         texts = read_prompts_file(prompts_file)
-        if datamodule is not None and hasattr(datamodule, "_tokenizer"):  # the data's truncation, as in training
-            tokenize = datamodule._tokenizer().system_ids
+        if data is not None:  # the data's truncation, as in training
+            tokenize = data.tokenize_system_prompt
         else:
             tokenizer = model.model.cloud_backbone.tokenizer
             tokenize = lambda text: tokenizer(text, add_special_tokens=True)["input_ids"]  # noqa: E731

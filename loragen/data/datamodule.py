@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from loragen import LoRAGenError
+from loragen.contracts import PromptReading
 from loragen.data.records import Record, load_records
 from loragen.data.tokenize import Collator, Limits, RecordTokenizer
 
@@ -136,6 +137,8 @@ class RecordDataModule(L.LightningDataModule):
         @property
         def hparams(self) -> AttributeDict: ...
 
+    extra_specs: dict[str, Any] = {}  # task specs beyond the registry (TaskDataModule's ``extra_tasks``)
+
     def __init__(
         self,
         train_files: str | list[str] | None = None,
@@ -216,7 +219,7 @@ class RecordDataModule(L.LightningDataModule):
         from loragen.eval.extraction import exact_match
 
         try:
-            spec = get_task(record.task, getattr(self, "extra_specs", None))
+            spec = get_task(record.task, self.extra_specs)
         except LoRAGenError:
             return exact_match(text, record.output)
         return spec.is_correct(text, record)
@@ -270,6 +273,10 @@ class RecordDataModule(L.LightningDataModule):
             else:
                 self._tokenize(name, lambda r: tok.eval_example(r, self.hparams.reference))
 
+    def tokenize_system_prompt(self, text: str) -> list[int]:
+        """A system prompt's cloud token ids, truncated to ``max_system_tokens`` as the records' prompts are."""
+        return self._tokenizer().system_ids(text)
+
     def system_prompt_ids(self) -> list[list[int]]:
         """Every distinct tokenized system prompt of the configured stages (held-out paraphrases included), in
         order of first appearance: what ``loragen encode`` computes the cloud's states for."""
@@ -289,9 +296,11 @@ class RecordDataModule(L.LightningDataModule):
         LoRA with the system prompt) also train with it in the edge context: ``train+system``; methods that
         distil the edge reading the prompt also get that sequence: ``train+teacher``."""
         module = self.trainer.lightning_module if self.trainer is not None else None
-        if stage == "train" and getattr(module, "train_with_system_prompt", False):
+        if stage != "train" or not isinstance(module, PromptReading):
+            return stage
+        if module.train_with_system_prompt:
             return "train+system"
-        if stage == "train" and getattr(module, "train_teacher_prompt", False):
+        if module.train_teacher_prompt:
             return "train+teacher"
         return stage
 

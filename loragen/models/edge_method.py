@@ -130,7 +130,12 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
 
     @property
     def train_with_system_prompt(self) -> bool:
-        """Read by the DataModule: training sequences carry the system prompt too."""
+        """Read by the DataModule (``contracts.PromptReading``): training sequences carry the system prompt too."""
+        return False
+
+    @property
+    def train_teacher_prompt(self) -> bool:
+        """Read by the DataModule: training examples also carry the prompted-edge sequence (distillation)."""
         return False
 
     @property

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from loragen import LoRAGenError
+from loragen.contracts import evaluation_data
 from loragen.eval.scoring import score_requests
 
 if TYPE_CHECKING:
@@ -94,8 +95,8 @@ class EvaluationMixin:
 
         from loragen.eval.outcomes import ItemOutcomes
 
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        self.eval_tasks = list(getattr(datamodule, "tasks", None) or [])
+        data = evaluation_data(self._trainer)
+        self.eval_tasks = list(data.tasks) if data is not None else []
         for name in ("val", "test"):
             self.outcomes[name] = MetricCollection(
                 {s: ItemOutcomes() for s in self.eval_settings()}, compute_groups=False
@@ -128,9 +129,9 @@ class EvaluationMixin:
 
     def _judge(self, text: str, record: Any) -> bool | None:
         """Grade a generated answer as the DataModule's tasks grade it (``judge``), else by exact match."""
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        if datamodule is not None and hasattr(datamodule, "judge"):
-            return datamodule.judge(text, record)
+        data = evaluation_data(self._trainer)
+        if data is not None:
+            return data.judge(text, record)
         from loragen.eval.extraction import exact_match
 
         return exact_match(text, record.output)
@@ -253,8 +254,8 @@ class EvaluationMixin:
         the registry does not know keep ``acc_norm``."""
         from loragen.data.tasks.registry import get_task
 
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        extra = getattr(datamodule, "extra_specs", None)
+        data = evaluation_data(self._trainer)
+        extra = data.extra_specs if data is not None else None
         out = {}
         for task in tasks:
             try:
@@ -310,7 +311,8 @@ class EvaluationMixin:
 
     def _items_jsonl(self, stage: str) -> str:
         """One line per (setting, item): what was chosen, what was right, and where the item came from."""
-        examples = getattr(self.trainer.datamodule, "examples", {}).get(stage, [])
+        data = evaluation_data(self._trainer)
+        examples = data.examples.get(stage, []) if data is not None else []
         results = self.last_results
         assert results is not None  # ``on_test_epoch_end`` sets it before it writes the items
         lines = []

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from loragen import LoRAGenError
+from loragen.contracts import evaluation_data
 from loragen.models.config import GENERIC_PROMPT
 from loragen.models.edge_method import EdgeMethod, Served
 
@@ -187,8 +188,8 @@ class PromptLoRAMethod(EdgeMethod):
         are generated batch by batch instead), and for the sensitivity check each task's LoRA (that of
         its first prompt), the task rotation and the prompt distances."""
         self.task_loras, self.rotation, self.gate_distance = {}, {}, None
-        datamodule = getattr(self._trainer, "datamodule", None)
-        examples = getattr(datamodule, "examples", {}).get(stage, [])
+        data = evaluation_data(self._trainer)
+        examples = data.examples.get(stage, []) if data is not None else []
         prompts: dict[bytes, list[int]] = {}
         first_of_task: dict[str, bytes] = {}
         keyed = [(example["task"], prompt_key(example["system_ids"])) for example in examples]
