@@ -95,7 +95,7 @@ def _cli_class() -> Any:
             subcommand = self.config.get("subcommand")
             ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
             if ckpt_path:
-                from loragen.release import resolve_checkpoint
+                from loragen.checkpoint import resolve_checkpoint
 
                 self.config[subcommand]["ckpt_path"] = str(resolve_checkpoint(ckpt_path))
 

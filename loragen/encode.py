@@ -167,8 +167,7 @@ class LoRAGenTrainer(L.Trainer):
 
 def _load_meta_tokens(model: Any, ckpt_path: str) -> None:
     """Put a checkpoint's meta tokens (and its other trained weights) into ``model``, after its identity check."""
-    from loragen.files import load_checkpoint
-    from loragen.release import resolve_checkpoint
+    from loragen.checkpoint import load_checkpoint, resolve_checkpoint
 
     checkpoint = load_checkpoint(resolve_checkpoint(ckpt_path))
     model.check_identity(checkpoint["loragen"])

@@ -139,32 +139,6 @@ def _umask() -> int:
     return umask
 
 
-def load_checkpoint(path: str | Path, mmap: bool = False) -> dict:
-    """A loragen checkpoint's contents, read with torch's weights-only unpickler (tensors, numbers,
-    strings, containers: nothing in the file can run code). A missing file, a file that is not a
-    checkpoint (random bytes, a pickle with code in it) or one loragen did not write fails in one line.
-    ``mmap``: tensors stay on disk until touched (a cheap look at the metadata of a large file)."""
-    import torch
-
-    from loragen import LoRAGenError
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise LoRAGenError(f"checkpoint {path} does not exist or is not a file: give a .ckpt written by `loragen fit`")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # unpickling refused or failed: not a checkpoint we trust
-        raise LoRAGenError(
-            f"{path} is not a loragen checkpoint ({err.__class__.__name__}; it was read weights-only, "
-            "so nothing in it ran): give a .ckpt written by `loragen fit`"
-        ) from err
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("loragen"), dict):
-        raise LoRAGenError(
-            f"{path} was not written by loragen (it has no loragen section): give a .ckpt written by `loragen fit`"
-        )
-    return checkpoint
-
-
 RUN_LOCK = ".loragen-fit.lock"
 _HELD: dict[str, Any] = {}  # run directories this process holds (a process may fit the same directory again)
 

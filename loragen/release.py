@@ -62,8 +62,8 @@ def export_release(
     import torch
     from safetensors.torch import save_file
 
-    from loragen.files import atomic_directory, load_checkpoint, sha256_file
-    from loragen.models.config import CHECKPOINT_FORMAT
+    from loragen.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+    from loragen.files import atomic_directory, sha256_file
 
     if dtype not in DTYPES:
         raise LoRAGenError(f"release dtype {dtype!r} is unknown: choose one of {list(DTYPES)}")
@@ -148,18 +148,14 @@ def read_release(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def resolve_checkpoint(source: str | os.PathLike[str]) -> Path:
-    """A ``--ckpt_path`` value as a checkpoint file of this loragen: a release becomes its cached
-    loragen checkpoint; a checkpoint written before the typed config groups becomes an upgraded copy
-    in the cache (its flat model arguments regrouped, evaluation settings dropped; weights untouched)."""
-    if not is_release(source):
-        path = Path(source).expanduser()
-        return _upgraded(path) if path.is_file() else path
+def release_checkpoint(source: str | os.PathLike[str]) -> Path:
+    """A released generator (``bundled:NAME`` or a release directory) as its loragen checkpoint, built once in the
+    cache from the release's verified weights."""
     from safetensors.torch import load_file
 
     from loragen.backbones import cache_root
+    from loragen.checkpoint import CHECKPOINT_FORMAT, save_checkpoint, upgrade_hparams
     from loragen.files import sha256_file
-    from loragen.models.config import CHECKPOINT_FORMAT, upgrade_hparams
 
     directory = _release_dir(str(source))
     meta = read_release(directory)
@@ -193,46 +189,8 @@ def resolve_checkpoint(source: str | os.PathLike[str]) -> Path:
             "release_weights_sha256": digest,
         },
     }
-    _save(checkpoint, target)
+    save_checkpoint(checkpoint, target)
     return target
-
-
-def _upgraded(path: Path) -> Path:
-    """``path`` itself, or for a checkpoint of an older loragen (format 1: flat model arguments) its upgraded
-    copy, built once in the cache; the copy keeps the source's sha256, so deploy outputs and gates caches
-    made from the source still match it."""
-    from loragen.backbones import cache_root
-    from loragen.files import load_checkpoint, sha256_file
-    from loragen.models.config import CHECKPOINT_FORMAT, upgrade_hparams
-
-    checkpoint = load_checkpoint(path, mmap=True)  # not a loragen checkpoint: fails here, in one line
-    if checkpoint["loragen"].get("format", 1) >= CHECKPOINT_FORMAT:
-        return path
-    digest = sha256_file(path)
-    target = cache_root() / "upgraded" / f"{path.stem}-{digest[:16]}.ckpt"
-    if not target.is_file():
-        checkpoint = load_checkpoint(path)  # in memory, not mapped: it is rewritten
-        checkpoint["hyper_parameters"] = upgrade_hparams(checkpoint.get("hyper_parameters") or {})
-        checkpoint["loragen"].update(format=CHECKPOINT_FORMAT, upgraded_from_sha256=digest)
-        _save(checkpoint, target)
-    print(
-        f"loragen: {path} was written by an older loragen (flat model arguments): using its upgraded copy {target}",
-        file=sys.stderr,
-        flush=True,
-    )
-    return target
-
-
-def _save(checkpoint: dict[str, Any], target: Path) -> None:
-    import io
-
-    import torch
-
-    from loragen.files import atomic_write_bytes
-
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    atomic_write_bytes(target, buffer.getvalue())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -256,7 +256,7 @@ def test_a_checkpoint_of_the_flat_argument_layout_is_upgraded(tmp_path, monkeypa
     """Checkpoints written before the typed groups (flat ``num_experts``, ``lr``, ``scoring``, a retired
     ``length_normalize``) still test and deploy: an upgraded copy (same weights) is used, its evaluation
     settings dropped."""
-    from loragen.deploy.checkpoint import read_checkpoint
+    from loragen.checkpoint import read_checkpoint
     from loragen.files import sha256_file
 
     monkeypatch.setenv("LORAGEN_CACHE", str(tmp_path / "cache"))

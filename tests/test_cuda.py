@@ -48,8 +48,9 @@ def test_merge_unmerge_is_bit_exact_on_cuda_and_equals_the_functional_path():
 
 
 def test_bf16_gpu_fit_writes_a_checkpoint_that_serves_the_same_lora_on_the_cpu(tmp_path):
+    from loragen.checkpoint import read_checkpoint
     from loragen.cli import run
-    from loragen.deploy.checkpoint import load_module, read_checkpoint
+    from loragen.deploy.checkpoint import load_module
 
     cli = run(
         [

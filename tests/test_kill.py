@@ -20,7 +20,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from loragen.files import load_checkpoint
+from loragen.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from loragen import LoRAGenError
+from loragen.checkpoint import resolve_checkpoint
 from loragen.deploy.cli import main as deploy_main
 from loragen.deploy.deployment import Deployment
-from loragen.release import META, WEIGHTS, export_release, known_releases, resolve_checkpoint
+from loragen.release import META, WEIGHTS, export_release, known_releases
 from tests.conftest import PROMPT, _save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -113,7 +113,7 @@ def test_fits_tests_with_the_sensitivity_rows_and_checkpoints_only_the_hypernetw
     assert stored["loragen"]["method"] == "text_to_lora"
     with pytest.raises(LoRAGenError, match="checkpoint 'text_to_lora' was written by another method"):
         LoRAGenModule(cloud="tiny:qwen2", edge="tiny:llama", pool=TINY_POOL, router_hidden=8).on_load_checkpoint(stored)
-    from loragen.deploy.checkpoint import read_checkpoint
+    from loragen.checkpoint import read_checkpoint
 
     with pytest.raises(LoRAGenError, match="is a text_to_lora checkpoint: generate / apply / serve deploy LoRA-Gen"):
         read_checkpoint(path)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from loragen import LoRAGenError
-from loragen.files import load_checkpoint
+from loragen.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,31 +8,18 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loragen import LoRAGenError
-from loragen.deploy.artifacts import sha256_file
 
 if TYPE_CHECKING:
     from loragen.backbones import Backbone
+    from loragen.checkpoint import CheckpointInfo
     from loragen.models.components.edge_lora import EdgeLoRA
     from loragen.models.components.expert_pool import ExpertPool
-    from loragen.models.config import PoolConfig
     from loragen.models.lora_gen_module import LoRAGenModule
 
 _MISSING_KEYS = "Found keys that are in the model state dict but not in the checkpoint"  # backbones: expected
-
-
-@dataclass
-class CheckpointInfo:
-    path: Path
-    sha256: str
-    fingerprint: dict[str, Any]
-    hparams: dict[str, Any]  # LoRAGenModule.__init__ arguments as the checkpoint stores them
-    pool: PoolConfig  # the expert pool group (its defaults filled in)
-    data_hparams: dict[str, Any]
-    pool_state: dict[str, Any]  # ExpertPool state dict (A.*, B.*)
 
 
 @dataclass
@@ -42,39 +29,6 @@ class EdgeSide:
     backbone: Backbone
     pool: ExpertPool
     edge_lora: EdgeLoRA
-
-
-def read_checkpoint(path: str | Path) -> CheckpointInfo:
-    """Hash and read a checkpoint (one-line errors for a missing file or a file loragen did not write)."""
-    from loragen.files import load_checkpoint
-    from loragen.release import resolve_checkpoint
-
-    path = resolve_checkpoint(path)  # a released generator (bundled:NAME) becomes its cached checkpoint
-    ckpt = load_checkpoint(path)
-    if "fingerprint" not in ckpt["loragen"]:
-        raise LoRAGenError(f"{path} has no loragen pair fingerprint: it was not written by loragen")
-    method = ckpt["loragen"].get("method", "loragen")
-    if method != "loragen":
-        raise LoRAGenError(
-            f"{path} is a {method} checkpoint: generate / apply / serve deploy LoRA-Gen generators "
-            "(their gates); evaluate it with `loragen test`"
-        )
-    from loragen.models.config import group
-
-    hparams = dict(ckpt.get("hyper_parameters", {}))
-    prefix = "model.pool."
-    pool_state = {k[len(prefix) :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
-    # an upgraded copy of an older checkpoint is known by its source's hash (what earlier outputs recorded)
-    sha256 = ckpt["loragen"].get("upgraded_from_sha256") or sha256_file(path)
-    return CheckpointInfo(
-        path=path,
-        sha256=sha256,
-        fingerprint=dict(ckpt["loragen"]["fingerprint"]),
-        hparams=hparams,
-        pool=group("pool", hparams.get("pool")),
-        data_hparams=dict(ckpt.get("datamodule_hyper_parameters", {})),
-        pool_state=pool_state,
-    )
 
 
 def load_module(

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loragen import LoRAGenError
+from loragen.checkpoint import read_checkpoint
 from loragen.deploy.artifacts import sha256_text
 from loragen.deploy.cache import GatesCache
-from loragen.deploy.checkpoint import EdgeSide, edge_side_of, load_edge_side, load_module, read_checkpoint
+from loragen.deploy.checkpoint import EdgeSide, edge_side_of, load_edge_side, load_module
 from loragen.deploy.gates import GatesRecord
 
 if TYPE_CHECKING:

@@ -177,7 +177,7 @@ class GeneratorAPI(ls.LitAPI):
 
 def model_info(ckpt_path: str) -> dict[str, Any]:
     """What ``GET /v1/model`` answers: read from the checkpoint once, in the main process."""
-    from loragen.deploy.checkpoint import read_checkpoint
+    from loragen.checkpoint import read_checkpoint
 
     info = read_checkpoint(ckpt_path)
     pool = info.pool

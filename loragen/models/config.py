@@ -203,11 +203,6 @@ GROUPS: dict[str, type] = {
     "specificity": SpecificityConfig,
 }
 STORED_GROUPS = ("optim", "pool", "specificity")  # what a checkpoint keeps; ``eval`` never
-CHECKPOINT_FORMAT = 2  # ``checkpoint["loragen"]["format"]``: 1 = flat model arguments, 2 = the typed groups
-# arguments older loragen versions stored in checkpoints and this one does not (dropped on upgrade): retired
-# ones, and ``init_from`` (a checkpoint's weights are its own: it never re-reads its starting point)
-RETIRED_ARGS = ("length_normalize", "init_from")
-_FLAT_NAMES = {"eval_path": ("eval", "path")}
 
 
 def group(kind: str, value: Any) -> Any:
@@ -232,22 +227,3 @@ def group(kind: str, value: Any) -> Any:
 def as_plain(value: Any) -> Any:
     """A group as the plain mapping checkpoints and logs store (anything else as it is)."""
     return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
-
-
-def upgrade_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
-    """Model arguments stored by loragen before the typed groups (checkpoint format 1: flat ``num_experts``,
-    ``lr``, ``scoring``, ...) in today's layout. Evaluation settings and retired arguments are dropped (a
-    checkpoint never decides how it is evaluated)."""
-    flat = {f.name: kind for kind, cls in GROUPS.items() for f in fields(cls)}
-    flat.update({name: kind for name, (kind, _) in _FLAT_NAMES.items()})
-    upgraded: dict[str, Any] = {}
-    groups: dict[str, dict[str, Any]] = {}
-    for name, value in hparams.items():
-        if name in RETIRED_ARGS or name not in flat or name in GROUPS:
-            if name not in RETIRED_ARGS:
-                upgraded[name] = value
-            continue
-        kind = flat[name]
-        groups.setdefault(kind, {})[_FLAT_NAMES.get(name, (kind, name))[1]] = value
-    upgraded.update({kind: values for kind, values in groups.items() if kind in STORED_GROUPS})
-    return upgraded

@@ -34,7 +34,6 @@ from torch import nn
 from loragen import LoRAGenError
 from loragen.eval.scoring import answer_loss
 from loragen.models.config import (
-    CHECKPOINT_FORMAT,
     GROUPS,
     STORED_GROUPS,
     EvalConfig,
@@ -290,32 +289,16 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        keep = self.trained_state_names()
-        checkpoint["state_dict"] = {
-            k: v for k, v in checkpoint["state_dict"].items() if k in keep or k.startswith("best_val_acc")
-        }
-        checkpoint["loragen"] = {"format": CHECKPOINT_FORMAT, **self.identity()}
+        from loragen.checkpoint import strip_untrained
+
+        strip_untrained(checkpoint, self.trained_state_names(), self.identity())
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        from loragen.checkpoint import fill_untrained
+
         self.check_identity(checkpoint.get("loragen") or {})
         self.trained_steps = checkpoint.get("global_step")
-        expected = self.trained_state_names()
-        missing = sorted(expected - set(checkpoint["state_dict"]))
-        if missing:
-            raise LoRAGenError(
-                f"checkpoint lacks trained weights {missing[:3]}: it is incomplete or was trained "
-                "with other settings (experts, rank, targets)"
-            )
-        mine = self.state_dict(keep_vars=True)
-        for name in sorted(expected):
-            stored, own = tuple(checkpoint["state_dict"][name].shape), tuple(mine[name].shape)
-            if stored != own:
-                raise LoRAGenError(
-                    f"checkpoint weight {name} has shape {stored}, this model's {own}: it was "
-                    "trained with other settings (experts, rank, targets, virtual tokens)"
-                )
-        for name, tensor in mine.items():  # the frozen backbones are not stored: fill them in (references,
-            checkpoint["state_dict"].setdefault(name, tensor.detach())  # no copies), so loading reports none missing
+        fill_untrained(checkpoint, self.trained_state_names(), self.state_dict(keep_vars=True))
 
 
 class _ReleaseOnException(L.Callback):

@@ -132,8 +132,7 @@ class LoRAGenModule(PromptLoRAMethod):
         if args.get("cloud_lora_rank", 0) < 0:
             raise LoRAGenError(f"cloud_lora_rank={args['cloud_lora_rank']} must be >= 0 (0 = frozen cloud)")
         if args.get("init_from"):  # a file that is not a loragen checkpoint fails here, before any model loads
-            from loragen.files import load_checkpoint
-            from loragen.release import resolve_checkpoint
+            from loragen.checkpoint import load_checkpoint, resolve_checkpoint
 
             load_checkpoint(resolve_checkpoint(args["init_from"]))
         if args.get("cloud_states"):

@@ -243,9 +243,8 @@ class PromptLoRAMethod(EdgeMethod):
 
     def _init_from(self, path: str) -> None:
         """Start from the trained weights of a checkpoint of the same method and pair."""
-        from loragen.files import load_checkpoint
+        from loragen.checkpoint import load_checkpoint, resolve_checkpoint
         from loragen.models.components.fingerprint import PairFingerprint
-        from loragen.release import resolve_checkpoint
 
         self.init_from = path
         path = str(resolve_checkpoint(path))
