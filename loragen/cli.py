@@ -9,44 +9,105 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-TOP_HELP = """usage: loragen {fit,validate,test,predict,encode} [--config FILE] [--print_config] [options]
-
-loragen trains LoRA-Gen generators: a cloud LM reads a task's system prompt once (plus one meta
-token per edge layer), a router mixes LoRA experts, and the LoRA is merged into the edge LM, which
-then answers without the system prompt.
-
-subcommands:
-  fit        train a generator (resume with --ckpt_path last)
-  validate   evaluate on data.val_files
-  test       evaluate on data.test_files; writes results.json / results.md in the run directory
-  predict    write the specialized edge model's answers as JSONL (merged LoRA, no system prompt)
-  encode     the frozen cloud's meta-token states for every system prompt of the data, in a states
-             file (--out FILE); fit / test with --model.init_args.cloud_states FILE never load the cloud
-  generate   checkpoint + system prompt -> PEFT adapter, merged HF model, or compact gates file
-  apply      gates file (or --server URL) + checkpoint -> PEFT adapter or merged HF model (edge
-             side, no cloud pass)
-  chat       talk to the specialized edge model (no system prompt in its context)
-  serve      the generator as an HTTP service (LitServe): POST /v1/generate -> gates or PEFT adapter
-  sweep      offline grid of fit + test (e.g. num_experts x aux_coef), resumable, table + plot
-  compare    LoRA-Gen vs. baselines (base, few-shot, LoRA +/- system prompt, MixLoRA, LoRAMoE,
-             prompt tuning) on one config: comparison.md/csv/json + accuracy-vs-latency plot
-  tasks      the task registry as a table: family, dataset, items per split, descriptions, grading,
-             licence (--data_dir PATH counts the items; --preset suite)
-
-common options:
-  --config FILE           YAML config (see configs/; e.g. configs/quickstart.yaml)
-  --print_config          print the fully resolved config and exit
-  --ckpt_path PATH|last   checkpoint to resume from or evaluate
-  --model.*, --data.*, --trainer.*   any field, e.g. --model.pool.num_experts 4 --trainer.max_steps 50
-
-Run `loragen SUBCOMMAND --help` for every option of a subcommand.
-"""
+LIGHTNING = "lightning"  # a subcommand LightningCLI parses (``run``)
 
 
-DEPLOY_COMMANDS = ("generate", "apply", "chat", "serve")
+@dataclass(frozen=True)
+class Command:
+    """One ``loragen`` subcommand: its line in ``loragen --help`` and where it runs."""
+
+    name: str
+    summary: str
+    entry: str = LIGHTNING  # ``module:function`` called with the arguments after the name (with the name: deploy)
+    with_name: bool = False
+
+
+COMMANDS = (
+    Command("fit", "train a generator (resume with --ckpt_path last)"),
+    Command("validate", "evaluate on data.val_files"),
+    Command("test", "evaluate on data.test_files; writes results.json / results.md in the run directory"),
+    Command("predict", "write the specialized edge model's answers as JSONL (merged LoRA, no system prompt)"),
+    Command(
+        "encode",
+        "the frozen cloud's meta-token states for every system prompt of the data, in a states file (--out "
+        "FILE); fit / test / generate / serve with --model.init_args.cloud_states FILE never load the cloud",
+    ),
+    Command(
+        "generate",
+        "checkpoint + system prompt -> PEFT adapter, merged HF model, gates file or GGUF",
+        "loragen.deploy.cli:main",
+        with_name=True,
+    ),
+    Command(
+        "apply",
+        "gates file (or --server URL) + checkpoint -> PEFT adapter or merged HF model (edge side, no cloud pass)",
+        "loragen.deploy.cli:main",
+        with_name=True,
+    ),
+    Command(
+        "chat",
+        "talk to the specialized edge model (no system prompt in its context)",
+        "loragen.deploy.cli:main",
+        with_name=True,
+    ),
+    Command(
+        "serve",
+        "the generator as an HTTP service (LitServe): POST /v1/generate -> gates or PEFT adapter",
+        "loragen.deploy.cli:main",
+        with_name=True,
+    ),
+    Command(
+        "sweep",
+        "offline grid or named points of fit + test, resumable, table + plot (and a study report)",
+        "loragen.sweep:main",
+    ),
+    Command(
+        "compare",
+        "LoRA-Gen vs. baselines (base, few-shot, LoRA +/- system prompt, MixLoRA, LoRAMoE, prompt tuning, "
+        "Text-to-LoRA) on one config: comparison.md/csv/json + accuracy-vs-latency plot",
+        "loragen.compare:main",
+    ),
+    Command(
+        "tasks",
+        "the task registry as a table: family, dataset, items per split, descriptions, grading, licence",
+        "loragen.tasks_command:main",
+    ),
+)
+
+
+def top_help() -> str:
+    """``loragen --help``, from ``COMMANDS``."""
+    import textwrap
+
+    names = ",".join(c.name for c in COMMANDS)
+    lines = [
+        f"usage: loragen {{{names}}} [options]",
+        "",
+        "loragen trains LoRA-Gen generators: a cloud LM reads a task's system prompt once (plus one meta",
+        "token per edge layer), a router mixes LoRA experts, and the LoRA is merged into the edge LM, which",
+        "then answers without the system prompt.",
+        "",
+        "subcommands:",
+    ]
+    for command in COMMANDS:
+        wrapped = textwrap.wrap(command.summary, width=96)
+        lines.append(f"  {command.name:<10} {wrapped[0]}")
+        lines += [f"  {'':<10} {rest}" for rest in wrapped[1:]]
+    lines += [
+        "",
+        f"common options ({', '.join(c.name for c in COMMANDS if c.entry == LIGHTNING)}):",
+        "  --config FILE           YAML config (see configs/; e.g. configs/quickstart.yaml)",
+        "  --print_config          print the fully resolved config and exit",
+        "  --ckpt_path PATH|last   checkpoint to resume from or evaluate",
+        "  --model.*, --data.*, --trainer.*   any field, e.g. --model.init_args.pool.num_experts 4",
+        "",
+        "Run `loragen SUBCOMMAND --help` for every option of a subcommand.",
+    ]
+    return "\n".join(lines)
 
 
 def _cli_class() -> Any:
@@ -310,29 +371,16 @@ def run(args: list[str] | None = None) -> object:
 def main() -> None:
     argv = sys.argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
-        print(TOP_HELP)
+        print(top_help())
         return
-    if argv[0] == "sweep":
-        from loragen.sweep import main as sweep_main
+    command = next((c for c in COMMANDS if c.name == argv[0]), None)
+    if command is None or command.entry == LIGHTNING:
+        run(None)  # LightningCLI names an unknown subcommand itself
+        return
+    import importlib
 
-        sweep_main(argv[1:])
-        return
-    if argv[0] == "tasks":
-        from loragen.tasks_command import main as tasks_main
-
-        tasks_main(argv[1:])
-        return
-    if argv[0] == "compare":
-        from loragen.compare import main as compare_main
-
-        compare_main(argv[1:])
-        return
-    if argv[0] in DEPLOY_COMMANDS:
-        from loragen.deploy.cli import main as deploy_main
-
-        deploy_main(argv)
-        return
-    run(None)
+    module, function = command.entry.split(":")
+    getattr(importlib.import_module(module), function)(argv if command.with_name else argv[1:])
 
 
 if __name__ == "__main__":
