@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from loragen.backbones import load_backbone
 from loragen.deploy.artifacts import META_FILE, sha256_file, sha256_text
@@ -405,3 +406,25 @@ def test_chat_answers_without_the_system_prompt_and_compares(ckpt, dep, tmp_path
     assert len(turns) == 1 and turns[0]["specialized"]["prompt_tokens"] == _ids(INPUT).shape[1]
     adapter_out = _cli("chat", "--adapter", str(tmp_path / "ad"), "--max_new_tokens", "6", stdin=INPUT + "\n")
     assert f"[specialized] {expected}" in adapter_out  # the PEFT adapter answers the same
+
+
+def test_generate_reads_its_options_from_a_config_file_as_fit_does(ckpt, tmp_path, capsys):
+    """The deploy subcommands parse like LightningCLI's: --config FILE (YAML), --print_config writes one, and a
+    flag given after the file overrides it."""
+    config = tmp_path / "generate.yaml"
+    config.write_text(
+        f"ckpt_path: {ckpt}\nsystem_prompt: {json.dumps(PROMPT)}\noutput: {tmp_path / 'from-file'}\nformat: peft\n"
+    )
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", "--config", str(config), "--format", "gates", "--print_config"])
+    assert stop.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["ckpt_path"] == str(ckpt) and printed["format"] == "gates" and printed["system_prompt"] == PROMPT
+    _cli("generate", "--config", str(config), "--format", "gates")
+    meta = json.loads((tmp_path / "from-file" / META_FILE).read_text())
+    assert meta["format"] == "gates" and meta["system_prompt_sha256"] == sha256_text(PROMPT)
+    config.write_text(f"ckpt_path: {ckpt}\noutput: {tmp_path / 'none'}\n")  # no prompt anywhere: refused
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", "--config", str(config)])
+    assert stop.value.code == 2
+    assert "give exactly one of --system_prompt or --system_prompt_file" in capsys.readouterr().err

@@ -35,8 +35,17 @@ _DESCRIPTIONS = {
 }
 
 
-def _add_prompt(parser: argparse.ArgumentParser, required: bool) -> None:
-    group = parser.add_mutually_exclusive_group(required=required)
+# groups of options of which exactly one must be given: checked after parsing, so that a --config file can give
+# it (argparse's required mutually exclusive groups look at the command line alone)
+_ONE_OF: dict[str, list[tuple[str, ...]]] = {
+    "generate": [("system_prompt", "system_prompt_file")],
+    "apply": [("gates", "server")],
+    "chat": [("ckpt_path", "adapter", "gguf")],
+}
+
+
+def _add_prompt(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
     group.add_argument("--system_prompt", metavar="TEXT", help="the task's system prompt")
     group.add_argument(
         "--system_prompt_file",
@@ -74,10 +83,15 @@ def _add_cloud_states(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"loragen {command}", description=_DESCRIPTIONS[command])
+    """The subcommand's parser (jsonargparse, as LightningCLI's: ``--config FILE`` reads these options from YAML,
+    ``--print_config`` writes the resolved ones)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog=f"loragen {command}", description=_DESCRIPTIONS[command], exit_on_error=True)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file of these options (see --print_config)")
     if command == "generate":
         parser.add_argument("--ckpt_path", required=True, metavar="CKPT", help="checkpoint written by loragen fit")
-        _add_prompt(parser, required=True)
+        _add_prompt(parser)
         parser.add_argument("--output", required=True, metavar="DIR", help="output directory (written atomically)")
         parser.add_argument(
             "--format",
@@ -101,14 +115,14 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         )
         _add_cache(parser)
     elif command == "apply":
-        source = parser.add_mutually_exclusive_group(required=True)
+        source = parser.add_mutually_exclusive_group()
         source.add_argument("--gates", metavar="FILE", help="gates file or output directory of `loragen generate`")
         source.add_argument(
             "--server",
             metavar="URL",
             help="fetch the gates for the system prompt from `loragen serve` at URL (e.g. http://127.0.0.1:8000)",
         )
-        _add_prompt(parser, required=False)
+        _add_prompt(parser)
         parser.add_argument(
             "--api_key_file", metavar="FILE", help="the service's API key (first line; default: $LORAGEN_API_KEY)"
         )
@@ -181,7 +195,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         )
         _add_cache(parser)
     else:
-        source = parser.add_mutually_exclusive_group(required=True)
+        source = parser.add_mutually_exclusive_group()
         source.add_argument(
             "--ckpt_path",
             metavar="CKPT",
@@ -195,7 +209,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
             "llama.cpp (llama-cpp-python); with --lora, the base edge GGUF",
         )
         parser.add_argument("--lora", metavar="FILE", help="with --gguf: a `--format gguf-lora` adapter for that base")
-        _add_prompt(parser, required=False)
+        _add_prompt(parser)
         parser.add_argument("--cloud", metavar="SRC", help="cloud model source (with --ckpt_path)")
         parser.add_argument(
             "--edge", metavar="SRC", help="edge model source (default: the checkpoint's, or the adapter's metadata)"
@@ -338,7 +352,13 @@ def main(argv: list[str], *, stdin: TextIO | None = None, stdout: TextIO | None 
     command, rest = argv[0], argv[1:]
     if command not in _DESCRIPTIONS:
         raise SystemExit(f"loragen: error: unknown deployment command {command!r}: use generate, apply, chat or serve")
-    args = build_parser(command).parse_args(rest)
+    parser = build_parser(command)
+    args = parser.parse_args(rest)
+    for names in _ONE_OF.get(command, []):
+        given = [n for n in names if getattr(args, n, None) is not None]
+        if len(given) != 1:
+            flags = " or ".join(f"--{n}" for n in names)
+            parser.error(f"give exactly one of {flags} (got {len(given)})")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         _run(command, args, stdin or sys.stdin, stdout or sys.stdout)
