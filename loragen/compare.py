@@ -350,7 +350,7 @@ def compare(
 ) -> list[dict[str, Any]]:
     import yaml
 
-    from loragen.sweep import run_point
+    from loragen.sweep import Plan, run_plans
 
     base = yaml.safe_load(Path(config).read_text())
     class_path = ((base.get("model") or {}).get("class_path")) or ""
@@ -364,57 +364,28 @@ def compare(
     for method in methods:  # validate everything before anything starts
         run_dir = out_dir / method
         resolved = method_config(base, method, (sets or {}).get(method, {}), run_dir)
-        plans.append((method, run_dir, resolved))
-    rows, meta, budgets, failed = [], {}, {}, []
-    for i, (method, run_dir, resolved) in enumerate(plans, 1):
-        marker = run_dir / "method.json"
-        identity = _identity(resolved, extra or [])
-        if marker.is_file():
-            record = json.loads(marker.read_text())
-            if record.get("identity") != identity:
-                raise LoRAGenError(
-                    f"{run_dir} holds a {method} run made with another configuration or options: "
-                    "use a new --out, or delete that directory to run it again"
-                )
-            print(f"[{i}/{len(plans)}] {method}: done before, skipped", flush=True)
-        else:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            config_path = run_dir / "config.yaml"
-            config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
-            train = METHODS[method]["train"]
-            print(f"[{i}/{len(plans)}] {method}: {'fit + test' if train else 'test'} ...", flush=True)
-            try:
-                outcome = run_point(config_path, run_dir, extra or [], fit=train)
-            except LoRAGenError as err:  # the other methods still run; the failure is reported at the end
-                print(f"[{i}/{len(plans)}] {method}: FAILED: {err}", flush=True)
-                failed.append(f"{method} ({err})")
-                continue
-            record = {
-                "method": method,
-                "identity": identity,
-                "results": outcome["results"],
-                "row": summarize_method(method, outcome["results"], outcome["seconds"]),
-            }
-            atomic_write_text(marker, json.dumps(record, indent=1))
-            print(
-                f"[{i}/{len(plans)}] {method}: mean accuracy {record['row']['mean']:.1f} "
-                f"({record['row']['seconds']:.0f} s)",
-                flush=True,
-            )
-        rows.append(record["row"])
-        if METHODS[method]["train"]:
-            budgets[method] = budget(_resolved_config(run_dir))
-        meta = {
-            "items": record["results"].get("items"),
-            "scoring": record["results"].get("scoring"),
-            "metric": record["results"].get("metric"),
-            "tasks": record["results"].get("tasks"),
-        }
+        plans.append(Plan(method, run_dir, resolved, list(extra or []), fit=METHODS[method]["train"]))
+
+    def record(plan: Plan, outcome: dict[str, Any]) -> dict[str, Any]:
+        return {"method": plan.name, "row": summarize_method(plan.name, outcome["results"], outcome["seconds"])}
+
+    records, failed = run_plans(plans, "method.json", record, keep_going=True)
+    rows: list[dict[str, Any]] = []
+    meta: dict[str, Any] = {}
+    budgets: dict[str, str] = {}
+    for plan in plans:
+        if plan.name not in records:
+            continue
+        done = records[plan.name]
+        rows.append(done["row"])
+        if plan.fit:
+            budgets[plan.name] = budget(_resolved_config(plan.run_dir))
+        meta = {key: done["results"].get(key) for key in ("items", "scoring", "metric", "tasks")}
     if rows:
         from loragen.eval.study import differences_to
 
         unseen = list(((base.get("data") or {}).get("init_args") or {}).get("unseen") or [])
-        runs = {method: run_dir for method, run_dir, _ in plans if (run_dir / "method.json").is_file()}
+        runs = {plan.name: plan.run_dir for plan in plans if plan.name in records}
         meta["differences"] = differences_to(runs, "loragen", unseen) if "loragen" in runs else []
         paths = write_comparison(rows, out_dir, budget_line(budgets), meta)
         print((out_dir / "comparison.md").read_text())
@@ -425,18 +396,6 @@ def compare(
             "re-run the same command to retry only those)"
         )
     return rows
-
-
-def _identity(resolved: dict[str, Any], extra: list[str]) -> str:
-    """What a method's results depend on (its config and the extra options, output paths aside)."""
-    import hashlib
-
-    config = {k: v for k, v in resolved.items() if k != "trainer"}
-    trainer = {
-        k: v for k, v in (resolved.get("trainer") or {}).items() if k not in ("default_root_dir", "logger", "callbacks")
-    }
-    text = json.dumps({"config": config, "trainer": trainer, "extra": extra}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def main(argv: list[str]) -> None:

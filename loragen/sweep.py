@@ -31,6 +31,8 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +281,77 @@ def write_tables(rows: list[dict[str, Any]], out: Path, grid: dict[str, list[Any
     return paths
 
 
+@dataclass
+class Plan:
+    """One run of an experiment: its name, directory, resolved config, options and whether it trains."""
+
+    name: str
+    run_dir: Path
+    config: dict[str, Any]
+    extra: list[str]
+    fit: bool = True
+
+    @property
+    def identity(self) -> str:
+        """What the run's results depend on (its config and options, output paths aside)."""
+        import hashlib
+
+        config = {k: v for k, v in self.config.items() if k != "trainer"}
+        trainer = {
+            k: v
+            for k, v in (self.config.get("trainer") or {}).items()
+            if k not in ("default_root_dir", "logger", "callbacks")
+        }
+        text = json.dumps({"config": config, "trainer": trainer, "extra": self.extra}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def run_plans(
+    plans: list[Plan],
+    marker: str,
+    record: Callable[[Plan, dict[str, Any]], dict[str, Any]],
+    keep_going: bool = False,
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The one experiment loop of ``loragen sweep`` and ``loragen compare``: each plan's fit + test in
+    subprocesses (``run_point``), resumable: a finished run leaves ``run_dir/MARKER`` (``record(plan, outcome)``
+    plus its identity) and is skipped when the command is run again; a finished run made with another config or
+    options is refused, not mixed in. ``keep_going``: a failed run is reported and the others still run.
+    Returns the records of the finished runs by name, and the failures."""
+    import yaml
+
+    records: dict[str, dict[str, Any]] = {}
+    failed: list[str] = []
+    for i, plan in enumerate(plans, 1):
+        path = plan.run_dir / marker
+        if path.is_file():
+            done = json.loads(path.read_text())
+            if done.get("identity", plan.identity) != plan.identity:  # runs before identities were recorded pass
+                raise LoRAGenError(
+                    f"{plan.run_dir} holds a {plan.name} run made with another configuration or options: "
+                    "use a new --out, or delete that directory to run it again"
+                )
+            print(f"[{i}/{len(plans)}] {plan.name}: done before, skipped", flush=True)
+            records[plan.name] = done
+            continue
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = plan.run_dir / "config.yaml"
+        config_path.write_text(yaml.safe_dump(plan.config, sort_keys=False))
+        print(f"[{i}/{len(plans)}] {plan.name}: {'fit + test' if plan.fit else 'test'} ...", flush=True)
+        try:
+            outcome = run_point(config_path, plan.run_dir, plan.extra, fit=plan.fit)
+        except LoRAGenError as err:
+            if not keep_going:
+                raise
+            print(f"[{i}/{len(plans)}] {plan.name}: FAILED: {err}", flush=True)
+            failed.append(f"{plan.name} ({err})")
+            continue
+        done = {**record(plan, outcome), "identity": plan.identity, "results": outcome["results"]}
+        atomic_write_text(path, json.dumps(done, indent=1))
+        print(f"[{i}/{len(plans)}] {plan.name}: done ({outcome['seconds']:.0f} s)", flush=True)
+        records[plan.name] = done
+    return records, failed
+
+
 def sweep(
     config: str,
     grid: dict[str, list[Any]] | None,
@@ -299,7 +372,7 @@ def sweep(
     elif grid is not None:
         combos = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
         named = [(point_name(point), point) for point in combos]
-    plans = []
+    plans, values = [], {}
     for name, point in named:  # validate everything before anything starts
         run_dir = out_dir / name
         resolved = point_config(base, point, run_dir)
@@ -309,29 +382,21 @@ def sweep(
             raise LoRAGenError(f"sweep point {name} is invalid: {err}") from None
         if not files:  # a layered method config is checked by its own parse
             validate_point(resolved, name)
-        plans.append((name, point, run_dir, resolved))
-    rows = []
-    for i, (name, point, run_dir, resolved) in enumerate(plans, 1):
-        marker = run_dir / "point.json"
-        if marker.is_file():
-            print(f"[{i}/{len(plans)}] {name}: done before, skipped")
-            rows.append(json.loads(marker.read_text())["row"])
-            continue
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config_path = run_dir / "config.yaml"
-        config_path.write_text(yaml.safe_dump(resolved, sort_keys=False))
-        print(f"[{i}/{len(plans)}] {name}: fit + test ...", flush=True)
-        outcome = run_point(config_path, run_dir, [*layered(point), *(extra or [])])
-        row = summarize_point(point, outcome, name if points is not None else None)
-        atomic_write_text(marker, json.dumps({"point": point, "row": row, "results": outcome["results"]}, indent=1))
-        print(f"[{i}/{len(plans)}] {name}: {metric}={row.get(metric)} ({row['seconds']:.0f} s)", flush=True)
-        rows.append(row)
+        plans.append(Plan(name, run_dir, resolved, [*files, *(extra or [])]))
+        values[name] = point
+
+    def record(plan: Plan, outcome: dict[str, Any]) -> dict[str, Any]:
+        point = values[plan.name]
+        return {"point": point, "row": summarize_point(point, outcome, plan.name if points is not None else None)}
+
+    records, _ = run_plans(plans, "point.json", record)
+    rows = [records[plan.name]["row"] for plan in plans]
     paths = write_tables(rows, out_dir, grid or {}, metric)
     if points is not None:
         from loragen.eval.study import write_study
 
         unseen = ((base.get("data") or {}).get("init_args") or {}).get("unseen") or []
-        paths += write_study({name: run_dir for name, _, run_dir, _ in plans}, list(unseen), out_dir)
+        paths += write_study({plan.name: plan.run_dir for plan in plans}, list(unseen), out_dir)
     print((out_dir / "sweep.md").read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
     return rows
