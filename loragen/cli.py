@@ -236,10 +236,18 @@ def _cli_class() -> Any:
 
 def condense_parse_error(message: str) -> str | None:
     """jsonargparse's report of a value outside a ``Literal`` field (nested in every subclass it tried) as one
-    line, ``model.init_args.eval.scoring='foo' is not allowed: choose one of loglik, generate``; None for other
-    errors (they keep jsonargparse's words)."""
+    line, ``model.init_args.eval.scoring='foo' is not allowed: choose one of loglik, generate``, and of a missing
+    or malformed ``--config`` file; None for other errors (they keep jsonargparse's words)."""
     import re
 
+    missing = re.search(r'Parser key "config": File does not exist: (.*)', message)
+    if missing:
+        path = missing.group(1).strip()
+        return f"--config {path} does not exist: give a YAML config file (e.g. configs/quickstart.yaml)"
+    if message.startswith("Problems parsing config"):
+        problem = " ".join(line.strip() for line in message.splitlines()[0:5] if line.strip())
+        problem = problem.removeprefix("Problems parsing config:").strip()
+        return f"a --config file is not valid YAML ({problem}): fix the file"
     found = re.search(r"Expected a typing\.Literal\[(.*?)\]\. Got value: (.*)", message)
     if found is None:
         return None

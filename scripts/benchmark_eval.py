@@ -7,7 +7,7 @@ the same batch size and thread count. Model loading is left out of both timings 
 tokenization and scoring are in both. Prints each time, the ratio (target ≤ 1.0) and both
 accuracies (which must agree: the parity tests check it item by item).
 
-    python scripts/benchmark_eval.py --data-dir ../shared/data [--task arc_easy --items 300] [--json out.json]
+    python scripts/benchmark_eval.py --data-dir DATA [--task arc_easy --items 300] [--json out.json]
 
 Needs the dev extras (``lm-eval``) and the repository's ``tests/`` folder.
 """

@@ -15,7 +15,7 @@ Printed per setting: samples/s and edge tokens/s of the training step without cl
 per new prompt, the distinct prompts a 1500-step run meets (from the sampler's real order), the samples/s
 of a 1500-step run with those cloud passes amortised; and the ratios to ``seen``.
 
-    python scripts/benchmark_suite.py --data_dir ../shared/data [--steps 20] [--json out.json]
+    python scripts/benchmark_suite.py --data_dir DATA [--steps 20] [--json out.json]
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def measure(name: str, data_dir: str, steps: int, warmup: int) -> dict[str, floa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", required=True, help="the benchmark files (the layout of ../shared/data)")
+    parser.add_argument("--data_dir", required=True, help="the benchmark files (the layout of docs/data.md)")
     parser.add_argument("--steps", type=int, default=20, help="measured training steps per setting")
     parser.add_argument("--warmup", type=int, default=3, help="steps run before measuring")
     parser.add_argument(

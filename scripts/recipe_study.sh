@@ -3,7 +3,7 @@
 # configs/studies/recipe.yaml trained 100 steps on the seen tasks and tested on the dev split
 # carved from the unseen tasks' train files, then the prompted and zero-shot edge on the same items.
 # Resumable: re-running skips finished points and continues an interrupted one from its checkpoint.
-#   bash scripts/recipe_study.sh PATH_TO_DATA [OUT]     (PATH_TO_DATA: the layout of ../shared/data)
+#   bash scripts/recipe_study.sh PATH_TO_DATA [OUT]     (PATH_TO_DATA: the layout of docs/data.md)
 set -euo pipefail
 DATA=${1:?usage: bash scripts/recipe_study.sh PATH_TO_DATA [OUT]}
 OUT=${2:-runs/study}

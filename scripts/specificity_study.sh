@@ -5,7 +5,7 @@
 # and zero-shot edge, which study.md pairs with every point by item.
 # Resumable: re-running skips finished points and continues an interrupted one from its last checkpoint
 # (every 100 steps).
-#   bash scripts/specificity_study.sh PATH_TO_DATA [STEPS] [OUT]     (PATH_TO_DATA: the layout of ../shared/data)
+#   bash scripts/specificity_study.sh PATH_TO_DATA [STEPS] [OUT]     (PATH_TO_DATA: the layout of docs/data.md)
 set -euo pipefail
 DATA=${1:?usage: bash scripts/specificity_study.sh PATH_TO_DATA [STEPS] [OUT]}
 STEPS=${2:-300}

@@ -4,7 +4,7 @@
 # commonsense tasks, checkpointed every 100 steps and resumable across sessions (re-run the same command).
 # No validation during training (it would only monitor, at the cost of the prompted/zero-shot references
 # every 500 steps): the results card is measured after training with scripts/release_card.sh.
-#   bash scripts/train_release.sh PATH_TO_DATA [STEPS]     (PATH_TO_DATA: the layout of ../shared/data)
+#   bash scripts/train_release.sh PATH_TO_DATA [STEPS]     (PATH_TO_DATA: the layout of docs/data.md)
 set -euo pipefail
 DATA=${1:?usage: bash scripts/train_release.sh PATH_TO_DATA [STEPS]}
 STEPS=${2:-1500}

@@ -352,3 +352,14 @@ def test_the_metric_choices_are_the_described_metrics():
     from loragen.models.config import METRICS
 
     assert set(METRICS) == set(DESCRIBED)
+
+
+def test_a_missing_or_malformed_config_file_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    for path, fragment in ((tmp_path / "nosuch.yaml", "does not exist"), (bad, "is not valid YAML")):
+        with pytest.raises(SystemExit) as stop:
+            run(["fit", "--config", str(path)])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("loragen: error: ") and fragment in err[0], err

@@ -71,7 +71,7 @@ class TaskDataModule(RecordDataModule):
             ``suite`` = every trainable task and family of the many-task suite, ``suite_no_nc`` the same
             without non-commercial data, ``dev_unseen`` = the suite's held-out tasks; ``loragen tasks``
             lists them), or ``name:split`` to pick a split for one entry.
-        data_dir: folder holding the task files in the layout of ``../shared/data`` (e.g.
+        data_dir: folder holding the task files in the layout of ``docs/data.md`` (e.g.
             ``llm-adapters/ARC-Easy/test.json``, ``siqa/train.jsonl``). None: load from the hub.
         files: per-task, per-split overrides, ``{task: {split: path or "hub"}}``; relative paths are
             resolved against ``data_dir`` when it is set.

@@ -8,7 +8,7 @@ ag_news, mc_taco; ``reading``: commonsenseqa, dream, cosmosqa) and every dataset
 Each module documents its sources (local file formats, hub id), splits and license.
 
     from loragen.data.tasks import TaskLoader
-    records = TaskLoader(data_dir="../shared/data", shots=3).records("arc_easy", "test")
+    records = TaskLoader(data_dir="DATA", shots=3).records("arc_easy", "test")
 
 Users add tasks with ``register_task`` or from a config (``task_from_config``; see ``registry``).
 """

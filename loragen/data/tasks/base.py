@@ -73,7 +73,7 @@ class TaskSpec:
     Args:
         name: registry name (``arc_easy``); the ``task`` of every record.
         description: first part of the system prompt (followed by the few-shot examples).
-        files: split -> default path relative to ``data_dir`` (the layout of ``../shared/data``).
+        files: split -> default path relative to ``data_dir`` (the layout of ``docs/data.md``).
         hub: public hub source for users with a hub (used only when no local file is given).
         answer_kind: how a generated answer is extracted (``loragen.eval.extraction`` kinds, or
             ``tool`` for GPT4Tools ReAct output, or ``text`` for none).
