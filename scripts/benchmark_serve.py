@@ -1,4 +1,4 @@
-"""Bounded load test of `loragen serve` on loopback (README "Online generation").
+"""Bounded load test of `loragen serve` on loopback (docs/service.md).
 
 Starts the service twice on 127.0.0.1 from one checkpoint — without batching (``--max_batch_size 1``)
 and with it (``--max_batch_size B``) — and, for 1, 4 and 16 concurrent clients, sends a fixed number

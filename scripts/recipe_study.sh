@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The recipe study on the bundled pair (README "Recipe study"): every point of
+# The recipe study on the bundled pair (docs/training.md, "Recipe study"): every point of
 # configs/studies/recipe.yaml trained 100 steps on the seen tasks and tested on the dev split
 # carved from the unseen tasks' train files, then the prompted and zero-shot edge on the same items.
 # Resumable: re-running skips finished points and continues an interrupted one from its checkpoint.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The released generator's results card (README "Released generator"): `loragen test` of a generator on
+# The released generator's results card (docs/releases.md): `loragen test` of a generator on
 #   seen   - the five training tasks' test splits (ARC-Challenge, ARC-Easy, OpenBookQA, BoolQ, SIQA), with
 #            the prompts it was trained with;
 #   unseen - PIQA and WinoGrande items never trained on and never used to pick the recipe: a second

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The specificity study (README "Specificity study"): every point of configs/studies/specificity.yaml trained
+# The specificity study (docs/training.md, "Specificity study"): every point of configs/studies/specificity.yaml trained
 # STEPS steps from scratch on the suite (seed 0, the same budget for each), then tested on the suite's dev-unseen
 # tasks and eight seen tasks (80 items each) with the prompt-sensitivity rows; `base` also scores the prompted
 # and zero-shot edge, which study.md pairs with every point by item.

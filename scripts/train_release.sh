@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train the released generator for the bundled pair (README "Released generator") and export it into the
+# Train the released generator for the bundled pair (docs/releases.md) and export it into the
 # package as bundled:smollm2-135m-lora-gen: the recipe of configs/commonsense/seen.yaml on the seen
 # commonsense tasks, checkpointed every 100 steps and resumable across sessions (re-run the same command).
 # No validation during training (it would only monitor, at the cost of the prompted/zero-shot references
@@ -24,4 +24,4 @@ timer=(); [ -x /usr/bin/time ] && timer=(/usr/bin/time -v -o "$ROOT/time-$(date 
 python -m loragen.release export "$ROOT/checkpoints/last.ckpt" "loragen/releases/$NAME" --name "$NAME" \
   --command "bash scripts/train_release.sh DATA $STEPS" \
   --licence "ARC-Easy, ARC-Challenge (CC BY-SA 4.0), BoolQ (CC BY-SA 3.0), OpenBookQA (research use), via LLM-Adapters (ODC-By 1.0)" \
-  --licence "Social IQa (CC BY 4.0)" --results "README.md, section Released generator"
+  --licence "Social IQa (CC BY 4.0)" --results "docs/releases.md"
