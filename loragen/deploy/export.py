@@ -1,4 +1,5 @@
-"""Write a generated LoRA in one of three formats into a (temporary) output directory.
+"""Write a generated LoRA in one of its formats into a (temporary) output directory: one writer per format
+(``WRITERS``), behind one function (``write_payload``) that generate, apply and serve all call.
 
 - ``peft``: a standard PEFT LoRA adapter of rank k·r (``save_peft_adapter``).
 - ``merged``: a Hugging Face model directory with the LoRA merged into the weights (config,
@@ -12,10 +13,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loragen.deploy.artifacts import GGUF_FORMATS, dir_bytes
+from loragen.deploy.artifacts import FORMATS, dir_bytes
 from loragen.deploy.checkpoint import EdgeSide
 from loragen.deploy.gates import GatesRecord
 
@@ -70,30 +72,61 @@ def gguf_keys(side: EdgeSide, record: GatesRecord) -> dict[str, Any]:
     }
 
 
+# ----------------------------------------------------------------------------- one writer per format
+# A writer puts its format into ``directory`` and returns the seconds a merge of the LoRA takes (timed, then
+# undone, when the format itself does not merge). Adding a format is one writer here, its name in
+# ``artifacts.FORMATS`` (the CLI's choices) and, where needed, its pre-flight check in ``generate``.
+
+Writer = Callable[[EdgeSide, Any, GatesRecord, Path, str], float]
+
+
+def _write_peft(side: EdgeSide, lora: Any, record: GatesRecord, directory: Path, gguf_type: str) -> float:
+    from loragen.models.components.edge_lora import save_peft_adapter
+
+    save_peft_adapter(lora, directory, base_model_name_or_path=base_model_name(side))
+    return timed_merge(side, lora)
+
+
+def _write_merged(side: EdgeSide, lora: Any, record: GatesRecord, directory: Path, gguf_type: str) -> float:
+    return save_merged(side, lora, directory)
+
+
+def _write_gates(side: EdgeSide, lora: Any, record: GatesRecord, directory: Path, gguf_type: str) -> float:
+    return timed_merge(side, lora)  # the record itself goes into loragen_meta.json, as for every format
+
+
+def _write_gguf(side: EdgeSide, lora: Any, record: GatesRecord, directory: Path, gguf_type: str) -> float:
+    from loragen.deploy import gguf_export
+
+    path = directory / gguf_export.file_name("gguf", gguf_type)
+    return gguf_export.write_model(side, lora, path, gguf_type, gguf_keys(side, record))  # merges once, timed
+
+
+def _write_gguf_lora(side: EdgeSide, lora: Any, record: GatesRecord, directory: Path, gguf_type: str) -> float:
+    from loragen.deploy import gguf_export
+
+    path = directory / gguf_export.file_name("gguf-lora", gguf_type)
+    gguf_export.write_lora(side, lora, path, gguf_type, gguf_keys(side, record))
+    return timed_merge(side, lora)
+
+
+WRITERS: dict[str, Writer] = {
+    "peft": _write_peft,
+    "merged": _write_merged,
+    "gates": _write_gates,
+    "gguf": _write_gguf,
+    "gguf-lora": _write_gguf_lora,
+}
+assert tuple(WRITERS) == FORMATS, "artifacts.FORMATS and the writers disagree"
+
+
 def write_payload(
     side: EdgeSide, lora: Any, record: GatesRecord, fmt: str, directory: Path, gguf_type: str = "f16"
 ) -> dict[str, Any]:
-    """Write ``fmt`` into ``directory``; returns merge seconds and the payload's bytes."""
-    from loragen.models.components.edge_lora import save_peft_adapter
-
-    if fmt in GGUF_FORMATS:
-        from loragen.deploy import gguf_export
-
-        path = directory / gguf_export.file_name(fmt, gguf_type)
-        if fmt == "gguf":  # merges once, and times it
-            merge_seconds = gguf_export.write_model(side, lora, path, gguf_type, gguf_keys(side, record))
-        else:
-            gguf_export.write_lora(side, lora, path, gguf_type, gguf_keys(side, record))
-            merge_seconds = timed_merge(side, lora)
-    elif fmt == "peft":
-        save_peft_adapter(lora, directory, base_model_name_or_path=base_model_name(side))
-        merge_seconds = timed_merge(side, lora)
-    elif fmt == "merged":
-        merge_seconds = save_merged(side, lora, directory)
-    elif fmt == "gates":
-        merge_seconds = timed_merge(side, lora)
-    else:
-        raise ValueError(f"unknown format {fmt!r}")
+    """Write ``fmt`` into ``directory`` (its writer); returns merge seconds and the payload's bytes."""
+    if fmt not in WRITERS:
+        raise ValueError(f"unknown format {fmt!r}: choose one of {', '.join(WRITERS)}")
+    merge_seconds = WRITERS[fmt](side, lora, record, directory, gguf_type)
     payload = gates_bytes(record) if fmt == "gates" else dir_bytes(directory)
     return {"merge_seconds": merge_seconds, "payload_bytes": payload}
 
