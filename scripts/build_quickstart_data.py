@@ -8,9 +8,11 @@ OpenBookQA and BoolQ. Each source record is an instruction-tuning item such as::
      \\n\\nAnswer format: answer1/answer2/...", "input": "", "output": "the correct answer is answer2",
      "answer": "answer2"}
 
-This script parses the question and options out of the instruction text, draws a small deterministic
-subset per task (train/val from the source train split, test from the source test split) and writes
-one JSONL file per task and split, plus a README with counts, provenance and license notes.
+This script reads the question and options out of the instruction text with the task registry's LLM-Adapters
+reader (``loragen.data.tasks.llm_adapters``), keeps the records that pass this subset's stricter checks,
+draws a small deterministic subset per task (train/val from the source train split, test from the source
+test split) and writes one JSONL file per task and split, plus a README with counts, provenance and license
+notes.
 
 Example::
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import re
 import shutil
 import sys
 from collections import Counter
@@ -31,8 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loragen.data.tasks import get_task
-from loragen.data.tasks.base import Item, choice_item
+from loragen.data.tasks import get_task, llm_adapters
+from loragen.data.tasks.base import Item, Malformed, choice_item, normalize_space
 from loragen.data.tasks.boolq import boolq_item
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,20 +48,6 @@ MAX_OPTIONS = 5
 
 LICENSE_SOURCE_NAME = "DATA_LICENSE"
 LICENSE_OUT_NAME = "LLM_ADAPTERS_DATA_LICENSE.txt"
-
-_MC_RE = re.compile(
-    r"\APlease choose the correct answer to the question:\s*(?P<question>.*?)\s*\n\n"
-    r"(?P<options>Answer1:.*?)\s*\n\n"
-    r"Answer format:\s*(?P<format>answer\d+(?:/answer\d+)*)\s*\Z",
-    re.DOTALL,
-)
-_OPTION_SPLIT_RE = re.compile(r"(?:\A|\s+)Answer(\d+):\s*")
-_BOOLQ_RE = re.compile(
-    r"\APlease answer the following question with true or false, question:\s*(?P<question>.*?)\s*\n\n"
-    r"Answer format:\s*true/false\s*\Z",
-    re.DOTALL,
-)
-_MC_ANSWER_RE = re.compile(r"\Aanswer(\d+)\Z")
 
 
 @dataclass(frozen=True)
@@ -88,57 +75,37 @@ class SkipRecord(Exception):
 Parser = Callable[[dict[str, Any]], Example]
 
 
-def normalize_space(text: str) -> str:
-    """Collapse runs of whitespace (the sources contain stray double spaces) and strip the ends."""
-    return " ".join(text.split())
-
-
 def parse_multiple_choice(record: dict[str, Any]) -> Example:
-    """Parse an LLM-Adapters multiple-choice record (ARC, OpenBookQA) with 2-5 "AnswerN:" options."""
-    match = _MC_RE.match(str(record.get("instruction", "")))
-    if match is None:
-        raise SkipRecord("unparseable instruction")
-    question = normalize_space(match["question"])
-    n_format = len(match["format"].split("/"))
-    # re.split with one capture group gives ["", "1", text1, "2", text2, ...].
-    parts = _OPTION_SPLIT_RE.split(match["options"])
-    numbers, texts = parts[1::2], parts[2::2]
-    if parts[0].strip() or numbers != [str(k) for k in range(1, len(numbers) + 1)]:
-        raise SkipRecord("options not numbered Answer1..AnswerN")
-    if len(numbers) != n_format:
-        raise SkipRecord("option count differs from answer format")
-    options = tuple(normalize_space(t) for t in texts)
-    if not question or not all(options):
-        raise SkipRecord("empty question or option")
-    if not MIN_OPTIONS <= len(options) <= MAX_OPTIONS:
+    """An LLM-Adapters multiple-choice record (ARC, OpenBookQA), read by the task registry's reader
+    (``loragen.data.tasks.llm_adapters.parse_choice``), kept only if it passes this subset's stricter checks."""
+    item = _registry_read(lambda: llm_adapters.parse_choice(record, "answer"))
+    assert item.question is not None and item.options is not None and item.label is not None
+    if not MIN_OPTIONS <= len(item.options) <= MAX_OPTIONS:
         raise SkipRecord(f"option count outside {MIN_OPTIONS}-{MAX_OPTIONS}")
-    if len(set(options)) != len(options):  # case-sensitive: genetics options like "Rr" vs "rr" differ
+    if len(set(item.options)) != len(item.options):  # case-sensitive: genetics options like "Rr" vs "rr" differ
         raise SkipRecord("duplicate option texts")
-    answer_match = _MC_ANSWER_RE.match(str(record.get("answer", "")).strip())
-    if answer_match is None or not 1 <= int(answer_match[1]) <= len(options):
-        raise SkipRecord("answer missing or out of range")
     _check_output(record)
-    return Example(question=question, options=options, label=int(answer_match[1]) - 1)
+    return Example(question=item.question, options=item.options, label=item.label)
 
 
 def parse_boolq(record: dict[str, Any]) -> Example:
-    """Parse an LLM-Adapters BoolQ record (question only, no passage) into a true/false example."""
-    match = _BOOLQ_RE.match(str(record.get("instruction", "")))
-    if match is None:
-        raise SkipRecord("unparseable instruction")
-    question = normalize_space(match["question"])
+    """An LLM-Adapters BoolQ record (question only, no passage), read by the task registry's reader."""
+    question, label = _registry_read(lambda: llm_adapters.parse_boolq(record))
     if not question.rstrip("?").strip():
         raise SkipRecord("empty question")
-    options = ("true", "false")
-    answer = str(record.get("answer", "")).strip().lower()
-    if answer not in options:
-        raise SkipRecord("answer is not true/false")
     _check_output(record)
-    return Example(question=question, options=options, label=options.index(answer))
+    return Example(question=question, options=("true", "false"), label=label)
+
+
+def _registry_read(read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except Malformed as err:
+        raise SkipRecord(f"unparseable ({err})") from None
 
 
 def _check_output(record: dict[str, Any]) -> None:
-    """Reject records whose free-text output disagrees with their "answer" field."""
+    """This subset also needs the free-text output present and equal to its "answer" field."""
     expected = f"the correct answer is {str(record.get('answer', '')).strip()}"
     if normalize_space(str(record.get("output", ""))).lower() != expected.lower():
         raise SkipRecord("output disagrees with answer")
