@@ -46,3 +46,49 @@ def test_no_document_points_outside_the_repository():
         f"{p.relative_to(ROOT)}: {m.group(0)}" for p in texts if p.is_file() for m in outside.finditer(p.read_text())
     ]
     assert not found, found
+
+
+def _shown_commands() -> list[tuple[str, list[str]]]:
+    """Every ``loragen ...`` command of a fenced bash block in README and docs: (where, argv after ``loragen``),
+    continuation lines joined, comments and ``VAR=value`` prefixes dropped."""
+    import shlex
+
+    found = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for block in re.findall(r"```bash\n(.*?)```", path.read_text(), flags=re.DOTALL):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split(" #", 1)[0].split("|")[-1].strip()
+                words = shlex.split(line, comments=True) if line else []
+                while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
+                    words = words[1:]
+                if words[:1] == ["loragen"]:
+                    found.append((f"{path.relative_to(ROOT)}: {line[:80]}", words[1:]))
+    return found
+
+
+def test_every_shown_command_names_a_subcommand_its_options_and_existing_files():
+    """What a reader copies is a command loragen knows: a declared subcommand, options its parser has (the
+    deploy subcommands') and config files that exist; a LightningCLI command whose files all exist parses
+    (``--print_config``)."""
+    from loragen.cli import COMMANDS, LIGHTNING, run
+    from loragen.deploy.cli import build_parser
+
+    names = {c.name: c for c in COMMANDS}
+    shown = _shown_commands()
+    assert len(shown) > 20
+    for where, argv in shown:
+        assert argv and argv[0] in names, f"{where}: unknown subcommand"
+        configs = [argv[i + 1] for i, word in enumerate(argv[:-1]) if word == "--config"]
+        for config in configs:
+            if config.startswith("configs/"):
+                assert (ROOT / config).is_file(), f"{where}: {config} does not exist"
+        if argv[0] in ("generate", "apply", "chat", "serve"):
+            known = {s for action in build_parser(argv[0])._actions for s in action.option_strings}
+            flags = [w.split("=")[0] for w in argv[1:] if w.startswith("--")]
+            assert set(flags) <= known, f"{where}: {set(flags) - known} are not options of loragen {argv[0]}"
+        elif names[argv[0]].entry == LIGHTNING and configs and all((ROOT / c).is_file() for c in configs):
+            placeholders = [w for w in argv if re.fullmatch(r"[A-Z]+", w)]
+            if not placeholders:
+                with pytest.raises(SystemExit) as stop:
+                    run([*argv, "--print_config"])
+                assert stop.value.code in (0, None), f"{where}: does not parse"
