@@ -303,7 +303,8 @@ class _NoAdverts:
 
 def quiet_logs() -> None:
     """Logs a user reads: no product adverts from Lightning; without a terminal, no W&B banners (their ANSI
-    colour codes land in log files as escape sequences); the run's W&B files are still written."""
+    colour codes land in log files as escape sequences; the run's W&B files are still written) and no
+    carriage-return progress bars of transformers' weight loading (one line of ``\r`` frames in a log file)."""
     import logging
 
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
@@ -312,6 +313,10 @@ def quiet_logs() -> None:
             logger.addFilter(_NoAdverts())
     if not sys.stderr.isatty():
         os.environ.setdefault("WANDB_SILENT", "true")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 LOGGER_CALLBACKS = ("LearningRateMonitor",)  # callbacks that only write to a logger
