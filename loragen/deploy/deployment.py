@@ -150,7 +150,7 @@ class Deployment:
                 self._store(record)
                 for n, position in enumerate(positions):  # a repeat inside the batch shares the pass
                     results[position] = (record, n > 0)
-        return results  # type: ignore[return-value]
+        return results  # type: ignore[return-value]  # every None slot was filled above
 
     def _cached(self, key: str) -> GatesRecord | None:
         if self.cache is None:

@@ -92,7 +92,7 @@ class ScheduledTraining:
         if gradient_clip_val and type(strategy).__name__ == "FSDPStrategy" and gradient_clip_algorithm != "value":
             strategy.model.clip_grad_norm_(gradient_clip_val)
             return
-        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)  # type: ignore[misc]
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)  # type: ignore[misc]  # a mixin: LightningModule provides it
 
     def on_after_backward(self) -> None:
         """Drop the gradients of a non-finite step (see the module docstring); stop after too many in a row.
