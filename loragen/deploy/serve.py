@@ -231,7 +231,7 @@ def build_server(
     if cloud_states:  # a missing or foreign states file too
         from loragen.models.components.cloud_states import CloudStates
 
-        CloudStates.load(cloud_states)
+        CloudStates.check_file(cloud_states)  # the header only: the worker loads the states
     api = GeneratorAPI(
         ckpt_path,
         cloud=cloud,

@@ -142,13 +142,9 @@ class LoRAGenModule(PromptLoRAMethod):
                     "cloud_lora_rank trains it (its states change every step): leave out cloud_states or train "
                     "neither"
                 )
-            from pathlib import Path
+            from loragen.models.components.cloud_states import CloudStates
 
-            if not Path(args["cloud_states"]).expanduser().is_file():
-                raise LoRAGenError(
-                    f"model.cloud_states file {args['cloud_states']} does not exist: write it with "
-                    "`loragen encode --config CONFIG --out FILE`"
-                )
+            CloudStates.check_file(args["cloud_states"])  # missing or not a states file: one line, no model loaded
 
     def prompt_distances(self, task_loras: list[Any], generic: Any) -> dict[str, Any]:
         return gate_distances([lora.gates for lora in task_loras], generic.gates)

@@ -98,25 +98,17 @@ class CloudStates:
         }
         return atomic_write_bytes(path, save(tensors, metadata=metadata))
 
+    @staticmethod
+    def check_file(path: str | Path) -> dict[str, str]:
+        """A states file's metadata, read from its header alone (no tensor loaded); anything else fails in one
+        line naming the fix. What ``load`` checks first, and what commands check before any model loads."""
+        return _read(path, tensors=False)[0]
+
     @classmethod
     def load(cls, path: str | Path) -> CloudStates:
         """Read a states file; anything else fails in one line naming the fix."""
-        from safetensors import safe_open
-
+        metadata, tensors = _read(path, tensors=True)
         path = Path(path).expanduser()
-        fix = "write one with `loragen encode --config CONFIG --out FILE`"
-        if not path.is_file():
-            raise LoRAGenError(f"cloud states file {path} does not exist: {fix}")
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                metadata = fh.metadata() or {}
-                if metadata.get("format") != FORMAT:
-                    raise LoRAGenError(f"{path} is not a loragen cloud states file (format {metadata.get('format')!r})")
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - safe_open has no __iter__
-        except LoRAGenError as err:
-            raise LoRAGenError(f"{err}: {fix}") from None
-        except Exception as err:  # not safetensors at all
-            raise LoRAGenError(f"{path} is not a loragen cloud states file ({type(err).__name__}): {fix}") from None
         states = cls(
             states={k.removeprefix("states."): v for k, v in tensors.items() if k.startswith("states.")},
             meta_tokens=tensors["meta_tokens"],
@@ -126,7 +118,7 @@ class CloudStates:
             path=str(path),
         )
         if states.meta_sha != metadata.get("meta_tokens_sha256"):
-            raise LoRAGenError(f"{path} is damaged: its meta tokens do not match their recorded sha256; {fix}")
+            raise LoRAGenError(f"{path} is damaged: its meta tokens do not match their recorded sha256; {_FIX}")
         return states
 
     # ------------------------------------------------------------------ staleness
@@ -151,3 +143,25 @@ class CloudStates:
 
     def lookup(self, ids: torch.Tensor) -> torch.Tensor | None:
         return self.states.get(prompt_sha(ids))
+
+
+_FIX = "write one with `loragen encode --config CONFIG --out FILE`"
+
+
+def _read(path: str | Path, tensors: bool) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise LoRAGenError(f"cloud states file {path} does not exist: {_FIX}")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            if metadata.get("format") != FORMAT:
+                raise LoRAGenError(f"{path} is not a loragen cloud states file (format {metadata.get('format')!r})")
+            found = {k: fh.get_tensor(k) for k in fh.keys()} if tensors else {}  # noqa: SIM118 - no __iter__
+    except LoRAGenError as err:
+        raise LoRAGenError(f"{err}: {_FIX}") from None
+    except Exception as err:  # not safetensors at all
+        raise LoRAGenError(f"{path} is not a loragen cloud states file ({type(err).__name__}): {_FIX}") from None
+    return metadata, found
