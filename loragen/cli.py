@@ -72,6 +72,11 @@ COMMANDS = (
         "loragen.compare:main",
     ),
     Command(
+        "release",
+        "a checkpoint's trained weights as a release directory (float16 weights + release.json): bundled:NAME",
+        "loragen.release:main",
+    ),
+    Command(
         "tasks",
         "the task registry as a table: family, dataset, items per split, descriptions, grading, licence",
         "loragen.tasks_command:main",

@@ -1,7 +1,7 @@
 """``loragen compare``: is LoRA-Gen worth it here? LoRA-Gen and the baselines on one configuration.
 
-    loragen compare --config configs/quickstart.yaml --out runs/compare
-    loragen compare --config configs/quickstart.yaml --methods loragen,lora,lora_prompted \\
+    loragen compare --base configs/quickstart.yaml --out runs/compare
+    loragen compare --base configs/quickstart.yaml --methods loragen,lora,lora_prompted \\
         --set lora.pool.rank=16 --out runs/compare
 
 The configuration is a LoRA-Gen one (``model.class_path`` = ``LoRAGenModule``). Every method gets
@@ -24,7 +24,6 @@ Methods:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -348,11 +347,10 @@ def compare(
     sets: dict[str, dict[str, Any]] | None = None,
     extra: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    import yaml
 
-    from loragen.sweep import Plan, run_plans
+    from loragen.sweep import Plan, read_base, run_plans
 
-    base = yaml.safe_load(Path(config).read_text())
+    base = read_base(config)
     class_path = ((base.get("model") or {}).get("class_path")) or ""
     if class_path != LORAGEN_CLASS:
         raise LoRAGenError(
@@ -399,10 +397,9 @@ def compare(
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="loragen compare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", required=True, help="a LoRA-Gen LightningCLI config (YAML)")
+    from loragen.sweep import parse_runner, runner_parser
+
+    parser = runner_parser("loragen compare", __doc__, "runs/compare")
     parser.add_argument(
         "--methods",
         default=",".join(DEFAULT_METHODS),
@@ -415,10 +412,9 @@ def main(argv: list[str]) -> None:
         metavar="METHOD.KEY=VALUE",
         help="override one method's model argument, e.g. lora.pool.rank=16 (repeatable)",
     )
-    parser.add_argument("--out", default="runs/compare", help="output directory (one subdirectory per method)")
-    args, extra = parser.parse_known_args(argv)
+    args = parse_runner(parser, argv)
     try:
-        model_options = [a for a in extra if a.startswith("--model.")]
+        model_options = [a for a in args.fit_args if a.startswith("--model.")]
         if model_options:
             raise LoRAGenError(
                 f"{model_options[0]} would reach every method's model: use --set METHOD.KEY=VALUE "
@@ -428,7 +424,7 @@ def main(argv: list[str]) -> None:
         unknown = [m for m in methods if m not in METHODS]
         if unknown or not methods:
             raise LoRAGenError(f"unknown method(s) {unknown}: choose from {list(METHODS)}")
-        compare(args.config, methods, args.out, parse_sets(args.set, methods), extra)
+        compare(args.base, methods, args.out, parse_sets(args.set, methods), args.fit_args)
     except LoRAGenError as err:
         print(f"loragen compare: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -14,12 +14,11 @@ so every command that takes ``--ckpt_path`` (``test``, ``generate``, ``apply``, 
 ``model.init_from``) takes a release as it is. A checkpoint of an older loragen (flat model arguments)
 becomes its upgraded copy in ``$LORAGEN_CACHE/upgraded/``; anything else is returned as the path it is.
 
-    python -m loragen.release export CKPT DIR --name NAME --command "bash scripts/train_release.sh ..."
+    loragen release --ckpt_path CKPT --out DIR --name NAME --command "bash scripts/train_release.sh ..."
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -193,29 +192,34 @@ def release_checkpoint(source: str | os.PathLike[str]) -> Path:
     return target
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m loragen.release", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def main(argv: list[str]) -> None:
+    """``loragen release``: a checkpoint's trained weights as a release directory (jsonargparse, as every loragen
+    command: ``--config FILE`` reads these options from YAML, ``--print_config`` writes the resolved ones)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(
+        prog="loragen release",
+        description="Write a checkpoint's trained weights as a release directory (generator.safetensors + "
+        "release.json), addressable as bundled:NAME once it is under loragen/releases/.",
     )
-    sub = parser.add_subparsers(dest="command", required=True)
-    export = sub.add_parser("export", help="write a checkpoint's trained weights as a release directory")
-    export.add_argument("ckpt_path")
-    export.add_argument("out_dir")
-    export.add_argument("--name", required=True)
-    export.add_argument("--command", required=True, help="the command that trained it (recorded)")
-    export.add_argument(
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file of these options (see --print_config)")
+    parser.add_argument("--ckpt_path", required=True, metavar="CKPT", help="checkpoint written by loragen fit")
+    parser.add_argument("--out", required=True, metavar="DIR", help="release directory (e.g. loragen/releases/NAME)")
+    parser.add_argument("--name", required=True, help="the release's name (bundled:NAME)")
+    parser.add_argument("--command", required=True, help="the command that trained it (recorded)")
+    parser.add_argument(
         "--licence",
         action="append",
         default=[],
         help="a data licence line (repeatable); default: each training dataset's licence",
     )
-    export.add_argument("--dtype", default="float16", choices=DTYPES)
-    export.add_argument("--results", help="where the release's results card is (recorded)")
+    parser.add_argument("--dtype", default="float16", choices=list(DTYPES), help="dtype of the weights file")
+    parser.add_argument("--results", help="where the release's results card is (recorded)")
     args = parser.parse_args(argv)
     try:
         meta = export_release(
             args.ckpt_path,
-            args.out_dir,
+            args.out,
             name=args.name,
             command=args.command,
             licences=args.licence,
@@ -225,12 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     except LoRAGenError as err:
         print(f"loragen release: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    size = (Path(args.out_dir) / WEIGHTS).stat().st_size
+    size = (Path(args.out) / WEIGHTS).stat().st_size
     print(
-        f"wrote {args.out_dir}: {size / 1e6:.1f} MB of {meta['dtype']} weights, {meta['trained_steps']} steps, "
+        f"wrote {args.out}: {size / 1e6:.1f} MB of {meta['dtype']} weights, {meta['trained_steps']} steps, "
         f"sha256 {meta['weights_sha256'][:16]}…"
     )
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """``loragen sweep``: an offline grid of ``loragen fit`` + ``loragen test``, one run directory per point.
 
-    loragen sweep --config configs/quickstart.yaml \\
+    loragen sweep --base configs/quickstart.yaml \\
         --grid model.init_args.pool.num_experts=2,4,8 --grid model.init_args.pool.aux_coef=0,0.01 --out runs/sweep
 
 Each point gets ``<out>/<key=value__...>/`` with its fully resolved ``config.yaml``, checkpoints,
@@ -24,7 +24,6 @@ For W&B users with an account, ``configs/sweeps/*.yaml`` are the same grids as W
 
 from __future__ import annotations
 
-import argparse
 import copy
 import itertools
 import json
@@ -96,6 +95,23 @@ def read_points(path: str) -> dict[str, dict[str, Any]]:
                 "e.g. {model.init_args.optim.lr: 3e-4}"
             )
     return {name: dict(overrides or {}) for name, overrides in points.items()}
+
+
+def read_base(path: str) -> dict[str, Any]:
+    """The ``--base`` config of a sweep or comparison: a YAML mapping (a loragen fit config)."""
+    import yaml
+
+    file = Path(path)
+    if not file.is_file():
+        raise LoRAGenError(f"--base {path} does not exist: give a loragen fit config (e.g. configs/quickstart.yaml)")
+    try:
+        base = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as err:
+        problem = " ".join(str(err).split())
+        raise LoRAGenError(f"--base {path} is not valid YAML ({problem}): fix the file") from None
+    if not isinstance(base, dict):
+        raise LoRAGenError(f"--base {path} is not a loragen fit config (a YAML mapping with model, data, trainer)")
+    return base
 
 
 def set_key(config: dict[str, Any], dotted: str, value: Any) -> None:
@@ -361,11 +377,10 @@ def sweep(
     points: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run every point of ``grid`` (all combinations) or of ``points`` (named override sets)."""
-    import yaml
 
     if (grid is None) == (points is None):
         raise LoRAGenError("give either --grid KEY=V1,V2 (a grid) or --points FILE (named points), not both")
-    base = yaml.safe_load(Path(config).read_text())
+    base = read_base(config)
     out_dir = Path(out)
     if points is not None:
         named = list(points.items())
@@ -402,11 +417,78 @@ def sweep(
     return rows
 
 
-def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
-        prog="loragen sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+FIT_KEYS = ("model", "data", "trainer", "seed_everything", "optimizer", "lr_scheduler")  # LightningCLI's groups
+
+
+def split_fit_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """A runner's own options and the ``--model.* / --data.* / --trainer.* / --seed_everything`` options (with their
+    values) that go to every ``loragen fit`` / ``loragen test`` it runs."""
+    own: list[str] = []
+    fit: list[str] = []
+    words = iter(argv)
+    for word in words:
+        name = word[2:].split("=", 1)[0] if word.startswith("--") else ""
+        if name.split(".", 1)[0] not in FIT_KEYS:
+            own.append(word)
+            continue
+        fit.append(word)
+        if "=" not in word:
+            value = next(words, None)
+            if value is not None:
+                fit.append(value)
+    return own, fit
+
+
+def runner_parser(prog: str, description: str | None, out: str) -> Any:
+    """The parser ``loragen sweep`` and ``loragen compare`` share (jsonargparse, as every loragen command:
+    ``--config FILE`` reads these options from YAML, ``--print_config`` writes the resolved ones)."""
+    import argparse
+
+    from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
+
+    class Help(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+        """The module docstring's examples keep their lines."""
+
+    parser = ArgumentParser(prog=prog, description=description, formatter_class=Help)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML file of these options (see --print_config)")
+    parser.add_argument(
+        "--base", required=True, metavar="FILE", help="the LightningCLI config every run starts from (YAML)"
     )
-    parser.add_argument("--config", required=True, help="base LightningCLI config (YAML)")
+    parser.add_argument("--out", default=out, metavar="DIR", help="output directory (one subdirectory per run)")
+    parser.add_argument(
+        "--fit_args",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="words added to every `loragen fit` / `loragen test` command line; on the command line any --model.*, "
+        "--data.*, --trainer.* or --seed_everything option is collected here (e.g. --trainer.max_steps 30)",
+    )
+    return parser
+
+
+def parse_runner(parser: Any, argv: list[str]) -> Any:
+    """Parse a runner's command line: its fit options go to ``fit_args``; a LightningCLI config given as
+    ``--config`` (before ``--base`` existed) is refused in one line."""
+    import yaml
+
+    own, fit = split_fit_args(argv)
+    for i, word in enumerate(own[:-1]):
+        file = Path(own[i + 1])
+        if word == "--config" and file.suffix in (".yaml", ".yml") and file.is_file():
+            try:
+                keys = set(yaml.safe_load(file.read_text()) or {})
+            except (yaml.YAMLError, TypeError, ValueError):
+                continue  # the parser reports it
+            if keys & set(FIT_KEYS):
+                parser.error(
+                    f"{file} is a loragen fit config: give it as --base {file} (--config takes this command's own "
+                    "options, see --print_config)"
+                )
+    return parser.parse_args([*own, *(f"--fit_args={word}" for word in fit)])
+
+
+def main(argv: list[str]) -> None:
+    parser = runner_parser("loragen sweep", __doc__, "runs/sweep")
     parser.add_argument(
         "--grid",
         action="append",
@@ -416,13 +498,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--points", metavar="FILE", help="YAML of named points {name: {dotted.key: value}} instead of a grid"
     )
-    parser.add_argument("--out", default="runs/sweep", help="sweep directory (one subdirectory per point)")
     parser.add_argument("--metric", default="acc_mean", help="column of the table to plot")
-    args, extra = parser.parse_known_args(argv)
+    args = parse_runner(parser, argv)
     try:
         points = read_points(args.points) if args.points else None
         grid = parse_grid(args.grid) if args.grid else None
-        sweep(args.config, grid, args.out, args.metric, extra, points)
+        sweep(args.base, grid, args.out, args.metric, args.fit_args, points)
     except LoRAGenError as err:
         print(f"loragen sweep: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

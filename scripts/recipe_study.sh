@@ -22,7 +22,7 @@ init_args: {dirpath: $PRE/checkpoints, save_last: true, save_top_k: 0}}]" "${res
 fi
 sed "s#runs/study/alpaca-pretrain#$PRE#" configs/studies/recipe.yaml > "$OUT/points.yaml"
 
-loragen sweep --config configs/commonsense/study.yaml --points "$OUT/points.yaml" --out "$OUT" \
+loragen sweep --base configs/commonsense/study.yaml --points "$OUT/points.yaml" --out "$OUT" \
   --data.init_args.data_dir "$DATA"
 
 # the references on the same dev items (they do not depend on the point), with the base point's rows

@@ -13,5 +13,5 @@ OUT=${3:-runs/specificity}
 cd "$(dirname "$0")/.."
 [ -d .venv ] && source .venv/bin/activate
 mkdir -p "$OUT"
-loragen sweep --config configs/suite/train.yaml --points configs/studies/specificity.yaml --out "$OUT" \
+loragen sweep --base configs/suite/train.yaml --points configs/studies/specificity.yaml --out "$OUT" \
   --data.init_args.data_dir "$DATA" --trainer.max_steps "$STEPS" --data.init_args.limit_per_task 80

@@ -21,7 +21,7 @@ mkdir -p "$ROOT"
 timer=(); [ -x /usr/bin/time ] && timer=(/usr/bin/time -v -o "$ROOT/time-$(date +%Y%m%d-%H%M%S).log")  # wall time, peak memory
 "${timer[@]}" loragen fit --config configs/commonsense/seen.yaml --data.init_args.data_dir "$DATA" \
   --trainer.default_root_dir "$ROOT" --trainer.max_steps "$STEPS" --trainer.limit_val_batches 0 "${resume[@]}"
-python -m loragen.release export "$ROOT/checkpoints/last.ckpt" "loragen/releases/$NAME" --name "$NAME" \
+loragen release --ckpt_path "$ROOT/checkpoints/last.ckpt" --out "loragen/releases/$NAME" --name "$NAME" \
   --command "bash scripts/train_release.sh DATA $STEPS" \
   --licence "ARC-Easy, ARC-Challenge (CC BY-SA 4.0), BoolQ (CC BY-SA 3.0), OpenBookQA (research use), via LLM-Adapters (ODC-By 1.0)" \
   --licence "Social IQa (CC BY 4.0)" --results "docs/releases.md"

@@ -363,3 +363,71 @@ def test_a_missing_or_malformed_config_file_is_one_line(tmp_path, capsys):
         assert stop.value.code == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("loragen: error: ") and fragment in err[0], err
+
+
+def test_sweep_and_compare_parse_like_every_command_and_keep_their_fit_options(tmp_path, capsys):
+    """``--print_config`` of a runner holds its own options and the fit options it collected; that file given back
+    as ``--config`` parses to the same options (one study = one file)."""
+    from loragen.sweep import parse_runner, runner_parser
+
+    argv = ["--base", TINY, "--out", str(tmp_path / "s"), "--trainer.max_steps", "30", "--grid", "a.b=1,2"]
+    argv += ["--data.init_args.limit_per_task=2", "--seed_everything", "-1"]
+    parser = runner_parser("loragen sweep", None, "runs/sweep")
+    parser.add_argument("--grid", action="append")
+    args = parse_runner(parser, argv)
+    assert args.fit_args == [
+        "--trainer.max_steps",
+        "30",
+        "--data.init_args.limit_per_task=2",
+        "--seed_everything",
+        "-1",
+    ]
+    assert args.grid == ["a.b=1,2"] and args.base == TINY
+    with pytest.raises(SystemExit) as stop:
+        parse_runner(parser, [*argv, "--print_config"])
+    assert stop.value.code in (0, None)
+    study = tmp_path / "study.yaml"
+    study.write_text(capsys.readouterr().out)
+    again = parse_runner(parser, ["--config", str(study)])
+    assert (again.base, again.out, again.grid, again.fit_args) == (args.base, args.out, args.grid, args.fit_args)
+
+
+@pytest.mark.parametrize("command", ["sweep", "compare"])
+def test_a_fit_config_given_as_a_runners_config_is_one_line_naming_base(command, capsys):
+    from loragen.cli import COMMANDS
+
+    entry = next(c for c in COMMANDS if c.name == command).entry
+    module, function = entry.split(":")
+    main = getattr(__import__(module, fromlist=[function]), function)
+    with pytest.raises(SystemExit) as stop:
+        main(["--config", TINY, "--out", "runs/never"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"give it as --base {TINY}" in err
+    grid = ["--grid", "model.init_args.pool.num_experts=2"] if command == "sweep" else []
+    with pytest.raises(SystemExit) as stop:
+        main(["--base", "configs/missing.yaml", "--out", "runs/never", *grid])
+    assert stop.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith(
+            "--base configs/missing.yaml does not exist: give a loragen fit config (e.g. configs/quickstart.yaml)"
+        )
+    )
+    assert not (ROOT / "runs" / "never").exists()
+
+
+def test_release_reads_its_options_from_a_config_file_and_refuses_an_unknown_dtype(tmp_path, capsys):
+    from loragen.release import main
+
+    options = tmp_path / "release.yaml"
+    options.write_text(yaml.safe_dump({"ckpt_path": "a.ckpt", "out": "rel", "name": "n", "command": "c"}))
+    with pytest.raises(SystemExit) as stop:
+        main(["--config", str(options), "--dtype", "bfloat16", "--print_config"])
+    assert stop.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["dtype"] == "bfloat16" and printed["name"] == "n" and printed["licence"] == []
+    with pytest.raises(SystemExit) as stop:
+        main(["--config", str(options), "--dtype", "int8"])
+    assert stop.value.code == 2 and "int8" in capsys.readouterr().err

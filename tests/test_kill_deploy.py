@@ -215,7 +215,7 @@ def test_a_killed_sweep_or_compare_resumes_the_unfinished_point(tmp_path, runner
     if runner == "sweep":
         argv = [
             "sweep",
-            "--config",
+            "--base",
             "configs/tiny.yaml",
             "--grid",
             "model.init_args.pool.num_experts=2,4",
@@ -226,7 +226,7 @@ def test_a_killed_sweep_or_compare_resumes_the_unfinished_point(tmp_path, runner
         first, second = out / "num_experts=2", out / "num_experts=4"
         marker = "point.json"
     else:
-        argv = ["compare", "--config", "configs/tiny.yaml", "--methods", "base,loragen", "--out", str(out), *TINY_RUN]
+        argv = ["compare", "--base", "configs/tiny.yaml", "--methods", "base,loragen", "--out", str(out), *TINY_RUN]
         first, second = out / "base", out / "loragen"
         marker = "method.json"
     proc = _loragen(tmp_path, *argv)
