@@ -66,7 +66,20 @@ def test_study_pairs_points_with_their_own_rows_the_shared_references_and_a_laye
         assert float(rows[key]["diff"]) == pytest.approx(mean_diff(a, b), abs=1e-9), key
         assert float(rows[key]["low"]) <= float(rows[key]["diff"]) <= float(rows[key]["high"])
         assert int(rows[key]["n"]) == len(a)
+    with open(tmp_path / "study_tasks.csv") as fh:
+        per_task = {(r["point"], r["task"]): r for r in csv.DictReader(fh)}
+    for task in {t for t, _ in base["loragen"]}:  # each task's accuracies on the same items, references from base
+        for point, items, setting, source in [
+            ("base", base["loragen"], "own", base["loragen"]),
+            ("base", base["loragen"], "generic", base["generic"]),
+            ("margin", margin["loragen"], "prompted", base["prompted"]),
+        ]:
+            keys = [k for k in items if k[0] == task]
+            cell = per_task[(point, task)]
+            assert int(cell["n"]) == len(keys)
+            assert float(cell[setting]) == pytest.approx(np.mean([source[k] for k in keys]), abs=1e-9)
     md = (tmp_path / "study.md").read_text()
+    assert "### Seen tasks: own − task-free, per task" in md
     assert md.startswith("### Seen tasks") and "| margin |" in md and "own − lora" in md
     assert (tmp_path / "study.png").stat().st_size > 1000
     (tmp_path / "study.md").unlink()  # re-rendered from the finished points alone (an interrupted sweep)

@@ -100,9 +100,9 @@ def accuracy(a: dict[tuple[str, str], tuple[str, float]], group: dict[str, str],
     return {"acc": float(np.mean(means)), "ci": ci, "n": sum(len(v) for v in per.values()), "tasks": len(per)}
 
 
-def study_rows(runs: dict[str, Path], unseen: list[str]) -> list[dict[str, Any]]:
-    """One row per (point, group, comparison): every generator point (one with prompt-sensitivity rows:
-    LoRA-Gen, Text-to-LoRA) against its own rows, the shared references and every baseline point."""
+def _load(runs: dict[str, Path]) -> tuple[dict[str, tuple[Items, dict[str, Any]]], set[str], Items, dict[str, Any]]:
+    """The runs' items; the generator points (those with prompt-sensitivity rows); the shared reference rows
+    (scored once, by any point); each baseline point's own row."""
     loaded = {name: read for name, path in runs.items() if (read := read_items(path)) is not None}
     shared: Items = {}
     baselines: dict[str, Any] = {}
@@ -113,6 +113,13 @@ def study_rows(runs: dict[str, Path], unseen: list[str]) -> list[dict[str, Any]]
         for setting in SHARED:
             if setting in items:
                 shared.setdefault(setting, items[setting])
+    return loaded, generators, shared, baselines
+
+
+def study_rows(runs: dict[str, Path], unseen: list[str]) -> list[dict[str, Any]]:
+    """One row per (point, group, comparison): every generator point (one with prompt-sensitivity rows:
+    LoRA-Gen, Text-to-LoRA) against its own rows, the shared references and every baseline point."""
+    loaded, generators, shared, baselines = _load(runs)
     rows = []
     for name, (items, results) in loaded.items():
         if name not in generators:
@@ -164,6 +171,69 @@ def differences_to(runs: dict[str, Path], reference: str, unseen: list[str]) -> 
             if cell is not None:
                 rows.append({"method": name, "versus": reference, "group": which, **cell})
     return rows
+
+
+TASK_SETTINGS = (OWN, "generic", "prompted", "zero_shot")  # the per-task table's accuracies
+
+
+def task_rows(runs: dict[str, Path], unseen: list[str]) -> list[dict[str, Any]]:
+    """One row per (generator point, task): the task's item count and the accuracy of the point's own LoRA, its
+    task-free prompt's LoRA and the references, on the same items: where a point's prompt reading helps or
+    hurts (a mean over tasks hides a few large per-task shifts)."""
+    loaded, generators, shared, _ = _load(runs)
+    rows = []
+    for name, (items, results) in loaded.items():
+        if name not in generators:
+            continue
+        group = task_groups(results["tasks"], unseen)
+        pool = {**shared, **items, OWN: items[results["rows"][0]["key"]]}
+        for task in sorted(group, key=lambda t: (GROUPS.index(group[t]), t)):
+            keys = [k for k in pool[OWN] if k[0] == task and all(k in pool.get(s, {}) for s in SENSITIVITY)]
+            if not keys:
+                continue
+            row: dict[str, Any] = {"point": name, "group": group[task], "task": task, "n": len(keys)}
+            for setting in TASK_SETTINGS:
+                if setting in pool and all(k in pool[setting] for k in keys):
+                    row[setting] = float(np.mean([pool[setting][k][1] for k in keys]))
+            rows.append(row)
+    return rows
+
+
+def task_markdown(rows: list[dict[str, Any]]) -> str:
+    """Per group, one line per task: each point's own − task-free in points (the table's first column)."""
+    from loragen.report import markdown_table
+
+    points = list(dict.fromkeys(r["point"] for r in rows))
+
+    def cell(r: dict[str, Any] | None) -> str:
+        return "" if r is None else f"{_points(r[OWN] - r['generic']):+.1f}"
+
+    lines: list[str] = []
+    for which in GROUPS:
+        cells = {(r["task"], r["point"]): r for r in rows if r["group"] == which}
+        tasks = list(dict.fromkeys(r["task"] for r in rows if r["group"] == which))
+        if not tasks:
+            continue
+        lines += [f"### {which.capitalize()} tasks: own − task-free, per task", ""]
+
+        lines += markdown_table(
+            ["task", "items", *points],
+            (
+                [
+                    t,
+                    str(cells[(t, next(p for p in points if (t, p) in cells))]["n"]),
+                    *(cell(cells.get((t, p))) for p in points),
+                ]
+                for t in tasks
+            ),
+        )
+        lines.append("")
+    lines.append(
+        "Points of accuracy on each task's items (own LoRA minus the task-free prompt's LoRA, same items); at 80 "
+        "items a task's difference has a 95% interval of roughly ±15 points: read patterns across tasks, not one "
+        "cell. study_tasks.csv has every setting's accuracy."
+    )
+    return "\n".join(lines) + "\n"
 
 
 def _points(value: float) -> float:
@@ -226,7 +296,12 @@ def write_study(runs: dict[str, Path], unseen: list[str], out: Path) -> list[Pat
             rows,
         )
     ]
-    atomic_write_text(out / "study.md", study_markdown(rows))
+    tasks = task_rows(runs, unseen)
+    report = study_markdown(rows)
+    if tasks:
+        paths.append(write_csv(out / "study_tasks.csv", ["point", "group", "task", "n", *TASK_SETTINGS], tasks))
+        report += "\n" + task_markdown(tasks)
+    atomic_write_text(out / "study.md", report)
     paths.append(out / "study.md")
     plt = pyplot()
     diffs = [r for r in rows if r["comparison"] != "accuracy"]
@@ -267,25 +342,31 @@ def write_study(runs: dict[str, Path], unseen: list[str], out: Path) -> list[Pat
     return paths
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m loragen.eval.study OUT``: (re)write the study files of a sweep directory from the points
-    that have finished (e.g. while the sweep still runs, or after it was interrupted)."""
-    import argparse
+def report(out: str) -> None:
+    """(Re)write the study files of a sweep directory from the points that have finished (e.g. while the sweep
+    still runs, or after it was interrupted).
 
+    Args:
+        out: the sweep's --out directory
+    """
     import yaml
 
-    parser = argparse.ArgumentParser(prog="python -m loragen.eval.study", description=main.__doc__)
-    parser.add_argument("out", help="the sweep's --out directory")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    finished = sorted(out.glob("*/point.json"), key=lambda p: p.stat().st_mtime)
+    directory = Path(out)
+    finished = sorted(directory.glob("*/point.json"), key=lambda p: p.stat().st_mtime)
     if not finished:
         raise SystemExit(f"python -m loragen.eval.study: error: {out} holds no finished point (*/point.json)")
     config = yaml.safe_load((finished[0].parent / "config.yaml").read_text()) or {}
     unseen = ((config.get("data") or {}).get("init_args") or {}).get("unseen") or []
-    paths = write_study({p.parent.name: p.parent for p in finished}, list(unseen), out)
-    print((out / "study.md").read_text() if paths else "no point wrote per-item outcomes")
+    paths = write_study({p.parent.name: p.parent for p in finished}, list(unseen), directory)
+    print((directory / "study.md").read_text() if paths else "no point wrote per-item outcomes")
     print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m loragen.eval.study OUT`` (jsonargparse, as every loragen command)."""
+    from jsonargparse import CLI
+
+    CLI(report, args=argv, prog="python -m loragen.eval.study")
 
 
 if __name__ == "__main__":
