@@ -49,8 +49,8 @@ def test_no_document_points_outside_the_repository():
 
 
 def _shown_commands() -> list[tuple[str, list[str]]]:
-    """Every ``loragen ...`` command of a fenced bash block in README and docs: (where, argv after ``loragen``),
-    continuation lines joined, comments, ``VAR=value`` prefixes and redirections dropped."""
+    """Every ``loragen ...`` command of a fenced bash block in README and docs and of the scripts: (where, argv
+    after ``loragen``), continuation lines joined, comments, ``VAR=value`` prefixes and redirections dropped."""
     import shlex
 
     found = []
@@ -65,6 +65,12 @@ def _shown_commands() -> list[tuple[str, list[str]]]:
                 words = words[: redirect[0]] if redirect else words
                 if words[:1] == ["loragen"]:
                     found.append((f"{path.relative_to(ROOT)}: {line[:80]}", words[1:]))
+    for path in sorted((ROOT / "scripts").glob("*.sh")):  # what the scripts run, their variables as placeholders
+        for line in path.read_text().replace("\\\n", " ").splitlines():
+            line = re.sub(r'"\$\{\w+\[@\]\}"|"\$@"', "", line.split(" #", 1)[0]).strip()
+            line = re.sub(r"\$\{?(\w+)\}?", lambda m: m.group(1).upper(), line)
+            if line.startswith("loragen "):
+                found.append((f"{path.relative_to(ROOT)}: {line[:80]}", shlex.split(line)[1:]))
     return found
 
 
