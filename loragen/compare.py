@@ -36,6 +36,7 @@ LORAGEN_CLASS = "loragen.models.lora_gen_module.LoRAGenModule"
 BASELINES = "loragen.models.baselines"
 SHARED_ARGS = ("edge", "cloud", "optim", "eval", "pool", "seed")  # whole groups: what every method shares
 
+# one entry per method, alike in shape by nature (a table of data, not repeated logic)
 METHODS: dict[str, dict[str, Any]] = {
     "loragen": {
         "class_path": LORAGEN_CLASS,

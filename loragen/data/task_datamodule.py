@@ -129,6 +129,8 @@ class TaskDataModule(RecordDataModule):
         train_descriptions: int | None = 1,
         eval_description: Literal["canonical", "heldout"] = "canonical",
         unseen: list[str] | None = None,
+        # RecordDataModule.__init__'s arguments (datamodule.py), passed on: spelled out so that the CLI and
+        # save_hyperparameters see each one
         cloud: str = "bundled:smollm2-135m-instruct",
         edge: str = "bundled:smollm2-135m-instruct",
         batch_size: int = 8,

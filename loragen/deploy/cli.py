@@ -239,6 +239,8 @@ def _run(command: str, args: argparse.Namespace, stdin: TextIO, stdout: TextIO) 
         from loragen.deploy.deployment import check_system_prompt
         from loragen.deploy.generate import generate
 
+        # alike in shape to the serve(...) call below, release.py's export_release(...) and serve.py's
+        # Deployment(...): each passes its own command's options; kept apart
         generate(
             args.ckpt_path,
             check_system_prompt(_system_prompt(args)),

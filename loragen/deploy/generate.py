@@ -159,6 +159,7 @@ def apply(
     )
 
 
+# keywords alike in shape to apply()'s: both front _apply_record, with gates from a file or a server; kept apart
 def apply_from_server(
     url: str,
     system_prompt: str,

@@ -109,6 +109,8 @@ class GeneratorAPI(ls.LitAPI):
     def setup(self, device: str) -> None:
         from loragen.deploy.deployment import Deployment
 
+        # alike in shape to other keyword calls (deploy/cli.py's generate, release.py's export_release, moe.py's
+        # install_mixlora): different functions; kept apart
         self.deployment = Deployment(
             self.ckpt_path,
             cloud=self.cloud,
@@ -213,6 +215,7 @@ def _validation_error(request: Request, exc: RequestValidationError) -> JSONResp
     return JSONResponse(status_code=422, content={"detail": "; ".join(dict.fromkeys(problems))})
 
 
+# GeneratorAPI.__init__'s keywords (passed on) plus the server's own: alike in shape, kept apart
 def build_server(
     ckpt_path: str,
     *,

@@ -209,6 +209,7 @@ def results_markdown(results: dict[str, Any]) -> str:
         "edge tokens/request",
         "ms/request",
     ]
+    # alike in shape to compare.py's comparison table: other rows and columns; kept apart
     lines = markdown_table(
         header,
         (

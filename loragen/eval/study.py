@@ -100,32 +100,36 @@ def accuracy(a: dict[tuple[str, str], tuple[str, float]], group: dict[str, str],
     return {"acc": float(np.mean(means)), "ci": ci, "n": sum(len(v) for v in per.values()), "tasks": len(per)}
 
 
-def _load(runs: dict[str, Path]) -> tuple[dict[str, tuple[Items, dict[str, Any]]], set[str], Items, dict[str, Any]]:
-    """The runs' items; the generator points (those with prompt-sensitivity rows); the shared reference rows
-    (scored once, by any point); each baseline point's own row."""
+Point = tuple[str, dict[str, Any], dict[str, str], Items]  # name, results.json, task -> group, setting -> items
+
+
+def _load(runs: dict[str, Path], unseen: list[str]) -> tuple[list[Point], dict[str, Any]]:
+    """The generator points (those with prompt-sensitivity rows), each with its items per setting, the shared
+    reference rows (scored once, by any point) and its own row as ``own``; and each baseline point's own row."""
     loaded = {name: read for name, path in runs.items() if (read := read_items(path)) is not None}
     shared: Items = {}
     baselines: dict[str, Any] = {}
-    generators = {name for name, (items, _) in loaded.items() if any(s in items for s in SENSITIVITY)}
+    generators = [name for name, (items, _) in loaded.items() if any(s in items for s in SENSITIVITY)]
     for name, (items, results) in loaded.items():
         if name not in generators:
             baselines[name] = items[results["rows"][0]["key"]]
         for setting in SHARED:
             if setting in items:
                 shared.setdefault(setting, items[setting])
-    return loaded, generators, shared, baselines
+    points = []
+    for name in generators:
+        items, results = loaded[name]
+        pool = {**shared, **items, OWN: items[results["rows"][0]["key"]]}
+        points.append((name, results, task_groups(results["tasks"], unseen), pool))
+    return points, baselines
 
 
 def study_rows(runs: dict[str, Path], unseen: list[str]) -> list[dict[str, Any]]:
     """One row per (point, group, comparison): every generator point (one with prompt-sensitivity rows:
     LoRA-Gen, Text-to-LoRA) against its own rows, the shared references and every baseline point."""
-    loaded, generators, shared, baselines = _load(runs)
+    points, baselines = _load(runs, unseen)
     rows = []
-    for name, (items, results) in loaded.items():
-        if name not in generators:
-            continue
-        group = task_groups(results["tasks"], unseen)
-        pool = {**shared, **items, OWN: items[results["rows"][0]["key"]]}
+    for name, results, group, pool in points:
         gate = (results.get("gate_distance") or {}).get("between_prompts")
         for which in GROUPS:
             acc = accuracy(pool[OWN], group, which)
@@ -180,13 +184,9 @@ def task_rows(runs: dict[str, Path], unseen: list[str]) -> list[dict[str, Any]]:
     """One row per (generator point, task): the task's item count and the accuracy of the point's own LoRA, its
     task-free prompt's LoRA and the references, on the same items: where a point's prompt reading helps or
     hurts (a mean over tasks hides a few large per-task shifts)."""
-    loaded, generators, shared, _ = _load(runs)
+    points, _ = _load(runs, unseen)
     rows = []
-    for name, (items, results) in loaded.items():
-        if name not in generators:
-            continue
-        group = task_groups(results["tasks"], unseen)
-        pool = {**shared, **items, OWN: items[results["rows"][0]["key"]]}
+    for name, _, group, pool in points:
         for task in sorted(group, key=lambda t: (GROUPS.index(group[t]), t)):
             keys = [k for k in pool[OWN] if k[0] == task and all(k in pool.get(s, {}) for s in SENSITIVITY)]
             if not keys:

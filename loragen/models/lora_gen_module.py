@@ -61,6 +61,8 @@ class LoRAGenModule(PromptLoRAMethod):
     LABEL = "LoRA-Gen"
     SETTINGS = SETTINGS
 
+    # alike in shape to EdgeMethod.__init__ and TextToLoRAModule.__init__: each method's own arguments, read by
+    # the CLI from the signature; kept apart
     def __init__(
         self,
         cloud: str = "bundled:smollm2-135m-instruct",

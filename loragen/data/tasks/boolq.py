@@ -47,6 +47,7 @@ class BoolQTask(TaskSpec):
         return boolq_item(question, 0 if answer else 1)
 
 
+# alike in shape to hellaswag.py's HELLASWAG: another dataset's files, hub source and licence; kept apart
 BOOLQ = BoolQTask(
     name="boolq",
     description="Answer the yes/no question about general knowledge.",

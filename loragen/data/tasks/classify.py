@@ -358,6 +358,8 @@ def _mc_taco(row: dict[str, Any], label: str | None) -> Fields:
     return values, label_index(row.get("label", label), {"no": 0, "yes": 1})
 
 
+# the LabelTask declarations (SST2 … MC_TACO, RTE … WIC above) are alike in shape only: each declares its own
+# dataset's words, templates, files and licence; kept apart
 SST2 = LabelTask(
     name="sst2",
     words=("negative", "positive"),

@@ -43,14 +43,20 @@ def _check_output(row: dict[str, Any], answer: str) -> None:
         raise Malformed(f"output {row.get('output')!r} disagrees with answer {answer!r}")
 
 
-def parse_choice(row: dict[str, Any], expect_word: str | None = None) -> Item:
-    """A multiple-choice LLM-Adapters record -> ``Item`` (options in order, 0-based label)."""
+def _match_instruction(row: dict[str, Any], pattern: re.Pattern[str], form: str) -> re.Match[str]:
+    """The record's instruction matched by ``pattern``; ``Malformed`` if missing or not in that ``form``."""
     instruction = row.get("instruction")
     if not isinstance(instruction, str):
         raise Malformed("missing field 'instruction'")
-    match = _CHOICE_RE.match(instruction.strip())
+    match = pattern.match(instruction.strip())
     if match is None:
-        raise Malformed("instruction is not in the LLM-Adapters multiple-choice format")
+        raise Malformed(f"instruction is not in the LLM-Adapters {form} format")
+    return match
+
+
+def parse_choice(row: dict[str, Any], expect_word: str | None = None) -> Item:
+    """A multiple-choice LLM-Adapters record -> ``Item`` (options in order, 0-based label)."""
+    match = _match_instruction(row, _CHOICE_RE, "multiple-choice")
     word = match["word"]
     if expect_word is not None and word != expect_word:
         raise Malformed(f"answer format uses {word}N, expected {expect_word}N")
@@ -73,12 +79,7 @@ def parse_choice(row: dict[str, Any], expect_word: str | None = None) -> Item:
 
 def parse_boolq(row: dict[str, Any]) -> tuple[str, int]:
     """A BoolQ LLM-Adapters record -> (question, label) with label 0 = true, 1 = false."""
-    instruction = row.get("instruction")
-    if not isinstance(instruction, str):
-        raise Malformed("missing field 'instruction'")
-    match = _BOOLQ_RE.match(instruction.strip())
-    if match is None:
-        raise Malformed("instruction is not in the LLM-Adapters true/false format")
+    match = _match_instruction(row, _BOOLQ_RE, "true/false")
     answer = get_str(row, "answer").lower()
     if answer not in ("true", "false"):
         raise Malformed(f"answer {row.get('answer')!r} is not true/false")

@@ -119,6 +119,8 @@ class ReadingTask(TaskSpec):
         return self.parse(row)
 
 
+# alike in shape to the task declarations of classify.py, boolq.py and hellaswag.py: each names its own dataset's
+# files, hub source and licence; kept apart
 COMMONSENSEQA = ReadingTask(
     name="commonsenseqa",
     parse=_csqa,

@@ -22,6 +22,7 @@ from loragen.data.tasks.base import (
 from loragen.data.tasks.llm_adapters import is_llm_adapters, parse_choice
 
 
+# alike in shape to piqa.py (imports, parse_row): other fields, option count and label base; kept apart
 class SiqaTask(TaskSpec):
     def parse_row(self, row: dict[str, Any], label: str | None) -> Item:
         if is_llm_adapters(row):

@@ -92,6 +92,7 @@ class LoRAMoEBaseline(_MoEBaseline):
     METHOD = "loramoe"
     LABEL = "LoRAMoE (dense token routing)"
 
+    # alike in shape to MixLoRABaseline.__init__: another installer, its own arguments and default; kept apart
     def __init__(self, attention_rank: int = 0, **kwargs: Any) -> None:
         super().__init__(attention_rank=attention_rank, **kwargs)
         from loragen.models.components.moe_lora import install_loramoe

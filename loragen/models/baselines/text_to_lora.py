@@ -135,6 +135,7 @@ class TextToLoRA(nn.Module):
         rank: int,
         lora_alpha: float,
         target_modules: tuple[str, ...] | list[str] = DEFAULT_TARGETS,
+        # HyperLoRA.__init__'s keywords, passed on (alike in shape, kept apart)
         latent: int = 128,
         head_in: int = 128,
         dropout: float = 0.05,
@@ -184,6 +185,7 @@ class TextToLoRA(nn.Module):
             for site in self.sites
         }
 
+    # same signature as LoRAGen.hidden_states (components/lora_gen.py), the module's training call; other body
     def hidden_states(
         self,
         system_ids: torch.Tensor,

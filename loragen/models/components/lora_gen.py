@@ -34,6 +34,8 @@ class LoRAGen(nn.Module):
         cloud: Backbone,
         edge: Backbone,
         *,
+        # alike in shape to LoRAGenModule.__init__ (passes these on) and to data/datamodule.py's and
+        # data/task_datamodule.py's __init__ (other arguments): kept apart
         num_experts: int = 8,
         top_k: int = 2,
         rank: int = 8,
