@@ -335,6 +335,7 @@ def test_test_needs_only_the_test_files_and_fit_still_checks_the_train_files(tmp
         ("--model.init_args.eval.metric", "f1", "acc_norm, acc, harness"),
         ("--model.init_args.router_noise", "loud", "none, gaussian, gumbel"),
         ("--model.init_args.pool.aux_loss", "l2", "cv2, switch, none"),
+        ("--data.init_args.scoring", "vote", "loglik, generate"),
     ],
 )
 def test_a_value_outside_a_fixed_set_is_refused_at_parse_time_in_one_line(tmp_path, capsys, flag, value, allowed):

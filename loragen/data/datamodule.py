@@ -15,6 +15,7 @@ from loragen import LoRAGenError
 from loragen.contracts import PromptReading
 from loragen.data.records import Record, load_records
 from loragen.data.tokenize import Collator, Limits, RecordTokenizer
+from loragen.models.config import Scoring
 
 if TYPE_CHECKING:
     from lightning.fabric.utilities.data import AttributeDict
@@ -155,7 +156,7 @@ class RecordDataModule(L.LightningDataModule):
         limit_per_task: int | None = None,
         val_limit_per_task: int | None = None,
         reference: bool = True,
-        scoring: str = "loglik",
+        scoring: Scoring = "loglik",
         strict: bool = False,
         length_grouped: bool = False,
         num_workers: int = 0,

@@ -10,7 +10,7 @@ tokenization, limits and per-task evaluation grouping are ``RecordDataModule``'s
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from loragen import LoRAGenError
 from loragen.data.datamodule import RecordDataModule, check_sizes
@@ -18,7 +18,9 @@ from loragen.data.mixing import check_temperature, mix
 from loragen.data.records import Record
 from loragen.data.tasks import REGISTRY, TaskLoader, TaskSpec, expand_tasks, get_task, task_from_config
 from loragen.data.tasks.base import formulation_for
+from loragen.data.tasks.loader import EvalDescription
 from loragen.data.tasks.registry import plain_config
+from loragen.models.config import Scoring
 
 STAGES = ("train", "val", "test", "predict")
 
@@ -127,7 +129,7 @@ class TaskDataModule(RecordDataModule):
         holdout_skip: int = 0,
         mixing_temperature: float = 1.0,
         train_descriptions: int | None = 1,
-        eval_description: Literal["canonical", "heldout"] = "canonical",
+        eval_description: EvalDescription = "canonical",
         unseen: list[str] | None = None,
         # RecordDataModule.__init__'s arguments (datamodule.py), passed on: spelled out so that the CLI and
         # save_hyperparameters see each one
@@ -141,7 +143,7 @@ class TaskDataModule(RecordDataModule):
         limit_per_task: int | None = None,
         val_limit_per_task: int | None = None,
         reference: bool = True,
-        scoring: str = "loglik",
+        scoring: Scoring = "loglik",
         strict: bool = False,
         length_grouped: bool = False,
         num_workers: int = 0,

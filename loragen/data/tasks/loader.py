@@ -39,6 +39,7 @@ import random
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal, get_args
 
 from loragen import LoRAGenError
 from loragen.data.records import Record, RecordError
@@ -49,7 +50,8 @@ from loragen.data.tasks.registry import get_task
 HUB = "hub"
 HOLDOUT = "holdout"  # the dev split carved from train when ``holdout > 0``
 CARVED = ("val", "test")  # the splits a single-file dataset carves from its file (``TaskSpec.carve``)
-EVAL_DESCRIPTIONS = ("canonical", "heldout")
+EvalDescription = Literal["canonical", "heldout"]  # data.eval_description
+EVAL_DESCRIPTIONS: tuple[str, ...] = get_args(EvalDescription)
 
 
 def item_sha(item: Item) -> str:
