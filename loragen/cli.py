@@ -386,8 +386,7 @@ def run(args: list[str] | None = None) -> object:
         raise SystemExit(2) from None
 
 
-def main() -> None:
-    argv = sys.argv[1:]
+def _dispatch(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(top_help())
         return
@@ -399,6 +398,15 @@ def main() -> None:
 
     module, function = command.entry.split(":")
     getattr(importlib.import_module(module), function)(argv if command.with_name else argv[1:])
+
+
+def main() -> None:
+    try:
+        _dispatch(sys.argv[1:])
+        sys.stdout.flush()
+    except BrokenPipeError:  # the reader left (``loragen --help | head``): no traceback, and none at exit either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

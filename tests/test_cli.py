@@ -432,3 +432,11 @@ def test_release_reads_its_options_from_a_config_file_and_refuses_an_unknown_dty
     with pytest.raises(SystemExit) as stop:
         main(["--config", str(options), "--dtype", "int8"])
     assert stop.value.code == 2 and "int8" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """``loragen tasks | head -1``: the pipe closes while loragen writes; it stops quietly."""
+    run_ = subprocess.run(
+        ["bash", "-c", f"{sys.executable} -m loragen.cli tasks | true"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert "Traceback" not in run_.stderr and "BrokenPipeError" not in run_.stderr, run_.stderr[-1000:]
