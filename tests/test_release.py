@@ -122,3 +122,21 @@ def test_a_tampered_or_unknown_release_is_one_line(ckpt, tmp_path):
     with pytest.raises(LoRAGenError, match="bundled base model, not a trained generator"):
         resolve_checkpoint("bundled:smollm2-135m-instruct")
     assert isinstance(known_releases(), dict)
+
+
+def test_loragen_release_reads_its_options_from_a_config_file_and_writes_the_directory(ckpt, tmp_path, capsys):
+    import yaml
+
+    from loragen.release import main
+
+    options = tmp_path / "release.yaml"
+    out = tmp_path / "rel"
+    options.write_text(
+        yaml.safe_dump({"ckpt_path": str(ckpt), "out": str(out), "name": "tiny-gen", "command": "loragen fit ..."})
+    )
+    main(["--config", str(options), "--dtype", "float32", "--licence", "quickstart data: CC BY-SA"])
+    printed = capsys.readouterr().out
+    meta = json.loads((out / META).read_text())
+    assert meta["name"] == "tiny-gen" and meta["dtype"] == "float32" and meta["training_command"] == "loragen fit ..."
+    assert meta["data_licences"] == ["quickstart data: CC BY-SA"]
+    assert printed.startswith(f"wrote {out}: ") and meta["weights_sha256"][:16] in printed
