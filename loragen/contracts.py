@@ -57,6 +57,11 @@ class PromptReading(Protocol):
         """Training examples also carry the sequence with the system prompt (a teacher for distillation)."""
         ...
 
+    @property
+    def train_sibling_prompt(self) -> bool:
+        """Training examples also carry a sibling task's system prompt (the sibling margin's counterfactual)."""
+        ...
+
 
 def evaluation_data(trainer: Any) -> EvaluationData | None:
     """The Trainer's DataModule if it provides ``EvaluationData``, else None."""

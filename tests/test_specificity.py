@@ -82,6 +82,71 @@ def test_margin_term_compares_the_own_and_another_tasks_lora_and_trains_both():
     assert _terms(module, single)["margin"].item() == 0.0  # one task: nothing to compare with
 
 
+def test_sibling_prompts_come_from_the_same_dataset_in_another_form():
+    from loragen.data.datamodule import sibling_prompts
+
+    records = [
+        Record("Answer yes if the passage supports it.", "q1", "yes", "boolq"),
+        Record("Say yes when the passage backs the claim.", "q2", "no", "boolq"),
+        Record("Answer no if the passage supports it.", "q1", "no", "boolq.swapped"),
+        Record("Is the review positive?", "r1", "yes", "sst2"),  # one form only: no sibling
+    ]
+    drawn = sibling_prompts(records)
+    assert drawn[id(records[0])] == drawn[id(records[1])] == "Answer no if the passage supports it."
+    assert drawn[id(records[2])] in (records[0].system, records[1].system)
+    assert id(records[3]) not in drawn
+    assert sibling_prompts(records) == drawn  # a fixed draw
+
+
+def _sibling_batch(module: LoRAGenModule, records: list[Record], siblings: list[str | None]) -> dict:
+    dm = _data()
+    tok = dm._tokenizer()
+    examples = [tok.train_example(r) for r in records]
+    for example, text in zip(examples, siblings, strict=True):
+        example["sibling_system_ids"] = tok.system_ids(text) if text is not None else None
+    return Collator(tok.cloud.pad_token_id, tok.edge.pad_token_id)(examples)
+
+
+def test_sibling_margin_compares_the_own_lora_with_the_sibling_prompts_and_trains_the_generator():
+    records = [
+        Record("Answer yes if the passage supports it.", "Passage: sky is blue. Q: is the sky blue?", "yes", "boolq"),
+        Record(
+            "Answer no if the passage supports it.", "Passage: grass is red. Q: is grass red?", "yes", "boolq.swapped"
+        ),
+    ]
+    same = _module(margin_coef=1.0, margin=0.0, margin_against="sibling")
+    randomize_pool(same.model.pool, std=0.3)
+    own_prompts = _sibling_batch(same, records, [r.system for r in records])
+    assert _terms(same, own_prompts)["margin"].item() == pytest.approx(0.0, abs=1e-7)  # the sibling is the own LoRA
+    module = _module(margin_coef=1.0, margin=0.5, margin_against="sibling")
+    randomize_pool(module.model.pool, std=0.3)
+    swapped = _sibling_batch(module, records, [records[1].system, records[0].system])
+    term = _terms(module, swapped)["margin"]
+    assert term.item() > 0 and term.item() != pytest.approx(0.5, abs=1e-4)  # the two LoRAs differ
+    term.backward()
+    assert _grad_norm(module.model.router.parameters()) > 0 and _grad_norm(module.model.pool.parameters()) > 0
+    none = _sibling_batch(module, records, [None, None])
+    assert none["sibling_valid"].tolist() == [False, False]
+    assert _terms(module, none)["margin"].item() == 0.0  # no sibling: no counterfactual
+    with pytest.raises(LoRAGenError, match="needs each training example's sibling system prompt"):
+        _terms(module, _batch(module, records))
+    with pytest.raises(LoRAGenError, match="margin_against='other' is unknown: choose one of batch, sibling"):
+        SpecificityConfig(margin_against="other")
+
+
+def test_the_datamodule_adds_sibling_prompts_when_the_model_asks(tmp_path):
+    module = _module(margin_coef=0.5, margin_against="sibling")
+    assert module.train_sibling_prompt and not _module(margin_coef=0.5).train_sibling_prompt
+    dm = _data()
+    trainer = _trainer(tmp_path, max_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.fit(module, datamodule=dm)
+    examples = dm.examples["train+sibling"]
+    assert examples and all("sibling_system_ids" in e for e in examples)
+    assert torch.isfinite(trainer.callback_metrics["train/margin"])
+
+
 def test_delta_norm_equals_the_materialised_delta():
     module = _module()
     randomize_pool(module.model.pool, std=0.3)

@@ -111,5 +111,5 @@ def test_specificity_study_runs_every_signal_and_the_multitask_lora_at_one_budge
     points = read_points(str(ROOT / "configs" / "studies" / "specificity.yaml"))
     assert (ROOT / points["lora"]["config"]).is_file()
     signals = {name for name, p in points.items() if any(k.startswith("model.init_args.specificity.") for k in p)}
-    assert signals == {"margin", "null_prompt", "distill", "all"}
+    assert signals == {"margin", "sibling_margin", "null_prompt", "distill", "all"}
     assert not any("max_steps" in k or "seed" in k for p in points.values() for k in p)  # one budget and seed

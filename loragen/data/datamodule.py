@@ -266,11 +266,10 @@ class RecordDataModule(L.LightningDataModule):
             if key in self.examples or not self.has_stage(name):
                 continue
             if name == "train":
-                self._tokenize(
-                    key,
-                    partial(tok.train_example, with_system=key == "train+system", teacher=key == "train+teacher"),
-                    split="train",
-                )
+                make = partial(tok.train_example, with_system=key == "train+system", teacher="+teacher" in key)
+                if "+sibling" in key:
+                    make = partial(with_sibling, make, tok, sibling_prompts(self.load("train")))
+                self._tokenize(key, make, split="train")
             else:
                 self._tokenize(name, lambda r: tok.eval_example(r, self.hparams.reference))
 
@@ -295,15 +294,15 @@ class RecordDataModule(L.LightningDataModule):
     def _examples_key(self, stage: str) -> str:
         """Where a stage's examples live. Methods that read the system prompt at every request (e.g.
         LoRA with the system prompt) also train with it in the edge context: ``train+system``; methods that
-        distil the edge reading the prompt also get that sequence: ``train+teacher``."""
+        distil the edge reading the prompt also get that sequence (``train+teacher``), methods that contrast a task with
+        its sibling get the sibling's prompt (``train+sibling``; both: ``train+teacher+sibling``)."""
         module = self.trainer.lightning_module if self.trainer is not None else None
         if stage != "train" or not isinstance(module, PromptReading):
             return stage
         if module.train_with_system_prompt:
             return "train+system"
-        if module.train_teacher_prompt:
-            return "train+teacher"
-        return stage
+        flags = (("+teacher", module.train_teacher_prompt), ("+sibling", module.train_sibling_prompt))
+        return stage + "".join(flag for flag, wanted in flags if wanted)
 
     def _tokenize(self, name: str, make: Any, split: str | None = None) -> None:
         """Tokenize a split's records into ``self.examples[name]``, warning once about truncations."""
@@ -373,3 +372,36 @@ class RecordDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("predict", shuffle=False)
+
+
+def sibling_prompts(records: list[Record], seed: int = 0) -> dict[int, str]:
+    """For each training record (by ``id``), the system prompt of one record of a *sibling* task: the same dataset
+    (``loragen.data.tasks.dataset_of``) in another form, e.g. ``boolq.swapped`` for ``boolq``; drawn with a fixed
+    seed. A record whose dataset is trained in one form only has none."""
+    import random
+
+    from loragen.data.tasks import dataset_of
+
+    prompts: dict[str, dict[str, dict[str, None]]] = {}
+    for record in records:
+        prompts.setdefault(dataset_of(record.task), {}).setdefault(record.task, {})[record.system] = None
+    choices = {
+        task: [t for t in forms if t != task] for forms in prompts.values() for task in forms
+    }  # task -> its siblings
+    texts = {task: list(systems) for forms in prompts.values() for task, systems in forms.items()}
+    rng = random.Random(seed)
+    drawn: dict[int, str] = {}
+    for record in records:
+        siblings = choices[record.task]
+        if siblings:
+            sibling = siblings[rng.randrange(len(siblings))]
+            drawn[id(record)] = texts[sibling][rng.randrange(len(texts[sibling]))]
+    return drawn
+
+
+def with_sibling(make: Any, tok: RecordTokenizer, siblings: dict[int, str], record: Record) -> dict[str, Any]:
+    """``make(record)`` plus the cloud ids of the record's sibling prompt (None without one)."""
+    example: dict[str, Any] = make(record)
+    text = siblings.get(id(record))
+    example["sibling_system_ids"] = tok.system_ids(text) if text is not None else None
+    return example

@@ -179,6 +179,11 @@ class Collator:
                     [e["teacher_input_ids"] for e in examples], [e["teacher_labels"] for e in examples], "teacher_"
                 )
             )
+        if "sibling_system_ids" in examples[0]:  # a row without a sibling task reads its own prompt, marked invalid
+            siblings = [e["sibling_system_ids"] or e["system_ids"] for e in examples]
+            batch["sibling_system_ids"] = pad(siblings, self.cloud_pad)
+            batch["sibling_system_mask"] = pad([[1] * len(s) for s in siblings], 0)
+            batch["sibling_valid"] = torch.tensor([e["sibling_system_ids"] is not None for e in examples])
         if "requests" in examples[0]:  # evaluation: ragged lists (see ``loragen.eval.scoring``)
             batch["label"] = torch.tensor([e["label"] for e in examples])
             for key in ("requests", "ref_requests", "option_chars", "prompt", "ref_prompt", "uid", "task_pos"):

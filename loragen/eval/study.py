@@ -59,13 +59,9 @@ def read_items(run_dir: Path) -> tuple[Items, dict[str, Any]] | None:
 
 def task_groups(tasks: list[str], unseen: list[str]) -> dict[str, str]:
     """task -> ``unseen`` / ``seen`` by its registry dataset."""
-    from loragen.data.tasks import REGISTRY
+    from loragen.data.tasks import dataset_of
 
-    def dataset(task: str) -> str:  # a task outside the registry (a record file's name): its name's stem
-        name = task.split(":")[0]
-        return REGISTRY[name].dataset if name in REGISTRY else name.split(".")[0]
-
-    return {t: "unseen" if dataset(t) in unseen else "seen" for t in tasks}
+    return {t: "unseen" if dataset_of(t) in unseen else "seen" for t in tasks}
 
 
 def paired(

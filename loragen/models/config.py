@@ -27,6 +27,7 @@ Metric = Literal["acc_norm", "acc", "harness"]  # described in loragen.eval.resu
 ServePath = Literal["merged", "functional"]
 AuxLoss = Literal["cv2", "switch", "none"]
 RouterNoise = Literal["none", "gaussian", "gumbel"]
+MarginAgainst = Literal["batch", "sibling"]
 SCORINGS: tuple[str, ...] = get_args(Scoring)
 METRICS: tuple[str, ...] = get_args(Metric)
 AUX_KINDS: tuple[str, ...] = get_args(AuxLoss)
@@ -161,6 +162,11 @@ class SpecificityConfig:
     log-likelihood of a row under its own prompt's LoRA against another task's prompt's LoRA from the batch."""
     margin: float = 0.5
     """That margin, in nats per answer token."""
+    margin_against: MarginAgainst = "batch"
+    """Whose LoRA the own one must beat: ``batch``, another task's of the batch (usually another dataset: told
+    apart by its family); ``sibling``, a sibling task's — the same dataset in another family (``boolq`` and
+    ``boolq.swapped``: the same items, other answers) — so that only reading what the description asks, not
+    recognising the dataset, wins the margin. Rows of a dataset trained in one form only have no sibling."""
     null_coef: float = 0.0
     """Null-prompt control: weight of the mean squared Frobenius norm of the LoRA generated for each task-free
     prompt of ``null_prompts`` (pulled toward the untouched edge)."""
@@ -180,6 +186,7 @@ class SpecificityConfig:
                 raise LoRAGenError(f"specificity.{name}={getattr(self, name)} must be >= 0 (0 = off)")
         if self.margin < 0:
             raise LoRAGenError(f"specificity.margin={self.margin} must be >= 0 (nats per answer token)")
+        check_choice("specificity.margin_against", self.margin_against, get_args(MarginAgainst))
         if not self.distill_temperature > 0:
             raise LoRAGenError(f"specificity.distill_temperature={self.distill_temperature} must be > 0")
         if self.null_coef and not self.null_prompts:

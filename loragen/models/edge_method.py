@@ -138,6 +138,12 @@ class EdgeMethod(ScheduledTraining, EvaluationMixin, L.LightningModule):
         return False
 
     @property
+    def train_sibling_prompt(self) -> bool:
+        """Read by the DataModule: training examples also carry a sibling task's system prompt (the same dataset,
+        another family: the counterfactual of the sibling margin)."""
+        return False
+
+    @property
     def prompt_key(self) -> str:
         """The batch field holding the edge's prompt for each item."""
         return "prompt"

@@ -173,6 +173,11 @@ class LoRAGenModule(PromptLoRAMethod):
         """Read by the DataModule: context distillation needs the training sequences with the system prompt."""
         return bool(self.specificity.distill_coef)
 
+    @property
+    def train_sibling_prompt(self) -> bool:
+        """Read by the DataModule: the sibling margin needs a sibling task's system prompt with every example."""
+        return bool(self.specificity.margin_coef) and self.specificity.margin_against == "sibling"
+
     def extra_losses(self, batch: dict[str, Any], hidden: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
         """The ``specificity`` signals that are switched on (``loragen.models.specificity``)."""
         spec, terms = self.specificity, {}
@@ -190,12 +195,22 @@ class LoRAGenModule(PromptLoRAMethod):
 
         edge, labels = self.scoring_model(), batch["labels"]
         own, valid = answer_logliks(edge, hidden, labels)
-        other_rows = other_task_rows(list(batch["task"]))
-        if other_rows is None:  # one task in the batch: no counterfactual
-            return own.sum() * 0.0
-        other_rows = other_rows.to(labels.device)
-        routing = self._train_routing
-        with self.model.edge_lora.routing(routing.indices[other_rows], routing.weights[other_rows]):
+        if self.specificity.margin_against == "sibling":
+            if "sibling_system_ids" not in batch:
+                raise LoRAGenError(
+                    "specificity.margin_against=sibling needs each training example's sibling system prompt: "
+                    "train with a loragen DataModule (it adds them when the model asks)"
+                )
+            other_routing = self.model.route(batch["sibling_system_ids"], batch["sibling_system_mask"])
+            indices, weights = other_routing.indices, other_routing.weights
+            valid = valid & batch["sibling_valid"].to(valid.device)
+        else:
+            other_rows = other_task_rows(list(batch["task"]))
+            if other_rows is None:  # one task in the batch: no counterfactual
+                return own.sum() * 0.0
+            other_rows = other_rows.to(labels.device)
+            indices, weights = self._train_routing.indices[other_rows], self._train_routing.weights[other_rows]
+        with self.model.edge_lora.routing(indices, weights):
             other_hidden = edge.get_decoder()(
                 input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
             ).last_hidden_state

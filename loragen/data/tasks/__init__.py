@@ -34,6 +34,7 @@ from loragen.data.tasks.loader import HUB, TaskLoader
 from loragen.data.tasks.registry import (
     PRESETS,
     REGISTRY,
+    dataset_of,
     expand_tasks,
     get_task,
     known_tasks,
@@ -82,6 +83,7 @@ __all__ = [
     "Malformed",
     "TaskLoader",
     "TaskSpec",
+    "dataset_of",
     "expand_tasks",
     "get_task",
     "known_tasks",

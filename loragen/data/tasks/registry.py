@@ -43,6 +43,13 @@ def known_tasks(extra: Mapping[str, TaskSpec] | None = None) -> list[str]:
     return sorted({*REGISTRY, *(extra or {})})
 
 
+def dataset_of(task: str) -> str:
+    """The dataset a task (``name``, ``name:split``) reads: the registry's, else the name's stem (a task outside the
+    registry, e.g. a record file's name)."""
+    name = task.split(":")[0]
+    return REGISTRY[name].dataset if name in REGISTRY else name.split(".")[0]
+
+
 def get_task(name: str, extra: Mapping[str, TaskSpec] | None = None) -> TaskSpec:
     """The spec of ``name`` (``extra`` first); an unknown name suggests the closest ones and lists the
     datasets and presets (``loragen tasks`` lists every task)."""
