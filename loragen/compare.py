@@ -349,7 +349,7 @@ def compare(
     extra: list[str] | None = None,
 ) -> list[dict[str, Any]]:
 
-    from loragen.sweep import Plan, read_base, run_plans
+    from loragen.runner import Plan, read_base, run_plans
 
     base = read_base(config)
     class_path = ((base.get("model") or {}).get("class_path")) or ""
@@ -398,7 +398,7 @@ def compare(
 
 
 def main(argv: list[str]) -> None:
-    from loragen.sweep import parse_runner, runner_parser
+    from loragen.runner import parse_runner, runner_parser
 
     parser = runner_parser("loragen compare", __doc__, "runs/compare")
     parser.add_argument(

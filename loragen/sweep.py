@@ -26,17 +26,12 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
-import subprocess
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loragen import LoRAGenError
-from loragen.files import atomic_write_text
+from loragen.runner import Plan, parse_runner, read_base, run_plans, runner_parser
 
 LAYER = "config"  # a point's key for config files layered over the base
 
@@ -97,23 +92,6 @@ def read_points(path: str) -> dict[str, dict[str, Any]]:
     return {name: dict(overrides or {}) for name, overrides in points.items()}
 
 
-def read_base(path: str) -> dict[str, Any]:
-    """The ``--base`` config of a sweep or comparison: a YAML mapping (a loragen fit config)."""
-    import yaml
-
-    file = Path(path)
-    if not file.is_file():
-        raise LoRAGenError(f"--base {path} does not exist: give a loragen fit config (e.g. configs/quickstart.yaml)")
-    try:
-        base = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as err:
-        problem = " ".join(str(err).split())
-        raise LoRAGenError(f"--base {path} is not valid YAML ({problem}): fix the file") from None
-    if not isinstance(base, dict):
-        raise LoRAGenError(f"--base {path} is not a loragen fit config (a YAML mapping with model, data, trainer)")
-    return base
-
-
 def set_key(config: dict[str, Any], dotted: str, value: Any) -> None:
     node = config
     parts = dotted.split(".")
@@ -165,44 +143,6 @@ def validate_point(config: dict[str, Any], name: str) -> None:
         check_method_args(class_path, model.get("init_args") or {})
     except LoRAGenError as err:
         raise LoRAGenError(f"sweep point {name} is invalid: {err}") from None
-
-
-def run_point(config_path: Path, run_dir: Path, extra: list[str], fit: bool = True) -> dict[str, Any]:
-    """fit (unless ``fit=False``) then test one run in subprocesses (a crash in one run cannot take
-    the sweep or comparison down); the log goes to ``run_dir/run.log``."""
-    cli = [sys.executable, "-m", "loragen.cli"]
-    start = time.perf_counter()
-    log_path = run_dir / "run.log"
-    log = open(log_path, "w")  # noqa: SIM115 - closed below
-    try:
-        checkpoint = []
-        if fit:
-            # an interrupted earlier attempt left a checkpoint: continue it (resumes are exact)
-            earlier = sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-            resume = ["--ckpt_path", str(earlier[-1])] if earlier else []
-            subprocess.run(
-                [*cli, "fit", "--config", str(config_path), *resume, *extra], check=True, stdout=log, stderr=log
-            )
-            last = sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
-            if not last:
-                raise LoRAGenError(
-                    f"{run_dir}: fit wrote no last.ckpt; give the config a ModelCheckpoint with save_last"
-                )
-            checkpoint = ["--ckpt_path", str(last[-1])]
-        subprocess.run(
-            [*cli, "test", "--config", str(config_path), *checkpoint, "--verbose", "false", *extra],
-            check=True,
-            stdout=log,
-            stderr=log,
-        )
-    except subprocess.CalledProcessError as err:
-        raise LoRAGenError(f"run {run_dir.name} failed (exit {err.returncode}); see {log_path}") from None
-    finally:
-        log.close()
-    found = sorted(run_dir.rglob("results.json"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise LoRAGenError(f"{run_dir}: test wrote no results.json")
-    return {"results": json.loads(found[-1].read_text()), "seconds": time.perf_counter() - start}
 
 
 def summarize_point(point: dict[str, Any], outcome: dict[str, Any], name: str | None = None) -> dict[str, Any]:
@@ -297,77 +237,6 @@ def write_tables(rows: list[dict[str, Any]], out: Path, grid: dict[str, list[Any
     return paths
 
 
-@dataclass
-class Plan:
-    """One run of an experiment: its name, directory, resolved config, options and whether it trains."""
-
-    name: str
-    run_dir: Path
-    config: dict[str, Any]
-    extra: list[str]
-    fit: bool = True
-
-    @property
-    def identity(self) -> str:
-        """What the run's results depend on (its config and options, output paths aside)."""
-        import hashlib
-
-        config = {k: v for k, v in self.config.items() if k != "trainer"}
-        trainer = {
-            k: v
-            for k, v in (self.config.get("trainer") or {}).items()
-            if k not in ("default_root_dir", "logger", "callbacks")
-        }
-        text = json.dumps({"config": config, "trainer": trainer, "extra": self.extra}, sort_keys=True, default=str)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def run_plans(
-    plans: list[Plan],
-    marker: str,
-    record: Callable[[Plan, dict[str, Any]], dict[str, Any]],
-    keep_going: bool = False,
-) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """The one experiment loop of ``loragen sweep`` and ``loragen compare``: each plan's fit + test in
-    subprocesses (``run_point``), resumable: a finished run leaves ``run_dir/MARKER`` (``record(plan, outcome)``
-    plus its identity) and is skipped when the command is run again; a finished run made with another config or
-    options is refused, not mixed in. ``keep_going``: a failed run is reported and the others still run.
-    Returns the records of the finished runs by name, and the failures."""
-    import yaml
-
-    records: dict[str, dict[str, Any]] = {}
-    failed: list[str] = []
-    for i, plan in enumerate(plans, 1):
-        path = plan.run_dir / marker
-        if path.is_file():
-            done = json.loads(path.read_text())
-            if done.get("identity", plan.identity) != plan.identity:  # runs before identities were recorded pass
-                raise LoRAGenError(
-                    f"{plan.run_dir} holds a {plan.name} run made with another configuration or options: "
-                    "use a new --out, or delete that directory to run it again"
-                )
-            print(f"[{i}/{len(plans)}] {plan.name}: done before, skipped", flush=True)
-            records[plan.name] = done
-            continue
-        plan.run_dir.mkdir(parents=True, exist_ok=True)
-        config_path = plan.run_dir / "config.yaml"
-        config_path.write_text(yaml.safe_dump(plan.config, sort_keys=False))
-        print(f"[{i}/{len(plans)}] {plan.name}: {'fit + test' if plan.fit else 'test'} ...", flush=True)
-        try:
-            outcome = run_point(config_path, plan.run_dir, plan.extra, fit=plan.fit)
-        except LoRAGenError as err:
-            if not keep_going:
-                raise
-            print(f"[{i}/{len(plans)}] {plan.name}: FAILED: {err}", flush=True)
-            failed.append(f"{plan.name} ({err})")
-            continue
-        done = {**record(plan, outcome), "identity": plan.identity, "results": outcome["results"]}
-        atomic_write_text(path, json.dumps(done, indent=1))
-        print(f"[{i}/{len(plans)}] {plan.name}: done ({outcome['seconds']:.0f} s)", flush=True)
-        records[plan.name] = done
-    return records, failed
-
-
 def sweep(
     config: str,
     grid: dict[str, list[Any]] | None,
@@ -415,76 +284,6 @@ def sweep(
     print((out_dir / "sweep.md").read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
     return rows
-
-
-FIT_KEYS = ("model", "data", "trainer", "seed_everything", "optimizer", "lr_scheduler")  # LightningCLI's groups
-
-
-def split_fit_args(argv: list[str]) -> tuple[list[str], list[str]]:
-    """A runner's own options and the ``--model.* / --data.* / --trainer.* / --seed_everything`` options (with their
-    values) that go to every ``loragen fit`` / ``loragen test`` it runs."""
-    own: list[str] = []
-    fit: list[str] = []
-    words = iter(argv)
-    for word in words:
-        name = word[2:].split("=", 1)[0] if word.startswith("--") else ""
-        if name.split(".", 1)[0] not in FIT_KEYS:
-            own.append(word)
-            continue
-        fit.append(word)
-        if "=" not in word:
-            value = next(words, None)
-            if value is not None:
-                fit.append(value)
-    return own, fit
-
-
-def runner_parser(prog: str, description: str | None, out: str) -> Any:
-    """The parser ``loragen sweep`` and ``loragen compare`` share (jsonargparse, as every loragen command:
-    ``--config FILE`` reads these options from YAML, ``--print_config`` writes the resolved ones)."""
-    import argparse
-
-    from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
-
-    class Help(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
-        """The module docstring's examples keep their lines."""
-
-    parser = ArgumentParser(prog=prog, description=description, formatter_class=Help)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML file of these options (see --print_config)")
-    parser.add_argument(
-        "--base", required=True, metavar="FILE", help="the LightningCLI config every run starts from (YAML)"
-    )
-    parser.add_argument("--out", default=out, metavar="DIR", help="output directory (one subdirectory per run)")
-    parser.add_argument(
-        "--fit_args",
-        action="append",
-        default=[],
-        metavar="ARG",
-        help="words added to every `loragen fit` / `loragen test` command line; on the command line any --model.*, "
-        "--data.*, --trainer.* or --seed_everything option is collected here (e.g. --trainer.max_steps 30)",
-    )
-    return parser
-
-
-def parse_runner(parser: Any, argv: list[str]) -> Any:
-    """Parse a runner's command line: its fit options go to ``fit_args``; a LightningCLI config given as
-    ``--config`` (before ``--base`` existed) is refused in one line."""
-    import yaml
-
-    own, fit = split_fit_args(argv)
-    for i, word in enumerate(own[:-1]):
-        file = Path(own[i + 1])
-        if word == "--config" and file.suffix in (".yaml", ".yml") and file.is_file():
-            try:
-                keys = set(yaml.safe_load(file.read_text()) or {})
-            except (yaml.YAMLError, TypeError, ValueError):
-                continue  # the parser reports it
-            if keys & set(FIT_KEYS):
-                parser.error(
-                    f"{file} is a loragen fit config: give it as --base {file} (--config takes this command's own "
-                    "options, see --print_config)"
-                )
-    return parser.parse_args([*own, *(f"--fit_args={word}" for word in fit)])
 
 
 def main(argv: list[str]) -> None:

@@ -369,7 +369,7 @@ def test_a_missing_or_malformed_config_file_is_one_line(tmp_path, capsys):
 def test_sweep_and_compare_parse_like_every_command_and_keep_their_fit_options(tmp_path, capsys):
     """``--print_config`` of a runner holds its own options and the fit options it collected; that file given back
     as ``--config`` parses to the same options (one study = one file)."""
-    from loragen.sweep import parse_runner, runner_parser
+    from loragen.runner import parse_runner, runner_parser
 
     argv = ["--base", TINY, "--out", str(tmp_path / "s"), "--trainer.max_steps", "30", "--grid", "a.b=1,2"]
     argv += ["--data.init_args.limit_per_task=2", "--seed_everything", "-1"]
