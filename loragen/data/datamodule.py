@@ -268,7 +268,7 @@ class RecordDataModule(L.LightningDataModule):
             if name == "train":
                 make = partial(tok.train_example, with_system=key == "train+system", teacher="+teacher" in key)
                 if "+sibling" in key:
-                    make = partial(with_sibling, make, tok, sibling_prompts(self.load("train")))
+                    make = partial(with_sibling, make, tok, sibling_prompts(self.load("train")), {})
                 self._tokenize(key, make, split="train")
             else:
                 self._tokenize(name, lambda r: tok.eval_example(r, self.hparams.reference))
@@ -399,9 +399,14 @@ def sibling_prompts(records: list[Record], seed: int = 0) -> dict[int, str]:
     return drawn
 
 
-def with_sibling(make: Any, tok: RecordTokenizer, siblings: dict[int, str], record: Record) -> dict[str, Any]:
-    """``make(record)`` plus the cloud ids of the record's sibling prompt (None without one)."""
+def with_sibling(
+    make: Any, tok: RecordTokenizer, siblings: dict[int, str], ids: dict[str, list[int]], record: Record
+) -> dict[str, Any]:
+    """``make(record)`` plus the cloud ids of the record's sibling prompt (None without one); ``ids`` memoizes them
+    per text (a suite has about 1400 distinct prompts for 100k records: each is tokenized and held once)."""
     example: dict[str, Any] = make(record)
     text = siblings.get(id(record))
-    example["sibling_system_ids"] = tok.system_ids(text) if text is not None else None
+    if text is not None and text not in ids:
+        ids[text] = tok.system_ids(text)
+    example["sibling_system_ids"] = ids[text] if text is not None else None
     return example
