@@ -56,8 +56,12 @@ def export_release(
     licences: list[str] | None = None,
     dtype: str = "float16",
     results: str | None = None,
+    keep_previous: bool = False,
 ) -> dict[str, Any]:
-    """Write the trained weights of a loragen checkpoint as a release (atomically)."""
+    """Write the trained weights of a loragen checkpoint as a release (atomically). ``keep_previous``: a release
+    already in ``out_dir`` from another checkpoint is first copied, whole, to ``NAME-vN`` beside it (N the next free
+    version; its ``release.json`` renamed to match), so the weights it replaces stay loadable as ``bundled:NAME-vN``;
+    re-exporting the same checkpoint keeps no copy."""
     import torch
     from safetensors.torch import save_file
 
@@ -80,6 +84,14 @@ def export_release(
     trained_on = training_data(data)
     if not licences:  # the licence of every dataset it was trained on, from the registry
         licences = [f"{d['dataset']}: {d['licence']}" for d in trained_on]
+    source_sha256 = sha256_file(ckpt_path)
+    previous = Path(out_dir) / META
+    if (
+        keep_previous
+        and previous.is_file()
+        and read_release(Path(out_dir)).get("source_checkpoint_sha256") != source_sha256
+    ):
+        keep_version(Path(out_dir))  # a re-export of the same checkpoint replaces it: nothing to keep
     with atomic_directory(out_dir) as tmp:
         save_file(weights, str(tmp / WEIGHTS))
         meta = {
@@ -98,10 +110,29 @@ def export_release(
             "training_data": trained_on,
             "non_commercial_data": sorted(d["dataset"] for d in trained_on if d["non_commercial"]),
             "results": results,
-            "source_checkpoint_sha256": sha256_file(ckpt_path),
+            "source_checkpoint_sha256": source_sha256,
         }
         (tmp / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return meta
+
+
+def keep_version(directory: Path) -> Path:
+    """Copy the release in ``directory`` to ``<directory>-vN`` (N = 1, 2, ... the first free), its name in
+    ``release.json`` made ``<name>-vN``; the weights file is copied byte for byte (its sha256 still holds)."""
+    import shutil
+
+    from loragen.files import atomic_directory
+
+    meta = read_release(directory)
+    version = 1
+    while directory.with_name(f"{directory.name}-v{version}").exists():
+        version += 1
+    target = directory.with_name(f"{directory.name}-v{version}")
+    with atomic_directory(target, replace=False) as tmp:
+        shutil.copy2(directory / meta.get("weights", WEIGHTS), tmp / meta.get("weights", WEIGHTS))
+        meta["name"] = f"{meta['name']}-v{version}"
+        (tmp / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    return target
 
 
 def training_data(data_hparams: dict[str, Any]) -> list[dict[str, Any]]:
@@ -215,6 +246,11 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--dtype", default="float16", choices=list(DTYPES), help="dtype of the weights file")
     parser.add_argument("--results", help="where the release's results card is (recorded)")
+    parser.add_argument(
+        "--keep_previous",
+        action="store_true",
+        help="copy a release already in --out to OUT-vN first (N the next free version), loadable as bundled:NAME-vN",
+    )
     args = parser.parse_args(argv)
     try:
         meta = export_release(
@@ -225,6 +261,7 @@ def main(argv: list[str]) -> None:
             licences=args.licence,
             dtype=args.dtype,
             results=args.results,
+            keep_previous=args.keep_previous,
         )
     except LoRAGenError as err:
         print(f"loragen release: error: {err}", file=sys.stderr)

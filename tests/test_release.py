@@ -140,3 +140,32 @@ def test_loragen_release_reads_its_options_from_a_config_file_and_writes_the_dir
     assert meta["name"] == "tiny-gen" and meta["dtype"] == "float32" and meta["training_command"] == "loragen fit ..."
     assert meta["data_licences"] == ["quickstart data: CC BY-SA"]
     assert printed.startswith(f"wrote {out}: ") and meta["weights_sha256"][:16] in printed
+
+
+def test_keep_previous_moves_the_replaced_release_to_a_versioned_name_that_still_loads(ckpt, tmp_path):
+    other = _save_checkpoint(tmp_path / "other.ckpt", "tiny:llama", "tiny:llama")  # another checkpoint file
+    out = tmp_path / "tiny-gen"
+    first = export_release(ckpt, out, name="tiny-gen", command="first", dtype="float32")
+    first_weights = (out / WEIGHTS).read_bytes()
+    export_release(other, out, name="tiny-gen", command="second", keep_previous=True)
+    export_release(ckpt, out, name="tiny-gen", command="third", keep_previous=True)
+    v1, v2 = (json.loads((tmp_path / f"tiny-gen-v{n}" / META).read_text()) for n in (1, 2))
+    assert (v1["name"], v1["training_command"], v1["dtype"]) == ("tiny-gen-v1", "first", "float32")
+    assert (v2["name"], v2["training_command"]) == ("tiny-gen-v2", "second")
+    assert json.loads((out / META).read_text())["training_command"] == "third"
+    assert (tmp_path / "tiny-gen-v1" / WEIGHTS).read_bytes() == first_weights
+    assert v1["weights_sha256"] == first["weights_sha256"]
+    released = Deployment(resolve_checkpoint(tmp_path / "tiny-gen-v1"), cache=False)  # sha256 checked on load
+    assert torch.equal(released.gates(PROMPT)[0].gates, Deployment(ckpt, cache=False).gates(PROMPT)[0].gates)
+    export_release(other, out, name="tiny-gen", command="fourth")  # without the flag: replaced, no new version
+    assert not (tmp_path / "tiny-gen-v3").exists()
+
+
+def test_keep_previous_keeps_no_copy_when_the_same_checkpoint_is_exported_again(ckpt, tmp_path):
+    other = _save_checkpoint(tmp_path / "other.ckpt", "tiny:llama", "tiny:llama")  # another checkpoint file
+    out = tmp_path / "tiny-gen"
+    export_release(other, out, name="tiny-gen", command="old")
+    export_release(ckpt, out, name="tiny-gen", command="new", keep_previous=True)
+    export_release(ckpt, out, name="tiny-gen", command="new again", keep_previous=True)  # e.g. a re-run script
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("tiny-gen")) == ["tiny-gen", "tiny-gen-v1"]
+    assert json.loads((tmp_path / "tiny-gen-v1" / META).read_text())["training_command"] == "old"
