@@ -13,7 +13,9 @@ and ``sweep.png`` (metric vs. the first grid key, one line per value of the seco
 (``base: {}`` is the base config itself), for studies that change one factor, or a few keys together,
 at a time (``configs/studies/recipe.yaml``). Its plot is one bar per point with its interval. A point's
 ``config: FILE`` (or a list of files) is layered over the base as a second ``--config``, e.g. a baseline
-method on the same data and budget (``lora: {config: configs/baselines/lora.yaml}``).
+method on the same data and budget (``lora: {config: configs/baselines/lora.yaml}``). A point's ``ckpt_path:
+CKPT`` (a checkpoint or ``bundled:NAME``) is tested as it is, not trained: a released generator beside baselines
+trained for its card (``configs/studies/release_card.yaml``).
 
 When the points wrote per-item outcomes, ``study.md`` / ``study.csv`` / ``study.png`` pair every LoRA-Gen
 point with its own prompt-sensitivity rows, the reference rows and each baseline point, item by item, on
@@ -34,6 +36,7 @@ from loragen import LoRAGenError
 from loragen.runner import Plan, parse_runner, read_base, run_plans, runner_parser
 
 LAYER = "config"  # a point's key for config files layered over the base
+CHECKPOINT = "ckpt_path"  # a point's key for a trained checkpoint (or release) to test, without fitting
 
 
 def split_values(values: str) -> list[str]:
@@ -118,7 +121,7 @@ def point_config(base: dict[str, Any], point: dict[str, Any], run_dir: Path) -> 
     """The base config with the point's values and every output path moved into ``run_dir``."""
     config = copy.deepcopy(base)
     for key, value in point.items():
-        if key != LAYER:
+        if key not in (LAYER, CHECKPOINT):
             set_key(config, key, value)
     trainer = config.setdefault("trainer", {})
     trainer["default_root_dir"] = str(run_dir)
@@ -266,7 +269,9 @@ def sweep(
             raise LoRAGenError(f"sweep point {name} is invalid: {err}") from None
         if not files:  # a layered method config is checked by its own parse
             validate_point(resolved, name)
-        plans.append(Plan(name, run_dir, resolved, [*files, *(extra or [])]))
+        ckpt = point.get(CHECKPOINT)
+        tested = ["--ckpt_path", str(ckpt)] if ckpt else []
+        plans.append(Plan(name, run_dir, resolved, [*files, *tested, *(extra or [])], fit=not ckpt))
         values[name] = point
 
     def record(plan: Plan, outcome: dict[str, Any]) -> dict[str, Any]:

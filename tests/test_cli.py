@@ -148,17 +148,26 @@ def test_wandb_sweep_configs_name_real_config_keys(config, capsys):
 
 @pytest.mark.parametrize(
     ("study", "base"),
-    [("recipe.yaml", "configs/commonsense/study.yaml"), ("specificity.yaml", "configs/suite/train.yaml")],
+    [
+        ("recipe.yaml", "configs/commonsense/study.yaml"),
+        ("specificity.yaml", "configs/suite/train.yaml"),
+        ("release_card.yaml", "configs/suite/train.yaml"),
+    ],
 )
 def test_study_points_name_real_config_keys(capsys, study, base):
-    """Every point of a study changes keys its base config has."""
-    from loragen.sweep import LAYER, read_points
+    """Every point of a study changes keys its base config has; a tested checkpoint is a shipped release."""
+    from loragen.release import PREFIX, known_releases
+    from loragen.sweep import CHECKPOINT, LAYER, read_points
 
     printed = _print_config(capsys, base)
     points = read_points(str(ROOT / "configs" / "studies" / study))
-    assert "base" in points and not points["base"]
+    assert study == "release_card.yaml" or ("base" in points and not points["base"])
     for name, overrides in points.items():
         for dotted in overrides:
+            if dotted == CHECKPOINT:
+                released = str(overrides[dotted]).removeprefix(PREFIX)
+                assert released in known_releases(), f"point {name}: {overrides[dotted]} is not a shipped release"
+                continue
             if dotted == LAYER:  # a config file layered over the base (its own parse checks it)
                 assert (ROOT / overrides[dotted]).is_file(), f"point {name}: {overrides[dotted]} does not exist"
                 continue

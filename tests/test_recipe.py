@@ -205,3 +205,22 @@ def test_named_points_run_with_a_table_bars_and_resume(tmp_path, capsys):
         == rows
     )
     assert capsys.readouterr().out.count("done before, skipped") == 2
+
+
+@pytest.mark.heavy
+def test_a_checkpoint_point_is_tested_as_it_is_without_training(tmp_path):
+    out = tmp_path / "card"
+    points_file = tmp_path / "points.yaml"
+    points_file.write_text(f"base: {{}}\nagain: {{ckpt_path: {out / 'base' / 'checkpoints' / 'last.ckpt'}}}\n")
+    extra = ["--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--data.init_args.limit_per_task", "2"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = sweep(
+            str(ROOT / "configs" / "tiny.yaml"), None, str(out), extra=extra, points=read_points(str(points_file))
+        )
+    base, again = rows
+    assert not (out / "again" / "checkpoints").exists()  # no fit: nothing trained, nothing saved
+    assert "[fit]" in (out / "base" / "run.log").read_text() and "[fit]" not in (out / "again" / "run.log").read_text()
+    accuracies = {k: v for k, v in base.items() if k.startswith("acc_") or k.endswith("_acc_mean")}
+    assert accuracies and {k: again[k] for k in accuracies} == accuracies  # the same weights, the same items
+    assert again["gate_distance"] == base["gate_distance"]
