@@ -59,9 +59,9 @@ def export_release(
     keep_previous: bool = False,
 ) -> dict[str, Any]:
     """Write the trained weights of a loragen checkpoint as a release (atomically). ``keep_previous``: a release
-    already in ``out_dir`` from another checkpoint is first copied, whole, to ``NAME-vN`` beside it (N the next free
+    already in ``out_dir`` with other weights is first copied, whole, to ``NAME-vN`` beside it (N the next free
     version; its ``release.json`` renamed to match), so the weights it replaces stay loadable as ``bundled:NAME-vN``;
-    re-exporting the same checkpoint keeps no copy."""
+    re-exporting the same weights keeps no copy (:func:`keep_version`)."""
     import torch
     from safetensors.torch import save_file
 
@@ -85,21 +85,25 @@ def export_release(
     if not licences:  # the licence of every dataset it was trained on, from the registry
         licences = [f"{d['dataset']}: {d['licence']}" for d in trained_on]
     source_sha256 = sha256_file(ckpt_path)
-    previous = Path(out_dir) / META
-    if (
-        keep_previous
-        and previous.is_file()
-        and read_release(Path(out_dir)).get("source_checkpoint_sha256") != source_sha256
-    ):
-        keep_version(Path(out_dir))  # a re-export of the same checkpoint replaces it: nothing to keep
-    with atomic_directory(out_dir) as tmp:
+    out = Path(out_dir)
+    if keep_previous and out.exists():
+        try:
+            read_release(out)
+        except LoRAGenError:
+            raise LoRAGenError(
+                f"{out} holds no readable release to keep: move it away, or drop --keep_previous"
+            ) from None
+    with atomic_directory(out) as tmp:
         save_file(weights, str(tmp / WEIGHTS))
+        weights_sha256 = sha256_file(tmp / WEIGHTS)
+        if keep_previous and (out / META).is_file():
+            keep_version(out, unless=weights_sha256)
         meta = {
             "loragen_release": FORMAT,
             "hparams_format": CHECKPOINT_FORMAT,
             "name": name,
             "weights": WEIGHTS,
-            "weights_sha256": sha256_file(tmp / WEIGHTS),
+            "weights_sha256": weights_sha256,
             "dtype": dtype,
             "hyper_parameters": hparams,
             "fingerprint": info["fingerprint"],
@@ -116,21 +120,29 @@ def export_release(
     return meta
 
 
-def keep_version(directory: Path) -> Path:
-    """Copy the release in ``directory`` to ``<directory>-vN`` (N = 1, 2, ... the first free), its name in
-    ``release.json`` made ``<name>-vN``; the weights file is copied byte for byte (its sha256 still holds)."""
+def keep_version(directory: Path, unless: str | None = None) -> Path | None:
+    """Copy the release in ``directory`` to ``<directory>-vN`` (N = 1, 2, ... the first free), named ``<directory
+    name>-vN`` in its ``release.json``; the weights file is copied byte for byte (its sha256 still holds). Nothing
+    is copied when its weights' sha256 is ``unless`` (the same weights are re-exported) or a version already holds
+    them (an export interrupted after its copy); returns the copy or None."""
     import shutil
 
     from loragen.files import atomic_directory
 
     meta = read_release(directory)
+    versions = sorted(directory.parent.glob(f"{directory.name}-v*"))
+    kept = [
+        v for v in versions if (v / META).is_file() and read_release(v).get("weights_sha256") == meta["weights_sha256"]
+    ]
+    if meta["weights_sha256"] == unless or kept:
+        return None
     version = 1
     while directory.with_name(f"{directory.name}-v{version}").exists():
         version += 1
     target = directory.with_name(f"{directory.name}-v{version}")
     with atomic_directory(target, replace=False) as tmp:
         shutil.copy2(directory / meta.get("weights", WEIGHTS), tmp / meta.get("weights", WEIGHTS))
-        meta["name"] = f"{meta['name']}-v{version}"
+        meta["name"] = target.name
         (tmp / META).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
     return target
 
@@ -145,7 +157,8 @@ def training_data(data_hparams: dict[str, Any]) -> list[dict[str, Any]]:
     return licences(tasks, REGISTRY)
 
 
-def _release_dir(source: str) -> Path:
+def release_dir(source: str) -> Path:
+    """The directory of a release: ``bundled:NAME`` (shipped, else a one-line error naming what is) or a path."""
     if source.startswith(PREFIX):
         name = source[len(PREFIX) :]
         releases = known_releases()
@@ -187,7 +200,7 @@ def release_checkpoint(source: str | os.PathLike[str]) -> Path:
     from loragen.checkpoint import CHECKPOINT_FORMAT, save_checkpoint, upgrade_hparams
     from loragen.files import sha256_file
 
-    directory = _release_dir(str(source))
+    directory = release_dir(str(source))
     meta = read_release(directory)
     digest = sha256_file(directory / meta.get("weights", WEIGHTS))
     if digest != meta["weights_sha256"]:

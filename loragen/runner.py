@@ -82,20 +82,54 @@ class Plan:
     config: dict[str, Any]
     extra: list[str]
     fit: bool = True
+    checkpoint: str | None = None
+    """A trained checkpoint (or ``bundled:NAME``) tested as it is (``fit`` is then False)."""
 
     @property
     def identity(self) -> str:
-        """What the run's results depend on (its config and options, output paths aside)."""
+        """What the run's results depend on (its config and options, output paths aside; for a tested checkpoint,
+        its weights' sha256 instead of its path, and no training option)."""
         import hashlib
 
         config = {k: v for k, v in self.config.items() if k != "trainer"}
-        trainer = {
-            k: v
-            for k, v in (self.config.get("trainer") or {}).items()
-            if k not in ("default_root_dir", "logger", "callbacks")
-        }
-        text = json.dumps({"config": config, "trainer": trainer, "extra": self.extra}, sort_keys=True, default=str)
+        tested = self.checkpoint is not None
+        skipped = {"default_root_dir", "logger", "callbacks"} | (TRAINING_ONLY if tested else set())
+        trainer = {k: v for k, v in (self.config.get("trainer") or {}).items() if k not in skipped}
+        identity: dict[str, Any] = {"config": config, "trainer": trainer, "extra": self.extra}
+        if self.checkpoint is not None:
+            options = {"--ckpt_path", *(f"--trainer.{k}" for k in TRAINING_ONLY)}
+            identity |= {"extra": drop_options(self.extra, options), "weights": weights_digest(self.checkpoint)}
+        text = json.dumps(identity, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+TRAINING_ONLY = {"max_steps", "max_epochs", "val_check_interval", "check_val_every_n_epoch", "accumulate_grad_batches"}
+"""Trainer options a test-only run does not depend on."""
+
+
+def drop_options(args: list[str], names: set[str]) -> list[str]:
+    """``args`` without the named options (``--name VALUE`` and ``--name=VALUE``)."""
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif arg.split("=", 1)[0] not in names:
+            kept.append(arg)
+    return kept
+
+
+def weights_digest(checkpoint: str) -> str:
+    """What a tested checkpoint's results depend on: a release's weights sha256 (from its ``release.json``), a
+    checkpoint file's sha256; ``missing`` for a file not written yet (an earlier run of the same sweep writes it)."""
+    from loragen.files import sha256_file
+    from loragen.release import is_release, read_release, release_dir
+
+    if is_release(checkpoint):
+        return str(read_release(release_dir(checkpoint))["weights_sha256"])
+    path = Path(checkpoint)
+    return sha256_file(path) if path.is_file() else "missing"
 
 
 def run_plans(

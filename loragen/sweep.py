@@ -271,7 +271,9 @@ def sweep(
             validate_point(resolved, name)
         ckpt = point.get(CHECKPOINT)
         tested = ["--ckpt_path", str(ckpt)] if ckpt else []
-        plans.append(Plan(name, run_dir, resolved, [*files, *tested, *(extra or [])], fit=not ckpt))
+        plans.append(
+            Plan(name, run_dir, resolved, [*files, *tested, *(extra or [])], fit=not ckpt, checkpoint=ckpt or None)
+        )
         values[name] = point
 
     def record(plan: Plan, outcome: dict[str, Any]) -> dict[str, Any]:

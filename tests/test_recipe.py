@@ -224,3 +224,35 @@ def test_a_checkpoint_point_is_tested_as_it_is_without_training(tmp_path):
     accuracies = {k: v for k, v in base.items() if k.startswith("acc_") or k.endswith("_acc_mean")}
     assert accuracies and {k: again[k] for k in accuracies} == accuracies  # the same weights, the same items
     assert again["gate_distance"] == base["gate_distance"]
+
+
+def test_a_tested_checkpoint_is_identified_by_its_weights_not_its_path_or_training_options(tmp_path):
+    from loragen.release import known_releases
+    from loragen.runner import Plan
+
+    ckpt = tmp_path / "a.ckpt"
+    ckpt.write_bytes(b"weights one")
+    config = {"model": {"x": 1}, "trainer": {"max_steps": 10, "default_root_dir": "r"}}
+
+    def identity(path: Path, steps: int, extra: list[str]) -> str:
+        plan_config = {**config, "trainer": {**config["trainer"], "max_steps": steps}}
+        return Plan(
+            "p", tmp_path, plan_config, ["--ckpt_path", str(path), *extra], fit=False, checkpoint=str(path)
+        ).identity
+
+    first = identity(ckpt, 10, ["--trainer.max_steps", "10"])
+    moved = tmp_path / "b.ckpt"
+    moved.write_bytes(b"weights one")
+    assert identity(moved, 1500, ["--trainer.max_steps=1500"]) == first  # same weights, other path and budget
+    assert identity(ckpt, 10, ["--data.init_args.limit_per_task", "5"]) != first  # the test itself changed
+    ckpt.write_bytes(b"weights two")
+    assert identity(ckpt, 10, ["--trainer.max_steps", "10"]) != first  # retrained: run it again
+    release = known_releases()["smollm2-135m-lora-gen"]
+    sha = json.loads((release / "release.json").read_text())["weights_sha256"]
+    plan = Plan("r", tmp_path, config, [], fit=False, checkpoint="bundled:smollm2-135m-lora-gen")
+    assert plan.identity != Plan("r", tmp_path, config, [], fit=False, checkpoint=str(ckpt)).identity
+    from loragen.runner import weights_digest
+
+    assert weights_digest("bundled:smollm2-135m-lora-gen") == sha
+    fitted = Plan("f", tmp_path, config, ["--trainer.max_steps", "10"])  # a trained run keeps every option
+    assert fitted.identity != Plan("f", tmp_path, config, ["--trainer.max_steps", "20"]).identity

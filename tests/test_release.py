@@ -169,3 +169,23 @@ def test_keep_previous_keeps_no_copy_when_the_same_checkpoint_is_exported_again(
     export_release(ckpt, out, name="tiny-gen", command="new again", keep_previous=True)  # e.g. a re-run script
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("tiny-gen")) == ["tiny-gen", "tiny-gen-v1"]
     assert json.loads((tmp_path / "tiny-gen-v1" / META).read_text())["training_command"] == "old"
+
+
+def test_keep_previous_refuses_a_directory_that_is_not_a_release_and_names_copies_by_directory(ckpt, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "todo.txt").write_text("mine")
+    with pytest.raises(LoRAGenError, match="holds no readable release to keep: move it away, or drop --keep_previous"):
+        export_release(ckpt, tmp_path / "notes", name="tiny-gen", command="c", keep_previous=True)
+    assert (tmp_path / "notes" / "todo.txt").read_text() == "mine"  # nothing lost
+    out = tmp_path / "shipped"  # the directory's name, not release.json's, is what bundled: finds
+    export_release(ckpt, out, name="tiny-gen", command="old", dtype="float32")
+    export_release(ckpt, out, name="tiny-gen", command="new", keep_previous=True)  # float16: other weights
+    assert json.loads((tmp_path / "shipped-v1" / META).read_text())["name"] == "shipped-v1"
+    export_release(ckpt, out, name="tiny-gen", command="again", keep_previous=True)  # the same weights again
+    assert not (tmp_path / "shipped-v2").exists()
+    import shutil
+
+    shutil.copytree(out, tmp_path / "shipped-v2")  # an export stopped after its copy, before its swap
+    export_release(ckpt, out, name="tiny-gen", command="newer", dtype="float32", keep_previous=True)
+    assert not (tmp_path / "shipped-v3").exists()  # those weights are kept already: no second copy
+    assert json.loads((out / META).read_text())["training_command"] == "newer"

@@ -111,5 +111,41 @@ def test_specificity_study_runs_every_signal_and_the_multitask_lora_at_one_budge
     points = read_points(str(ROOT / "configs" / "studies" / "specificity.yaml"))
     assert (ROOT / points["lora"]["config"]).is_file()
     signals = {name for name, p in points.items() if any(k.startswith("model.init_args.specificity.") for k in p)}
-    assert signals == {"margin", "sibling_margin", "null_prompt", "distill", "all"}
+    assert signals == {"margin", "sibling_margin", "sibling_light", "null_prompt", "distill", "all"}
     assert not any("max_steps" in k or "seed" in k for p in points.values() for k in p)  # one budget and seed
+
+
+def _run(directory: Path, method: str, settings: dict[str, list[int]], tasks: list[str]) -> Path:
+    """A finished run as the study reads it: results.json (row keys, tasks) and items.jsonl (one line per setting
+    and item: each task's items get the setting's outcomes in turn)."""
+    directory.mkdir(parents=True)
+    lines = []
+    for setting, outcomes in settings.items():
+        for i, outcome in enumerate(outcomes):
+            task = tasks[i % len(tasks)]
+            lines.append(json.dumps({"setting": setting, "task": task, "source": f"f:{i}", "acc_norm": outcome}))
+    (directory / "items.jsonl").write_text("\n".join(lines) + "\n")
+    rows = [{"key": key} for key in settings]
+    (directory / "results.json").write_text(json.dumps({"metric": "acc_norm", "rows": rows, "tasks": tasks}))
+    assert rows[0]["key"] == method
+    return directory
+
+
+def test_loragen_points_are_paired_with_another_prompt_to_lora_method_but_not_the_other_way(tmp_path):
+    from loragen.eval.study import study_rows
+
+    tasks = ["arc_challenge", "piqa"]
+    own, t2l, lora = [1, 1, 1, 0, 1, 1, 0, 1], [0, 1, 0, 0, 1, 0, 0, 1], [0, 0, 1, 0, 0, 1, 0, 0]
+    runs = {
+        "release": _run(tmp_path / "release", "loragen", {"loragen": own, "rotated": t2l, "generic": lora}, tasks),
+        "text_to_lora": _run(tmp_path / "t2l", "text_to_lora", {"text_to_lora": t2l, "generic": t2l}, tasks),
+        "lora": _run(tmp_path / "lora", "lora", {"lora": lora}, tasks),
+    }
+    rows = {(r["point"], r["group"], r["comparison"]): r for r in study_rows(runs, ["piqa"])}
+    assert {p for p, _, _ in rows} == {"release", "text_to_lora"}  # both read prompts: both are rows
+    for group, task in (("seen", "arc_challenge"), ("unseen", "piqa")):
+        picked = [i for i in range(len(own)) if tasks[i % 2] == task]
+        expected = np.mean([own[i] - t2l[i] for i in picked])
+        assert float(rows[("release", group, "own − text_to_lora")]["diff"]) == pytest.approx(expected)
+        assert ("release", group, "own − lora") in rows and ("text_to_lora", group, "own − lora") in rows
+        assert ("text_to_lora", group, "own − release") not in rows  # every method against LoRA-Gen, once

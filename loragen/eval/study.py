@@ -25,6 +25,7 @@ from loragen.eval.intervals import PAIRED_NOTE, half_width, paired_bootstrap
 from loragen.files import atomic_write_text
 
 OWN = "own"  # stands for the point's method row (``loragen``, ``text_to_lora``)
+LORAGEN = "loragen"  # LoRA-Gen's row key: its points are also paired with every other prompt-to-LoRA point
 # (label, setting, versus): the method's row against its own sensitivity rows, then against the references
 COMPARISONS = (
     ("own − task-free", OWN, "generic"),
@@ -107,8 +108,9 @@ def _load(runs: dict[str, Path], unseen: list[str]) -> tuple[list[Point], dict[s
     baselines: dict[str, Any] = {}
     generators = [name for name, (items, _) in loaded.items() if any(s in items for s in SENSITIVITY)]
     for name, (items, results) in loaded.items():
-        if name not in generators:
-            baselines[name] = items[results["rows"][0]["key"]]
+        method = results["rows"][0]["key"]
+        if name not in generators or method != LORAGEN:  # another prompt-to-LoRA method is LoRA-Gen's baseline too
+            baselines[name] = items[method]
         for setting in SHARED:
             if setting in items:
                 shared.setdefault(setting, items[setting])
@@ -122,8 +124,10 @@ def _load(runs: dict[str, Path], unseen: list[str]) -> tuple[list[Point], dict[s
 
 def study_rows(runs: dict[str, Path], unseen: list[str]) -> list[dict[str, Any]]:
     """One row per (point, group, comparison): every generator point (one with prompt-sensitivity rows:
-    LoRA-Gen, Text-to-LoRA) against its own rows, the shared references and every baseline point."""
+    LoRA-Gen, Text-to-LoRA) against its own rows, the shared references and every baseline point; a LoRA-Gen
+    point also against every other method's generator point (``own − text_to_lora``)."""
     points, baselines = _load(runs, unseen)
+    generator_names = {name for name, *_ in points}
     rows = []
     for name, results, group, pool in points:
         gate = (results.get("gate_distance") or {}).get("between_prompts")
@@ -145,7 +149,11 @@ def study_rows(runs: dict[str, Path], unseen: list[str]) -> list[dict[str, Any]]
                 }
             )
             versus = [(label, pool.get(a), pool.get(b)) for label, a, b in COMPARISONS]
-            versus += [(f"own − {base}", pool[OWN], base_items) for base, base_items in baselines.items()]
+            versus += [
+                (f"own − {base}", pool[OWN], base_items)
+                for base, base_items in baselines.items()
+                if base != name and (base not in generator_names or results["rows"][0]["key"] == LORAGEN)
+            ]
             for label, a, b in versus:
                 cell = paired(a, b, group, which) if a is not None and b is not None else None
                 if cell is not None:
