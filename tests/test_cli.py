@@ -121,8 +121,9 @@ CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.y
 @pytest.mark.parametrize("config", [c for c in CONFIGS if not c.startswith(("configs/sweeps/", "configs/studies/"))])
 def test_every_config_parses(config, capsys):
     data = yaml.safe_load((ROOT / config).read_text())
-    # Partial configs (a model pair, a strategy) are layered on top of a full one.
-    base = [] if {"model", "data"} <= set(data) else ["configs/tiny.yaml"]
+    # Partial configs (a model pair, a strategy, a recipe) are layered on top of a full one: their own, or tiny.yaml.
+    layered_over = {"configs/suite/release.yaml": "configs/suite/train.yaml"}
+    base = [] if {"model", "data"} <= set(data) else [layered_over.get(config, "configs/tiny.yaml")]
     printed = _print_config(capsys, *base, config)
     assert printed["model"]["class_path"].startswith("loragen.") and printed["data"]["class_path"]
     assert "cloud" not in printed["data"]["init_args"]  # linked from the model, never set twice

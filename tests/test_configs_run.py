@@ -29,6 +29,7 @@ RUNS = {
     "gpt4tools/train.yaml": ("fit", FIXTURES, []),
     "pretrain/alpaca.yaml": ("fit", SHARED, []),
     "suite/train.yaml": ("fit", SHARED, ["--data.init_args.train_limit_per_task", "4"]),
+    "suite/train.yaml+suite/release.yaml": ("fit", SHARED, ["--data.init_args.train_limit_per_task", "4"]),
     **{
         f"tiny.yaml+baselines/{p.name}": ("test" if p.stem.startswith("base_") else "fit", None, [])
         for p in sorted((ROOT / "configs" / "baselines").glob("*.yaml"))
