@@ -123,7 +123,14 @@ def _run(directory: Path, method: str, settings: dict[str, list[int]], tasks: li
     for setting, outcomes in settings.items():
         for i, outcome in enumerate(outcomes):
             task = tasks[i % len(tasks)]
-            lines.append(json.dumps({"setting": setting, "task": task, "source": f"f:{i}", "acc_norm": outcome}))
+            record = {
+                "setting": setting,
+                "task": task,
+                "source": f"f:{i}",
+                "acc_norm": outcome,
+                "pred_norm": 1 - outcome,
+            }
+            lines.append(json.dumps(record))
     (directory / "items.jsonl").write_text("\n".join(lines) + "\n")
     rows = [{"key": key} for key in settings]
     (directory / "results.json").write_text(json.dumps({"metric": "acc_norm", "rows": rows, "tasks": tasks}))
@@ -149,3 +156,16 @@ def test_loragen_points_are_paired_with_another_prompt_to_lora_method_but_not_th
         assert float(rows[("release", group, "own − text_to_lora")]["diff"]) == pytest.approx(expected)
         assert ("release", group, "own − lora") in rows and ("text_to_lora", group, "own − lora") in rows
         assert ("text_to_lora", group, "own − release") not in rows  # every method against LoRA-Gen, once
+
+
+def test_per_task_rows_give_the_share_of_items_each_lora_answers_alike(tmp_path):
+    from loragen.eval.study import majority_share, task_rows
+
+    assert majority_share({("t", "a"): 0, ("t", "b"): 0, ("t", "c"): 1}, [("t", "a"), ("t", "b"), ("t", "c")]) == 2 / 3
+    assert majority_share({}, [("t", "a")]) is None
+    tasks = ["boolq", "piqa"]
+    own, generic = [1, 1, 0, 1, 1, 1, 0, 1], [0, 0, 0, 0, 0, 0, 0, 0]  # boolq gets items 0, 2, 4, 6
+    runs = {"p": _run(tmp_path / "p", "loragen", {"loragen": own, "rotated": own, "generic": generic}, tasks)}
+    rows = {r["task"]: r for r in task_rows(runs, ["piqa"])}
+    assert rows["boolq"]["own_majority"] == 0.5 and rows["boolq"]["generic_majority"] == 1.0
+    assert rows["piqa"]["own_majority"] == 1.0 and rows["piqa"]["own"] == 1.0  # answers alike, all right

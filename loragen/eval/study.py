@@ -42,20 +42,50 @@ BOOTSTRAP, SEED = 2000, 0
 Items = dict[str, dict[tuple[str, str], tuple[str, float]]]  # setting -> (task, source) -> (task, headline)
 
 
-def read_items(run_dir: Path) -> tuple[Items, dict[str, Any]] | None:
-    """A run's items per setting, each item's headline metric (``results.json``'s ``task_metrics``)."""
+def _outcomes(run_dir: Path) -> tuple[list[tuple[dict[str, Any], str]], dict[str, Any]] | None:
+    """A run's per-item outcomes (its latest ``items.jsonl``), each with the name of its task's headline metric
+    (``results.json``'s ``task_metrics``), and its results."""
     found = sorted(run_dir.rglob("items.jsonl"), key=lambda p: p.stat().st_mtime)
     if not found:
         return None
     results = json.loads(found[-1].with_name("results.json").read_text())
     metrics = results.get("task_metrics") or {}
     metric = results.get("metric", "acc_norm")
-    items: Items = {}
+    outcomes = []
     for line in found[-1].read_text().splitlines():
         item = json.loads(line)
-        name = metrics.get(item["task"], "acc_norm") if metric == "harness" else metric
+        outcomes.append((item, metrics.get(item["task"], "acc_norm") if metric == "harness" else metric))
+    return outcomes, results
+
+
+def read_items(run_dir: Path) -> tuple[Items, dict[str, Any]] | None:
+    """A run's items per setting, each item's headline metric."""
+    read = _outcomes(run_dir)
+    if read is None:
+        return None
+    items: Items = {}
+    for item, name in read[0]:
         items.setdefault(item["setting"], {})[(item["task"], item["source"])] = (item["task"], float(item[name]))
-    return items, results
+    return items, read[1]
+
+
+def read_answers(run_dir: Path) -> dict[str, dict[tuple[str, str], int]]:
+    """A run's chosen answer per setting and item under the headline metric (``pred_norm`` for ``acc_norm``,
+    else ``pred``; items without one, e.g. generated answers, left out)."""
+    read = _outcomes(run_dir)
+    answers: dict[str, dict[tuple[str, str], int]] = {}
+    for item, name in read[0] if read is not None else []:
+        answer = item.get("pred_norm" if name == "acc_norm" else "pred", -1)
+        if answer is not None and answer >= 0:
+            answers.setdefault(item["setting"], {})[(item["task"], item["source"])] = int(answer)
+    return answers
+
+
+def majority_share(answers: dict[tuple[str, str], int], keys: list[tuple[str, str]]) -> float | None:
+    """The share of ``keys`` given the most frequent answer: near 1, the edge gives one answer whatever the item
+    (a LoRA that changes it flips a label prior, not how well items are read)."""
+    given = [answers[k] for k in keys if k in answers]
+    return max(given.count(a) for a in set(given)) / len(given) if given else None
 
 
 def task_groups(tasks: list[str], unseen: list[str]) -> dict[str, str]:
@@ -182,15 +212,18 @@ def differences_to(runs: dict[str, Path], reference: str, unseen: list[str]) -> 
 
 
 TASK_SETTINGS = (OWN, "generic", "prompted", "zero_shot")  # the per-task table's accuracies
+MAJORITY = ("own_majority", "generic_majority")  # and the share of items given each LoRA's most frequent answer
 
 
 def task_rows(runs: dict[str, Path], unseen: list[str]) -> list[dict[str, Any]]:
     """One row per (generator point, task): the task's item count and the accuracy of the point's own LoRA, its
     task-free prompt's LoRA and the references, on the same items: where a point's prompt reading helps or
-    hurts (a mean over tasks hides a few large per-task shifts)."""
+    hurts (a mean over tasks hides a few large per-task shifts); and, for the two LoRAs, the share of items given
+    their most frequent answer (:func:`majority_share`)."""
     points, _ = _load(runs, unseen)
     rows = []
-    for name, _, group, pool in points:
+    for name, results, group, pool in points:
+        answers, own = read_answers(runs[name]), results["rows"][0]["key"]
         for task in sorted(group, key=lambda t: (GROUPS.index(group[t]), t)):
             keys = [k for k in pool[OWN] if k[0] == task and all(k in pool.get(s, {}) for s in SENSITIVITY)]
             if not keys:
@@ -199,6 +232,10 @@ def task_rows(runs: dict[str, Path], unseen: list[str]) -> list[dict[str, Any]]:
             for setting in TASK_SETTINGS:
                 if setting in pool and all(k in pool[setting] for k in keys):
                     row[setting] = float(np.mean([pool[setting][k][1] for k in keys]))
+            for setting, column in ((own, "own_majority"), ("generic", "generic_majority")):
+                share = majority_share(answers.get(setting, {}), keys)
+                if share is not None:
+                    row[column] = share
             rows.append(row)
     return rows
 
@@ -303,7 +340,9 @@ def write_study(runs: dict[str, Path], unseen: list[str], out: Path) -> list[Pat
     tasks = task_rows(runs, unseen)
     report = study_markdown(rows)
     if tasks:
-        paths.append(write_csv(out / "study_tasks.csv", ["point", "group", "task", "n", *TASK_SETTINGS], tasks))
+        paths.append(
+            write_csv(out / "study_tasks.csv", ["point", "group", "task", "n", *TASK_SETTINGS, *MAJORITY], tasks)
+        )
         report += "\n" + task_markdown(tasks)
     atomic_write_text(out / "study.md", report)
     paths.append(out / "study.md")
