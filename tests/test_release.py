@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -189,3 +190,33 @@ def test_keep_previous_refuses_a_directory_that_is_not_a_release_and_names_copie
     export_release(ckpt, out, name="tiny-gen", command="newer", dtype="float32", keep_previous=True)
     assert not (tmp_path / "shipped-v3").exists()  # those weights are kept already: no second copy
     assert json.loads((out / META).read_text())["training_command"] == "newer"
+
+
+@pytest.mark.slow
+def test_the_quickstart_tests_the_shipped_release_with_its_own_pool(tmp_path):
+    """Part 1 of scripts/quickstart.sh: the release is tested on the quickstart's items with the quickstart's
+    config, whose pool (4 experts of rank 4) the release's (8 of rank 8) replaces; each task by its harness metric."""
+    name = "smollm2-135m-lora-gen"
+    if name not in known_releases():
+        pytest.skip("the released generator is not installed")
+    release = json.loads((known_releases()[name] / META).read_text())
+    done = subprocess.run(
+        [sys.executable, "-m", "loragen.cli", "test", "--config", "configs/quickstart.yaml",
+         "--ckpt_path", f"bundled:{name}", "--data.init_args.limit_per_task", "2",
+         "--trainer.default_root_dir", str(tmp_path / "release"), "--verbose", "false"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "LORAGEN_CACHE": str(tmp_path / "cache")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads((tmp_path / "release" / "results.json").read_text())
+    assert results["trained_steps"] == release["trained_steps"]
+    assert results["task_metrics"]["boolq"] == "acc" and results["task_metrics"]["arc_easy"] == "acc_norm"
+    assert {row["key"] for row in results["rows"]} >= {"loragen", "rotated", "generic", "prompted", "zero_shot"}
+    assert results["items"] == 8
+    from safetensors import safe_open
+
+    with safe_open(str(known_releases()[name] / WEIGHTS), "pt") as weights:
+        shipped = sum(math.prod(weights.get_slice(k).get_shape()) for k in weights.keys())  # noqa: SIM118
+    # the release's pool was built (the config's 4 experts of rank 4 would hold about a quarter of it); the
+    # shipped weights also hold the frozen meta tokens, one per edge layer
+    assert shipped * 0.99 < results["trainable_params"] <= shipped

@@ -115,9 +115,10 @@ def test_specificity_study_runs_every_signal_and_the_multitask_lora_at_one_budge
     assert not any("max_steps" in k or "seed" in k for p in points.values() for k in p)  # one budget and seed
 
 
-def _run(directory: Path, method: str, settings: dict[str, list[int]], tasks: list[str]) -> Path:
+def _run(directory: Path, method: str, settings: dict[str, list[int]], tasks: list[str], sources: bool = True) -> Path:
     """A finished run as the study reads it: results.json (row keys, tasks) and items.jsonl (one line per setting
-    and item: each task's items get the setting's outcomes in turn)."""
+    and item: each task's items get the setting's outcomes in turn). ``sources=False``: records without a source
+    id, as a RecordDataModule's (the quickstart's) test items are written."""
     directory.mkdir(parents=True)
     lines = []
     for setting, outcomes in settings.items():
@@ -126,7 +127,8 @@ def _run(directory: Path, method: str, settings: dict[str, list[int]], tasks: li
             record = {
                 "setting": setting,
                 "task": task,
-                "source": f"f:{i}",
+                "uid": i,
+                "source": f"f:{i}" if sources else None,
                 "acc_norm": outcome,
                 "pred_norm": 1 - outcome,
             }
@@ -165,7 +167,10 @@ def test_per_task_rows_give_the_share_of_items_each_lora_answers_alike(tmp_path)
     assert majority_share({}, [("t", "a")]) is None
     tasks = ["boolq", "piqa"]
     own, generic = [1, 1, 0, 1, 1, 1, 0, 1], [0, 0, 0, 0, 0, 0, 0, 0]  # boolq gets items 0, 2, 4, 6
-    runs = {"p": _run(tmp_path / "p", "loragen", {"loragen": own, "rotated": own, "generic": generic}, tasks)}
-    rows = {r["task"]: r for r in task_rows(runs, ["piqa"])}
-    assert rows["boolq"]["own_majority"] == 0.5 and rows["boolq"]["generic_majority"] == 1.0
-    assert rows["piqa"]["own_majority"] == 1.0 and rows["piqa"]["own"] == 1.0  # answers alike, all right
+    for sources in (True, False):  # items told apart by source id, or (records without one) by position
+        settings = {"loragen": own, "rotated": own, "generic": generic}
+        runs = {"p": _run(tmp_path / f"p{sources}", "loragen", settings, tasks, sources=sources)}
+        rows = {r["task"]: r for r in task_rows(runs, ["piqa"])}
+        assert rows["boolq"]["own_majority"] == 0.5 and rows["boolq"]["generic_majority"] == 1.0
+        assert rows["boolq"]["own"] == 0.5  # the mean over all four items, not the last one read
+        assert rows["piqa"]["own_majority"] == 1.0 and rows["piqa"]["own"] == 1.0  # answers alike, all right

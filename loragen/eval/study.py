@@ -58,6 +58,13 @@ def _outcomes(run_dir: Path) -> tuple[list[tuple[dict[str, Any], str]], dict[str
     return outcomes, results
 
 
+def _item_key(item: dict[str, Any]) -> tuple[str, str]:
+    """An item's identity across runs: its task and its source id; records without one (the quickstart's, a
+    RecordDataModule's) by their position in the test set, which every run of the same files shares."""
+    source = item.get("source")
+    return item["task"], str(source) if source is not None else f"#{item['uid']}"
+
+
 def read_items(run_dir: Path) -> tuple[Items, dict[str, Any]] | None:
     """A run's items per setting, each item's headline metric."""
     read = _outcomes(run_dir)
@@ -65,7 +72,7 @@ def read_items(run_dir: Path) -> tuple[Items, dict[str, Any]] | None:
         return None
     items: Items = {}
     for item, name in read[0]:
-        items.setdefault(item["setting"], {})[(item["task"], item["source"])] = (item["task"], float(item[name]))
+        items.setdefault(item["setting"], {})[_item_key(item)] = (item["task"], float(item[name]))
     return items, read[1]
 
 
@@ -77,7 +84,7 @@ def read_answers(run_dir: Path) -> dict[str, dict[tuple[str, str], int]]:
     for item, name in read[0] if read is not None else []:
         answer = item.get("pred_norm" if name == "acc_norm" else "pred", -1)
         if answer is not None and answer >= 0:
-            answers.setdefault(item["setting"], {})[(item["task"], item["source"])] = int(answer)
+            answers.setdefault(item["setting"], {})[_item_key(item)] = int(answer)
     return answers
 
 
