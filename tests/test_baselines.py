@@ -219,10 +219,10 @@ def test_compare_runs_methods_through_the_cli_writes_the_table_and_resumes(tmp_p
     assert {m for m, _ in diffs} == {"base", "few_shot", "lora_prompted", "loramoe"}
     assert {g for _, g in diffs} == {"seen", "all"}  # tiny.yaml names no unseen dataset
 
-    def own(method):  # (task, source) -> acc_norm of the method's own row
+    def own(method):  # (task, item) -> acc_norm of the method's own row; tiny.yaml's records have no source id
         lines = [json.loads(x) for x in next((out / method).rglob("items.jsonl")).read_text().splitlines()]
         first = lines[0]["setting"]
-        return {(x["task"], x["source"]): x["acc_norm"] for x in lines if x["setting"] == first}
+        return {(x["task"], x["source"] or x["uid"]): x["acc_norm"] for x in lines if x["setting"] == first}
 
     few, gen = own("few_shot"), own("loragen")
     tasks = sorted({t for t, _ in gen})

@@ -22,7 +22,7 @@ def _items(point: Path) -> dict[str, dict[tuple[str, str], float]]:
     out: dict[str, dict[tuple[str, str], float]] = {}
     for line in next(point.rglob("items.jsonl")).read_text().splitlines():
         item = json.loads(line)
-        out.setdefault(item["setting"], {})[(item["task"], item["source"])] = item["acc_norm"]
+        out.setdefault(item["setting"], {})[(item["task"], item["source"] or item["uid"])] = item["acc_norm"]
     return out
 
 
