@@ -161,7 +161,7 @@ def test_loragen_points_are_paired_with_another_prompt_to_lora_method_but_not_th
 
 
 def test_per_task_rows_give_the_share_of_items_each_lora_answers_alike(tmp_path):
-    from loragen.eval.study import majority_share, task_rows
+    from loragen.eval.study import majority_share, task_markdown, task_rows
 
     assert majority_share({("t", "a"): 0, ("t", "b"): 0, ("t", "c"): 1}, [("t", "a"), ("t", "b"), ("t", "c")]) == 2 / 3
     assert majority_share({}, [("t", "a")]) is None
@@ -174,3 +174,4 @@ def test_per_task_rows_give_the_share_of_items_each_lora_answers_alike(tmp_path)
         assert rows["boolq"]["own_majority"] == 0.5 and rows["boolq"]["generic_majority"] == 1.0
         assert rows["boolq"]["own"] == 0.5  # the mean over all four items, not the last one read
         assert rows["piqa"]["own_majority"] == 1.0 and rows["piqa"]["own"] == 1.0  # answers alike, all right
+        assert "at 4 items" in task_markdown(list(rows.values())) and "±69 points" in task_markdown(list(rows.values()))

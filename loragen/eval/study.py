@@ -16,6 +16,7 @@ task's dataset); every other test task is *seen*. Written beside the sweep's own
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -276,10 +277,17 @@ def task_markdown(rows: list[dict[str, Any]]) -> str:
             ),
         )
         lines.append("")
+    counts = [int(r["n"]) for r in rows]
+    n = max(set(counts), key=counts.count) if counts else 0
+    noise = (
+        f"; at {n} items, where half of them are answered differently, a task's difference has a 95% interval "
+        f"of about ±{196 * math.sqrt(0.5 / n):.0f} points"
+        if n
+        else ""
+    )
     lines.append(
-        "Points of accuracy on each task's items (own LoRA minus the task-free prompt's LoRA, same items); at 80 "
-        "items a task's difference has a 95% interval of roughly ±15 points: read patterns across tasks, not one "
-        "cell. study_tasks.csv has every setting's accuracy."
+        f"Points of accuracy on each task's items (own LoRA minus the task-free prompt's LoRA, same items){noise}: "
+        "read patterns across tasks, not one cell. study_tasks.csv has every setting's accuracy."
     )
     return "\n".join(lines) + "\n"
 
