@@ -175,3 +175,36 @@ def test_per_task_rows_give_the_share_of_items_each_lora_answers_alike(tmp_path)
         assert rows["boolq"]["own"] == 0.5  # the mean over all four items, not the last one read
         assert rows["piqa"]["own_majority"] == 1.0 and rows["piqa"]["own"] == 1.0  # answers alike, all right
         assert "at 4 items" in task_markdown(list(rows.values())) and "±69 points" in task_markdown(list(rows.values()))
+
+
+def test_a_joined_report_reads_every_point_on_the_items_all_of_them_scored(tmp_path):
+    from loragen.eval.study import shared_items, study_rows
+
+    tasks = ["boolq", "piqa"]
+    long_own, long_free = [1, 1, 1, 1, 0, 0, 0, 0], [0, 0, 0, 0, 1, 1, 1, 1]  # items 4-7: only the longer run has them
+    runs = {
+        "long": _run(tmp_path / "long", "loragen", {"loragen": long_own, "generic": long_free}, tasks),
+        "short": _run(tmp_path / "short", "loragen", {"loragen": [1, 0, 1, 0], "generic": [1, 0, 1, 0]}, tasks),
+    }
+    before = {(r["point"], r["comparison"]): r for r in study_rows(runs, ["piqa"]) if r["group"] == "seen"}
+    assert before[("long", "own − task-free")]["n"] == 4 and before[("long", "own − task-free")]["diff"] == 0.0
+    joined = shared_items(runs, tmp_path / "joined")
+    assert set(joined) == {"long", "short"} and all(p.parent == tmp_path / "joined" for p in joined.values())
+    after = {(r["point"], r["comparison"]): r for r in study_rows(joined, ["piqa"]) if r["group"] == "seen"}
+    assert after[("long", "own − task-free")]["n"] == 2  # boolq's items 0 and 2, which both runs scored
+    assert after[("long", "own − task-free")]["diff"] == 1.0 and after[("long", "accuracy")]["diff"] == 1.0
+    assert (tmp_path / "long" / "items.jsonl").read_text().count("\n") == 16  # the source run is left as it was
+
+
+def test_a_joined_report_refuses_a_directory_that_is_not_a_point_or_no_destination(tmp_path):
+    from loragen.eval.study import report
+
+    point = _run(tmp_path / "sweep" / "p", "loragen", {"loragen": [1, 0], "generic": [0, 0]}, ["boolq"])
+    (point / "point.json").write_text("{}")
+    (point / "config.yaml").write_text("data: {init_args: {unseen: [piqa]}}\n")
+    with pytest.raises(SystemExit, match="--also needs --to DIR"):
+        report(str(tmp_path / "sweep"), also=[str(point)])
+    with pytest.raises(SystemExit, match="is not a finished point"):
+        report(str(tmp_path / "sweep"), also=[str(tmp_path)], to=str(tmp_path / "joined"))
+    with pytest.raises(SystemExit, match="two points are named p"):
+        report(str(tmp_path / "sweep"), also=[str(point)], to=str(tmp_path / "joined"))

@@ -400,12 +400,17 @@ def write_study(runs: dict[str, Path], unseen: list[str], out: Path) -> list[Pat
     return paths
 
 
-def report(out: str) -> None:
+def report(out: str, also: list[str] | None = None, to: str | None = None) -> None:
     """(Re)write the study files of a sweep directory from the points that have finished (e.g. while the sweep
     still runs, or after it was interrupted).
 
     Args:
         out: the sweep's --out directory
+        also: finished points of other sweeps (their point directories, e.g. runs/specificity/base) to report
+            beside these, every point restricted to the items all of them scored (a second budget or test size
+            read on the same items)
+        to: where the joined report goes (needed with ``also``; the points' item files are copied there, cut to
+            the shared items)
     """
     import yaml
 
@@ -415,9 +420,45 @@ def report(out: str) -> None:
         raise SystemExit(f"python -m loragen.eval.study: error: {out} holds no finished point (*/point.json)")
     config = yaml.safe_load((finished[0].parent / "config.yaml").read_text()) or {}
     unseen = ((config.get("data") or {}).get("init_args") or {}).get("unseen") or []
-    paths = write_study({p.parent.name: p.parent for p in finished}, list(unseen), directory)
+    runs = {p.parent.name: p.parent for p in finished}
+    if also:
+        if not to:
+            raise SystemExit("python -m loragen.eval.study: error: --also needs --to DIR (the joined report's folder)")
+        for extra in map(Path, also):
+            if not (extra / "point.json").is_file():
+                raise SystemExit(
+                    f"python -m loragen.eval.study: error: {extra} is not a finished point (no point.json)"
+                )
+            if extra.name in runs:
+                raise SystemExit(f"python -m loragen.eval.study: error: two points are named {extra.name}: rename one")
+            runs[extra.name] = extra
+        directory = Path(to)
+        runs = shared_items(runs, directory)
+    paths = write_study(runs, list(unseen), directory)
     print((directory / "study.md").read_text() if paths else "no point wrote per-item outcomes")
     print("wrote " + ", ".join(str(p) for p in paths))
+
+
+def shared_items(runs: dict[str, Path], out: Path) -> dict[str, Path]:
+    """Each run's latest items.jsonl and results.json copied to ``out/NAME/``, cut to the items every run scored
+    (same task and item), so that every comparison of a joined report is on the same items."""
+    read = {name: _outcomes(path) for name, path in runs.items()}
+    keys: set[tuple[str, str]] | None = None
+    for got in read.values():
+        if got is not None:
+            scored = {_item_key(item) for item, _ in got[0]}
+            keys = scored if keys is None else keys & scored
+    copied = {}
+    for name, got in read.items():
+        if got is None:
+            continue
+        target = out / name
+        target.mkdir(parents=True, exist_ok=True)
+        lines = [json.dumps(item) for item, _ in got[0] if _item_key(item) in (keys or set())]
+        atomic_write_text(target / "items.jsonl", "\n".join(lines) + "\n")
+        atomic_write_text(target / "results.json", json.dumps(got[1], indent=1) + "\n")
+        copied[name] = target
+    return copied
 
 
 def main(argv: list[str] | None = None) -> None:
