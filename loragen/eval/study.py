@@ -18,11 +18,11 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
-from loragen.eval.intervals import PAIRED_NOTE, half_width, paired_bootstrap
+from loragen.eval.intervals import PAIRED_NOTE, Z95, half_width, paired_bootstrap
 from loragen.files import atomic_write_text
 
 OWN = "own"  # stands for the point's method row (``loragen``, ``text_to_lora``)
@@ -281,7 +281,7 @@ def task_markdown(rows: list[dict[str, Any]]) -> str:
     n = max(set(counts), key=counts.count) if counts else 0
     noise = (
         f"; at {n} items, where half of them are answered differently, a task's difference has a 95% interval "
-        f"of about ±{196 * math.sqrt(0.5 / n):.0f} points"
+        f"of about ±{100 * Z95 * math.sqrt(0.5 / n):.0f} points"
         if n
         else ""
     )
@@ -400,6 +400,10 @@ def write_study(runs: dict[str, Path], unseen: list[str], out: Path) -> list[Pat
     return paths
 
 
+def _refuse(message: str) -> NoReturn:
+    raise SystemExit(f"python -m loragen.eval.study: error: {message}")
+
+
 def report(out: str, also: list[str] | None = None, to: str | None = None) -> None:
     """(Re)write the study files of a sweep directory from the points that have finished (e.g. while the sweep
     still runs, or after it was interrupted).
@@ -417,20 +421,18 @@ def report(out: str, also: list[str] | None = None, to: str | None = None) -> No
     directory = Path(out)
     finished = sorted(directory.glob("*/point.json"), key=lambda p: p.stat().st_mtime)
     if not finished:
-        raise SystemExit(f"python -m loragen.eval.study: error: {out} holds no finished point (*/point.json)")
+        _refuse(f"{out} holds no finished point (*/point.json)")
     config = yaml.safe_load((finished[0].parent / "config.yaml").read_text()) or {}
     unseen = ((config.get("data") or {}).get("init_args") or {}).get("unseen") or []
     runs = {p.parent.name: p.parent for p in finished}
     if also:
         if not to:
-            raise SystemExit("python -m loragen.eval.study: error: --also needs --to DIR (the joined report's folder)")
+            _refuse("--also needs --to DIR (the joined report's folder)")
         for extra in map(Path, also):
             if not (extra / "point.json").is_file():
-                raise SystemExit(
-                    f"python -m loragen.eval.study: error: {extra} is not a finished point (no point.json)"
-                )
+                _refuse(f"{extra} is not a finished point (no point.json)")
             if extra.name in runs:
-                raise SystemExit(f"python -m loragen.eval.study: error: two points are named {extra.name}: rename one")
+                _refuse(f"two points are named {extra.name}: rename one")
             runs[extra.name] = extra
         directory = Path(to)
         runs = shared_items(runs, directory)
