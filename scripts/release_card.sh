@@ -5,8 +5,9 @@
 # prompt's, the held-out paraphrase's LoRA) and the reference rows (the edge reading the prompt, the bare edge),
 # beside the multi-task LoRA and Text-to-LoRA trained on the release's data for the same STEPS (the main comparison
 # at the release's budget, docs/baselines.md). study.md pairs them item by item.
-# Run it once the suite release is exported (scripts/train_release.sh); the release of commit ca93c5f was trained
-# on five commonsense tasks (its card: docs/releases.md). Resumable: re-running skips finished points and continues the LoRA's training from its last checkpoint.
+# It tests the exported suite release (scripts/train_release.sh); the release of commit ca93c5f was trained on five
+# commonsense tasks (its card: docs/releases.md). Resumable: re-running skips finished points and continues a
+# baseline's training from its last checkpoint.
 #   bash scripts/release_card.sh PATH_TO_DATA [STEPS] [OUT]     (PATH_TO_DATA: the layout of docs/data.md)
 set -euo pipefail
 DATA=${1:?usage: bash scripts/release_card.sh PATH_TO_DATA [STEPS] [OUT]}
