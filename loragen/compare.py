@@ -96,6 +96,7 @@ METHODS: dict[str, dict[str, Any]] = {
 DEFAULT_METHODS = list(METHODS)
 __doc__ += "\n".join(f"  {name:<14} {spec['help']}" for name, spec in METHODS.items())
 LORAGEN_ONLY_CALLBACKS = ("RouterStatistics",)
+COST_KEYS = ("fit_seconds", "test_seconds", "peak_rss_mb", "resumed")
 
 
 def parse_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
@@ -175,8 +176,12 @@ def _pct(value: float | None) -> float | None:
     return None if value is None else round(100 * value, 2)
 
 
-def summarize_method(method: str, results: dict[str, Any], seconds: float) -> dict[str, Any]:
-    """The method's own row in percent, with its 95% half-widths (``None`` for results without intervals)."""
+def summarize_method(
+    method: str, results: dict[str, Any], seconds: float, cost: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The method's own row in percent, with its 95% half-widths (``None`` for results without intervals),
+    and what it cost (``run_point``'s ``cost``: fit / test seconds, peak resident memory, resumed fit)."""
+    cost = cost or {}
     row = primary_row(results)
     ci = row.get("ci") or {}
     ms = row.get("ms_per_request")
@@ -194,7 +199,18 @@ def summarize_method(method: str, results: dict[str, Any], seconds: float) -> di
         "mergeable": results.get("mergeable"),
         "trained_steps": results.get("trained_steps"),
         "seconds": round(seconds, 1),
+        **{key: cost.get(key) for key in COST_KEYS},
     }
+
+
+def fit_time(row: dict[str, Any]) -> str:
+    """A row's fit wall time as h:mm:ss; "-" for untrained methods, "?" for rows written before it was measured;
+    a fit that continued an interrupted attempt shows that attempt's time only, so it says so."""
+    if row.get("fit_seconds") is None:
+        return "?" if row.get("trained_steps") else "-"
+    seconds = round(row["fit_seconds"])
+    text = f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    return f"{text} (resumed)" if row.get("resumed") else text
 
 
 def _resolved_config(run_dir: Path) -> dict[str, Any]:
@@ -284,6 +300,7 @@ def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: d
         "mergeable",
         "trained_steps",
         "seconds",
+        *COST_KEYS,
     ]
     write_csv(out / "comparison.csv", columns, rows)
     header = [
@@ -296,6 +313,8 @@ def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: d
         "trainable params",
         "mergeable",
         "trained steps",
+        "fit time",
+        "peak RSS (GB)",
     ]
     lines = markdown_table(
         header,
@@ -310,6 +329,8 @@ def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: d
                 f"{row['trainable_params']:,}" if row.get("trainable_params") is not None else "?",
                 "yes" if row.get("mergeable") else "no",
                 str(row["trained_steps"]) if row.get("trained_steps") is not None else "-",
+                fit_time(row),
+                f"{row['peak_rss_mb'] / 1024:.1f}" if row.get("peak_rss_mb") is not None else "?",
             ]
             for row in rows
         ),
@@ -366,7 +387,10 @@ def compare(
         plans.append(Plan(method, run_dir, resolved, list(extra or []), fit=METHODS[method]["train"]))
 
     def record(plan: Plan, outcome: dict[str, Any]) -> dict[str, Any]:
-        return {"method": plan.name, "row": summarize_method(plan.name, outcome["results"], outcome["seconds"])}
+        return {
+            "method": plan.name,
+            "row": summarize_method(plan.name, outcome["results"], outcome["seconds"], outcome.get("cost")),
+        }
 
     records, failed = run_plans(plans, "method.json", record, keep_going=True)
     rows: list[dict[str, Any]] = []

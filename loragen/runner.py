@@ -6,13 +6,14 @@ collected as ``fit_args``)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from loragen import LoRAGenError
 from loragen.files import atomic_write_text
@@ -35,34 +36,56 @@ def read_base(path: str) -> dict[str, Any]:
     return base
 
 
+def _run_child(cmd: list[str], log: IO[str]) -> tuple[float, float]:
+    """Run ``cmd`` with its output to ``log``; its wall seconds and peak resident memory in MB (the child's
+    own high-water mark, read from ``wait4``; on Linux it counts the resident memory of this process at the
+    spawn as a floor, since the child starts as its copy). A non-zero exit raises ``CalledProcessError``; an
+    interrupt here stops the child too."""
+    start = time.perf_counter()
+    child = subprocess.Popen(cmd, stdout=log, stderr=log)
+    try:
+        _, status, usage = os.wait4(child.pid, 0)
+    except BaseException:
+        child.kill()
+        child.wait()
+        raise
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, cmd)
+    per_mb = 2**20 if sys.platform == "darwin" else 2**10  # ru_maxrss: bytes on macOS, KiB on Linux
+    return time.perf_counter() - start, usage.ru_maxrss / per_mb
+
+
 def run_point(config_path: Path, run_dir: Path, extra: list[str], fit: bool = True) -> dict[str, Any]:
     """fit (unless ``fit=False``) then test one run in subprocesses (a crash in one run cannot take
-    the sweep or comparison down); the log goes to ``run_dir/run.log``."""
+    the sweep or comparison down); the log goes to ``run_dir/run.log``. Returns the test's results, the
+    run's seconds and its ``cost``: fit and test wall seconds, the larger of their peak resident memories
+    (MB), and whether the fit continued an interrupted attempt (its seconds are then this attempt's only)."""
     cli = [sys.executable, "-m", "loragen.cli"]
     start = time.perf_counter()
     log_path = run_dir / "run.log"
+    cost: dict[str, Any] = {"fit_seconds": None, "test_seconds": None, "peak_rss_mb": None, "resumed": False}
     log = open(log_path, "w")  # noqa: SIM115 - closed below
     try:
         checkpoint = []
+        peaks = []
         if fit:
             # an interrupted earlier attempt left a checkpoint: continue it (resumes are exact)
             earlier = sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
             resume = ["--ckpt_path", str(earlier[-1])] if earlier else []
-            subprocess.run(
-                [*cli, "fit", "--config", str(config_path), *resume, *extra], check=True, stdout=log, stderr=log
-            )
+            cost["resumed"] = bool(earlier)
+            seconds, peak = _run_child([*cli, "fit", "--config", str(config_path), *resume, *extra], log)
+            cost["fit_seconds"], peaks = round(seconds, 1), [peak]
             last = sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
             if not last:
                 raise LoRAGenError(
                     f"{run_dir}: fit wrote no last.ckpt; give the config a ModelCheckpoint with save_last"
                 )
             checkpoint = ["--ckpt_path", str(last[-1])]
-        subprocess.run(
-            [*cli, "test", "--config", str(config_path), *checkpoint, "--verbose", "false", *extra],
-            check=True,
-            stdout=log,
-            stderr=log,
+        seconds, peak = _run_child(
+            [*cli, "test", "--config", str(config_path), *checkpoint, "--verbose", "false", *extra], log
         )
+        cost["test_seconds"], cost["peak_rss_mb"] = round(seconds, 1), round(max([*peaks, peak]))
     except subprocess.CalledProcessError as err:
         raise LoRAGenError(f"run {run_dir.name} failed (exit {err.returncode}); see {log_path}") from None
     finally:
@@ -70,7 +93,7 @@ def run_point(config_path: Path, run_dir: Path, extra: list[str], fit: bool = Tr
     found = sorted(run_dir.rglob("results.json"), key=lambda p: p.stat().st_mtime)
     if not found:
         raise LoRAGenError(f"{run_dir}: test wrote no results.json")
-    return {"results": json.loads(found[-1].read_text()), "seconds": time.perf_counter() - start}
+    return {"results": json.loads(found[-1].read_text()), "seconds": time.perf_counter() - start, "cost": cost}
 
 
 @dataclass

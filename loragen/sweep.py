@@ -169,6 +169,8 @@ def summarize_point(point: dict[str, Any], outcome: dict[str, Any], name: str | 
     if results.get("gate_distance"):
         row["gate_distance"] = round(results["gate_distance"]["between_prompts"], 3)
     row["seconds"] = round(outcome["seconds"], 1)
+    cost = outcome.get("cost") or {}
+    row.update({key: cost[key] for key in ("fit_seconds", "peak_rss_mb") if cost.get(key) is not None})
     return row
 
 

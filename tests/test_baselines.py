@@ -215,6 +215,11 @@ def test_compare_runs_methods_through_the_cli_writes_the_table_and_resumes(tmp_p
     table = json.loads((out / "comparison.json").read_text())
     assert "max_steps=2" in table["budget"] and table["rows"][0]["setting"].startswith("LoRA-Gen")
     assert "| trainable params | mergeable |" in (out / "comparison.md").read_text()
+    for method in ("loragen", "lora_prompted", "loramoe"):  # what each trained method cost, measured per run
+        assert float(by[method]["fit_seconds"]) > 0 and by[method]["resumed"] == "False"
+        assert float(by[method]["peak_rss_mb"]) > 200 and float(by[method]["test_seconds"]) > 0
+    assert by["base"]["fit_seconds"] == "" and float(by["base"]["peak_rss_mb"]) > 200
+    assert "| fit time | peak RSS (GB) |" in (out / "comparison.md").read_text()
     diffs = {(d["method"], d["group"]): d for d in table["differences"]}  # every method − LoRA-Gen, item by item
     assert {m for m, _ in diffs} == {"base", "few_shot", "lora_prompted", "loramoe"}
     assert {g for _, g in diffs} == {"seen", "all"}  # tiny.yaml names no unseen dataset

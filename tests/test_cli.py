@@ -450,3 +450,28 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
         ["bash", "-c", f"{sys.executable} -m loragen.cli tasks | true"], capture_output=True, text=True, cwd=ROOT
     )
     assert "Traceback" not in run_.stderr and "BrokenPipeError" not in run_.stderr, run_.stderr[-1000:]
+
+
+def test_a_runs_cost_is_each_childs_own_wall_time_and_peak_memory(tmp_path):
+    from loragen.compare import fit_time
+    from loragen.runner import _run_child
+
+    def child(mb: int, seconds: float, code: int = 0) -> list[str]:
+        body = f"import sys, time; b = bytearray({mb} << 20); b[::4096] = b'1' * len(b[::4096]); "
+        return [sys.executable, "-c", body + f"time.sleep({seconds}); sys.exit({code})"]
+
+    import resource
+
+    floor = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # this process: the children's floor
+    with open(tmp_path / "log", "w") as log:
+        big_s, big_mb = _run_child(child(int(floor) + 1000, 0.5), log)
+        small_s, small_mb = _run_child(child(20, 0.0), log)
+        with pytest.raises(subprocess.CalledProcessError) as failed:
+            _run_child(child(1, 0.0, code=3), log)
+    assert failed.value.returncode == 3
+    assert big_s >= 0.5 and big_mb >= floor + 1000  # the child's own high-water mark, touched pages included
+    assert small_mb < floor + 200 < big_mb  # not the largest child so far: each run's cost is its own
+    assert fit_time({"fit_seconds": 3725.4, "trained_steps": 500}) == "1:02:05"
+    assert fit_time({"fit_seconds": 61, "resumed": True, "trained_steps": 500}) == "0:01:01 (resumed)"
+    assert fit_time({"fit_seconds": None, "trained_steps": None}) == "-"  # untrained (base, few-shot)
+    assert fit_time({"trained_steps": 500}) == "?"  # a row written before the cost was measured
