@@ -31,6 +31,7 @@ from typing import Any
 
 from loragen import LoRAGenError
 from loragen.files import atomic_write_text
+from loragen.runner import COST_KEYS
 
 LORAGEN_CLASS = "loragen.models.lora_gen_module.LoRAGenModule"
 BASELINES = "loragen.models.baselines"
@@ -96,7 +97,6 @@ METHODS: dict[str, dict[str, Any]] = {
 DEFAULT_METHODS = list(METHODS)
 __doc__ += "\n".join(f"  {name:<14} {spec['help']}" for name, spec in METHODS.items())
 LORAGEN_ONLY_CALLBACKS = ("RouterStatistics",)
-COST_KEYS = ("fit_seconds", "test_seconds", "peak_rss_mb", "resumed")
 
 
 def parse_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:

@@ -36,6 +36,9 @@ def read_base(path: str) -> dict[str, Any]:
     return base
 
 
+COST_KEYS = ("fit_seconds", "test_seconds", "peak_rss_mb", "resumed")  # a run's ``cost`` (``run_point``)
+
+
 def _run_child(cmd: list[str], log: IO[str]) -> tuple[float, float]:
     """Run ``cmd`` with its output to ``log``; its wall seconds and peak resident memory in MB (the child's
     own high-water mark, read from ``wait4``; on Linux it counts the resident memory of this process at the
@@ -64,18 +67,18 @@ def run_point(config_path: Path, run_dir: Path, extra: list[str], fit: bool = Tr
     cli = [sys.executable, "-m", "loragen.cli"]
     start = time.perf_counter()
     log_path = run_dir / "run.log"
-    cost: dict[str, Any] = {"fit_seconds": None, "test_seconds": None, "peak_rss_mb": None, "resumed": False}
+    cost: dict[str, Any] = {**dict.fromkeys(COST_KEYS), "resumed": False}
     log = open(log_path, "w")  # noqa: SIM115 - closed below
     try:
         checkpoint = []
-        peaks = []
+        fit_peak = 0.0
         if fit:
             # an interrupted earlier attempt left a checkpoint: continue it (resumes are exact)
             earlier = sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
             resume = ["--ckpt_path", str(earlier[-1])] if earlier else []
             cost["resumed"] = bool(earlier)
             seconds, peak = _run_child([*cli, "fit", "--config", str(config_path), *resume, *extra], log)
-            cost["fit_seconds"], peaks = round(seconds, 1), [peak]
+            cost["fit_seconds"], fit_peak = round(seconds, 1), peak
             last = sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
             if not last:
                 raise LoRAGenError(
@@ -85,7 +88,7 @@ def run_point(config_path: Path, run_dir: Path, extra: list[str], fit: bool = Tr
         seconds, peak = _run_child(
             [*cli, "test", "--config", str(config_path), *checkpoint, "--verbose", "false", *extra], log
         )
-        cost["test_seconds"], cost["peak_rss_mb"] = round(seconds, 1), round(max([*peaks, peak]))
+        cost["test_seconds"], cost["peak_rss_mb"] = round(seconds, 1), round(max(fit_peak, peak))
     except subprocess.CalledProcessError as err:
         raise LoRAGenError(f"run {run_dir.name} failed (exit {err.returncode}); see {log_path}") from None
     finally:
