@@ -282,6 +282,30 @@ def difference_lines(differences: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def reading_lines(differences: list[dict[str, Any]]) -> list[str]:
+    """The paired differences read in words, per task group: the methods LoRA-Gen is ahead of, level with and
+    behind, each with LoRA-Gen − method and its interval. A 95% interval that excludes 0 decides; the rest are
+    ties (the table above is read the same way by hand)."""
+    if not differences:
+        return []
+    title = "Read in words (LoRA-Gen − method, points; ahead or behind only where the 95% interval excludes 0):"
+    lines = ["", title, ""]
+    for group in ("unseen", "seen", "all"):
+        cells = [d for d in differences if d["group"] == group]
+        if not cells:
+            continue
+        verdicts: dict[str, list[str]] = {"ahead of": [], "level with": [], "behind": []}
+        for d in sorted(cells, key=lambda d: d["diff"]):  # largest LoRA-Gen lead first
+            lead, low, high = -100 * d["diff"], -100 * d["high"], -100 * d["low"]
+            verdict = "ahead of" if low > 0 else "behind" if high < 0 else "level with"
+            verdicts[verdict].append(f"{d['method']} ({lead:+.1f} [{low:+.1f}, {high:+.1f}])")
+        said = [f"{verdict} {', '.join(names)}" for verdict, names in verdicts.items() if names]
+        counts = {(d["tasks"], d["n"]) for d in cells}  # one count when every method scored the same items
+        scope = f" ({cells[0]['tasks']} tasks, {cells[0]['n']} items)" if len(counts) == 1 else ""
+        lines.append(f"- {group} tasks{scope}: LoRA-Gen is " + "; ".join(said) + ".")
+    return lines
+
+
 def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: dict[str, Any]) -> list[Path]:
     from loragen.eval.intervals import NOTE
     from loragen.eval.results import with_ci
@@ -344,6 +368,7 @@ def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: d
         NOTE + ".",
     ]
     lines += difference_lines(meta.get("differences") or [])
+    lines += reading_lines(meta.get("differences") or [])
     atomic_write_text(out / "comparison.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "comparison.json", json.dumps({"budget": budget, **meta, "rows": rows}, indent=2))
     paths = [out / "comparison.md", out / "comparison.csv", out / "comparison.json"]

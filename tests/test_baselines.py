@@ -235,6 +235,7 @@ def test_compare_runs_methods_through_the_cli_writes_the_table_and_resumes(tmp_p
     assert diffs[("few_shot", "all")]["diff"] == pytest.approx(expected / len(tasks), abs=1e-9)
     assert diffs[("few_shot", "all")]["n"] == len(gen)
     assert "Paired differences to LoRA-Gen" in (out / "comparison.md").read_text()
+    assert "- seen tasks" in (out / "comparison.md").read_text().split("Read in words")[1]  # and read in words
     assert (out / "comparison.png").stat().st_size > 1000
     assert "num_experts: 2" in (out / "loramoe" / "config.yaml").read_text()
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)

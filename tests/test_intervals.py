@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from loragen.compare import summarize_method, write_comparison
+from loragen.compare import reading_lines, summarize_method, write_comparison
 from loragen.eval.intervals import half_width, mean_half_width, paired_bootstrap, stderr
 from loragen.eval.results import build_results, results_markdown, write_results
 from loragen.sweep import summarize_point, write_tables
@@ -206,3 +206,27 @@ def test_compare_and_sweep_tables_show_intervals_and_still_read_older_results(tm
     write_tables(points[1:], tmp_path, grid, "acc_mean")  # only older results: the table as before
     assert "±" not in (tmp_path / "sweep.md").read_text()
     assert "±" not in results_markdown(old) and "LoRA-Gen (merged, no system prompt)" in results_markdown(old)
+
+
+def test_the_comparison_reads_each_paired_difference_as_ahead_level_or_behind():
+    # differences are method − LoRA-Gen (fractions); the reading states LoRA-Gen − method, its interval flipped
+    def d(method, group, diff, low, high, n=200):
+        return {"method": method, "group": group, "diff": diff, "low": low, "high": high, "n": n, "tasks": 2}
+
+    lines = reading_lines(
+        [
+            d("lora", "unseen", 0.031, 0.012, 0.050),  # LoRA ahead of LoRA-Gen: LoRA-Gen behind
+            d("base", "unseen", -0.042, -0.070, -0.011),  # LoRA-Gen ahead
+            d("mixlora", "unseen", 0.004, -0.010, 0.020),  # interval straddles 0: level
+            d("lora", "seen", -0.001, -0.020, 0.015, n=100),
+        ]
+    )
+    unseen = next(line for line in lines if line.startswith("- unseen tasks"))
+    assert unseen == (
+        "- unseen tasks (2 tasks, 200 items): LoRA-Gen is ahead of base (+4.2 [+1.1, +7.0]); "
+        "level with mixlora (-0.4 [-2.0, +1.0]); behind lora (-3.1 [-5.0, -1.2])."
+    )
+    seen = next(line for line in lines if line.startswith("- seen tasks"))
+    assert seen == "- seen tasks (2 tasks, 100 items): LoRA-Gen is level with lora (+0.1 [-1.5, +2.0])."
+    assert not any(line.startswith("- all tasks") for line in lines)  # a group nobody scored is not read
+    assert reading_lines([]) == []
