@@ -249,34 +249,67 @@ def budget_line(budgets: dict[str, str]) -> str:
     return "Budgets differ: " + "; ".join(f"{m}: {b}" for m, b in budgets.items())
 
 
-def difference_lines(differences: list[dict[str, Any]]) -> list[str]:
-    """The paired differences to LoRA-Gen as a Markdown table (groups as columns), or nothing."""
+def group_mean(row: dict[str, Any], tasks: list[str]) -> tuple[float | None, float | None]:
+    """A row's unweighted mean over ``tasks`` (percent) and its 95% half-width from the tasks' own (independent
+    task means, as ``loragen.eval.study.accuracy``); no half-width when a task has none (older results)."""
+    values = [row[f"acc/{t}"] for t in tasks if row.get(f"acc/{t}") is not None]
+    if not values or len(values) < len(tasks):
+        return None, None
+    cis = [row.get(f"acc/{t}_ci") for t in tasks]
+    ci = None if any(c is None for c in cis) else sum(c * c for c in cis) ** 0.5 / len(tasks)  # type: ignore[operator]
+    return sum(values) / len(values), ci
+
+
+def flipped(d: dict[str, Any]) -> dict[str, float]:
+    """A ``method − LoRA-Gen`` cell as ``LoRA-Gen − method`` (the reading's and the README's direction)."""
+    return {"diff": -d["diff"], "low": -d["high"], "high": -d["low"]}
+
+
+def summary_lines(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    """Per method: its mean on the unseen and seen tasks, LoRA-Gen − method on each (paired by item, 95%
+    interval), edge tokens, parameters, mergeability and cost; the compact form of the per-task table."""
     from loragen.eval.intervals import PAIRED_NOTE
+    from loragen.eval.results import span, with_ci
     from loragen.eval.study import BOOTSTRAP, SEED
     from loragen.report import markdown_table
 
-    if not differences:
+    differences, groups = meta.get("differences") or [], meta.get("groups") or {}
+    names = [g for g in ("unseen", "seen") if g in groups.values()]
+    if not differences or not names:
         return []
-    groups = [g for g in ("unseen", "seen", "all") if any(d["group"] == g for d in differences)]
+    members = {g: [t for t, which in groups.items() if which == g] for g in names}
     cells = {(d["method"], d["group"]): d for d in differences}
-    methods = list(dict.fromkeys(d["method"] for d in differences))
-
-    def cell(d: dict[str, Any] | None) -> str:
-        return (
-            ""
-            if d is None
-            else (
-                f"{100 * d['diff']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] "
-                f"({d['tasks']} tasks, {d['n']} items)"
-            )
+    header = [
+        "method",
+        *(f"{g} ({len(members[g])} tasks)" for g in names),
+        *(f"LoRA-Gen − method, {g}" for g in names),
+        "edge tokens/request",
+        "trainable params",
+        "mergeable",
+        "fit time",
+        "peak RSS (GB)",
+    ]
+    body = []
+    for row in rows:
+        means = [with_ci(*group_mean(row, members[g])) for g in names]
+        diffs = [span(flipped(cells[(row["method"], g)])) if (row["method"], g) in cells else "" for g in names]
+        body.append(
+            [
+                row["setting"],
+                *means,
+                *diffs,
+                f"{row['tokens_per_request']:.1f}",
+                f"{row['trainable_params']:,}" if row.get("trainable_params") is not None else "?",
+                "yes" if row.get("mergeable") else "no",
+                fit_time(row),
+                f"{row['peak_rss_mb'] / 1024:.1f}" if row.get("peak_rss_mb") is not None else "?",
+            ]
         )
-
-    header = ["method − LoRA-Gen", *(f"{g} tasks" for g in groups)]
     return [
         "",
-        "Paired differences to LoRA-Gen (points):",
+        "Paired differences to LoRA-Gen, by task group (means: unweighted over tasks, percent; differences: points):",
         "",
-        *markdown_table(header, ([m, *(cell(cells.get((m, g))) for g in groups)] for m in methods)),
+        *markdown_table(header, body),
         "",
         PAIRED_NOTE.format(bootstrap=BOOTSTRAP, seed=SEED) + ".",
     ]
@@ -286,6 +319,8 @@ def reading_lines(differences: list[dict[str, Any]]) -> list[str]:
     """The paired differences read in words, per task group: the methods LoRA-Gen is ahead of, level with and
     behind, each with LoRA-Gen − method and its interval. A 95% interval that excludes 0 decides; the rest are
     ties (the table above is read the same way by hand)."""
+    from loragen.eval.results import span
+
     if not differences:
         return []
     title = "Read in words (LoRA-Gen − method, points; ahead or behind only where the 95% interval excludes 0):"
@@ -296,9 +331,9 @@ def reading_lines(differences: list[dict[str, Any]]) -> list[str]:
             continue
         verdicts: dict[str, list[str]] = {"ahead of": [], "level with": [], "behind": []}
         for d in sorted(cells, key=lambda d: d["diff"]):  # largest LoRA-Gen lead first
-            lead, low, high = -100 * d["diff"], -100 * d["high"], -100 * d["low"]
-            verdict = "ahead of" if low > 0 else "behind" if high < 0 else "level with"
-            verdicts[verdict].append(f"{d['method']} ({lead:+.1f} [{low:+.1f}, {high:+.1f}])")
+            lead = flipped(d)
+            verdict = "ahead of" if lead["low"] > 0 else "behind" if lead["high"] < 0 else "level with"
+            verdicts[verdict].append(f"{d['method']} ({span(lead)})")
         said = [f"{verdict} {', '.join(names)}" for verdict, names in verdicts.items() if names]
         counts = {(d["tasks"], d["n"]) for d in cells}  # one count when every method scored the same items
         scope = f" ({cells[0]['tasks']} tasks, {cells[0]['n']} items)" if len(counts) == 1 else ""
@@ -367,7 +402,7 @@ def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: d
         + " (percent)",
         NOTE + ".",
     ]
-    lines += difference_lines(meta.get("differences") or [])
+    lines += summary_lines(rows, meta)
     lines += reading_lines(meta.get("differences") or [])
     atomic_write_text(out / "comparison.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "comparison.json", json.dumps({"budget": budget, **meta, "rows": rows}, indent=2))
@@ -430,11 +465,12 @@ def compare(
             budgets[plan.name] = budget(_resolved_config(plan.run_dir))
         meta = {key: done["results"].get(key) for key in ("items", "scoring", "metric", "tasks")}
     if rows:
-        from loragen.eval.study import differences_to
+        from loragen.eval.study import differences_to, task_groups
 
         unseen = list(((base.get("data") or {}).get("init_args") or {}).get("unseen") or [])
         runs = {plan.name: plan.run_dir for plan in plans if plan.name in records}
         meta["differences"] = differences_to(runs, "loragen", unseen) if "loragen" in runs else []
+        meta["groups"] = task_groups(meta.get("tasks") or [], unseen)
         paths = write_comparison(rows, out_dir, budget_line(budgets), meta)
         print((out_dir / "comparison.md").read_text())
         print("wrote " + ", ".join(str(p) for p in paths))

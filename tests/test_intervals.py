@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from loragen.compare import reading_lines, summarize_method, write_comparison
+from loragen.compare import reading_lines, summarize_method, summary_lines, write_comparison
 from loragen.eval.intervals import half_width, mean_half_width, paired_bootstrap, stderr
 from loragen.eval.results import build_results, results_markdown, write_results
 from loragen.sweep import summarize_point, write_tables
@@ -224,9 +224,46 @@ def test_the_comparison_reads_each_paired_difference_as_ahead_level_or_behind():
     unseen = next(line for line in lines if line.startswith("- unseen tasks"))
     assert unseen == (
         "- unseen tasks (2 tasks, 200 items): LoRA-Gen is ahead of base (+4.2 [+1.1, +7.0]); "
-        "level with mixlora (-0.4 [-2.0, +1.0]); behind lora (-3.1 [-5.0, -1.2])."
+        "level with mixlora (−0.4 [−2.0, +1.0]); behind lora (−3.1 [−5.0, −1.2])."
     )
     seen = next(line for line in lines if line.startswith("- seen tasks"))
-    assert seen == "- seen tasks (2 tasks, 100 items): LoRA-Gen is level with lora (+0.1 [-1.5, +2.0])."
+    assert seen == "- seen tasks (2 tasks, 100 items): LoRA-Gen is level with lora (+0.1 [−1.5, +2.0])."
     assert not any(line.startswith("- all tasks") for line in lines)  # a group nobody scored is not read
     assert reading_lines([]) == []
+
+
+def test_the_summary_gives_group_means_and_lora_gen_minus_each_method():
+    def row(method, setting, accs, cis):
+        return {
+            "method": method,
+            "setting": setting,
+            **{f"acc/{t}": a for t, a in accs.items()},
+            **{f"acc/{t}_ci": c for t, c in cis.items()},
+            "tokens_per_request": 41.2,
+            "trainable_params": 1000,
+            "mergeable": True,
+            "trained_steps": 5,
+            "fit_seconds": 3725.0,
+            "peak_rss_mb": 2048.0,
+        }
+
+    rows = [
+        row(
+            "loragen", "LoRA-Gen", {"piqa": 60.0, "mrpc": 40.0, "boolq": 70.0}, {"piqa": 3.0, "mrpc": 4.0, "boolq": 5.0}
+        ),
+        row("lora", "LoRA", {"piqa": 50.0, "mrpc": 44.0, "boolq": 72.0}, {"piqa": 3.0, "mrpc": 4.0, "boolq": None}),
+    ]
+    groups = {"piqa": "unseen", "mrpc": "unseen", "boolq": "seen"}
+    diffs = [
+        {"method": "lora", "group": "unseen", "diff": 0.031, "low": 0.012, "high": 0.050, "n": 300, "tasks": 2},
+        {"method": "lora", "group": "seen", "diff": -0.02, "low": -0.05, "high": 0.01, "n": 200, "tasks": 1},
+    ]
+    lines = summary_lines(rows, {"differences": diffs, "groups": groups})
+    assert "| method | unseen (2 tasks) | seen (1 tasks) | LoRA-Gen − method, unseen | LoRA-Gen − method, seen |" in (
+        "\n".join(lines)
+    )
+    gen = next(line for line in lines if line.startswith("| LoRA-Gen |"))
+    assert gen.startswith("| LoRA-Gen | 50.0 ±2.5 | 70.0 ±5.0 |  |  | 41.2 | 1,000 | yes | 1:02:05 | 2.0 |")
+    lora = next(line for line in lines if line.startswith("| LoRA |"))
+    assert lora.startswith("| LoRA | 47.0 ±2.5 | 72.0 | −3.1 [−5.0, −1.2] | +2.0 [−1.0, +5.0] |")  # no task ci: no ±
+    assert summary_lines(rows, {"differences": [], "groups": groups}) == []
