@@ -249,15 +249,24 @@ def budget_line(budgets: dict[str, str]) -> str:
     return "Budgets differ: " + "; ".join(f"{m}: {b}" for m, b in budgets.items())
 
 
+def row_tasks(rows: list[dict[str, Any]]) -> list[str]:
+    """Every task of any row, in first-seen order."""
+    keys = dict.fromkeys(k for row in rows for k in row)
+    return [k.removeprefix("acc/") for k in keys if k.startswith("acc/") and not k.endswith("_ci")]
+
+
 def group_mean(row: dict[str, Any], tasks: list[str]) -> tuple[float | None, float | None]:
     """A row's unweighted mean over ``tasks`` (percent) and its 95% half-width from the tasks' own (independent
-    task means, as ``loragen.eval.study.accuracy``); no half-width when a task has none (older results)."""
-    values = [row[f"acc/{t}"] for t in tasks if row.get(f"acc/{t}") is not None]
-    if not values or len(values) < len(tasks):
+    task means, as ``loragen.eval.study.accuracy``); no mean when a task is missing, no half-width when a task
+    has none (older results)."""
+    from loragen.eval.intervals import Z95, mean_half_width
+
+    values = [row.get(f"acc/{t}") for t in tasks]
+    if not values or any(v is None for v in values):
         return None, None
     cis = [row.get(f"acc/{t}_ci") for t in tasks]
-    ci = None if any(c is None for c in cis) else sum(c * c for c in cis) ** 0.5 / len(tasks)  # type: ignore[operator]
-    return sum(values) / len(values), ci
+    ci = None if any(c is None for c in cis) else mean_half_width([c / Z95 for c in cis])  # type: ignore[operator]
+    return sum(values) / len(values), ci  # type: ignore[arg-type]
 
 
 def flipped(d: dict[str, Any]) -> dict[str, float]:
@@ -265,9 +274,14 @@ def flipped(d: dict[str, Any]) -> dict[str, float]:
     return {"diff": -d["diff"], "low": -d["high"], "high": -d["low"]}
 
 
+def _tasks(n: int) -> str:
+    return f"{n} task" + ("" if n == 1 else "s")
+
+
 def summary_lines(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
-    """Per method: its mean on the unseen and seen tasks, LoRA-Gen − method on each (paired by item, 95%
-    interval), edge tokens, parameters, mergeability and cost; the compact form of the per-task table."""
+    """Per method: its mean on the unseen and on the seen tasks, LoRA-Gen − method on each (paired by item, 95%
+    interval; none without a LoRA-Gen run), edge tokens, parameters, mergeability and cost: the compact form of
+    the per-task table. A difference over fewer tasks than the group (a method that skipped some) says so."""
     from loragen.eval.intervals import PAIRED_NOTE
     from loragen.eval.results import span, with_ci
     from loragen.eval.study import BOOTSTRAP, SEED
@@ -275,69 +289,78 @@ def summary_lines(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]
 
     differences, groups = meta.get("differences") or [], meta.get("groups") or {}
     names = [g for g in ("unseen", "seen") if g in groups.values()]
-    if not differences or not names:
+    if not names:
         return []
     members = {g: [t for t, which in groups.items() if which == g] for g in names}
     cells = {(d["method"], d["group"]): d for d in differences}
+
+    def difference(method: str, group: str) -> str:
+        if method == "loragen":
+            return ""
+        cell = cells.get((method, group))
+        if cell is None:
+            return "-"
+        partial = f" ({_tasks(cell['tasks'])})" if cell["tasks"] != len(members[group]) else ""
+        return span(flipped(cell)) + partial
+
     header = [
         "method",
-        *(f"{g} ({len(members[g])} tasks)" for g in names),
-        *(f"LoRA-Gen − method, {g}" for g in names),
+        *(f"{g} ({_tasks(len(members[g]))})" for g in names),
+        *(f"LoRA-Gen − method, {g}" for g in names if differences),
         "edge tokens/request",
         "trainable params",
         "mergeable",
         "fit time",
         "peak RSS (GB)",
     ]
-    body = []
-    for row in rows:
-        means = [with_ci(*group_mean(row, members[g])) for g in names]
-        diffs = [span(flipped(cells[(row["method"], g)])) if (row["method"], g) in cells else "" for g in names]
-        body.append(
-            [
-                row["setting"],
-                *means,
-                *diffs,
-                f"{row['tokens_per_request']:.1f}",
-                f"{row['trainable_params']:,}" if row.get("trainable_params") is not None else "?",
-                "yes" if row.get("mergeable") else "no",
-                fit_time(row),
-                f"{row['peak_rss_mb'] / 1024:.1f}" if row.get("peak_rss_mb") is not None else "?",
-            ]
-        )
+    body = [
+        [
+            row["setting"],
+            *(with_ci(*group_mean(row, members[g])) for g in names),
+            *(difference(row["method"], g) for g in names if differences),
+            f"{row['tokens_per_request']:.1f}",
+            f"{row['trainable_params']:,}" if row.get("trainable_params") is not None else "?",
+            "yes" if row.get("mergeable") else "no",
+            fit_time(row),
+            f"{row['peak_rss_mb'] / 1024:.1f}" if row.get("peak_rss_mb") is not None else "?",
+        ]
+        for row in rows
+    ]
+    title = "By task group (means: unweighted over tasks, percent ±95%" + (
+        "; paired differences to LoRA-Gen: points, 95% interval):" if differences else "):"
+    )
     return [
         "",
-        "Paired differences to LoRA-Gen, by task group (means: unweighted over tasks, percent; differences: points):",
+        title,
         "",
         *markdown_table(header, body),
-        "",
-        PAIRED_NOTE.format(bootstrap=BOOTSTRAP, seed=SEED) + ".",
+        *(["", PAIRED_NOTE.format(bootstrap=BOOTSTRAP, seed=SEED) + "."] if differences else []),
     ]
 
 
-def reading_lines(differences: list[dict[str, Any]]) -> list[str]:
+def reading_lines(differences: list[dict[str, Any]], labels: dict[str, str]) -> list[str]:
     """The paired differences read in words, per task group: the methods LoRA-Gen is ahead of, level with and
     behind, each with LoRA-Gen − method and its interval. A 95% interval that excludes 0 decides; the rest are
-    ties (the table above is read the same way by hand)."""
-    from loragen.eval.results import span
+    level. ``labels``: method → its name in the table."""
+    from loragen.eval.results import direction, span
 
     if not differences:
         return []
     title = "Read in words (LoRA-Gen − method, points; ahead or behind only where the 95% interval excludes 0):"
     lines = ["", title, ""]
+    said_as = {"ahead": "ahead of", "level": "level with", "behind": "behind"}
     for group in ("unseen", "seen", "all"):
         cells = [d for d in differences if d["group"] == group]
         if not cells:
             continue
-        verdicts: dict[str, list[str]] = {"ahead of": [], "level with": [], "behind": []}
+        verdicts: dict[str, list[str]] = {which: [] for which in said_as}
         for d in sorted(cells, key=lambda d: d["diff"]):  # largest LoRA-Gen lead first
             lead = flipped(d)
-            verdict = "ahead of" if lead["low"] > 0 else "behind" if lead["high"] < 0 else "level with"
-            verdicts[verdict].append(f"{d['method']} ({span(lead)})")
-        said = [f"{verdict} {', '.join(names)}" for verdict, names in verdicts.items() if names]
+            verdicts[direction(lead)].append(f"{labels.get(d['method'], d['method'])} ({span(lead)})")
+        said = [f"{said_as[which]} {'; '.join(names)}." for which, names in verdicts.items() if names]
         counts = {(d["tasks"], d["n"]) for d in cells}  # one count when every method scored the same items
-        scope = f" ({cells[0]['tasks']} tasks, {cells[0]['n']} items)" if len(counts) == 1 else ""
-        lines.append(f"- {group} tasks{scope}: LoRA-Gen is " + "; ".join(said) + ".")
+        scope = f" ({_tasks(cells[0]['tasks'])}, {cells[0]['n']} items)" if len(counts) == 1 else ""
+        lines.append(f"- {group} tasks{scope}: LoRA-Gen is " + " It is ".join(said))
     return lines
 
 
@@ -346,7 +369,7 @@ def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: d
     from loragen.eval.results import with_ci
     from loragen.report import markdown_table, pyplot, save_figure, write_csv
 
-    tasks = [k for k in dict.fromkeys(k for row in rows for k in row) if k.startswith("acc/") and not k.endswith("_ci")]
+    tasks = [f"acc/{t}" for t in row_tasks(rows)]
     columns = [
         "method",
         *[c for t in tasks for c in (t, f"{t}_ci")],
@@ -403,7 +426,7 @@ def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: d
         NOTE + ".",
     ]
     lines += summary_lines(rows, meta)
-    lines += reading_lines(meta.get("differences") or [])
+    lines += reading_lines(meta.get("differences") or [], {row["method"]: row["setting"] for row in rows})
     atomic_write_text(out / "comparison.md", "\n".join(lines) + "\n")
     atomic_write_text(out / "comparison.json", json.dumps({"budget": budget, **meta, "rows": rows}, indent=2))
     paths = [out / "comparison.md", out / "comparison.csv", out / "comparison.json"]
@@ -470,7 +493,7 @@ def compare(
         unseen = list(((base.get("data") or {}).get("init_args") or {}).get("unseen") or [])
         runs = {plan.name: plan.run_dir for plan in plans if plan.name in records}
         meta["differences"] = differences_to(runs, "loragen", unseen) if "loragen" in runs else []
-        meta["groups"] = task_groups(meta.get("tasks") or [], unseen)
+        meta["groups"] = task_groups(row_tasks(rows), unseen)
         paths = write_comparison(rows, out_dir, budget_line(budgets), meta)
         print((out_dir / "comparison.md").read_text())
         print("wrote " + ", ".join(str(p) for p in paths))

@@ -213,23 +213,24 @@ def test_the_comparison_reads_each_paired_difference_as_ahead_level_or_behind():
     def d(method, group, diff, low, high, n=200):
         return {"method": method, "group": group, "diff": diff, "low": low, "high": high, "n": n, "tasks": 2}
 
-    lines = reading_lines(
-        [
-            d("lora", "unseen", 0.031, 0.012, 0.050),  # LoRA ahead of LoRA-Gen: LoRA-Gen behind
-            d("base", "unseen", -0.042, -0.070, -0.011),  # LoRA-Gen ahead
-            d("mixlora", "unseen", 0.004, -0.010, 0.020),  # interval straddles 0: level
-            d("lora", "seen", -0.001, -0.020, 0.015, n=100),
-        ]
-    )
+    differences = [
+        d("lora", "unseen", 0.031, 0.012, 0.050),  # LoRA ahead of LoRA-Gen: LoRA-Gen behind
+        d("base", "unseen", -0.042, -0.070, -0.011),  # LoRA-Gen ahead
+        d("mixlora", "unseen", 0.004, -0.010, 0.020),  # interval straddles 0: level
+        d("prompt_tuning", "unseen", -0.010, -0.030, 0.005),
+        d("lora", "seen", -0.001, -0.020, 0.015, n=100),
+    ]
+    lines = reading_lines(differences, {"base": "base model, zero-shot", "lora": "LoRA"})
     unseen = next(line for line in lines if line.startswith("- unseen tasks"))
     assert unseen == (
-        "- unseen tasks (2 tasks, 200 items): LoRA-Gen is ahead of base (+4.2 [+1.1, +7.0]); "
-        "level with mixlora (−0.4 [−2.0, +1.0]); behind lora (−3.1 [−5.0, −1.2])."
+        "- unseen tasks (2 tasks, 200 items): LoRA-Gen is ahead of base model, zero-shot (+4.2 [+1.1, +7.0]). "
+        "It is level with prompt_tuning (+1.0 [−0.5, +3.0]); mixlora (−0.4 [−2.0, +1.0]). "
+        "It is behind LoRA (−3.1 [−5.0, −1.2])."
     )
     seen = next(line for line in lines if line.startswith("- seen tasks"))
-    assert seen == "- seen tasks (2 tasks, 100 items): LoRA-Gen is level with lora (+0.1 [−1.5, +2.0])."
+    assert seen == "- seen tasks (2 tasks, 100 items): LoRA-Gen is level with LoRA (+0.1 [−1.5, +2.0])."
     assert not any(line.startswith("- all tasks") for line in lines)  # a group nobody scored is not read
-    assert reading_lines([]) == []
+    assert reading_lines([], {}) == []
 
 
 def test_the_summary_gives_group_means_and_lora_gen_minus_each_method():
@@ -259,11 +260,26 @@ def test_the_summary_gives_group_means_and_lora_gen_minus_each_method():
         {"method": "lora", "group": "seen", "diff": -0.02, "low": -0.05, "high": 0.01, "n": 200, "tasks": 1},
     ]
     lines = summary_lines(rows, {"differences": diffs, "groups": groups})
-    assert "| method | unseen (2 tasks) | seen (1 tasks) | LoRA-Gen − method, unseen | LoRA-Gen − method, seen |" in (
-        "\n".join(lines)
-    )
+    text = "\n".join(lines)
+    assert "| method | unseen (2 tasks) | seen (1 task) | LoRA-Gen − method, unseen | LoRA-Gen − method, seen |" in text
     gen = next(line for line in lines if line.startswith("| LoRA-Gen |"))
     assert gen.startswith("| LoRA-Gen | 50.0 ±2.5 | 70.0 ±5.0 |  |  | 41.2 | 1,000 | yes | 1:02:05 | 2.0 |")
     lora = next(line for line in lines if line.startswith("| LoRA |"))
     assert lora.startswith("| LoRA | 47.0 ±2.5 | 72.0 | −3.1 [−5.0, −1.2] | +2.0 [−1.0, +5.0] |")  # no task ci: no ±
-    assert summary_lines(rows, {"differences": [], "groups": groups}) == []
+    # a method that skipped a task: no group mean, and its difference says over how many tasks it was taken
+    rows.append(row("few_shot", "few-shot", {"piqa": 55.0, "boolq": 60.0}, {"piqa": 3.0, "boolq": 5.0}))
+    diffs.append({**diffs[0], "method": "few_shot", "tasks": 1, "n": 200})
+    rows.append(row("mixlora", "MixLoRA", {"piqa": 55.0, "mrpc": 40.0, "boolq": 60.0}, {}))  # no difference: "-"
+    lines = summary_lines(rows, {"differences": diffs, "groups": groups})
+    assert next(line for line in lines if line.startswith("| few-shot |")).startswith(
+        "| few-shot | - | 60.0 ±5.0 | −3.1 [−5.0, −1.2] (1 task) | - |"
+    )
+    assert next(line for line in lines if line.startswith("| MixLoRA |")).startswith(
+        "| MixLoRA | 47.5 | 60.0 | - | - |"
+    )
+    # without a LoRA-Gen run the group means and costs stay, the difference columns go
+    alone = summary_lines(rows, {"differences": [], "groups": groups})
+    assert "LoRA-Gen − method" not in "\n".join(alone) and any(
+        x.startswith("| LoRA | 47.0 ±2.5 | 72.0 | 41.2 |") for x in alone
+    )
+    assert summary_lines(rows, {"differences": diffs, "groups": {}}) == []

@@ -185,13 +185,17 @@ def short(label: str) -> str:
     return label.split(" (")[0]
 
 
+def direction(cell: dict[str, float]) -> str:
+    """``ahead`` / ``behind`` where a difference's 95% interval excludes 0, else ``level``."""
+    return "ahead" if cell["low"] > 0 else "behind" if cell["high"] < 0 else "level"
+
+
 def verdict(diff: dict[str, Any], setting: str, versus: str) -> str:
-    low, high = diff["mean"]["low"], diff["mean"]["high"]
-    if low > 0:
-        return f"{setting} is ahead of {versus}: the 95% interval of the mean difference excludes 0."
-    if high < 0:
-        return f"{setting} is behind {versus}: the 95% interval of the mean difference excludes 0."
-    return f"{setting} is within noise of {versus}: the 95% interval of the mean difference includes 0."
+    which = direction(diff["mean"])
+    if which == "level":
+        return f"{setting} is within noise of {versus}: the 95% interval of the mean difference includes 0."
+    relation = "ahead of" if which == "ahead" else "behind"
+    return f"{setting} is {relation} {versus}: the 95% interval of the mean difference excludes 0."
 
 
 def results_markdown(results: dict[str, Any]) -> str:
