@@ -65,7 +65,7 @@ METHODS: dict[str, dict[str, Any]] = {
     },
     "lora_prompted": {
         "class_path": f"{BASELINES}.LoRABaseline",
-        "init_args": {"system_prompt": True},
+        "init_args": {"system_prompt": True, "activation_checkpointing": True},  # long prompts: see LoRABaseline
         "train": True,
         "help": "one PEFT LoRA, trained and served with the system prompt in context",
     },

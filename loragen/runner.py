@@ -59,6 +59,25 @@ def _run_child(cmd: list[str], log: IO[str]) -> tuple[float, float]:
     return time.perf_counter() - start, usage.ru_maxrss / per_mb
 
 
+def exit_reason(returncode: int) -> str:
+    """``exit 3``, or the signal that killed a child, with the usual cause of a SIGKILL nobody sent."""
+    import signal
+
+    if returncode >= 0:
+        return f"exit {returncode}"
+    try:
+        name = signal.Signals(-returncode).name
+    except ValueError:
+        name = f"signal {-returncode}"
+    hint = (
+        ": usually the out-of-memory killer (lower data.batch_size or the max_*_tokens limits; the prompted "
+        "LoRA has activation_checkpointing)"
+        if name == "SIGKILL"
+        else ""
+    )
+    return f"killed by {name}{hint}"
+
+
 def run_point(config_path: Path, run_dir: Path, extra: list[str], fit: bool = True) -> dict[str, Any]:
     """fit (unless ``fit=False``) then test one run in subprocesses (a crash in one run cannot take
     the sweep or comparison down); the log goes to ``run_dir/run.log``. Returns the test's results, the
@@ -90,7 +109,7 @@ def run_point(config_path: Path, run_dir: Path, extra: list[str], fit: bool = Tr
         )
         cost["test_seconds"], cost["peak_rss_mb"] = round(seconds, 1), round(max(fit_peak, peak))
     except subprocess.CalledProcessError as err:
-        raise LoRAGenError(f"run {run_dir.name} failed (exit {err.returncode}); see {log_path}") from None
+        raise LoRAGenError(f"run {run_dir.name} failed ({exit_reason(err.returncode)}); see {log_path}") from None
     finally:
         log.close()
     found = sorted(run_dir.rglob("results.json"), key=lambda p: p.stat().st_mtime)

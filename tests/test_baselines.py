@@ -431,3 +431,41 @@ def test_an_exception_inside_an_evaluation_epoch_unmerges_the_adapter(tmp_path, 
         _trainer(tmp_path).test(module, datamodule=_data(), verbose=False)
     assert not module._serving and not module.edge.model.layers[0].self_attn.q_proj.merged
     assert all(torch.equal(p, before[n]) for n, p in module.edge.named_parameters())
+
+
+def test_activation_checkpointing_keeps_gradients_and_stores_a_fraction_of_the_activations():
+    from loragen.models.components import checkpointed
+    from loragen.models.components.expert_pool import decoder_layers
+
+    ids = torch.randint(3, 200, (2, 64), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+
+    def step(checkpointing):
+        module = LoRABaseline(**EDGE, system_prompt=True, activation_checkpointing=checkpointing)
+        with torch.no_grad():
+            for name, param in module.edge.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0.0, 0.1, generator=torch.Generator().manual_seed(0))
+        module.train()  # the frozen edge stays in eval mode, as in training
+        stored = []
+
+        def pack(tensor):
+            stored.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = module.hidden_states(ids, mask).pow(2).mean()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in module.edge.named_parameters() if p.grad is not None}
+        return module, loss.detach(), grads, sum(stored)
+
+    _, plain_loss, plain_grads, plain_bytes = step(False)
+    module, loss, grads, saved = step(True)
+    assert torch.allclose(loss, plain_loss, atol=1e-6) and grads.keys() == plain_grads.keys() and grads
+    for name, grad in grads.items():
+        assert torch.allclose(grad, plain_grads[name], atol=1e-6, rtol=1e-4), name
+    assert saved < plain_bytes / 3, (saved, plain_bytes)  # only each layer's inputs are kept for backward
+    layers = decoder_layers(module.edge)[1]
+    assert all("forward" not in layer.__dict__ for layer in layers)  # the layers are as they were after the pass
+    with checkpointed(layers), torch.no_grad():  # outside a grad-enabled forward: nothing is checkpointed
+        assert torch.equal(module.hidden_states(ids, mask), module.hidden_states(ids, mask))

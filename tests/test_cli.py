@@ -454,7 +454,7 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
 
 def test_a_runs_cost_is_each_childs_own_wall_time_and_peak_memory(tmp_path):
     from loragen.compare import fit_time
-    from loragen.runner import _run_child
+    from loragen.runner import _run_child, exit_reason
 
     def child(mb: int, seconds: float, code: int = 0) -> list[str]:
         body = f"import sys, time; b = bytearray({mb} << 20); b[::4096] = b'1' * len(b[::4096]); "
@@ -468,7 +468,11 @@ def test_a_runs_cost_is_each_childs_own_wall_time_and_peak_memory(tmp_path):
         small_s, small_mb = _run_child(child(20, 0.0), log)
         with pytest.raises(subprocess.CalledProcessError) as failed:
             _run_child(child(1, 0.0, code=3), log)
-    assert failed.value.returncode == 3
+        with pytest.raises(subprocess.CalledProcessError) as killed:  # as the out-of-memory killer does
+            _run_child([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"], log)
+    assert failed.value.returncode == 3 and exit_reason(3) == "exit 3"
+    assert exit_reason(killed.value.returncode).startswith("killed by SIGKILL: usually the out-of-memory killer")
+    assert exit_reason(-15) == "killed by SIGTERM"
     assert big_s >= 0.5 and big_mb >= floor + 1000  # the child's own high-water mark, touched pages included
     assert small_mb < floor + 200 < big_mb  # not the largest child so far: each run's cost is its own
     assert fit_time({"fit_seconds": 3725.4, "trained_steps": 500}) == "1:02:05"
