@@ -234,7 +234,7 @@ def test_compare_runs_methods_through_the_cli_writes_the_table_and_resumes(tmp_p
     expected = sum(sum(few[k] - gen[k] for k in gen if k[0] == t) / sum(k[0] == t for k in gen) for t in tasks)
     assert diffs[("few_shot", "all")]["diff"] == pytest.approx(expected / len(tasks), abs=1e-9)
     assert diffs[("few_shot", "all")]["n"] == len(gen)
-    assert "Paired differences to LoRA-Gen" in (out / "comparison.md").read_text()
+    assert "| method | seen (4 tasks) | LoRA-Gen − method, seen |" in (out / "comparison.md").read_text()
     assert "- seen tasks" in (out / "comparison.md").read_text().split("Read in words")[1]  # and read in words
     assert (out / "comparison.png").stat().st_size > 1000
     assert "num_experts: 2" in (out / "loramoe" / "config.yaml").read_text()
