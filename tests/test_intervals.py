@@ -241,6 +241,7 @@ def test_the_summary_gives_group_means_and_lora_gen_minus_each_method():
             **{f"acc/{t}": a for t, a in accs.items()},
             **{f"acc/{t}_ci": c for t, c in cis.items()},
             "tokens_per_request": 41.2,
+            "ms_per_request": 120.5,
             "trainable_params": 1000,
             "mergeable": True,
             "trained_steps": 5,
@@ -263,7 +264,7 @@ def test_the_summary_gives_group_means_and_lora_gen_minus_each_method():
     text = "\n".join(lines)
     assert "| method | unseen (2 tasks) | seen (1 task) | LoRA-Gen − method, unseen | LoRA-Gen − method, seen |" in text
     gen = next(line for line in lines if line.startswith("| LoRA-Gen |"))
-    assert gen.startswith("| LoRA-Gen | 50.0 ±2.5 | 70.0 ±5.0 |  |  | 41.2 | 1,000 | yes | 1:02:05 | 2.0 |")
+    assert gen.startswith("| LoRA-Gen | 50.0 ±2.5 | 70.0 ±5.0 |  |  | 41.2 | 120.5 | 1,000 | yes | 1:02:05 | 2.0 |")
     lora = next(line for line in lines if line.startswith("| LoRA |"))
     assert lora.startswith("| LoRA | 47.0 ±2.5 | 72.0 | −3.1 [−5.0, −1.2] | +2.0 [−1.0, +5.0] |")  # no task ci: no ±
     # a method that skipped a task: no group mean, and its difference says over how many tasks it was taken
@@ -280,6 +281,6 @@ def test_the_summary_gives_group_means_and_lora_gen_minus_each_method():
     # without a LoRA-Gen run the group means and costs stay, the difference columns go
     alone = summary_lines(rows, {"differences": [], "groups": groups})
     assert "LoRA-Gen − method" not in "\n".join(alone) and any(
-        x.startswith("| LoRA | 47.0 ±2.5 | 72.0 | 41.2 |") for x in alone
+        x.startswith("| LoRA | 47.0 ±2.5 | 72.0 | 41.2 | 120.5 |") for x in alone
     )
     assert summary_lines(rows, {"differences": diffs, "groups": {}}) == []
