@@ -60,13 +60,15 @@ def main() -> None:
         return
     import torch
 
+    from loragen.runner import exit_reason
+
     results: dict[str, dict[str, float]] = {}
     for setting in ("stored", "checkpointed"):
         print(f"[bench] {setting}: one step of {args.batch} x {args.tokens} tokens ...", flush=True)
         cmd = [sys.executable, __file__, "--child", setting, "--batch", str(args.batch), "--tokens", str(args.tokens)]
         done = subprocess.run([*cmd, "--out", str(args.out)], capture_output=True, text=True, cwd=ROOT)
         if done.returncode:
-            raise SystemExit(f"{setting} run failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
+            raise SystemExit(f"{setting} run failed ({exit_reason(done.returncode)}): {done.stderr.strip()[-500:]}")
         results[setting] = json.loads(done.stdout.strip().splitlines()[-1])
     a, b = (torch.load(args.out / f"grads_{s}.pt") for s in ("stored", "checkpointed"))
     diff = max(float((a[n] - b[n]).abs().max()) for n in a)

@@ -238,6 +238,7 @@ def test_compare_runs_methods_through_the_cli_writes_the_table_and_resumes(tmp_p
     assert "- seen tasks" in (out / "comparison.md").read_text().split("Read in words")[1]  # and read in words
     assert (out / "comparison.png").stat().st_size > 1000
     assert "num_experts: 2" in (out / "loramoe" / "config.yaml").read_text()
+    assert "activation_checkpointing: true" in (out / "lora_prompted" / "config.yaml").read_text()  # long prompts
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done before, skipped") == 5
     changed = subprocess.run(
@@ -467,5 +468,18 @@ def test_activation_checkpointing_keeps_gradients_and_stores_a_fraction_of_the_a
     assert saved < plain_bytes / 3, (saved, plain_bytes)  # only each layer's inputs are kept for backward
     layers = decoder_layers(module.edge)[1]
     assert all("forward" not in layer.__dict__ for layer in layers)  # the layers are as they were after the pass
-    with checkpointed(layers), torch.no_grad():  # outside a grad-enabled forward: nothing is checkpointed
-        assert torch.equal(module.hidden_states(ids, mask), module.hidden_states(ids, mask))
+    with torch.no_grad():  # outside a grad-enabled forward the patched layers compute exactly what they did
+        with checkpointed(layers):
+            inside = module.edge.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        outside = module.edge.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    assert torch.equal(inside, outside)
+
+    class Hooked(torch.nn.Module):  # a layer whose instance holds its own forward (as some wrappers install)
+        def forward(self, x):
+            return x
+
+    hooked = Hooked()
+    own = hooked.forward = lambda x: 2 * x
+    with checkpointed([hooked]):
+        assert torch.equal(hooked(torch.ones(2, requires_grad=True)), torch.full((2,), 2.0))
+    assert hooked.forward is own

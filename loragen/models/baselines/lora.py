@@ -33,9 +33,9 @@ class LoRABaseline(EdgeBaselineModule):
             loss do not apply to one adapter.
         lora_dropout: dropout on the LoRA input in training.
         activation_checkpointing: recompute each decoder layer's activations in the backward pass instead of
-            storing them (gradients unchanged, about a third more time per step). Needed to train with the
-            system prompt on long prompts: at batch 8 and the suite's 1k-token prompts the stored attention
-            maps alone outgrow 24 GB.
+            storing them (gradients unchanged; a step took 1.47x as long in scripts/benchmark_checkpointing.py).
+            Needed to train with the system prompt on long prompts: at batch 8 and the suite's 1k-token prompts
+            the stored attention maps alone outgrow 24 GB.
         Others: see ``EdgeBaselineModule``.
     """
 

@@ -37,22 +37,24 @@ def checkpointed(layers: Iterable[nn.Module]) -> Iterator[None]:
     """Inside the block, each layer's activations are recomputed in the backward pass instead of stored
     (``torch.utils.checkpoint``, non-reentrant): a training forward keeps only each layer's inputs, so long
     contexts (a system prompt with shots, 1k+ tokens) train in a fraction of the memory, for about one more
-    forward pass of time. Gradients are unchanged. Works on frozen layers in eval mode (Hugging Face's own
-    gradient checkpointing acts only in training mode); outside a grad-enabled forward it changes nothing."""
+    forward pass of time. Gradients are unchanged (the RNG state is replayed, so dropout matches). Works on frozen
+    layers in eval mode (Hugging Face's own gradient checkpointing acts only in training mode); outside a
+    grad-enabled forward it changes nothing. The forward must not write a KV cache (``use_cache=False``, as
+    training passes): the recompute would write it twice."""
     from torch.utils.checkpoint import checkpoint
 
     patched = []
-    for layer in layers:
-        forward = layer.forward
-
-        def run(*args: object, _forward: object = forward, **kwargs: object) -> object:
-            if not torch.is_grad_enabled():
-                return _forward(*args, **kwargs)  # type: ignore[operator]
-            return checkpoint(_forward, *args, use_reentrant=False, **kwargs)  # type: ignore[arg-type]
-
-        patched.append((layer, layer.__dict__.get("forward")))  # an instance's own forward (hooks) comes back
-        layer.forward = functools.update_wrapper(run, forward)
     try:
+        for layer in layers:
+            forward = layer.forward
+
+            def run(*args: object, _forward: object = forward, **kwargs: object) -> object:
+                if not torch.is_grad_enabled():
+                    return _forward(*args, **kwargs)  # type: ignore[operator]
+                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)  # type: ignore[arg-type]
+
+            patched.append((layer, layer.__dict__.get("forward")))  # an instance's own forward (hooks) comes back
+            layer.forward = functools.update_wrapper(run, forward)
         yield
     finally:
         for layer, own in patched:
