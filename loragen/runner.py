@@ -177,6 +177,24 @@ def weights_digest(checkpoint: str) -> str:
     return sha256_file(path) if path.is_file() else "missing"
 
 
+STARTED = ".started-identity"
+"""Written into a run directory when its run starts: the identity an interrupted fit's checkpoint belongs to."""
+
+
+def check_interrupted(plan: Plan) -> None:
+    """Refuse to continue an interrupted fit (a checkpoint, no finished marker) that was started with another
+    configuration or options: resuming it would mix two runs in one row. Directories of runs started before
+    identities were recorded pass."""
+    started = plan.run_dir / STARTED
+    if not plan.fit or not started.is_file() or not any(plan.run_dir.rglob("last*.ckpt")):
+        return
+    if started.read_text().strip() != plan.identity:
+        raise LoRAGenError(
+            f"{plan.run_dir} holds an interrupted {plan.name} fit started with another configuration or options: "
+            "re-run with those, use a new --out, or delete that directory to start it again"
+        )
+
+
 def run_plans(
     plans: list[Plan],
     marker: str,
@@ -206,9 +224,11 @@ def run_plans(
             continue
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         config_path = plan.run_dir / "config.yaml"
-        config_path.write_text(yaml.safe_dump(plan.config, sort_keys=False))
         print(f"[{i}/{len(plans)}] {plan.name}: {'fit + test' if plan.fit else 'test'} ...", flush=True)
         try:
+            check_interrupted(plan)  # before config.yaml is rewritten: a refused directory is left as it was
+            config_path.write_text(yaml.safe_dump(plan.config, sort_keys=False))
+            (plan.run_dir / STARTED).write_text(plan.identity + "\n")
             outcome = run_point(config_path, plan.run_dir, plan.extra, fit=plan.fit)
         except LoRAGenError as err:
             if not keep_going:

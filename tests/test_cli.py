@@ -479,3 +479,27 @@ def test_a_runs_cost_is_each_childs_own_wall_time_and_peak_memory(tmp_path):
     assert fit_time({"fit_seconds": 61, "resumed": True, "trained_steps": 500}) == "0:01:01 (resumed)"
     assert fit_time({"fit_seconds": None, "trained_steps": None}) == "-"  # untrained (base, few-shot)
     assert fit_time({"trained_steps": 500}) == "?"  # a row written before the cost was measured
+
+
+def test_an_interrupted_fit_is_resumed_only_by_the_run_that_started_it(tmp_path):
+    from loragen import LoRAGenError
+    from loragen.runner import STARTED, Plan, check_interrupted, run_plans
+
+    def plan(lr):
+        return Plan(
+            "lora", tmp_path / "lora", {"model": {"init_args": {"optim": {"lr": lr}}}}, ["--trainer.max_steps", "5"]
+        )
+
+    started = plan(0.001)
+    (started.run_dir / "checkpoints").mkdir(parents=True)
+    (started.run_dir / "checkpoints" / "last.ckpt").write_bytes(b"an interrupted fit's checkpoint")
+    (started.run_dir / STARTED).write_text(started.identity + "\n")
+    check_interrupted(started)  # the same run: it may continue
+    other = plan(0.01)
+    with pytest.raises(LoRAGenError, match="interrupted lora fit started with another configuration"):
+        run_plans([other], "method.json", lambda p, o: {})
+    assert not (other.run_dir / "config.yaml").exists()  # refused before anything in the directory changed
+    _, failed = run_plans([other], "method.json", lambda p, o: {}, keep_going=True)
+    assert len(failed) == 1 and "another configuration" in failed[0]
+    (started.run_dir / STARTED).unlink()  # a directory from before identities were recorded passes
+    check_interrupted(other)
