@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +214,25 @@ def fit_time(row: dict[str, Any]) -> str:
     return f"{text} (resumed)" if row.get("resumed") else text
 
 
+def _count(value: int | None) -> str:
+    return f"{value:,}" if value is not None else "?"
+
+
+ROW_CELLS: dict[str, Callable[[dict[str, Any]], str]] = {  # a method's columns after its accuracies, both tables
+    "edge tokens/request": lambda row: f"{row['tokens_per_request']:.1f}",
+    "ms/request": lambda row: f"{row['ms_per_request']:.1f}" if row.get("ms_per_request") is not None else "-",
+    "trainable params": lambda row: _count(row.get("trainable_params")),
+    "mergeable": lambda row: "yes" if row.get("mergeable") else "no",
+    "trained steps": lambda row: str(row["trained_steps"]) if row.get("trained_steps") is not None else "-",
+    "fit time": fit_time,
+    "peak RSS (GB)": lambda row: f"{row['peak_rss_mb'] / 1024:.1f}" if row.get("peak_rss_mb") is not None else "?",
+}
+
+
+def row_cells(row: dict[str, Any], columns: list[str]) -> list[str]:
+    return [ROW_CELLS[column](row) for column in columns]
+
+
 def _resolved_config(run_dir: Path) -> dict[str, Any]:
     """The config LightningCLI saved for the latest run (defaults and command-line overrides included)."""
     import yaml
@@ -303,28 +323,19 @@ def summary_lines(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]
         partial = f" ({_tasks(cell['tasks'])})" if cell["tasks"] != len(members[group]) else ""
         return span(flipped(cell)) + partial
 
+    after = [c for c in ROW_CELLS if c != "trained steps"]
     header = [
         "method",
         *(f"{g} ({_tasks(len(members[g]))})" for g in names),
         *(f"LoRA-Gen − method, {g}" for g in names if differences),
-        "edge tokens/request",
-        "ms/request",
-        "trainable params",
-        "mergeable",
-        "fit time",
-        "peak RSS (GB)",
+        *after,
     ]
     body = [
         [
             row["setting"],
             *(with_ci(*group_mean(row, members[g])) for g in names),
             *(difference(row["method"], g) for g in names if differences),
-            f"{row['tokens_per_request']:.1f}",
-            with_ci(row.get("ms_per_request"), None),
-            f"{row['trainable_params']:,}" if row.get("trainable_params") is not None else "?",
-            "yes" if row.get("mergeable") else "no",
-            fit_time(row),
-            f"{row['peak_rss_mb'] / 1024:.1f}" if row.get("peak_rss_mb") is not None else "?",
+            *row_cells(row, after),
         ]
         for row in rows
     ]
@@ -392,13 +403,7 @@ def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: d
         *[t.removeprefix("acc/") for t in tasks],
         "mean",
         "hmean",
-        "edge tokens/request",
-        "ms/request",
-        "trainable params",
-        "mergeable",
-        "trained steps",
-        "fit time",
-        "peak RSS (GB)",
+        *ROW_CELLS,
     ]
     lines = markdown_table(
         header,
@@ -408,13 +413,7 @@ def write_comparison(rows: list[dict[str, Any]], out: Path, budget: str, meta: d
                 *[with_ci(row.get(t), row.get(f"{t}_ci")) for t in tasks],
                 with_ci(row["mean"], row.get("mean_ci")),
                 f"{row['hmean']:.1f}",
-                f"{row['tokens_per_request']:.1f}",
-                with_ci(row.get("ms_per_request"), None),
-                f"{row['trainable_params']:,}" if row.get("trainable_params") is not None else "?",
-                "yes" if row.get("mergeable") else "no",
-                str(row["trained_steps"]) if row.get("trained_steps") is not None else "-",
-                fit_time(row),
-                f"{row['peak_rss_mb'] / 1024:.1f}" if row.get("peak_rss_mb") is not None else "?",
+                *row_cells(row, list(ROW_CELLS)),
             ]
             for row in rows
         ),

@@ -78,6 +78,11 @@ def exit_reason(returncode: int) -> str:
     return f"killed by {name}{hint}"
 
 
+def last_checkpoints(run_dir: Path) -> list[Path]:
+    """A run directory's ``last*.ckpt`` files, oldest first (the last one is the fit's latest state)."""
+    return sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+
+
 def run_point(config_path: Path, run_dir: Path, extra: list[str], fit: bool = True) -> dict[str, Any]:
     """fit (unless ``fit=False``) then test one run in subprocesses (a crash in one run cannot take
     the sweep or comparison down); the log goes to ``run_dir/run.log``. Returns the test's results, the
@@ -93,12 +98,12 @@ def run_point(config_path: Path, run_dir: Path, extra: list[str], fit: bool = Tr
         fit_peak = 0.0
         if fit:
             # an interrupted earlier attempt left a checkpoint: continue it (resumes are exact)
-            earlier = sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+            earlier = last_checkpoints(run_dir)
             resume = ["--ckpt_path", str(earlier[-1])] if earlier else []
             cost["resumed"] = bool(earlier)
             seconds, peak = _run_child([*cli, "fit", "--config", str(config_path), *resume, *extra], log)
             cost["fit_seconds"], fit_peak = round(seconds, 1), peak
-            last = sorted(run_dir.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+            last = last_checkpoints(run_dir)
             if not last:
                 raise LoRAGenError(
                     f"{run_dir}: fit wrote no last.ckpt; give the config a ModelCheckpoint with save_last"
@@ -186,7 +191,7 @@ def check_interrupted(plan: Plan) -> None:
     configuration or options: resuming it would mix two runs in one row. Directories of runs started before
     identities were recorded pass."""
     started = plan.run_dir / STARTED
-    if not plan.fit or not started.is_file() or not any(plan.run_dir.rglob("last*.ckpt")):
+    if not plan.fit or not started.is_file() or not last_checkpoints(plan.run_dir):
         return
     if started.read_text().strip() != plan.identity:
         raise LoRAGenError(
