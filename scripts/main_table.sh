@@ -10,7 +10,7 @@
 set -euo pipefail
 DATA=${1:?usage: bash scripts/main_table.sh PATH_TO_DATA [STEPS] [OUT]}
 STEPS=${2:-500}
-OUT=${3:-runs/main_table}
+OUT=${3:-results/main_table}
 cd "$(dirname "$0")/.."
 [ -d .venv ] && source .venv/bin/activate
 mkdir -p "$OUT"
