@@ -4,8 +4,9 @@
 # evaluation for each), then tested on the suite's dev-unseen tasks (never trained on) and eight seen tasks,
 # 200 items per task, LoRA-Gen and Text-to-LoRA with their prompt-sensitivity rows. Writes comparison.md / .csv /
 # .json / .png and each method's paired difference to LoRA-Gen on unseen, seen and all tasks.
-# Resumable: re-running skips finished methods and continues an interrupted fit from its last checkpoint
-# (every 100 steps).
+# OUT (default results/main_table) is tracked, checkpoints and logs aside (its .gitignore), so a fresh clone
+# re-renders the table. Resumable: re-running skips finished methods and continues an interrupted fit from its
+# last checkpoint (every 100 steps; on the same machine, since checkpoints are not tracked).
 #   bash scripts/main_table.sh PATH_TO_DATA [STEPS] [OUT]     (PATH_TO_DATA: the layout of docs/data.md)
 set -euo pipefail
 DATA=${1:?usage: bash scripts/main_table.sh PATH_TO_DATA [STEPS] [OUT]}
